@@ -1,0 +1,10 @@
+"""jax-vdit: Open-Sora-Plan v1.2 video DiT in JAX/Flax NNX with Attention Tile sparse attention and
+multi-step consistency distillation."""
+
+from jax_vdit.config import PRESETS, ModelConfig, get_preset
+from jax_vdit.model import AttentionConfig, OpenSoraT2V, init_model
+from jax_vdit.weights import load_model
+
+__version__ = "0.1.0"
+
+__all__ = ["PRESETS", "AttentionConfig", "ModelConfig", "OpenSoraT2V", "get_preset", "init_model", "load_model"]

@@ -1,0 +1,142 @@
+"""Our model checkpoint format (orbax + config JSON), written atomically.
+
+Layout of a model checkpoint directory::
+
+    <dir>/jax_vdit_model.json   ModelConfig (architecture + dtype policy)
+    <dir>/params/               orbax StandardCheckpointer tree of parameters (nested dict)
+
+The directory is assembled under ``<dir>.partial-<pid>`` and renamed into place only when complete, so an
+interrupted write never leaves something that looks like a finished checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_vdit.config import ModelConfig
+
+MODEL_CONFIG_NAME = "jax_vdit_model.json"
+PARAMS_DIR = "params"
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling directory; on success rename it to ``path`` (replacing it if ``overwrite``).
+
+    On error the partial directory is removed and ``path`` is left untouched.
+    """
+    path = Path(path).absolute()
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir()
+    try:
+        yield partial
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    old = None
+    if path.exists():
+        old = path.with_name(f"{path.name}.old-{os.getpid()}")
+        path.rename(old)
+    partial.rename(path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _checkpointer():
+    import orbax.checkpoint as ocp
+
+    return ocp.StandardCheckpointer()
+
+
+def _str_keys(tree: Any) -> Any:
+    """Orbax stores dict keys as strings; make that explicit (layer indices 0, 1, ... -> "0", "1", ...)."""
+    if isinstance(tree, dict):
+        return {str(k): _str_keys(v) for k, v in tree.items()}
+    return tree
+
+
+def _match_keys(target: Any, stored: Any) -> Any:
+    """Give ``stored`` (string keys) the key types of ``target`` (e.g. int layer indices)."""
+    if isinstance(target, dict) and isinstance(stored, dict):
+        by_str = {str(k): k for k in target}
+        return {by_str.get(k, k): _match_keys(target.get(by_str.get(k, k)), v) for k, v in stored.items()}
+    return stored
+
+
+def save_params_tree(params_dir: Path, params: dict) -> None:
+    """Write a nested dict of arrays (NumPy or jax) with orbax; blocks until the write is complete."""
+    ckptr = _checkpointer()
+    ckptr.save(params_dir.absolute(), _str_keys(params))
+    ckptr.wait_until_finished()
+
+
+def restore_params_tree(params_dir: Path, like: Any) -> Any:
+    """Read a tree written by :func:`save_params_tree`, with the key types of ``like``."""
+    return _match_keys(like, _checkpointer().restore(params_dir.absolute()))
+
+
+def save_model_checkpoint(path: str | Path, cfg: ModelConfig, params: dict, *, overwrite: bool = False) -> Path:
+    """Write ``cfg`` and ``params`` (nested dict, see ``weights.pure_params``) atomically to ``path``."""
+    with atomic_directory(path, overwrite=overwrite) as tmp:
+        save_params_tree(tmp / PARAMS_DIR, params)
+        (tmp / MODEL_CONFIG_NAME).write_text(cfg.to_json())
+    return Path(path)
+
+
+def read_model_config(path: str | Path) -> ModelConfig:
+    file = Path(path) / MODEL_CONFIG_NAME
+    if not file.is_file():
+        raise FileNotFoundError(f"{path} is not a jax-vdit model checkpoint (no {MODEL_CONFIG_NAME})")
+    return ModelConfig.from_json(file.read_text())
+
+
+def restore_params(path: str | Path, cfg: ModelConfig) -> dict:
+    """Restore the parameter tree of a model checkpoint, cast to ``cfg.param_dtype``."""
+    from flax import nnx
+
+    from jax_vdit.model.transformer import abstract_model
+
+    abstract = nnx.to_pure_dict(nnx.state(abstract_model(cfg), nnx.Param))
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract)
+    stored = restore_params_tree(Path(path) / PARAMS_DIR, target)
+    _check_tree_shapes(target, stored)
+    return jax.tree.map(lambda t, s: jnp.asarray(s, dtype=t.dtype), target, stored)
+
+
+def _check_tree_shapes(target: Any, stored: Any) -> None:
+    t_paths = {jax.tree_util.keystr(p): v.shape for p, v in jax.tree_util.tree_flatten_with_path(target)[0]}
+    s_paths = {jax.tree_util.keystr(p): np.shape(v) for p, v in jax.tree_util.tree_flatten_with_path(stored)[0]}
+    missing = sorted(set(t_paths) - set(s_paths))
+    extra = sorted(set(s_paths) - set(t_paths))
+    wrong = [(k, t_paths[k], s_paths[k]) for k in t_paths if k in s_paths and tuple(t_paths[k]) != tuple(s_paths[k])]
+    if missing or extra or wrong:
+        lines = [f"  missing     {k}: expected {t_paths[k]}" for k in missing]
+        lines += [f"  unexpected  {k}: found {s_paths[k]}" for k in extra]
+        lines += [f"  shape       {k}: expected {e}, found {f}" for k, e, f in wrong]
+        more = f"\n  ... and {len(lines) - 40} more" if len(lines) > 40 else ""
+        raise ValueError("orbax checkpoint does not match its config:\n" + "\n".join(lines[:40]) + more)
+
+
+def load_model_checkpoint(path: str | Path, *, param_dtype: str | None = None, compute_dtype: str | None = None):
+    """Load a model written by :func:`save_model_checkpoint` (or the converter)."""
+    from jax_vdit.weights import model_from_pure_params
+
+    cfg = read_model_config(path)
+    policy = {k: v for k, v in (("param_dtype", param_dtype), ("compute_dtype", compute_dtype)) if v is not None}
+    if policy:
+        cfg = cfg.replace(**policy)
+    return model_from_pure_params(cfg, restore_params(path, cfg))

@@ -1,0 +1,139 @@
+"""OpenSoraT2V (Open-Sora-Plan v1.2 text-to-video DiT) in Flax NNX.
+
+Call: ``model(latents (B,C,T,H,W), timestep (B,), text (B,1,L,Ct) or (B,L,Ct), text_mask (B,1,L) or (B,L))``
+-> epsilon prediction (B, C_out, T, H, W) in the compute dtype. Self-attention goes through
+:mod:`jax_vdit.model.attention`, chosen per call by an :class:`AttentionConfig` (dense or per-layer tile masks).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jax_vdit.config import ModelConfig
+from jax_vdit.model.attention import DENSE, AttentionConfig
+from jax_vdit.model.block import TransformerBlock, layer_norm, modulate
+from jax_vdit.model.embeddings import AdaLNSingle, CaptionProjection, linear, patchify, unpatchify
+from jax_vdit.model.rope import rope_angles, rope_tables
+
+
+class InputShapeError(ValueError):
+    """A forward input has the wrong rank, channel count or spatial size."""
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_rope_angles(grid, head_dim, scales, theta) -> np.ndarray:
+    return rope_angles(grid, head_dim, scales, theta)
+
+
+def _block_step(tile_mask, tokens_per_frame: int, attention: AttentionConfig):
+    """One block as a function of arrays only (static settings closed over), so it can be rematerialised."""
+
+    def step(block: TransformerBlock, x, text, text_mask, t6, cos, sin):
+        return block(x, text, text_mask, t6, cos, sin, tile_mask=tile_mask, tokens_per_frame=tokens_per_frame,
+                     attention=attention)
+
+    return step
+
+
+class OpenSoraT2V(nnx.Module):
+    """The v1.2 transformer: patch embed, adaLN-single, caption projection, blocks, final layer, unpatchify."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        d = cfg.inner_dim
+        dtype, pdtype = cfg.compute_jnp_dtype, cfg.param_jnp_dtype
+        self.patch_embed = linear(rngs, cfg.patch_dim, d, dtype, pdtype)
+        self.adaln_single = AdaLNSingle(d, dtype, pdtype, rngs)
+        self.caption_projection = CaptionProjection(cfg.caption_channels, d, dtype, pdtype, rngs)
+        self.blocks = nnx.List([TransformerBlock(cfg, rngs) for _ in range(cfg.num_layers)])
+        self.scale_shift_table = nnx.Param(
+            (jax.random.normal(rngs.params(), (2, d), jnp.float32) / d**0.5).astype(pdtype)
+        )
+        self.proj_out = nnx.Linear(
+            d, cfg.out_patch_dim, dtype=dtype, param_dtype=pdtype, rngs=rngs,
+            kernel_init=nnx.initializers.zeros_init(), bias_init=nnx.initializers.zeros_init(),
+        )
+
+    # -- input checks ----------------------------------------------------------------------------------------
+    def _check_inputs(self, latents, timestep, text, text_mask):
+        cfg = self.cfg
+        if latents.ndim != 5:
+            raise InputShapeError(f"latents must be (B, C, T, H, W), got shape {latents.shape}")
+        b, c, t, h, w = latents.shape
+        if c != cfg.in_channels:
+            raise InputShapeError(f"latents have {c} channels, the model expects in_channels={cfg.in_channels}")
+        if h % cfg.patch_size or w % cfg.patch_size:
+            raise InputShapeError(
+                f"latent height/width ({h}, {w}) must be divisible by patch_size={cfg.patch_size}"
+            )
+        timestep = jnp.asarray(timestep)
+        if timestep.ndim == 0:
+            timestep = jnp.broadcast_to(timestep, (b,))
+        if timestep.shape != (b,):
+            raise InputShapeError(f"timestep must be a scalar or shape ({b},), got {timestep.shape}")
+        if text.ndim == 4:
+            if text.shape[1] != 1:
+                raise InputShapeError(f"text embeddings (B,1,L,C) must have size 1 on axis 1, got {text.shape}")
+            text = text[:, 0]
+        if text.ndim != 3 or text.shape[0] != b or text.shape[-1] != cfg.caption_channels:
+            raise InputShapeError(
+                f"text embeddings must be (B={b}, L, {cfg.caption_channels}) or (B, 1, L, "
+                f"{cfg.caption_channels}), got {text.shape}"
+            )
+        if text_mask is not None:
+            if text_mask.ndim == 3:
+                text_mask = text_mask[:, 0]
+            if text_mask.shape != text.shape[:2]:
+                raise InputShapeError(f"text mask must be (B, L) = {text.shape[:2]} or (B, 1, L), got {text_mask.shape}")
+            text_mask = text_mask.astype(bool)
+        return timestep, text, text_mask
+
+    # -- forward ---------------------------------------------------------------------------------------------
+    def __call__(
+        self,
+        latents: jax.Array,
+        timestep: jax.Array,
+        text: jax.Array,
+        text_mask: jax.Array | None = None,
+        *,
+        attention: AttentionConfig = DENSE,
+    ) -> jax.Array:
+        cfg = self.cfg
+        dtype = cfg.compute_jnp_dtype
+        timestep, text, text_mask = self._check_inputs(latents, timestep, text, text_mask)
+        attention.check_num_layers(cfg.num_layers)
+        b, _, t, h, w = latents.shape
+        grid = (t, h // cfg.patch_size, w // cfg.patch_size)
+        tokens_per_frame = grid[1] * grid[2]
+
+        x = self.patch_embed(patchify(latents.astype(dtype), cfg.patch_size))
+        t6, embedded_t = self.adaln_single(timestep)
+        c = self.caption_projection(text.astype(dtype))
+        scales = (cfg.interpolation_scale_t, cfg.interpolation_scale_h, cfg.interpolation_scale_w)
+        angles = _cached_rope_angles(grid, cfg.attention_head_dim, scales, cfg.rope_theta)
+        cos, sin = rope_tables(angles, dtype, cfg.rope_round_angles)
+
+        for i, block in enumerate(self.blocks):
+            step = _block_step(attention.layer_mask(i), tokens_per_frame, attention)
+            if cfg.remat:
+                step = nnx.remat(step)
+            x = step(block, x, c, text_mask, t6, cos, sin)
+
+        shift, scale = (self.scale_shift_table[...].astype(dtype)[None] + embedded_t[:, None, :]).swapaxes(0, 1)
+        x = self.proj_out(modulate(layer_norm(x, cfg.norm_eps), shift, scale))
+        return unpatchify(x, grid, cfg.patch_size, cfg.out_channels)
+
+
+def init_model(cfg: ModelConfig, seed: int = 0) -> OpenSoraT2V:
+    """A model with random weights (DiT-style init)."""
+    return OpenSoraT2V(cfg, rngs=nnx.Rngs(seed))
+
+
+def abstract_model(cfg: ModelConfig) -> OpenSoraT2V:
+    """The model with ShapeDtypeStruct leaves: no memory allocated (for key/shape checks and loading)."""
+    return nnx.eval_shape(lambda: OpenSoraT2V(cfg, rngs=nnx.Rngs(0)))

@@ -1,0 +1,110 @@
+"""Explicit key maps from release (PyTorch) tensor names to Flax NNX parameter paths.
+
+A :class:`KeyMap` lists, for every release tensor name, the NNX state path it fills, the release shape it must
+have and the transform from release layout to ours (e.g. ``Linear.weight (out, in)`` -> ``kernel (in, out)``).
+Before any tensor is read, :func:`check_keys` compares the map with a checkpoint's listing and raises one
+:class:`WeightMismatchError` naming every missing key, unexpected key and shape mismatch together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from jax_vdit.tensor_io import TensorInfo
+
+StatePath = tuple[str | int, ...]
+Transform = Callable[[np.ndarray], np.ndarray]
+
+
+class WeightMismatchError(ValueError):
+    """A checkpoint does not match the model: lists every offending key with expected and found shapes."""
+
+
+class NonFiniteWeightError(ValueError):
+    """A checkpoint tensor holds NaN or Inf."""
+
+
+def identity(x: np.ndarray) -> np.ndarray:
+    return x
+
+
+def linear_weight(x: np.ndarray) -> np.ndarray:
+    """torch ``Linear.weight`` (out, in) -> Flax kernel (in, out)."""
+    return x.T
+
+
+@dataclass(frozen=True)
+class TensorRule:
+    """Where one release tensor goes: NNX state path, the release shape, and the layout transform."""
+
+    path: StatePath
+    source_shape: tuple[int, ...]
+    transform: Transform = identity
+
+
+@dataclass
+class KeyMap:
+    """Release tensor name -> :class:`TensorRule`, plus names that may be present and are ignored."""
+
+    rules: dict[str, TensorRule] = field(default_factory=dict)
+    ignorable_prefixes: tuple[str, ...] = ()
+
+    def add(self, name: str, path: StatePath, shape: tuple[int, ...], transform: Transform = identity) -> None:
+        if name in self.rules:
+            raise ValueError(f"duplicate release key {name!r} in key map")
+        self.rules[name] = TensorRule(tuple(path), tuple(int(s) for s in shape), transform)
+
+    def add_linear(self, name: str, path: StatePath, in_features: int, out_features: int) -> None:
+        """A torch ``nn.Linear`` with bias -> an ``nnx.Linear`` at ``path``."""
+        self.add(f"{name}.weight", (*path, "kernel"), (out_features, in_features), linear_weight)
+        self.add(f"{name}.bias", (*path, "bias"), (out_features,))
+
+    def is_ignorable(self, name: str) -> bool:
+        return any(name.startswith(p) for p in self.ignorable_prefixes)
+
+
+def _fmt(shape: tuple[int, ...] | None) -> str:
+    return "x".join(str(s) for s in shape) if shape else "scalar" if shape == () else "-"
+
+
+def check_keys(key_map: KeyMap, found: Mapping[str, TensorInfo], *, what: str = "checkpoint") -> None:
+    """Raise one error listing every missing, unexpected and wrongly shaped tensor (reads no tensor data)."""
+    missing = [n for n in key_map.rules if n not in found]
+    unexpected = [n for n in found if n not in key_map.rules and not key_map.is_ignorable(n)]
+    wrong = [
+        (n, key_map.rules[n].source_shape, found[n].shape)
+        for n in key_map.rules
+        if n in found and tuple(found[n].shape) != key_map.rules[n].source_shape
+    ]
+    if not (missing or unexpected or wrong):
+        return
+    lines = [
+        f"{what} does not match the model: {len(missing)} missing, {len(unexpected)} unexpected, "
+        f"{len(wrong)} with the wrong shape"
+    ]
+    for n in missing:
+        lines.append(f"  missing     {n}: expected {_fmt(key_map.rules[n].source_shape)}")
+    for n in unexpected:
+        lines.append(f"  unexpected  {n}: found {_fmt(tuple(found[n].shape))}")
+    for n, exp, got in wrong:
+        lines.append(f"  shape       {n}: expected {_fmt(exp)}, found {_fmt(tuple(got))}")
+    raise WeightMismatchError("\n".join(lines))
+
+
+def check_finite(name: str, array: np.ndarray) -> None:
+    """Raise :class:`NonFiniteWeightError` naming the tensor if it has NaN or Inf entries."""
+    values = np.asarray(array, dtype=np.float32) if array.dtype.kind == "V" or array.dtype.itemsize < 4 else array
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        bad = int(np.size(values) - np.isfinite(values).sum())
+        raise NonFiniteWeightError(f"tensor {name!r} has {bad} non-finite values (NaN or Inf)")
+
+
+def set_path(tree: dict, path: StatePath, value) -> None:
+    """Set ``tree[p0][p1]...`` = value, creating nested dicts as needed."""
+    node = tree
+    for p in path[:-1]:
+        node = node.setdefault(p, {})
+    node[path[-1]] = value

@@ -1,0 +1,211 @@
+"""Load OpenSoraT2V weights: release folders, safetensors files, PyTorch pickles and our orbax checkpoints.
+
+``load_model(path)`` is the one-call API. Release tensors are checked against an explicit key map (every key and
+shape, in one pass, before any data is read), then streamed one tensor at a time into the model's parameters.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jax_vdit.config import ModelConfig, get_preset, load_release_config
+from jax_vdit.model.transformer import OpenSoraT2V, abstract_model
+from jax_vdit.tensor_io import TensorSource, find_weight_files, open_tensors
+from jax_vdit.weight_mapping import KeyMap, check_finite, check_keys, set_path
+
+# non-persistent sin-cos buffers of the release's PatchEmbed2D; unused with RoPE
+IGNORED_RELEASE_PREFIXES = ("pos_embed.pos_embed", "pos_embed.temp_pos_embed")
+
+
+def release_key_map(cfg: ModelConfig) -> KeyMap:
+    """Release tensor name -> (NNX path, release shape, layout transform) for every parameter."""
+    d, p, c = cfg.inner_dim, cfg.patch_size, cfg.in_channels
+    km = KeyMap(ignorable_prefixes=IGNORED_RELEASE_PREFIXES)
+
+    def patch_kernel(w: np.ndarray) -> np.ndarray:  # Conv2d OIHW (D, C, p, p) -> (C*p*p, D), (c, ph, pw) order
+        return w.reshape(w.shape[0], -1).T
+
+    km.add("pos_embed.proj.weight", ("patch_embed", "kernel"), (d, c, p, p), patch_kernel)
+    km.add("pos_embed.proj.bias", ("patch_embed", "bias"), (d,))
+    km.add_linear("adaln_single.emb.timestep_embedder.linear_1", ("adaln_single", "linear_1"), 256, d)
+    km.add_linear("adaln_single.emb.timestep_embedder.linear_2", ("adaln_single", "linear_2"), d, d)
+    km.add_linear("adaln_single.linear", ("adaln_single", "linear"), d, 6 * d)
+    km.add_linear("caption_projection.linear_1", ("caption_projection", "linear_1"), cfg.caption_channels, d)
+    km.add_linear("caption_projection.linear_2", ("caption_projection", "linear_2"), d, d)
+    for i in range(cfg.num_layers):
+        src, dst = f"transformer_blocks.{i}", ("blocks", i)
+        km.add(f"{src}.scale_shift_table", (*dst, "scale_shift_table"), (6, d))
+        for attn in ("attn1", "attn2"):
+            for proj in ("to_q", "to_k", "to_v"):
+                km.add_linear(f"{src}.{attn}.{proj}", (*dst, attn, proj), d, d)
+            km.add_linear(f"{src}.{attn}.to_out.0", (*dst, attn, "to_out"), d, d)
+        km.add_linear(f"{src}.ff.net.0.proj", (*dst, "ff", "proj_in"), d, 4 * d)
+        km.add_linear(f"{src}.ff.net.2", (*dst, "ff", "proj_out"), 4 * d, d)
+    km.add("scale_shift_table", ("scale_shift_table",), (2, d))
+    km.add_linear("proj_out", ("proj_out",), d, cfg.out_patch_dim)
+    return km
+
+
+def stream_release_params(
+    cfg: ModelConfig,
+    source: TensorSource,
+    *,
+    to_array: Callable[[np.ndarray], Any] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Check the source against the key map, then read each tensor once into a nested pure dict.
+
+    Each tensor is finite-checked, transformed to our layout and cast to ``cfg.param_dtype``; ``to_array``
+    then places it (default: ``jnp.asarray`` on the default device). Host memory holds one tensor at a time
+    beyond what ``to_array`` keeps.
+    """
+    key_map = release_key_map(cfg)
+    check_keys(key_map, source.infos(), what="release checkpoint")
+    dtype = np.dtype(cfg.param_jnp_dtype)
+    place = to_array or jnp.asarray
+    tree: dict = {}
+    for name, rule in key_map.rules.items():
+        raw = source.read(name)
+        check_finite(name, raw)
+        value = np.ascontiguousarray(rule.transform(raw)).astype(dtype, copy=False)
+        set_path(tree, rule.path, place(value))
+        del raw, value
+        if progress is not None:
+            progress(name)
+    return tree
+
+
+def model_from_pure_params(cfg: ModelConfig, params: dict) -> OpenSoraT2V:
+    """Build the model and fill its parameters from a nested pure dict (shapes are checked)."""
+    graphdef, abstract_state = nnx.split(abstract_model(cfg))
+    expected = {k: v.shape for k, v in nnx.to_flat_state(abstract_state)}
+    flat = _flatten(params)
+    missing = sorted(set(expected) - set(flat), key=str)
+    extra = sorted(set(flat) - set(expected), key=str)
+    wrong = [(k, expected[k], tuple(flat[k].shape)) for k in expected if k in flat and tuple(flat[k].shape) != tuple(expected[k])]
+    if missing or extra or wrong:
+        raise ValueError(f"parameters do not fit the model: missing {missing[:10]}, unexpected {extra[:10]}, wrong shapes {wrong[:10]}")
+    nnx.replace_by_pure_dict(abstract_state, params)  # fills the abstract state in place
+    return nnx.merge(graphdef, abstract_state)
+
+
+def _flatten(tree: dict, prefix: tuple = ()) -> dict[tuple, Any]:
+    out: dict[tuple, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, (*prefix, k)))
+        else:
+            out[(*prefix, k)] = v
+    return out
+
+
+def _resolve_config(path: Path, config: ModelConfig | str | None, policy: dict[str, Any]) -> ModelConfig:
+    if isinstance(config, ModelConfig):
+        return config.replace(**policy) if policy else config
+    if isinstance(config, str):
+        return get_preset(config, **policy)
+    folder = path if path.is_dir() else path.parent
+    if (folder / "config.json").is_file():
+        return load_release_config(folder / "config.json", **policy)
+    raise ValueError(
+        f"no config.json next to {path}: pass config= (a ModelConfig or a preset name such as 'osp-v1.2-29x720p')"
+    )
+
+
+def load_release(
+    path: str | Path,
+    *,
+    config: ModelConfig | str | None = None,
+    param_dtype: str | None = None,
+    compute_dtype: str | None = None,
+) -> OpenSoraT2V:
+    """Load a release folder (``config.json`` + weights), a lone ``.safetensors`` or a PyTorch pickle."""
+    path = Path(path)
+    policy = {k: v for k, v in (("param_dtype", param_dtype), ("compute_dtype", compute_dtype)) if v is not None}
+    cfg = _resolve_config(path, config, policy)
+    source = open_tensors(path)
+    try:
+        params = stream_release_params(cfg, source)
+    finally:
+        source.close()
+    return model_from_pure_params(cfg, params)
+
+
+def is_orbax_model_dir(path: Path) -> bool:
+    from jax_vdit.checkpoints import MODEL_CONFIG_NAME
+
+    return path.is_dir() and (path / MODEL_CONFIG_NAME).is_file()
+
+
+def load_model(
+    path: str | Path,
+    *,
+    config: ModelConfig | str | None = None,
+    param_dtype: str | None = None,
+    compute_dtype: str | None = None,
+) -> OpenSoraT2V:
+    """Load an OpenSoraT2V from a release folder, a safetensors/PyTorch file, or our orbax model checkpoint.
+
+    ``param_dtype`` / ``compute_dtype`` override the dtype policy ("float32", "bfloat16", "float16").
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    if is_orbax_model_dir(path):
+        from jax_vdit.checkpoints import load_model_checkpoint
+
+        return load_model_checkpoint(path, param_dtype=param_dtype, compute_dtype=compute_dtype)
+    if path.is_dir():
+        find_weight_files(path)  # clear error if the folder holds no weights
+    return load_release(path, config=config, param_dtype=param_dtype, compute_dtype=compute_dtype)
+
+
+def release_config_dict(cfg: ModelConfig) -> dict[str, Any]:
+    """A release-style ``config.json`` for ``cfg`` (used to write synthetic release folders in tests)."""
+    return {
+        "_class_name": "OpenSoraT2V", "_diffusers_version": "0.28.0", "activation_fn": "gelu-approximate",
+        "attention_bias": True, "attention_head_dim": cfg.attention_head_dim, "attention_mode": "xformers",
+        "attention_type": "default", "caption_channels": cfg.caption_channels, "cross_attention_dim": cfg.inner_dim,
+        "double_self_attention": False, "downsampler": None, "dropout": 0.0, "in_channels": cfg.in_channels,
+        "interpolation_scale_h": cfg.interpolation_scale_h, "interpolation_scale_t": cfg.interpolation_scale_t,
+        "interpolation_scale_w": cfg.interpolation_scale_w, "norm_elementwise_affine": False,
+        "norm_eps": cfg.norm_eps, "norm_num_groups": 32, "norm_type": "ada_norm_single",
+        "num_attention_heads": cfg.num_attention_heads, "num_embeds_ada_norm": 1000, "num_layers": cfg.num_layers,
+        "num_vector_embeds": None, "only_cross_attention": False, "out_channels": cfg.out_channels,
+        "patch_size": cfg.patch_size, "patch_size_t": cfg.patch_size_t, "sample_size": list(cfg.sample_size),
+        "sample_size_t": cfg.sample_size_t, "upcast_attention": False, "use_additional_conditions": None,
+        "use_linear_projection": False, "use_rope": True, "use_stable_fp32": True,
+    }
+
+
+def write_release_config(cfg: ModelConfig, folder: str | Path) -> None:
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    (Path(folder) / "config.json").write_text(json.dumps(release_config_dict(cfg), indent=2, sort_keys=True))
+
+
+def pure_params(model: OpenSoraT2V) -> dict:
+    """The model's parameters as a nested pure dict of arrays."""
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+def params_to_release_tensors(cfg: ModelConfig, params: dict) -> dict[str, np.ndarray]:
+    """Inverse of the key map: our parameters -> release-named fp32 NumPy tensors (for tests and export)."""
+    flat = _flatten(params)
+    d, p, c = cfg.inner_dim, cfg.patch_size, cfg.in_channels
+    out: dict[str, np.ndarray] = {}
+    for name, rule in release_key_map(cfg).rules.items():
+        value = np.asarray(jax.device_get(flat[rule.path]), dtype=np.float32)
+        if name == "pos_embed.proj.weight":
+            value = value.T.reshape(d, c, p, p)
+        elif value.ndim == 2 and name.endswith(".weight"):
+            value = value.T
+        out[name] = np.ascontiguousarray(value)
+    return out

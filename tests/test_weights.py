@@ -1,0 +1,176 @@
+"""Loading release checkpoints: formats, the real key list, and clear errors for bad checkpoints/configs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+import jax_vdit
+from jax_vdit.config import (
+    PRESETS, UnsupportedConfigError, config_from_release, get_preset, load_release_config,
+)
+from jax_vdit.tensor_io import open_tensors
+from jax_vdit.weight_mapping import NonFiniteWeightError, WeightMismatchError
+from jax_vdit.weights import release_key_map
+
+DATA = Path(__file__).parent / "data"
+
+
+def _golden_copy(golden_dir, tmp_path, case="tiny_a") -> Path:
+    dst = tmp_path / case
+    shutil.copytree(golden_dir / "opensora_v12" / case, dst)
+    return dst
+
+
+def _tensors(folder: Path) -> dict[str, np.ndarray]:
+    return load_file(folder / "diffusion_pytorch_model.safetensors")
+
+
+def _forward(model, folder: Path) -> np.ndarray:
+    inputs = load_file(folder / "inputs.safetensors")
+    return np.asarray(model(inputs["hidden_states"], inputs["timestep"], inputs["encoder_hidden_states"],
+                            inputs["encoder_attention_mask"]))
+
+
+def test_key_map_equals_real_checkpoint_key_list():
+    """Every tensor name and shape of the real 2.77B checkpoint, and nothing else."""
+    rows = [line.split("\t") for line in (DATA / "opensora_v12_keys.tsv").read_text().splitlines()[1:]]
+    real = {name: tuple(int(s) for s in shape.split("x")) for name, shape, _ in rows}
+    for preset in ("osp-v1.2-29x720p", "osp-v1.2-93x720p", "osp-v1.2-29x480p", "osp-v1.2-93x480p"):
+        rules = release_key_map(PRESETS[preset]).rules
+        assert {n: r.source_shape for n, r in rules.items()} == real
+    total = sum(int(np.prod(s)) for s in real.values())
+    assert total == 2_771_907_856 == PRESETS["osp-v1.2-29x720p"].num_params()
+
+
+def test_lone_safetensors_needs_config(golden_dir, tmp_path):
+    folder = _golden_copy(golden_dir, tmp_path)
+    lone = tmp_path / "weights.safetensors"
+    shutil.copy(folder / "diffusion_pytorch_model.safetensors", lone)
+    with pytest.raises(ValueError, match="pass config="):
+        jax_vdit.load_model(lone)
+    cfg = load_release_config(folder, compute_dtype="float32")
+    model = jax_vdit.load_model(lone, config=cfg)
+    expected = load_file(folder / "outputs.safetensors")["output_fp32"]
+    assert np.abs(_forward(model, folder) - expected).max() <= 1e-4
+
+
+def test_sharded_safetensors_index(golden_dir, tmp_path):
+    folder = _golden_copy(golden_dir, tmp_path)
+    tensors = _tensors(folder)
+    (folder / "diffusion_pytorch_model.safetensors").unlink()
+    names = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    weight_map = {}
+    for file, keys in shards.items():
+        save_file({k: tensors[k] for k in keys}, folder / file)
+        weight_map.update({k: file for k in keys})
+    (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    model = jax_vdit.load_model(folder, compute_dtype="float32")
+    expected = load_file(folder / "outputs.safetensors")["output_fp32"]
+    assert np.abs(_forward(model, folder) - expected).max() <= 1e-4
+
+
+@pytest.mark.parametrize("nesting", ["flat", "state_dict", "ema_module"])
+def test_pytorch_pickle(golden_dir, tmp_path, nesting):
+    torch = pytest.importorskip("torch")
+    folder = _golden_copy(golden_dir, tmp_path)
+    tensors = {k: torch.from_numpy(v.copy()) for k, v in _tensors(folder).items()}
+    obj = {
+        "flat": tensors,
+        "state_dict": {"state_dict": tensors, "epoch": 3},
+        "ema_module": {"ema_state_dict": {f"module.{k}": v for k, v in tensors.items()}},
+    }[nesting]
+    (folder / "diffusion_pytorch_model.safetensors").unlink()
+    torch.save(obj, folder / "model.pt")
+    model = jax_vdit.load_model(folder, compute_dtype="float32")
+    expected = load_file(folder / "outputs.safetensors")["output_fp32"]
+    assert np.abs(_forward(model, folder) - expected).max() <= 1e-4
+
+
+def test_bf16_safetensors_checkpoint(golden_dir, tmp_path):
+    import ml_dtypes
+
+    folder = _golden_copy(golden_dir, tmp_path)
+    tensors = {k: v.astype(ml_dtypes.bfloat16) for k, v in _tensors(folder).items()}
+    save_file(tensors, folder / "diffusion_pytorch_model.safetensors")
+    src = open_tensors(folder)
+    assert {i.dtype for i in src.infos().values()} == {"bfloat16"}
+    model = jax_vdit.load_model(folder, compute_dtype="float32")
+    expected = load_file(folder / "outputs.safetensors")["output_fp32"]
+    assert np.abs(_forward(model, folder) - expected).max() <= 0.1  # weights rounded to bf16
+
+
+def test_mismatched_checkpoint_lists_every_problem(golden_dir, tmp_path):
+    folder = _golden_copy(golden_dir, tmp_path)
+    tensors = _tensors(folder)
+    del tensors["transformer_blocks.1.attn2.to_v.bias"]
+    del tensors["proj_out.weight"]
+    tensors["transformer_blocks.0.ff.net.0.proj.weight"] = np.zeros((10, 192), np.float32)
+    tensors["transformer_blocks.7.norm3.weight"] = np.zeros((192,), np.float32)
+    save_file(tensors, folder / "diffusion_pytorch_model.safetensors")
+    with pytest.raises(WeightMismatchError) as info:
+        jax_vdit.load_model(folder)
+    msg = str(info.value)
+    assert "2 missing, 1 unexpected, 1 with the wrong shape" in msg
+    assert "missing     transformer_blocks.1.attn2.to_v.bias: expected 192" in msg
+    assert "missing     proj_out.weight: expected 16x192" in msg
+    assert "unexpected  transformer_blocks.7.norm3.weight: found 192" in msg
+    assert "shape       transformer_blocks.0.ff.net.0.proj.weight: expected 768x192, found 10x192" in msg
+
+
+def test_unused_position_buffers_are_ignored(golden_dir, tmp_path):
+    folder = _golden_copy(golden_dir, tmp_path)
+    tensors = _tensors(folder)
+    tensors["pos_embed.pos_embed"] = np.zeros((1, 20, 192), np.float32)
+    save_file(tensors, folder / "diffusion_pytorch_model.safetensors")
+    jax_vdit.load_model(folder)
+
+
+def test_non_finite_weight_is_named(golden_dir, tmp_path):
+    folder = _golden_copy(golden_dir, tmp_path)
+    tensors = _tensors(folder)
+    tensors["transformer_blocks.0.attn1.to_k.weight"][3, 4] = np.nan
+    save_file(tensors, folder / "diffusion_pytorch_model.safetensors")
+    with pytest.raises(NonFiniteWeightError, match="transformer_blocks.0.attn1.to_k.weight"):
+        jax_vdit.load_model(folder)
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("use_rope", False, "use_rope=False"),
+        ("downsampler", "k333_s222", "downsampler='k333_s222'"),
+        ("norm_type", "layer_norm", "norm_type='layer_norm'"),
+        ("use_additional_conditions", True, "use_additional_conditions=True"),
+        ("cross_attention_dim", 4096, "cross_attention_dim=4096"),
+        ("some_new_field", 1, "some_new_field=1 \\(unknown field\\)"),
+        ("patch_size_t", 2, "patch_size_t=2"),
+    ],
+)
+def test_unsupported_config_fields_are_named(golden_dir, field, value, match):
+    release = json.loads((golden_dir / "opensora_v12" / "tiny_a" / "config.json").read_text())
+    release[field] = value
+    with pytest.raises(ValueError, match=match):
+        config_from_release(release)
+
+
+def test_release_config_mapping(golden_dir):
+    cfg = load_release_config(golden_dir / "opensora_v12" / "tiny_a")
+    assert (cfg.num_layers, cfg.num_attention_heads, cfg.attention_head_dim, cfg.caption_channels) == (2, 2, 96, 64)
+    assert (cfg.interpolation_scale_t, cfg.interpolation_scale_h, cfg.interpolation_scale_w) == (1.0, 1.5, 2.0)
+    from jax_vdit.weights import release_config_dict
+
+    assert config_from_release(release_config_dict(get_preset("osp-v1.2-93x720p"))) == get_preset("osp-v1.2-93x720p")
+
+
+def test_missing_path_and_empty_folder(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        jax_vdit.load_model(tmp_path / "nope")
+    with pytest.raises(ValueError, match="no weights in"):
+        jax_vdit.load_model(tmp_path)
