@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from jax_vdit.checkpoints import atomic_directory, save_params_tree, MODEL_CONFIG_NAME, PARAMS_DIR
+from jax_vdit.checkpoints import MODEL_CONFIG_NAME, atomic_directory, save_param_group
 from jax_vdit.config import ModelConfig
 from jax_vdit.tensor_io import open_tensors
-from jax_vdit.weights import _resolve_config, release_key_map, stream_release_params
+from jax_vdit.weights import _resolve_config, release_key_map, stream_release_groups
 
 
 @dataclass(frozen=True)
@@ -42,25 +42,27 @@ def convert_transformer(
     overwrite: bool = False,
     show_progress: bool = True,
 ) -> ConversionReport:
-    """Read a release folder / safetensors / PyTorch file tensor by tensor and write an orbax checkpoint.
+    """Read a release folder / safetensors / PyTorch file and write an orbax model checkpoint, block by block.
 
-    Host memory holds the converted parameters (in ``param_dtype``) plus one source tensor at a time. The
-    output directory appears only once complete (see ``checkpoints.atomic_directory``).
+    Host memory holds one parameter group (one transformer block, ~340 MB in fp32 at full size) plus one source
+    tensor at a time. The output directory appears only once complete (see ``checkpoints.atomic_directory``).
     """
     start = time.perf_counter()
     source_path = Path(source_path)
     cfg = _resolve_config(source_path, config, {"param_dtype": param_dtype})
     source = open_tensors(source_path)
+    num_params = 0
+    names = list(release_key_map(cfg).rules)
     try:
-        names = list(release_key_map(cfg).rules)
-        with tqdm(total=len(names), desc="convert", unit="tensor", disable=not show_progress) as bar:
-            params = stream_release_params(cfg, source, to_array=np.asarray, progress=lambda _: bar.update())
+        with atomic_directory(output, overwrite=overwrite) as tmp, \
+                tqdm(total=len(names), desc="convert", unit="tensor", disable=not show_progress) as bar:
+            for group, subtree in stream_release_groups(cfg, source, progress=lambda _: bar.update()):
+                save_param_group(tmp, group, subtree)
+                num_params += int(sum(np.size(a) for a in _leaves(subtree)))
+                del subtree
+            (tmp / MODEL_CONFIG_NAME).write_text(cfg.to_json())
     finally:
         source.close()
-    with atomic_directory(output, overwrite=overwrite) as tmp:
-        save_params_tree(tmp / PARAMS_DIR, params)
-        (tmp / MODEL_CONFIG_NAME).write_text(cfg.to_json())
-    num_params = int(sum(np.size(a) for a in _leaves(params)))
     return ConversionReport(
         output=Path(output), num_tensors=len(names), num_params=num_params, param_dtype=cfg.param_dtype,
         seconds=time.perf_counter() - start, peak_rss_bytes=peak_rss_bytes(),

@@ -3,7 +3,11 @@
 Layout of a model checkpoint directory::
 
     <dir>/jax_vdit_model.json   ModelConfig (architecture + dtype policy)
-    <dir>/params/               orbax StandardCheckpointer tree of parameters (nested dict)
+    <dir>/params/main/          orbax StandardCheckpointer tree: every parameter outside the blocks
+    <dir>/params/blocks/<i>/    orbax StandardCheckpointer tree: the parameters of transformer block i
+
+Splitting by block lets a converter write a 2.77B-parameter model holding one block in memory at a time, and
+lets a loader place parameters on devices block by block.
 
 The directory is assembled under ``<dir>.partial-<pid>`` and renamed into place only when complete, so an
 interrupted write never leaves something that looks like a finished checkpoint.
@@ -89,10 +93,26 @@ def restore_params_tree(params_dir: Path, like: Any) -> Any:
     return _match_keys(like, _checkpointer().restore(params_dir.absolute()))
 
 
+BLOCKS_KEY = "blocks"
+
+
+def split_param_groups(params: dict) -> Iterator[tuple[str, dict]]:
+    """(group name, subtree): "main" for parameters outside the blocks, "blocks/<i>" for block i."""
+    yield "main", {k: v for k, v in params.items() if k != BLOCKS_KEY}
+    for i, block in sorted(params.get(BLOCKS_KEY, {}).items()):
+        yield f"{BLOCKS_KEY}/{i}", block
+
+
+def save_param_group(checkpoint_tmp: Path, group: str, subtree: dict) -> None:
+    """Write one parameter group into a checkpoint directory under construction."""
+    save_params_tree(checkpoint_tmp / PARAMS_DIR / group, subtree)
+
+
 def save_model_checkpoint(path: str | Path, cfg: ModelConfig, params: dict, *, overwrite: bool = False) -> Path:
     """Write ``cfg`` and ``params`` (nested dict, see ``weights.pure_params``) atomically to ``path``."""
     with atomic_directory(path, overwrite=overwrite) as tmp:
-        save_params_tree(tmp / PARAMS_DIR, params)
+        for group, subtree in split_param_groups(params):
+            save_param_group(tmp, group, subtree)
         (tmp / MODEL_CONFIG_NAME).write_text(cfg.to_json())
     return Path(path)
 
@@ -112,12 +132,23 @@ def restore_params(path: str | Path, cfg: ModelConfig) -> dict:
 
     abstract = nnx.to_pure_dict(nnx.state(abstract_model(cfg), nnx.Param))
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract)
-    stored = restore_params_tree(Path(path) / PARAMS_DIR, target)
-    _check_tree_shapes(target, stored)
-    return jax.tree.map(lambda t, s: jnp.asarray(s, dtype=t.dtype), target, stored)
+    params_dir = Path(path) / PARAMS_DIR
+    found_blocks = sorted(int(p.name) for p in (params_dir / BLOCKS_KEY).iterdir()) if (params_dir / BLOCKS_KEY).is_dir() else []
+    if found_blocks != list(range(cfg.num_layers)):
+        raise ValueError(f"{path}: expected parameter groups for blocks 0..{cfg.num_layers - 1}, found {found_blocks}")
+    out: dict = {}
+    for group, like in split_param_groups(target):
+        stored = restore_params_tree(params_dir / group, like)
+        _check_tree_shapes(like, stored, where=f"{path} [{group}]")
+        values = jax.tree.map(lambda t, s: jnp.asarray(s, dtype=t.dtype), like, stored)
+        if group == "main":
+            out.update(values)
+        else:
+            out.setdefault(BLOCKS_KEY, {})[int(group.split("/")[1])] = values
+    return out
 
 
-def _check_tree_shapes(target: Any, stored: Any) -> None:
+def _check_tree_shapes(target: Any, stored: Any, where: str = "orbax checkpoint") -> None:
     t_paths = {jax.tree_util.keystr(p): v.shape for p, v in jax.tree_util.tree_flatten_with_path(target)[0]}
     s_paths = {jax.tree_util.keystr(p): np.shape(v) for p, v in jax.tree_util.tree_flatten_with_path(stored)[0]}
     missing = sorted(set(t_paths) - set(s_paths))
@@ -128,7 +159,7 @@ def _check_tree_shapes(target: Any, stored: Any) -> None:
         lines += [f"  unexpected  {k}: found {s_paths[k]}" for k in extra]
         lines += [f"  shape       {k}: expected {e}, found {f}" for k, e, f in wrong]
         more = f"\n  ... and {len(lines) - 40} more" if len(lines) > 40 else ""
-        raise ValueError("orbax checkpoint does not match its config:\n" + "\n".join(lines[:40]) + more)
+        raise ValueError(f"{where} does not match its config:\n" + "\n".join(lines[:40]) + more)
 
 
 def load_model_checkpoint(path: str | Path, *, param_dtype: str | None = None, compute_dtype: str | None = None):

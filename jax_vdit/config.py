@@ -155,6 +155,10 @@ PRESETS: dict[str, ModelConfig] = {
     ),
 }
 
+PRESETS["toy-tiny"] = PRESETS["toy-teacher"].replace(
+    num_layers=2, num_attention_heads=2, attention_head_dim=24, sample_size=(16, 16), sample_size_t=5
+)
+
 # name -> (latent frames, latent height, latent width): the video size each preset was trained for
 PRESET_LATENT_SHAPES: dict[str, tuple[int, int, int]] = {
     "osp-v1.2-29x720p": (8, 90, 160),
@@ -163,6 +167,7 @@ PRESET_LATENT_SHAPES: dict[str, tuple[int, int, int]] = {
     "osp-v1.2-93x480p": (24, 60, 80),
     "tiny": (3, 8, 8),
     "toy-teacher": (9, 24, 24),
+    "toy-tiny": (5, 16, 16),
 }
 
 

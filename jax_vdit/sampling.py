@@ -14,6 +14,7 @@ in fp32.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +46,10 @@ class SamplingPlan:
     t_to: np.ndarray = field(default_factory=lambda: np.zeros(MAX_PLAN_STEPS, np.float32))
     sigmas: np.ndarray = field(default_factory=lambda: np.zeros(MAX_PLAN_STEPS + 1, np.float32))
     init_scale: float = 1.0
+
+    def truncated(self, num_steps: int) -> SamplingPlan:
+        """The first ``num_steps`` steps of this plan (same compiled sampler: e.g. a 1-step warm-up run)."""
+        return dataclasses.replace(self, num_steps=min(num_steps, self.num_steps))
 
     def arrays(self) -> dict[str, jax.Array]:
         return {"t_model": jnp.asarray(self.t_model), "t_to": jnp.asarray(self.t_to),

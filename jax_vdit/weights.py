@@ -7,7 +7,7 @@ shape, in one pass, before any data is read), then streamed one tensor at a time
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,12 @@ def release_key_map(cfg: ModelConfig) -> KeyMap:
     return km
 
 
+def _read_rule(source: TensorSource, name: str, rule, dtype: np.dtype) -> np.ndarray:
+    raw = source.read(name)
+    check_finite(name, raw)
+    return np.ascontiguousarray(rule.transform(raw)).astype(dtype, copy=False)
+
+
 def stream_release_params(
     cfg: ModelConfig,
     source: TensorSource,
@@ -73,14 +79,33 @@ def stream_release_params(
     place = to_array or jnp.asarray
     tree: dict = {}
     for name, rule in key_map.rules.items():
-        raw = source.read(name)
-        check_finite(name, raw)
-        value = np.ascontiguousarray(rule.transform(raw)).astype(dtype, copy=False)
-        set_path(tree, rule.path, place(value))
-        del raw, value
+        set_path(tree, rule.path, place(_read_rule(source, name, rule, dtype)))
         if progress is not None:
             progress(name)
     return tree
+
+
+def stream_release_groups(
+    cfg: ModelConfig, source: TensorSource, *, progress: Callable[[str], None] | None = None
+) -> Iterator[tuple[str, dict]]:
+    """Like :func:`stream_release_params`, but yields NumPy parameter groups one at a time: ("main", ...) for
+    everything outside the blocks, then ("blocks/<i>", block i). Only one group is held at a time."""
+    key_map = release_key_map(cfg)
+    check_keys(key_map, source.infos(), what="release checkpoint")
+    dtype = np.dtype(cfg.param_jnp_dtype)
+    groups: dict[str, list[str]] = {}
+    for name, rule in key_map.rules.items():
+        group = f"blocks/{rule.path[1]}" if rule.path[0] == "blocks" else "main"
+        groups.setdefault(group, []).append(name)
+    for group in ["main"] + [g for g in groups if g != "main"]:
+        tree: dict = {}
+        for name in groups[group]:
+            rule = key_map.rules[name]
+            path = rule.path[2:] if group != "main" else rule.path
+            set_path(tree, path, _read_rule(source, name, rule, dtype))
+            if progress is not None:
+                progress(name)
+        yield group, tree
 
 
 def model_from_pure_params(cfg: ModelConfig, params: dict) -> OpenSoraT2V:

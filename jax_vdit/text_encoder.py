@@ -1,0 +1,117 @@
+"""Text conditioning for the release model: mT5-XXL embeddings (B, 512, 4096) and masks (B, 512).
+
+Three sources, none of which downloads anything:
+
+* precomputed embeddings in a ``.safetensors`` file (keys ``text``, ``text_mask`` and optionally
+  ``negative_text``, ``negative_mask``), see :func:`load_embeddings`;
+* ``transformers``' ``MT5EncoderModel`` from a local folder (optional extra ``jax-vdit[text]``), with the release's
+  prompt template and negative prompt, see :func:`encode_with_mt5`;
+* the toy world's deterministic stand-in (``encoder="toy"``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+PROMPT_TEMPLATE = "(masterpiece), (best quality), (ultra-detailed), {}. "
+NEGATIVE_PROMPT = (
+    "nsfw, lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, fewer digits, cropped, "
+    "worst quality, low quality, normal quality, jpeg artifacts, signature, watermark, username, blurry."
+)
+MAX_LENGTH = 512
+
+
+class TextConditioningError(ValueError):
+    """Text embeddings could not be produced or read; the message says what to provide."""
+
+
+def load_embeddings(path: str | Path) -> dict[str, np.ndarray]:
+    """Read ``text`` (B, L, C) or (B, 1, L, C), ``text_mask`` (B, L), optional ``negative_text``/``negative_mask``."""
+    from safetensors.numpy import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise TextConditioningError(f"embeddings file not found: {path}")
+    data = load_file(str(path))
+    if "text" not in data:
+        raise TextConditioningError(f"{path} has no 'text' tensor (found {sorted(data)})")
+    out = {}
+    for key in ("text", "negative_text"):
+        if key in data:
+            value = data[key].astype(np.float32)
+            out[key] = value[:, 0] if value.ndim == 4 else value
+            if out[key].ndim != 3:
+                raise TextConditioningError(f"{key} must be (B, L, C) or (B, 1, L, C), got {data[key].shape}")
+    for key, text_key in (("text_mask", "text"), ("negative_mask", "negative_text")):
+        if text_key in out:
+            mask = data.get(key)
+            if mask is None:
+                mask = np.ones(out[text_key].shape[:2], np.int32)
+            mask = mask[:, 0] if mask.ndim == 3 else mask
+            if mask.shape != out[text_key].shape[:2]:
+                raise TextConditioningError(f"{key} shape {mask.shape} does not match {text_key} {out[text_key].shape}")
+            out[key] = mask.astype(np.int32)
+    return out
+
+
+def clean_caption(text: str) -> str:
+    """A light version of the release's caption cleaning: lower case, URLs and HTML removed, spaces collapsed.
+
+    The release uses DeepFloyd-IF's cleaner (bs4 + ftfy); without those libraries it also falls back to this kind
+    of cleaning. For exact parity, precompute embeddings with the release pipeline.
+    """
+    text = text.strip().lower()
+    text = re.sub(r"https?://\S+|www\.\S+", "", text)
+    text = re.sub(r"<[^>]+>", "", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def encode_with_mt5(
+    prompts: list[str], encoder_dir: str | Path, *, template: bool = True, max_length: int = MAX_LENGTH
+) -> tuple[np.ndarray, np.ndarray]:
+    """Encode prompts with a local ``google/mt5-xxl`` encoder folder -> (B, L, 4096) float32, (B, L) int32."""
+    encoder_dir = Path(encoder_dir)
+    if not encoder_dir.is_dir():
+        raise TextConditioningError(
+            f"mT5 encoder folder not found: {encoder_dir}. Provide a local copy of google/mt5-xxl (tokenizer + "
+            "MT5EncoderModel weights) or precomputed embeddings with --embeddings"
+        )
+    try:
+        import torch
+        from transformers import AutoTokenizer, MT5EncoderModel
+    except ImportError as err:
+        raise TextConditioningError(
+            "encoding prompts needs transformers and torch (pip install 'jax-vdit[text]'), or pass --embeddings"
+        ) from err
+    texts = [PROMPT_TEMPLATE.format(clean_caption(p)) if template else clean_caption(p) for p in prompts]
+    tokenizer = AutoTokenizer.from_pretrained(str(encoder_dir), local_files_only=True)
+    model = MT5EncoderModel.from_pretrained(str(encoder_dir), local_files_only=True, torch_dtype=torch.bfloat16)
+    tokens = tokenizer(texts, max_length=max_length, padding="max_length", truncation=True,
+                       add_special_tokens=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
+    return hidden.float().numpy(), tokens.attention_mask.numpy().astype(np.int32)
+
+
+def encode_prompts(
+    prompts: list[str], encoder: str, *, negative_prompt: str | None = None, caption_channels: int | None = None
+) -> dict[str, np.ndarray]:
+    """Embeddings for ``prompts`` (and the negative prompt) from ``encoder`` = "toy" or a local mT5 folder."""
+    if encoder == "toy":
+        from jax_vdit.toyworld import encode_captions, get_config
+
+        world = get_config()
+        text, mask = encode_captions(prompts, world, on_unknown="unk")
+        neg_text, neg_mask = encode_captions([negative_prompt or ""], world, on_unknown="unk")
+    else:
+        text, mask = encode_with_mt5(prompts, encoder)
+        neg_text, neg_mask = encode_with_mt5([NEGATIVE_PROMPT if negative_prompt is None else negative_prompt],
+                                             encoder, template=False)
+    if caption_channels is not None and text.shape[-1] != caption_channels:
+        raise TextConditioningError(
+            f"the text encoder gives {text.shape[-1]}-channel embeddings but the model expects {caption_channels}"
+        )
+    return {"text": text, "text_mask": mask, "negative_text": neg_text, "negative_mask": neg_mask}

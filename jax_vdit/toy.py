@@ -1,0 +1,157 @@
+"""The toy world end to end: train a teacher with the release objective, export it in the release format,
+sample held-out prompts with any sampler, and score the samples with ToyBench.
+
+Same code path as full-size training (model config and data are the only differences).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_vdit import sampling
+from jax_vdit.config import get_preset
+from jax_vdit.model import DENSE, AttentionConfig, init_model
+from jax_vdit.objectives import DiffusionObjective
+from jax_vdit.toyworld import ToyWorldConfig, encode_captions, evaluate, get_config, heldout_specs
+from jax_vdit.toyworld.training_set import ToyTrainingSet
+from jax_vdit.training import RunResult, TrainConfig, plot_metrics, train
+
+ASSETS = Path(__file__).parent / "assets"
+TOY_TEACHER_DIR = ASSETS / "toy_teacher"
+
+
+@dataclass(frozen=True)
+class TeacherRecipe:
+    """Teacher pre-training on the toy world (the release objective; see ``objectives.DiffusionObjective``)."""
+
+    world: str = "toy-9x24x24"
+    model: str = "toy-teacher"
+    steps: int = 8000
+    batch_size: int = 64
+    learning_rate: float = 3e-4
+    warmup_steps: int = 300
+    ema_decay: float = 0.999
+    num_samples: int = 100_000
+    compute_dtype: str = "bfloat16"
+    seed: int = 0
+    checkpoint_every: int = 1000
+    log_every: int = 50
+
+    def model_config(self):
+        return get_preset(self.model, compute_dtype=self.compute_dtype)
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(
+            steps=self.steps, learning_rate=self.learning_rate, warmup_steps=self.warmup_steps,
+            emas=(("ema", self.ema_decay),), seed=self.seed, log_every=self.log_every,
+            checkpoint_every=self.checkpoint_every,
+        )
+
+
+def train_teacher(recipe: TeacherRecipe, run_dir: str | Path, *, stop_after: int | None = None,
+                  show_progress: bool = True, data: ToyTrainingSet | None = None,
+                  time_limit_s: float | None = None) -> RunResult:
+    """Train (or resume) a toy teacher in ``run_dir``; writes metrics.jsonl, metrics.png and checkpoints."""
+    world = get_config(recipe.world)
+    cfg = recipe.model_config()
+    if cfg.caption_channels != world.caption_channels:
+        raise ValueError(f"model caption_channels={cfg.caption_channels} != world's {world.caption_channels}")
+    t0 = time.perf_counter()
+    data = data or ToyTrainingSet.generate(world, recipe.num_samples, seed=recipe.seed)
+    gen_s = time.perf_counter() - t0
+    frozen = jax.tree.map(jnp.asarray, data.unconditional())
+    result = train(
+        init_model(cfg, seed=recipe.seed), DiffusionObjective(), lambda s: data.batch_at(s, recipe.batch_size),
+        recipe.train_config(), run_dir, frozen=frozen, stop_after=stop_after, show_progress=show_progress,
+        extra_meta={"recipe": asdict(recipe), "data_generation_s": round(gen_s, 1)}, time_limit_s=time_limit_s,
+    )
+    plot_metrics(run_dir, keys=("loss", "mse", "grad_norm"))
+    return result
+
+
+def export_release_folder(model, folder: str | Path, *, dtype: str = "bfloat16") -> Path:
+    """Write ``model`` as a release-format folder (config.json + diffusion_pytorch_model.safetensors)."""
+    import ml_dtypes
+    from safetensors.numpy import save_file
+
+    from jax_vdit.weights import params_to_release_tensors, pure_params, write_release_config
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = params_to_release_tensors(model.cfg, pure_params(model))
+    np_dtype = {"bfloat16": ml_dtypes.bfloat16, "float32": np.float32, "float16": np.float16}[dtype]
+    save_file({k: v.astype(np_dtype) for k, v in tensors.items()}, str(folder / "diffusion_pytorch_model.safetensors"))
+    write_release_config(model.cfg, folder)
+    return folder
+
+
+def load_toy_teacher(path: str | Path | None = None, compute_dtype: str = "float32"):
+    """The shipped toy teacher (or another checkpoint trained by :func:`train_teacher`)."""
+    from jax_vdit.weights import load_model
+
+    path = Path(path) if path else TOY_TEACHER_DIR
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no toy teacher at {path}; train one with `vdit train-teacher` (see README) or pass --teacher"
+        )
+    return load_model(path, param_dtype="float32", compute_dtype=compute_dtype)
+
+
+def encode_specs(specs, world: ToyWorldConfig) -> tuple[np.ndarray, np.ndarray]:
+    return encode_captions([s.caption for s in specs], world)
+
+
+def sample_specs(
+    model,
+    specs,
+    world: ToyWorldConfig,
+    *,
+    plan: sampling.SamplingPlan,
+    guidance_scale: float | None,
+    key: jax.Array,
+    attention: AttentionConfig = DENSE,
+    batch_size: int = 32,
+    latent_dtype=jnp.float32,
+) -> np.ndarray:
+    """Latents (N, 4, T, H, W) float32 for the captions of ``specs``. ``guidance_scale=None``: no CFG (one
+    forward per step, as consistency students sample); otherwise CFG against the empty caption."""
+    text, mask = encode_specs(specs, world)
+    neg_text, neg_mask = encode_captions([""], world)
+    out = []
+    for i in range(0, len(specs), batch_size):
+        kw = {}
+        if guidance_scale is not None:
+            kw = dict(negative_text=jnp.asarray(neg_text), negative_mask=jnp.asarray(neg_mask),
+                      guidance_scale=guidance_scale)
+        lat = sampling.sample(model, jnp.asarray(text[i:i + batch_size]), jnp.asarray(mask[i:i + batch_size]),
+                              key=jax.random.fold_in(key, i), latent_shape=world.latent_shape, plan=plan,
+                              attention=attention, latent_dtype=latent_dtype, **kw)
+        out.append(np.asarray(jax.device_get(lat), np.float32))
+    return np.concatenate(out)
+
+
+def toybench(videos: np.ndarray, specs, world: ToyWorldConfig, reference: np.ndarray | None = None) -> dict:
+    """ToyBench means (plus ``teacher_rel_err`` against ``reference`` videos from the same noise)."""
+    from jax_vdit.toyworld import teacher_error
+
+    scores = {k: float(v) for k, v in evaluate(videos, list(specs), world)["mean"].items()}
+    if reference is not None:
+        scores.update(teacher_error(videos, reference)["mean"])
+    return scores
+
+
+def heldout(world: ToyWorldConfig, count: int | None = None):
+    specs = heldout_specs(world)
+    return specs if count is None else specs[:count]
+
+
+def write_json(path: str | Path, payload: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(payload, indent=2, default=float))

@@ -1,0 +1,70 @@
+"""A small procedural text-to-video world in which the whole method (teacher training, few-step consistency
+distillation, sparse attention) can be trained and judged end to end on a CPU-sized budget.
+
+* ``config``: :class:`ToyWorldConfig` and presets (``"toy-9x24x24"`` default, ``"toy-tiny-5x16x16"`` for tests).
+* ``spec``: :class:`SceneSpec` / :class:`ObjectSpec` (hashable scene descriptions) and captions.
+* ``data``: rendering to 4-channel latents (C=4, T, H, W), the resumable sharded :class:`ToyWorldStream`, the
+  held-out prompt set.
+* ``text``: deterministic mT5 stand-in (word table + position code, EOS, padding mask).
+* ``toybench``: metrics parsed back from generated latent videos; ``teacher_error``; ``format_table``.
+* ``render``: latents -> RGB frames, animated GIF grids.
+* ``calibrate``: latent statistics and metric-resolution report (``python -m jax_vdit.toyworld.calibrate``).
+
+Pure NumPy; no JAX needed.
+"""
+
+from .config import COLOUR_RGB, DIRECTION_VECTORS, PRESETS, STATIC, ToyWorldConfig, get_config
+from .data import (
+    SceneLayout,
+    ToyWorldStream,
+    generate_dataset,
+    heldout_batch,
+    heldout_keys,
+    heldout_specs,
+    make_sample,
+    render_raw,
+    render_spec,
+    sample_scene,
+    sample_spec,
+)
+from .encoding import latent_to_raw, raw_to_latent
+from .render import latents_to_rgb, save_grid_gif, video_grid
+from .spec import ObjectSpec, SceneSpec, caption_vocabulary, parse_caption
+from .text import ToyTextEncoder, encode_captions, tokenize, vocabulary
+from .toybench import evaluate, format_table, teacher_error
+
+__all__ = [
+    "COLOUR_RGB",
+    "DIRECTION_VECTORS",
+    "PRESETS",
+    "STATIC",
+    "ObjectSpec",
+    "SceneLayout",
+    "SceneSpec",
+    "ToyTextEncoder",
+    "ToyWorldConfig",
+    "ToyWorldStream",
+    "caption_vocabulary",
+    "encode_captions",
+    "evaluate",
+    "format_table",
+    "generate_dataset",
+    "get_config",
+    "heldout_batch",
+    "heldout_keys",
+    "heldout_specs",
+    "latent_to_raw",
+    "latents_to_rgb",
+    "make_sample",
+    "parse_caption",
+    "raw_to_latent",
+    "render_raw",
+    "render_spec",
+    "sample_scene",
+    "sample_spec",
+    "save_grid_gif",
+    "teacher_error",
+    "tokenize",
+    "video_grid",
+    "vocabulary",
+]

@@ -1,0 +1,332 @@
+"""One training loop (optax + orbax, resumable) for teacher training and every distillation stage.
+
+A run is: a model (its graph definition and trainable parameters), an :class:`Objective` (the loss), a batch
+source that is a pure function of the step index, and a :class:`TrainConfig`. The loop jits one step
+(``value_and_grad`` -> clip -> AdamW -> EMAs), shows a progress bar with ETA, appends metrics to
+``<run>/metrics.jsonl``, writes orbax checkpoints atomically every ``checkpoint_every`` steps, and on restart
+resumes from the newest checkpoint so that a killed run ends in the same state as an uninterrupted one (the
+step's PRNG key is ``fold_in(seed, step)`` and batch i is a pure function of i).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+PyTree = Any
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser, EMA, schedule and bookkeeping settings of a run.
+
+    ``emas``: name -> decay of exponential moving averages of the trained parameters kept in the state (e.g.
+    ``{"ema": 0.999}``; MLCD adds a fast ``"target"`` EMA that its loss reads).
+    """
+
+    steps: int = 1000
+    learning_rate: float = 1e-4
+    warmup_steps: int = 0
+    weight_decay: float = 0.01
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    emas: tuple[tuple[str, float], ...] = (("ema", 0.999),)
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.learning_rate <= 0 or self.checkpoint_every < 1 or self.log_every < 1:
+            raise ValueError(f"invalid TrainConfig: {self}")
+        for name, decay in self.emas:
+            if not 0.0 <= decay < 1.0:
+                raise ValueError(f"EMA {name!r} decay must be in [0, 1), got {decay}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class Objective(Protocol):
+    """A loss: ``(model, batch, key, context) -> (scalar loss, dict of scalar metrics)``.
+
+    ``context`` holds ``{"emas": {name: params}, "frozen": <objective-specific frozen arrays>}``.
+    """
+
+    def __call__(self, model: nnx.Module, batch: Mapping[str, jax.Array], key: jax.Array,
+                 context: Mapping[str, Any]) -> tuple[jax.Array, dict[str, jax.Array]]: ...
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    """Clip by global norm, then AdamW with linear warmup to a constant learning rate."""
+    if cfg.warmup_steps > 0:
+        lr = optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps)
+        lr = optax.join_schedules([lr, optax.constant_schedule(cfg.learning_rate)], [cfg.warmup_steps])
+    else:
+        lr = optax.constant_schedule(cfg.learning_rate)
+    return optax.chain(
+        optax.clip_by_global_norm(cfg.grad_clip),
+        optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay),
+    )
+
+
+@jax.tree_util.register_dataclass
+@dataclass
+class TrainState:
+    """Everything that changes during training: step, parameters, optimiser state, EMAs."""
+
+    step: jax.Array
+    params: PyTree
+    opt_state: PyTree
+    emas: dict[str, PyTree] = field(default_factory=dict)
+
+
+def init_state(params: PyTree, cfg: TrainConfig, tx: optax.GradientTransformation) -> TrainState:
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        emas={name: jax.tree.map(jnp.copy, params) for name, _ in cfg.emas},
+    )
+
+
+class ModelParts:
+    """A model split into its graph, its trainable parameters (a pure nested dict) and everything else."""
+
+    def __init__(self, model: nnx.Module):
+        self.graphdef, self._params_state, self._rest = nnx.split(model, nnx.Param, ...)
+
+    def params(self) -> dict:
+        return nnx.to_pure_dict(self._params_state)
+
+    def merge(self, pure_params: dict) -> nnx.Module:
+        """A model carrying ``pure_params`` (works on traced arrays inside jit)."""
+        state = jax.tree.map(lambda x: x, self._params_state)
+        nnx.replace_by_pure_dict(state, pure_params)
+        return nnx.merge(self.graphdef, state, self._rest)
+
+
+def make_train_step(parts: ModelParts, objective: Objective, cfg: TrainConfig, tx: optax.GradientTransformation):
+    """The jitted step ``(state, batch, frozen) -> (state, metrics)``; the state buffers are donated."""
+    decays = dict(cfg.emas)
+    base_key = jax.random.key(cfg.seed)
+
+    def step_fn(state: TrainState, batch, frozen):
+        key = jax.random.fold_in(base_key, state.step)
+        context = {"emas": state.emas, "frozen": frozen}
+
+        def loss_of(params):
+            return objective(parts.merge(params), batch, key, context)
+
+        (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        emas = {
+            name: jax.tree.map(lambda e, p, d=decays[name]: (d * e + (1 - d) * p).astype(e.dtype), ema, params)
+            for name, ema in state.emas.items()
+        }
+        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+        return TrainState(state.step + 1, params, opt_state, emas), metrics
+
+    return jax.jit(step_fn, donate_argnums=(0,))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# checkpoints of the train state
+
+
+def _flat_leaves(tree: PyTree) -> dict[str, Any]:
+    leaves = jax.tree.leaves(tree)
+    return {f"{i:05d}": leaf for i, leaf in enumerate(leaves)}
+
+
+class StateCheckpoints:
+    """Orbax CheckpointManager over a flattened TrainState (atomic writes, keeps the newest N)."""
+
+    def __init__(self, directory: Path, keep: int):
+        import orbax.checkpoint as ocp
+
+        self._ocp = ocp
+        self.directory = Path(directory).absolute()
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            item_names=("state", "meta"),
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, state: TrainState, meta: dict) -> None:
+        ocp = self._ocp
+        step = int(state.step)
+        meta = dict(meta, structure=str(jax.tree.structure(state)), step=step)
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(_flat_leaves(state)), meta=ocp.args.JsonSave(meta)))
+        self.manager.wait_until_finished()
+
+    def restore(self, like: TrainState, step: int | None = None) -> tuple[TrainState, dict]:
+        """Restore into the structure of ``like`` (a freshly initialised state)."""
+        ocp = self._ocp
+        step = self.latest_step() if step is None else step
+        meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        if meta.get("structure") != str(jax.tree.structure(like)):
+            raise ValueError(
+                f"checkpoint at step {step} in {self.directory} holds a different train state structure "
+                "(model or optimiser configuration changed since it was written)"
+            )
+        target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), _flat_leaves(like))
+        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+        leaves = [restored["state"][k] for k in sorted(restored["state"])]
+        return jax.tree.unflatten(jax.tree.structure(like), leaves), meta
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the loop
+
+
+def _to_host_metrics(metrics: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+@dataclass
+class RunResult:
+    state: TrainState
+    parts: ModelParts
+    resumed_from: int | None
+    history: list[dict] = field(default_factory=list)
+
+    def model(self, ema: str | None = None) -> nnx.Module:
+        """The trained model (raw parameters, or those of the named EMA)."""
+        return self.parts.merge(self.state.params if ema is None else self.state.emas[ema])
+
+
+def train(
+    model: nnx.Module,
+    objective: Objective,
+    batch_at: Callable[[int], Mapping[str, np.ndarray]],
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    *,
+    frozen: PyTree = None,
+    stop_after: int | None = None,
+    show_progress: bool = True,
+    place_batch: Callable[[Mapping[str, np.ndarray]], Any] | None = None,
+    extra_meta: dict | None = None,
+    time_limit_s: float | None = None,
+) -> RunResult:
+    """Train ``model``'s parameters with ``objective`` on ``batch_at(step)`` batches for ``cfg.steps`` steps.
+
+    Resumes from the newest checkpoint in ``run_dir/checkpoints`` if one exists. ``stop_after`` ends the call
+    early after that many steps of this call (a stand-in for an interrupted run in tests). ``frozen`` is passed
+    to the objective unchanged (e.g. teacher parameters). ``place_batch`` moves a host batch to devices
+    (default: ``jnp.asarray`` of every entry). ``time_limit_s``: stop (after writing a checkpoint) once this
+    much wall time has passed, e.g. before a preemption or a job time limit; rerun to continue. Returns the final
+    state (params and EMAs).
+    """
+    from tqdm import tqdm
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    parts = ModelParts(model)
+    tx = make_optimizer(cfg)
+    state = init_state(parts.params(), cfg, tx)
+    ckpts = StateCheckpoints(run_dir / "checkpoints", cfg.keep_checkpoints)
+    resumed_from = ckpts.latest_step()
+    if resumed_from is not None:
+        state, meta = ckpts.restore(state)
+        if meta.get("train_config", {}).get("seed", cfg.seed) != cfg.seed:
+            raise ValueError("cannot resume: the checkpoint was written with another seed")
+    meta = {"train_config": cfg.to_dict(), **(extra_meta or {})}
+    (run_dir / "train_config.json").write_text(json.dumps(meta, indent=2, default=str))
+
+    step_fn = make_train_step(parts, objective, cfg, tx)
+    place = place_batch or (lambda b: {k: jnp.asarray(v) for k, v in b.items()})
+    start = int(state.step)
+    end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
+    history: list[dict] = []
+    pending: list[tuple[int, dict]] = []
+    bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", disable=not show_progress)
+    t_last = t_start = time.perf_counter()
+    try:
+        with open(run_dir / "metrics.jsonl", "a") as metrics_file:
+            for step in range(start, end):
+                state, metrics = step_fn(state, place(batch_at(step)), frozen)
+                pending.append((step, metrics))
+                done = step + 1
+                out_of_time = time_limit_s is not None and time.perf_counter() - t_start > time_limit_s
+                if done % cfg.log_every == 0 or done == end or out_of_time:
+                    now = time.perf_counter()
+                    rate = len(pending) / max(now - t_last, 1e-9)
+                    t_last = now
+                    rows = [{"step": s + 1, **_to_host_metrics(m)} for s, m in pending]
+                    history.extend(rows)
+                    # one row per interval: the mean of each metric over the interval's steps
+                    row = {k: float(np.mean([r[k] for r in rows])) for k in rows[-1] if k != "step"}
+                    row = dict(row, step=rows[-1]["step"], steps_per_s=rate, time=time.time())
+                    metrics_file.write(json.dumps(row) + "\n")
+                    metrics_file.flush()
+                    bar.set_postfix(loss=f"{row['loss']:.4f}")
+                    pending.clear()
+                bar.update(1)
+                if done % cfg.checkpoint_every == 0 or done == cfg.steps or out_of_time:
+                    ckpts.save(state, meta)
+                if out_of_time:
+                    break
+    finally:
+        bar.close()
+        ckpts.close()
+    return RunResult(state=state, parts=parts, resumed_from=resumed_from, history=history)
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The rows of ``metrics.jsonl`` (one per logging interval)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def plot_metrics(run_dir: str | Path, keys: tuple[str, ...] = ("loss",), out: str | Path | None = None) -> Path:
+    """Save a PNG of metrics against step (log-scaled y for losses)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(run_dir)
+    out = Path(out) if out else Path(run_dir) / "metrics.png"
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        steps = [r["step"] for r in rows if key in r]
+        values = [r[key] for r in rows if key in r]
+        ax.plot(steps, values, lw=1)
+        if values and min(values) > 0:
+            ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+__all__ = [
+    "ModelParts", "Objective", "RunResult", "StateCheckpoints", "TrainConfig", "TrainState", "init_state",
+    "make_optimizer", "make_train_step", "plot_metrics", "read_metrics", "train",
+]
