@@ -155,3 +155,90 @@ def heldout(world: ToyWorldConfig, count: int | None = None):
 def write_json(path: str | Path, payload: dict) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(payload, indent=2, default=float))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the three-stage efficiency pipeline on the toy world
+
+
+@dataclass(frozen=True)
+class DistillRecipe:
+    """MLCD (stage 1) and sparse KD (stage 3) settings for the toy world; mask search threshold (stage 2)."""
+
+    world: str = "toy-9x24x24"
+    segments: int = 4
+    solver_points: int = 50
+    guidance: float = 4.0
+    mlcd_steps: int = 3000
+    mlcd_lr: float = 5e-5
+    target_decay: float = 0.95
+    kd_steps: int = 1000
+    kd_lr: float = 3e-5
+    batch_size: int = 64
+    num_samples: int = 50_000
+    threshold: float = 0.1
+    calibration_prompts: int = 16
+    compute_dtype: str = "bfloat16"
+    seed: int = 1
+
+
+def distill_mlcd(teacher, recipe: DistillRecipe, run_dir: str | Path, *, data: ToyTrainingSet | None = None,
+                 time_limit_s: float | None = None, show_progress: bool = True) -> RunResult:
+    """Stage 1: a multi-step consistency student initialised from the teacher (dense attention)."""
+    from jax_vdit.distill import MLCDObjective, segment_edges
+    from jax_vdit.training import ModelParts
+
+    world = get_config(recipe.world)
+    data = data or ToyTrainingSet.generate(world, recipe.num_samples, seed=recipe.seed)
+    frozen = jax.tree.map(jnp.asarray, data.unconditional())
+    teacher_parts = ModelParts(teacher)
+    frozen["teacher"] = teacher_parts.params()
+    objective = MLCDObjective(teacher=teacher_parts, student=teacher_parts, edges=segment_edges(recipe.segments),
+                              num_solver_points=recipe.solver_points, guidance=recipe.guidance)
+    cfg = TrainConfig(steps=recipe.mlcd_steps, learning_rate=recipe.mlcd_lr, warmup_steps=100, weight_decay=0.0,
+                      emas=(("target", recipe.target_decay), ("ema", 0.999)), seed=recipe.seed, log_every=50,
+                      checkpoint_every=1000)
+    result = train(teacher_parts.merge(teacher_parts.params()), objective,
+                   lambda s: data.batch_at(s, recipe.batch_size), cfg, run_dir, frozen=frozen,
+                   show_progress=show_progress, extra_meta={"distill_recipe": asdict(recipe), "stage": "mlcd"},
+                   time_limit_s=time_limit_s)
+    plot_metrics(run_dir, keys=("loss", "mse_to_target", "grad_norm"))
+    return result
+
+
+def calibration_batches(world: ToyWorldConfig, recipe: DistillRecipe, timesteps: list[int], dtype=jnp.float32):
+    """Noisy held-in inputs at the student's sampling timesteps, for the mask search."""
+    from jax_vdit import schedules
+
+    data = ToyTrainingSet.generate(world, recipe.calibration_prompts, seed=recipe.seed + 100, workers=1)
+    key = jax.random.key(recipe.seed)
+    out = []
+    for i, t in enumerate(timesteps):
+        x0 = jnp.asarray(data.latents)
+        noise = jax.random.normal(jax.random.fold_in(key, i), x0.shape)
+        tt = jnp.full((x0.shape[0],), t)
+        out.append({"latents": schedules.add_noise(x0, noise, tt).astype(dtype), "timestep": tt.astype(jnp.float32),
+                    "text": jnp.asarray(data.text), "text_mask": jnp.asarray(data.text_mask)})
+    return out
+
+
+def distill_sparse(dense_student, schedule, recipe: DistillRecipe, run_dir: str | Path, *,
+                   data: ToyTrainingSet | None = None, tile_backend: str = "auto", timesteps=None,
+                   time_limit_s: float | None = None, show_progress: bool = True) -> RunResult:
+    """Stage 3: knowledge distillation of the dense MLCD student into the same model with tile masks."""
+    from jax_vdit.distill import SparseKDObjective
+    from jax_vdit.training import ModelParts
+
+    world = get_config(recipe.world)
+    data = data or ToyTrainingSet.generate(world, recipe.num_samples, seed=recipe.seed)
+    parts = ModelParts(dense_student)
+    attention = AttentionConfig(masks=tuple(schedule), tile_backend=tile_backend)
+    objective = SparseKDObjective(teacher=parts, student_attention=attention,
+                                  timesteps=tuple(int(t) for t in timesteps) if timesteps else None)
+    cfg = TrainConfig(steps=recipe.kd_steps, learning_rate=recipe.kd_lr, warmup_steps=50, weight_decay=0.0,
+                      emas=(("ema", 0.99),), seed=recipe.seed, log_every=50, checkpoint_every=1000)
+    result = train(parts.merge(parts.params()), objective, lambda s: data.batch_at(s, recipe.batch_size), cfg,
+                   run_dir, frozen={"teacher": parts.params()}, show_progress=show_progress,
+                   extra_meta={"distill_recipe": asdict(recipe), "stage": "kd"}, time_limit_s=time_limit_s)
+    plot_metrics(run_dir, keys=("loss", "rel_err", "grad_norm"))
+    return result

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jax_vdit.config import ModelConfig
-from jax_vdit.model.attention import AttentionConfig, dense_attention, self_attention
+from jax_vdit.model.attention import AttentionConfig, cross_attention, self_attention
 from jax_vdit.model.embeddings import linear
 from jax_vdit.model.rope import apply_rope
 
@@ -81,21 +81,29 @@ class TransformerBlock(nnx.Module):
         """x: (B, N, D); text: (B, L, D) projected captions; text_mask: (B, L) bool or None;
         t6: (B, 6D); rope tables (N, head_dim). Returns (B, N, D)."""
         b, n, d = x.shape
-        mod = t6.reshape(b, 6, d) + self.scale_shift_table[...].astype(t6.dtype)[None]
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (mod[:, i] for i in range(6))
-
-        h = modulate(layer_norm(x, self.eps), shift_msa, scale_msa)
-        q = apply_rope(self._split_heads(self.attn1.to_q(h)), rope_cos, rope_sin)
-        k = apply_rope(self._split_heads(self.attn1.to_k(h)), rope_cos, rope_sin)
-        v = self._split_heads(self.attn1.to_v(h))
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(t6)
+        q, k, v = self.self_attention_inputs(x, shift_msa, scale_msa, rope_cos, rope_sin)
         a = self_attention(q, k, v, tile_mask=tile_mask, tokens_per_frame=tokens_per_frame, config=attention)
         x = x + gate_msa[:, None, :] * self.attn1.to_out(a.reshape(b, n, d))
 
         q = self._split_heads(self.attn2.to_q(x))
         k = self._split_heads(self.attn2.to_k(text))
         v = self._split_heads(self.attn2.to_v(text))
-        a = dense_attention(q, k, v, backend=attention.dense_backend, key_mask=text_mask)
+        a = cross_attention(q, k, v, key_mask=text_mask, config=attention)
         x = x + self.attn2.to_out(a.reshape(b, n, d))
 
         h = modulate(layer_norm(x, self.eps), shift_mlp, scale_mlp)
         return x + gate_mlp[:, None, :] * self.ff(h)
+
+    def modulation(self, t6: jax.Array) -> tuple[jax.Array, ...]:
+        """(B, 6D) -> shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp, each (B, D)."""
+        b = t6.shape[0]
+        mod = t6.reshape(b, 6, -1) + self.scale_shift_table[...].astype(t6.dtype)[None]
+        return tuple(mod[:, i] for i in range(6))
+
+    def self_attention_inputs(self, x, shift_msa, scale_msa, rope_cos, rope_sin):
+        """q, k (with RoPE) and v of the self-attention, each (B, N, heads, head_dim)."""
+        h = modulate(layer_norm(x, self.eps), shift_msa, scale_msa)
+        q = apply_rope(self._split_heads(self.attn1.to_q(h)), rope_cos, rope_sin)
+        k = apply_rope(self._split_heads(self.attn1.to_k(h)), rope_cos, rope_sin)
+        return q, k, self._split_heads(self.attn1.to_v(h))

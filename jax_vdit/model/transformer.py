@@ -8,6 +8,7 @@ Call: ``model(latents (B,C,T,H,W), timestep (B,), text (B,1,L,Ct) or (B,L,Ct), t
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +39,28 @@ def _block_step(tile_mask, tokens_per_frame: int, attention: AttentionConfig):
                      attention=attention)
 
     return step
+
+
+@dataclass(frozen=True)
+class ForwardContext:
+    """What the blocks and the final layer share during one forward pass.
+
+    x: (B, N, D) embedded tokens; text: (B, L, D) projected captions; text_mask: (B, L) bool or None;
+    t6: (B, 6D) block modulation; embedded_t: (B, D); rope_cos/rope_sin: (N, head_dim); grid: (T', H', W').
+    """
+
+    x: jax.Array
+    text: jax.Array
+    text_mask: jax.Array | None
+    t6: jax.Array
+    embedded_t: jax.Array
+    rope_cos: jax.Array
+    rope_sin: jax.Array
+    grid: tuple[int, int, int]
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.grid[1] * self.grid[2]
 
 
 class OpenSoraT2V(nnx.Module):
@@ -94,6 +117,37 @@ class OpenSoraT2V(nnx.Module):
         return timestep, text, text_mask
 
     # -- forward ---------------------------------------------------------------------------------------------
+    def prepare(self, latents: jax.Array, timestep: jax.Array, text: jax.Array,
+                text_mask: jax.Array | None = None) -> ForwardContext:
+        """Embed the inputs: tokens (B, N, D) and everything the blocks and the final layer need."""
+        cfg = self.cfg
+        dtype = cfg.compute_jnp_dtype
+        timestep, text, text_mask = self._check_inputs(latents, timestep, text, text_mask)
+        _, _, t, h, w = latents.shape
+        grid = (t, h // cfg.patch_size, w // cfg.patch_size)
+        x = self.patch_embed(patchify(latents.astype(dtype), cfg.patch_size))
+        t6, embedded_t = self.adaln_single(timestep)
+        c = self.caption_projection(text.astype(dtype))
+        scales = (cfg.interpolation_scale_t, cfg.interpolation_scale_h, cfg.interpolation_scale_w)
+        angles = _cached_rope_angles(grid, cfg.attention_head_dim, scales, cfg.rope_theta)
+        cos, sin = rope_tables(angles, dtype, cfg.rope_round_angles)
+        return ForwardContext(x, c, text_mask, t6, embedded_t, cos, sin, grid)
+
+    def run_block(self, i: int, ctx: ForwardContext, x: jax.Array, attention: AttentionConfig) -> jax.Array:
+        """Block ``i`` on tokens ``x`` (B, N, D), with the layer's attention from ``attention``."""
+        step = _block_step(attention.layer_mask(i), ctx.tokens_per_frame, attention)
+        if self.cfg.remat:
+            step = nnx.remat(step)
+        return step(self.blocks[i], x, ctx.text, ctx.text_mask, ctx.t6, ctx.rope_cos, ctx.rope_sin)
+
+    def finish(self, ctx: ForwardContext, x: jax.Array) -> jax.Array:
+        """Final modulated LayerNorm, projection and unpatchify: (B, N, D) -> (B, C_out, T, H, W)."""
+        cfg = self.cfg
+        dtype = cfg.compute_jnp_dtype
+        shift, scale = (self.scale_shift_table[...].astype(dtype)[None] + ctx.embedded_t[:, None, :]).swapaxes(0, 1)
+        x = self.proj_out(modulate(layer_norm(x, cfg.norm_eps), shift, scale))
+        return unpatchify(x, ctx.grid, cfg.patch_size, cfg.out_channels)
+
     def __call__(
         self,
         latents: jax.Array,
@@ -103,30 +157,12 @@ class OpenSoraT2V(nnx.Module):
         *,
         attention: AttentionConfig = DENSE,
     ) -> jax.Array:
-        cfg = self.cfg
-        dtype = cfg.compute_jnp_dtype
-        timestep, text, text_mask = self._check_inputs(latents, timestep, text, text_mask)
-        attention.check_num_layers(cfg.num_layers)
-        b, _, t, h, w = latents.shape
-        grid = (t, h // cfg.patch_size, w // cfg.patch_size)
-        tokens_per_frame = grid[1] * grid[2]
-
-        x = self.patch_embed(patchify(latents.astype(dtype), cfg.patch_size))
-        t6, embedded_t = self.adaln_single(timestep)
-        c = self.caption_projection(text.astype(dtype))
-        scales = (cfg.interpolation_scale_t, cfg.interpolation_scale_h, cfg.interpolation_scale_w)
-        angles = _cached_rope_angles(grid, cfg.attention_head_dim, scales, cfg.rope_theta)
-        cos, sin = rope_tables(angles, dtype, cfg.rope_round_angles)
-
-        for i, block in enumerate(self.blocks):
-            step = _block_step(attention.layer_mask(i), tokens_per_frame, attention)
-            if cfg.remat:
-                step = nnx.remat(step)
-            x = step(block, x, c, text_mask, t6, cos, sin)
-
-        shift, scale = (self.scale_shift_table[...].astype(dtype)[None] + embedded_t[:, None, :]).swapaxes(0, 1)
-        x = self.proj_out(modulate(layer_norm(x, cfg.norm_eps), shift, scale))
-        return unpatchify(x, grid, cfg.patch_size, cfg.out_channels)
+        attention.check_num_layers(self.cfg.num_layers)
+        ctx = self.prepare(latents, timestep, text, text_mask)
+        x = ctx.x
+        for i in range(self.cfg.num_layers):
+            x = self.run_block(i, ctx, x, attention)
+        return self.finish(ctx, x)
 
 
 def init_model(cfg: ModelConfig, seed: int = 0) -> OpenSoraT2V:

@@ -1,0 +1,89 @@
+"""The command-line entry points: sample from a release folder, size validation, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from jax_vdit.cli import main
+from jax_vdit.generate import VideoSize, VideoSizeError, attention_from_spec, plan_from_name
+
+
+def _embeddings(path, channels=64, batch=1):
+    rng = np.random.default_rng(0)
+    save_file({"text": rng.standard_normal((batch, 1, 7, channels)).astype(np.float32),
+               "text_mask": np.ones((batch, 1, 7), np.int32),
+               "negative_text": rng.standard_normal((1, 7, channels)).astype(np.float32),
+               "negative_mask": np.ones((1, 7), np.int32)}, str(path))
+    return path
+
+
+def test_sample_command_writes_latents(golden_dir, tmp_path, capsys):
+    emb = _embeddings(tmp_path / "emb.safetensors")
+    out = tmp_path / "out" / "lat.safetensors"
+    code = main(["sample", str(golden_dir / "opensora_v12" / "tiny_a"), "--embeddings", str(emb), "--frames", "9",
+                 "--height", "64", "--width", "80", "--steps", "3", "--guidance", "4", "--out", str(out),
+                 "--param-dtype", "float32", "--compute-dtype", "float32", "--quiet"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["latent_shape"] == [1, 4, 3, 8, 10]
+    latents = load_file(str(out))["latents"]
+    assert latents.shape == (1, 4, 3, 8, 10) and np.isfinite(latents).all()
+
+
+@pytest.mark.parametrize("frames, height, width, match", [
+    (30, 720, 1280, "frames=30 is not 4k\\+1"),
+    (29, 720, 1000, "width=1000 is not a positive multiple of 16"),
+    (0, 8, 16, "frames=0"),
+])
+def test_video_size_validation(frames, height, width, match):
+    with pytest.raises(VideoSizeError, match=match):
+        VideoSize(frames, height, width)
+
+
+def test_video_size_latents():
+    assert VideoSize(93, 720, 1280).latent_shape == (4, 24, 90, 160)
+    assert VideoSize(29, 480, 640).latent_shape == (4, 8, 60, 80)
+    assert VideoSize(1, 480, 640).latent_shape == (4, 1, 60, 80)
+
+
+def test_sample_command_rejects_bad_frames_before_loading(tmp_path, capsys):
+    code = main(["sample", str(tmp_path / "missing"), "--embeddings", "x", "--frames", "30"])
+    assert code == 2
+    assert "frames=30 is not 4k+1" in capsys.readouterr().err
+
+
+def test_sample_command_needs_text(golden_dir, capsys):
+    code = main(["sample", str(golden_dir / "opensora_v12" / "tiny_a"), "--frames", "9", "--height", "64",
+                 "--width", "80", "--prompt", "a cat"])
+    assert code == 2
+    assert "--text-encoder" in capsys.readouterr().err
+
+
+def test_attention_specs(tmp_path):
+    import pallas_kernels
+
+    dense = attention_from_spec("dense", 4, 8)
+    assert dense.masks is None
+    uniform = attention_from_spec("1:7", 4, 8)
+    assert len(uniform.masks) == 4 and uniform.masks[0].kept_tiles == 2 * 8 - 1 + 8 - 1
+    schedule = pallas_kernels.MaskSchedule.from_specs(["1:7", None, "full", "2:6"], 8)
+    schedule.save(tmp_path / "s.json")
+    loaded = attention_from_spec(str(tmp_path / "s.json"), 4, 8)
+    assert loaded.masks[1] is None and loaded.masks[3].kept_tiles == 2 * 2 * 8 - 4 + 8 - 2
+    with pytest.raises(ValueError, match="has 4 layers, the model has 3"):
+        attention_from_spec(str(tmp_path / "s.json"), 3, 8)
+    with pytest.raises(ValueError, match="for 8 latent frames, video has 24"):
+        attention_from_spec(str(tmp_path / "s.json"), 4, 24)
+
+
+def test_sampler_names():
+    assert plan_from_name("ddim", 4).num_steps == 4
+    plan = plan_from_name("consistency", 4)
+    assert list(plan.t_model[:4]) == [999, 750, 500, 250]
+    assert list(plan_from_name("consistency", 2, "0,500").t_model[:2]) == [999, 500]
+    with pytest.raises(ValueError, match="unknown sampler"):
+        plan_from_name("heun", 4)
