@@ -37,7 +37,7 @@ from flax import nnx  # noqa: E402
 from jax_vdit import sampling  # noqa: E402
 from jax_vdit.config import PRESET_LATENT_SHAPES, get_preset  # noqa: E402
 from jax_vdit.flops import forward_flops  # noqa: E402
-from jax_vdit.model import AttentionConfig, OpenSoraT2V  # noqa: E402
+from jax_vdit.model import AttentionConfig, random_model  # noqa: E402
 
 SIZES = {"29x720p": "osp-v1.2-29x720p", "93x720p": "osp-v1.2-93x720p", "29x480p": "osp-v1.2-29x480p",
          "93x480p": "osp-v1.2-93x480p", "toy": "toy-teacher"}
@@ -109,7 +109,7 @@ def main() -> None:
         cfg = get_preset(SIZES[size], param_dtype="bfloat16", compute_dtype="bfloat16")
         t_lat, h_lat, w_lat = PRESET_LATENT_SHAPES[SIZES[size]]
         t0 = time.perf_counter()
-        model = nnx.jit(lambda: OpenSoraT2V(cfg, rngs=nnx.Rngs(0)))()
+        model = random_model(cfg, seed=0)  # per-shape generators: a one-program init of 2.77B params compiles slowly
         jax.block_until_ready(nnx.state(model))
         init_s = time.perf_counter() - t0
         graphdef, state = nnx.split(model)

@@ -75,6 +75,7 @@ def main() -> None:
     p.add_argument("--world", default="toy-9x24x24")
     p.add_argument("--model", default="toy-teacher")
     p.add_argument("--eval-prompts", type=int, default=32)
+    p.add_argument("--init-from", default=None, help="continue from these weights (e.g. jax_vdit/assets/toy_teacher)")
     args = p.parse_args()
 
     out = Path(args.out)
@@ -82,7 +83,7 @@ def main() -> None:
     recipe = TeacherRecipe(world=args.world, model=args.model, steps=args.steps, batch_size=args.batch, learning_rate=args.lr,
                            num_samples=args.samples, compute_dtype=args.compute_dtype)
     t0 = time.perf_counter()
-    result = train_teacher(recipe, args.run, time_limit_s=args.time_limit)
+    result = train_teacher(recipe, args.run, time_limit_s=args.time_limit, init_from=args.init_from)
     train_s = time.perf_counter() - t0
     steps_done = int(result.state.step)
     for name in ("metrics.jsonl", "metrics.png", "train_config.json"):

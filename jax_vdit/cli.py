@@ -93,7 +93,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         from jax_vdit.vae import decode_latents_to_video, load_vae, write_video
 
         t0 = time.perf_counter()
-        vae = load_vae(args.vae)
+        vae = load_vae(args.vae, dtype=jnp.bfloat16 if args.compute_dtype == "bfloat16" else jnp.float32)
         frames = decode_latents_to_video(vae, latents)
         for i, video in enumerate(frames):
             path = out.with_suffix("") if len(frames) == 1 else out.with_name(f"{out.stem}_{i}")
@@ -109,7 +109,7 @@ def _cmd_train_teacher(args: argparse.Namespace) -> int:
     recipe = TeacherRecipe(world=args.world, model=args.model, steps=args.steps, batch_size=args.batch,
                            learning_rate=args.lr, num_samples=args.samples, compute_dtype=args.compute_dtype,
                            seed=args.seed, checkpoint_every=args.checkpoint_every)
-    result = train_teacher(recipe, args.run, time_limit_s=args.time_limit)
+    result = train_teacher(recipe, args.run, time_limit_s=args.time_limit, init_from=args.init_from)
     if int(result.state.step) >= recipe.steps and args.export:
         export_release_folder(result.model("ema"), args.export)
         print(f"exported the EMA teacher to {args.export}")
@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="toy-world demo on the shipped teacher (CPU friendly)")
     d.add_argument("--out", default="outputs/demo")
     d.add_argument("--prompts", type=int, default=8, help="number of held-out prompts (max 32)")
-    d.add_argument("--steps", type=int, default=20, help="Euler-ancestral steps for the teacher row")
+    d.add_argument("--steps", type=int, default=12, help="Euler-ancestral steps for the teacher row")
     d.add_argument("--guidance", type=float, default=4.0)
     d.add_argument("--teacher", default=None, help="a toy teacher folder (default: the shipped one)")
     d.add_argument("--seed", type=int, default=0)
@@ -195,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every", type=int, default=1000)
     t.add_argument("--time-limit", type=float, default=None, help="stop (with a checkpoint) after this many seconds")
     t.add_argument("--export", default=None, help="write the EMA teacher here (release format) when done")
+    t.add_argument("--init-from", default=None, help="start from these weights (e.g. jax_vdit/assets/toy_teacher)")
     t.set_defaults(func=_cmd_train_teacher)
 
     b = sub.add_parser("toybench", help="ToyBench of a toy checkpoint for sampler settings")

@@ -39,7 +39,7 @@ def _plan(setting: DemoSetting) -> sampling.SamplingPlan:
     return plan_from_name(setting.sampler, setting.steps)
 
 
-def run_demo(out_dir: str | Path = "outputs/demo", *, prompts: int = 8, steps: int = 20, guidance: float = 4.0,
+def run_demo(out_dir: str | Path = "outputs/demo", *, prompts: int = 8, steps: int = 12, guidance: float = 4.0,
              teacher: str | Path | None = None, seed: int = 0) -> dict:
     """Sample ``prompts`` held-out prompts with each setting; write ``grid.gif`` and ``toybench.json``."""
     t_start = time.perf_counter()

@@ -140,8 +140,11 @@ def euler_ancestral_step(
     xf, ef = x.astype(jnp.float32), eps.astype(jnp.float32)
     sigma, sigma_next = jnp.asarray(sigma, jnp.float32), jnp.asarray(sigma_next, jnp.float32)
     x0 = xf - sigma * ef
-    sigma_up = jnp.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2)
-    sigma_down = jnp.sqrt(sigma_next**2 - sigma_up**2)
+    # the same formulas as the reference; the clamps only stop rounding (e.g. after XLA fuses the expressions)
+    # from taking a square root of a tiny negative number when sigma_next << sigma
+    up2 = jnp.maximum(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2, 0.0)
+    sigma_up = jnp.sqrt(up2)
+    sigma_down = jnp.sqrt(jnp.maximum(sigma_next**2 - up2, 0.0))
     out = xf + (xf - x0) / sigma * (sigma_down - sigma) + noise.astype(jnp.float32) * sigma_up
     return out.astype(x.dtype)
 

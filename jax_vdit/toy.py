@@ -57,8 +57,11 @@ class TeacherRecipe:
 
 def train_teacher(recipe: TeacherRecipe, run_dir: str | Path, *, stop_after: int | None = None,
                   show_progress: bool = True, data: ToyTrainingSet | None = None,
-                  time_limit_s: float | None = None) -> RunResult:
-    """Train (or resume) a toy teacher in ``run_dir``; writes metrics.jsonl, metrics.png and checkpoints."""
+                  time_limit_s: float | None = None, init_from: str | Path | None = None) -> RunResult:
+    """Train (or resume) a toy teacher in ``run_dir``; writes metrics.jsonl, metrics.png and checkpoints.
+
+    ``init_from``: start from these weights (e.g. the shipped teacher) instead of a random init; a checkpoint
+    already in ``run_dir`` still takes precedence (resume)."""
     world = get_config(recipe.world)
     cfg = recipe.model_config()
     if cfg.caption_channels != world.caption_channels:
@@ -67,8 +70,16 @@ def train_teacher(recipe: TeacherRecipe, run_dir: str | Path, *, stop_after: int
     data = data or ToyTrainingSet.generate(world, recipe.num_samples, seed=recipe.seed)
     gen_s = time.perf_counter() - t0
     frozen = jax.tree.map(jnp.asarray, data.unconditional())
+    if init_from is not None:
+        from jax_vdit.weights import load_model
+
+        model = load_model(init_from, param_dtype=cfg.param_dtype, compute_dtype=cfg.compute_dtype)
+        if model.cfg.replace(compute_dtype=cfg.compute_dtype) != cfg:
+            raise ValueError(f"{init_from} holds a {model.cfg} model, the recipe asks for {cfg}")
+    else:
+        model = init_model(cfg, seed=recipe.seed)
     result = train(
-        init_model(cfg, seed=recipe.seed), DiffusionObjective(), lambda s: data.batch_at(s, recipe.batch_size),
+        model, DiffusionObjective(), lambda s: data.batch_at(s, recipe.batch_size),
         recipe.train_config(), run_dir, frozen=frozen, stop_after=stop_after, show_progress=show_progress,
         extra_meta={"recipe": asdict(recipe), "data_generation_s": round(gen_s, 1)}, time_limit_s=time_limit_s,
     )

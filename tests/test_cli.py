@@ -34,6 +34,22 @@ def test_sample_command_writes_latents(golden_dir, tmp_path, capsys):
     assert latents.shape == (1, 4, 3, 8, 10) and np.isfinite(latents).all()
 
 
+def test_sample_command_decodes_to_mp4_with_a_vae(golden_dir, tmp_path, capsys):
+    emb = _embeddings(tmp_path / "emb.safetensors")
+    out = tmp_path / "video.safetensors"
+    code = main(["sample", str(golden_dir / "opensora_v12" / "tiny_a"), "--embeddings", str(emb), "--frames", "9",
+                 "--height", "64", "--width", "80", "--steps", "2", "--guidance", "1", "--out", str(out),
+                 "--param-dtype", "float32", "--compute-dtype", "float32", "--quiet",
+                 "--vae", str(golden_dir / "causalvae_v12" / "tiny_a")])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "decode_s" in report
+    import imageio.v3 as iio
+
+    frames = iio.imread(tmp_path / "video.mp4")
+    assert frames.shape[0] == 9 and frames.shape[1:3] == (64, 80)
+
+
 @pytest.mark.parametrize("frames, height, width, match", [
     (30, 720, 1280, "frames=30 is not 4k\\+1"),
     (29, 720, 1000, "width=1000 is not a positive multiple of 16"),

@@ -60,3 +60,12 @@ def test_ddim_timesteps_and_min_snr():
     assert float(w[0]) == pytest.approx(5e-4, rel=0.02)
     assert float(w[1]) == pytest.approx(0.15, rel=0.1)
     np.testing.assert_allclose(w[3:], 1.0)
+
+
+def test_euler_ancestral_big_jump_stays_finite_under_jit():
+    """2 steps: sigma 157.4 -> 0.01; rounding in the fused sigma_up/sigma_down must not give NaN."""
+    plan = S.euler_ancestral_plan(2)
+    x = jax.random.normal(jax.random.key(0), (2, 4, 3, 8, 8)) * plan.init_noise_sigma
+    step = jax.jit(S.euler_ancestral_step)
+    out = step(x, jnp.tanh(x), plan.sigmas[0], plan.sigmas[1], jax.random.normal(jax.random.key(1), x.shape))
+    assert bool(jnp.isfinite(out).all())

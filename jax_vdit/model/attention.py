@@ -8,6 +8,10 @@ Self-attention of layer ``i`` is dense when ``config.layer_mask(i)`` is ``None``
 * ``"cudnn"``: ``jax.nn.dot_product_attention(implementation="cudnn")`` (GPU, bf16/fp16 only);
 * ``"auto"``: cuDNN on a CUDA GPU for bf16/fp16 inputs, else XLA.
 
+Sequence parallelism (``AttentionConfig.sequence_axis``): self-attention runs Ulysses-style inside ``jax.shard_map``
+(all-to-all tokens -> heads, full-sequence attention per head group, all-to-all back) and text cross-attention runs
+locally on each token shard; see :mod:`jax_vdit.parallel`. It needs a mesh in context (``jax.set_mesh``).
+
 q, k, v are ``(batch, tokens, heads, head_dim)`` as in ``jax.nn.dot_product_attention``.
 """
 
@@ -30,18 +34,32 @@ class AttentionConfig:
     ``masks``: one entry per layer, ``None`` for dense or a ``pallas_kernels.TileMask`` for that layer; ``None``
     for the whole field means every layer is dense. ``tile_backend`` is a ``pallas_kernels.tile_attention``
     backend name. ``interpret`` runs Pallas kernels in interpret mode (CPU tests).
+
+    ``sequence_axis``: name of the mesh axis the tokens are split over (e.g. ``"seq"``): self-attention becomes
+    Ulysses sequence-parallel and cross-attention stays local per token shard; ``None`` (default): no sequence
+    parallelism. ``batch_axis``: the mesh axis the batch is split over inside those attention regions (e.g.
+    ``"data"``; ignored when the batch is not divisible by its size). Both need the call to run under
+    ``jax.set_mesh(mesh)``; ``jax_vdit.parallel.sequence_parallel(config, mesh)`` fills them from the rule table.
     """
 
     dense_backend: str = "auto"
     tile_backend: str = "auto"
     masks: tuple | None = None
     interpret: bool = False
+    sequence_axis: str | None = None
+    batch_axis: str | None = None
 
     def __post_init__(self) -> None:
         if self.dense_backend not in DENSE_BACKENDS:
             raise ValueError(f"dense_backend must be one of {DENSE_BACKENDS}, got {self.dense_backend!r}")
         if self.masks is not None and not isinstance(self.masks, tuple):
             object.__setattr__(self, "masks", tuple(self.masks))
+        for name in ("sequence_axis", "batch_axis"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValueError(f"{name} must be a mesh axis name (str) or None, got {value!r}")
+        if self.sequence_axis is not None and self.sequence_axis == self.batch_axis:
+            raise ValueError(f"sequence_axis and batch_axis must be different mesh axes, both are {self.batch_axis!r}")
 
     def layer_mask(self, layer: int):
         """The tile mask of ``layer`` (``None`` = dense)."""
@@ -102,8 +120,12 @@ def dense_attention(
         return reference_attention(q, k, v, key_mask)
     mask = None if key_mask is None else key_mask[:, None, None, :]
     if backend == "cudnn":
-        # a general key mask goes to cuDNN as an additive bias (exp(-30000) == 0 in every float type)
-        bias = None if key_mask is None else jnp.where(mask, 0.0, -30000.0).astype(q.dtype)
+        # a general key mask goes to cuDNN as an additive bias (exp(-30000) == 0 in every float type); cuDNN
+        # wants the bias's two sequence dims in full: (B, 1, Nq, Nk)
+        bias = None
+        if key_mask is not None:
+            bias = jnp.where(mask, 0.0, -30000.0).astype(q.dtype)
+            bias = jnp.broadcast_to(bias, (q.shape[0], 1, q.shape[1], k.shape[1]))
         return jax.nn.dot_product_attention(q, k, v, bias=bias, implementation="cudnn")
     if backend == "xla":
         return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
@@ -121,13 +143,43 @@ def self_attention(
 ) -> jax.Array:
     """Video self-attention: dense if ``tile_mask`` is None, else tile-sparse over frames.
 
-    q, k, v: (B, N, H, D) with N = frames x tokens_per_frame, tokens frame-major.
+    q, k, v: (B, N, H, D) with N = frames x tokens_per_frame, tokens frame-major. With ``config.sequence_axis``
+    the arrays are global views split over tokens and attention runs Ulysses-style (``jax_vdit.parallel``); the
+    tile mask is over the full sequence and applies unchanged.
     """
-    if tile_mask is None:
-        return dense_attention(q, k, v, backend=config.dense_backend)
-    import pallas_kernels
 
-    return pallas_kernels.tile_attention(
-        q, k, v, tile_mask, tokens_per_frame=tokens_per_frame, backend=config.tile_backend,
-        interpret=config.interpret,
-    )
+    def attend(q, k, v):
+        if tile_mask is None:
+            return dense_attention(q, k, v, backend=config.dense_backend)
+        import pallas_kernels
+
+        return pallas_kernels.tile_attention(
+            q, k, v, tile_mask, tokens_per_frame=tokens_per_frame, backend=config.tile_backend,
+            interpret=config.interpret,
+        )
+
+    if config.sequence_axis is None:
+        return attend(q, k, v)
+    from jax_vdit.parallel import ulysses_attention
+
+    return ulysses_attention(attend, q, k, v, sequence_axis=config.sequence_axis, batch_axis=config.batch_axis)
+
+
+def cross_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, *, key_mask: jax.Array | None, config: AttentionConfig
+) -> jax.Array:
+    """Text cross-attention: dense, keys masked by ``key_mask`` (B, L) bool.
+
+    q: (B, N, H, D) video queries; k, v: (B, L, H, D) text. With ``config.sequence_axis`` each device attends from
+    its own token shard to the full (replicated) text, with no communication.
+    """
+
+    def attend(q, k, v, key_mask):
+        return dense_attention(q, k, v, backend=config.dense_backend, key_mask=key_mask)
+
+    if config.sequence_axis is None:
+        return attend(q, k, v, key_mask)
+    from jax_vdit.parallel import local_query_attention
+
+    return local_query_attention(attend, q, k, v, key_mask, sequence_axis=config.sequence_axis,
+                                 batch_axis=config.batch_axis)

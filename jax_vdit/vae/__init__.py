@@ -1,0 +1,59 @@
+"""Open-Sora-Plan v1.2 CausalVAE in Flax NNX: decode DiT latents to video and encode video to latents.
+
+Public API::
+
+    from jax_vdit.vae import load_vae, decode_latents_to_video, write_video, TilingConfig
+    vae = load_vae("Open-Sora-Plan-v1.2.0/vae", dtype=jnp.bfloat16)      # config.json + checkpoint.ckpt
+    frames = decode_latents_to_video(vae, latents)                         # (B, F, H, W, 3) uint8, release tiling
+    write_video(frames[0], "out.mp4", fps=24)
+
+Lower level: :func:`decode` / :func:`encode` on (B, C, T, H, W) arrays, with ``tiling=TilingConfig...``;
+:class:`CausalVAE` works channels-last (N, T, H, W, C) internally.
+"""
+
+from jax_vdit.vae.config import SCALING_FACTOR, ComputeConfig, VAEConfig, VAEConfigError
+from jax_vdit.vae.convert import abstract_vae, load_vae, load_vae_weights, param_count, random_vae, vae_key_map
+from jax_vdit.vae.model import CausalVAE
+from jax_vdit.vae.pipeline import decode_latents_to_video, encode_video_to_latents, write_video
+from jax_vdit.vae.runtime import (
+    DiagonalGaussian,
+    clear_compile_cache,
+    compile_log,
+    debug_taps,
+    decode,
+    decode_nthwc,
+    encode,
+    encode_moments_nthwc,
+    tile_runner,
+    tiled_apply,
+)
+from jax_vdit.vae.tiling import TilingConfig, TilingConfigError
+
+__all__ = [
+    "SCALING_FACTOR",
+    "CausalVAE",
+    "ComputeConfig",
+    "DiagonalGaussian",
+    "TilingConfig",
+    "TilingConfigError",
+    "VAEConfig",
+    "VAEConfigError",
+    "abstract_vae",
+    "clear_compile_cache",
+    "compile_log",
+    "debug_taps",
+    "decode",
+    "decode_latents_to_video",
+    "decode_nthwc",
+    "encode",
+    "encode_moments_nthwc",
+    "encode_video_to_latents",
+    "load_vae",
+    "load_vae_weights",
+    "param_count",
+    "random_vae",
+    "tile_runner",
+    "tiled_apply",
+    "vae_key_map",
+    "write_video",
+]

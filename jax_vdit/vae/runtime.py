@@ -1,0 +1,365 @@
+"""Public encode/decode API on (B, C, T, H, W) arrays: jit cache per tile shape, tiling, posterior.
+
+The encoder and decoder run as chains of stages (:func:`run_stage`; or as one executable with
+``ComputeConfig(staged=False)``). Each stage is compiled once per input shape (``jax.jit(...).lower(...)
+.compile()``) and kept in a process-wide cache keyed by the stage function, the modules' graph definitions,
+their parameter shapes/dtypes and the input shape, so repeated tiles, chunks, identical blocks and calls never
+recompile. :func:`compile_log` lists what was compiled and how long each took.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jax_vdit.vae import ops
+from jax_vdit.vae.model import CausalVAE
+from jax_vdit.vae.tiling import TilingConfig, assemble_tiles, tile_starts, time_chunks
+
+F32 = jnp.float32
+LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
+
+
+# ----------------------------------------------------------------------------------------------- posterior
+@dataclass(frozen=True)
+class DiagonalGaussian:
+    """Posterior of the encoder: float32 ``mean`` and clamped ``logvar`` of shape (B, C, t, h, w)."""
+
+    mean: jax.Array
+    logvar: jax.Array
+
+    @classmethod
+    def from_moments(cls, moments_nthwc: jax.Array) -> "DiagonalGaussian":
+        """Channels 0..C-1 are the mean, C..2C-1 the log-variance (clamped to [-30, 20])."""
+        m = jnp.transpose(moments_nthwc.astype(F32), (0, 4, 1, 2, 3))
+        c = m.shape[1] // 2
+        return cls(m[:, :c], jnp.clip(m[:, c:], LOGVAR_MIN, LOGVAR_MAX))
+
+    @property
+    def std(self) -> jax.Array:
+        return jnp.exp(0.5 * self.logvar)
+
+    def sample(self, key: jax.Array) -> jax.Array:
+        """mean + std * N(0, 1) with an explicit PRNG key."""
+        return self.mean + self.std * jax.random.normal(key, self.mean.shape, F32)
+
+    def mode(self) -> jax.Array:
+        return self.mean
+
+
+# ----------------------------------------------------------------------------------------------- jit cache
+_CACHE: dict = {}
+_LOG: list[dict] = []
+
+
+def _signature(state) -> tuple:
+    return tuple((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(state))
+
+
+def _donation_supported() -> bool:
+    return jax.default_backend() != "cpu"
+
+
+def run_stage(fn: Callable, modules: tuple, x: jax.Array, *, donate: bool = False) -> jax.Array:
+    """``fn(*modules, x)`` through a compiled executable cached per (fn, module graphs, parameter shapes,
+    input shape/dtype). ``donate`` lets XLA reuse ``x``'s buffer (the caller must not use ``x`` afterwards).
+    Modules with identical structure (e.g. the res blocks of one level) share one executable."""
+    splits = [nnx.split(m) for m in modules]
+    graphdefs = tuple(g for g, _ in splits)
+    states = tuple(st for _, st in splits)
+    key = (fn, graphdefs, _signature(states), tuple(x.shape), str(x.dtype), donate)
+    compiled = _CACHE.get(key)
+    if compiled is None:
+        t0 = time.perf_counter()
+
+        def pure(states, x):
+            return fn(*[nnx.merge(g, st) for g, st in zip(graphdefs, states)], x)
+
+        spec = jax.ShapeDtypeStruct(x.shape, x.dtype)
+        # donate only where an output can take over the input buffer (else XLA warns and ignores it)
+        outs = jax.tree.leaves(jax.eval_shape(pure, states, spec))
+        aliasable = any(o.shape == spec.shape and o.dtype == spec.dtype for o in outs)
+        use_donation = donate and aliasable and _donation_supported()
+        compiled = jax.jit(pure, donate_argnums=(1,) if use_donation else ()).lower(states, spec).compile()
+        entry = {"stage": getattr(fn, "__name__", str(fn)), "shape": tuple(x.shape), "dtype": str(x.dtype),
+                 "donated": use_donation, "seconds": time.perf_counter() - t0}
+        try:
+            mem = compiled.memory_analysis()
+            entry.update(temp_bytes=int(mem.temp_size_in_bytes), argument_bytes=int(mem.argument_size_in_bytes),
+                         output_bytes=int(mem.output_size_in_bytes), alias_bytes=int(mem.alias_size_in_bytes))
+        except Exception:  # noqa: BLE001 - memory statistics are optional
+            pass
+        _LOG.append(entry)
+        _CACHE[key] = compiled
+    return compiled(states, x)
+
+
+def compile_log() -> list[dict]:
+    """One entry per compilation so far: stage name, input shape, dtype, seconds, donation, and XLA's memory
+    analysis of the executable (temp/argument/output/alias bytes) where the backend reports it."""
+    return list(_LOG)
+
+
+def clear_compile_cache() -> None:
+    _CACHE.clear()
+    _LOG.clear()
+
+
+# stage functions (module-level so that cache keys are stable)
+def _whole_decode(vae, z):
+    return vae.decode_latent(z)
+
+
+def _whole_encode(vae, x):
+    return vae.encode_moments(x)
+
+
+def _dec_head(pq, conv_in, mid, z):
+    z = z.astype(conv_in.dtype)
+    return mid(conv_in(pq(z)))
+
+
+def _dec_head_noquant(conv_in, mid, z):
+    return mid(conv_in(z.astype(conv_in.dtype)))
+
+
+def _apply(module, x):
+    return module(x)
+
+
+def _upsample_then_block(upsample, block, x):
+    return block.after_nearest_upsample(x, upsample)
+
+
+def _norm_conv_tail(norm, conv, x):
+    a, b = norm.affine(x)
+    return conv(x, pre=ops.norm_silu_fn(a, b))
+
+
+def _enc_head(conv_in, x):
+    return conv_in(x.astype(conv_in.dtype))
+
+
+def _enc_tail(mid, norm, conv, quant, x):
+    h = _norm_conv_tail(norm, conv, mid(x))
+    return quant(h).astype(F32)
+
+
+def _enc_tail_noquant(mid, norm, conv, x):
+    return _norm_conv_tail(norm, conv, mid(x)).astype(F32)
+
+
+def decode_staged(vae: CausalVAE, z: jax.Array) -> jax.Array:
+    """Decoder as a chain of compiled stages (see :class:`ComputeConfig`); same math as ``decode_latent``."""
+    dec = vae.decoder
+    if vae.post_quant_conv is not None:
+        h = run_stage(_dec_head, (vae.post_quant_conv, dec.conv_in, dec.mid), z)
+    else:
+        h = run_stage(_dec_head_noquant, (dec.conv_in, dec.mid), z)
+    pending_upsample = None
+    for i in reversed(range(len(dec.up))):
+        level = dec.up[i]
+        for block in level.block:
+            if pending_upsample is not None:
+                h = run_stage(_upsample_then_block, (pending_upsample, block), h, donate=True)
+                pending_upsample = None
+            else:
+                h = run_stage(_apply, (block,), h, donate=True)
+        if level.upsample is not None:
+            fusable = (
+                vae.compute.fuse_upsample
+                and level.upsample.kind == "SpatialUpsample2x"
+                and i > 0
+                and dec.up[i - 1].block[0].nin_shortcut is not None
+            )
+            if fusable:
+                pending_upsample = level.upsample
+            else:
+                h = run_stage(_apply, (level.upsample,), h, donate=True)
+    if pending_upsample is not None:  # pragma: no cover - no block after the last upsample
+        h = run_stage(_apply, (pending_upsample,), h, donate=True)
+    return run_stage(_norm_conv_tail, (dec.norm_out, dec.conv_out), h, donate=True)
+
+
+def encode_staged(vae: CausalVAE, x: jax.Array) -> jax.Array:
+    """Encoder (+ quant_conv) as a chain of compiled stages; float32 moments, same math as ``encode_moments``."""
+    enc = vae.encoder
+    h = run_stage(_enc_head, (enc.conv_in,), x)
+    n_levels = len(enc.down)
+    for i, level in enumerate(enc.down):
+        for block in level.block:
+            h = run_stage(_apply, (block,), h, donate=True)
+        # the mid block reads the last res block output: a downsample of the last level is never used
+        if level.downsample is not None and i < n_levels - 1:
+            h = run_stage(_apply, (level.downsample,), h, donate=True)
+    if vae.quant_conv is not None:
+        return run_stage(_enc_tail, (enc.mid, enc.norm_out, enc.conv_out, vae.quant_conv), h, donate=True)
+    return run_stage(_enc_tail_noquant, (enc.mid, enc.norm_out, enc.conv_out), h, donate=True)
+
+
+def _run_one(kind: str, vae: CausalVAE, x: jax.Array) -> jax.Array:
+    if vae.compute.staged:
+        return decode_staged(vae, x) if kind == "decode" else encode_staged(vae, x)
+    return run_stage(_whole_decode if kind == "decode" else _whole_encode, (vae,), x)
+
+
+def _run_batched(kind: str, vae: CausalVAE, inputs: list[jax.Array], max_batch: int = 1) -> list[jax.Array]:
+    """Run the encoder/decoder on each input; inputs of equal shape go together in batches of ``max_batch``."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, x in enumerate(inputs):
+        groups[(tuple(x.shape), str(x.dtype))].append(i)
+    out: list[jax.Array | None] = [None] * len(inputs)
+    for idxs in groups.values():
+        for s in range(0, len(idxs), max_batch):
+            part = idxs[s : s + max_batch]
+            batch = inputs[part[0]] if len(part) == 1 else jnp.concatenate([inputs[i] for i in part], axis=0)
+            res = _run_one(kind, vae, batch)
+            n = inputs[part[0]].shape[0]
+            for k, i in enumerate(part):
+                out[i] = res if len(part) == 1 else res[k * n : (k + 1) * n]
+    return out  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------------------------- tiled paths
+TileRunner = Callable[[list[jax.Array], int], list[jax.Array]]
+
+
+def tile_runner(vae: CausalVAE, kind: str = "decode") -> TileRunner:
+    """``run(tiles, max_batch)``: the model's decoder (or encoder) on a list of channels-last tiles, for
+    :func:`tiled_apply` (equal-shape tiles batched up to ``max_batch``)."""
+    if kind not in ("decode", "encode"):
+        raise ValueError(f"kind must be 'decode' or 'encode', not {kind!r}")
+    return partial(_run_batched, kind, vae)
+
+
+def tiled_apply(
+    run_tiles: TileRunner,
+    x: jax.Array,
+    *,
+    in_size: int,
+    in_t: int,
+    out_size: int,
+    overlap: float,
+    max_tile_batch: int = 1,
+) -> jax.Array:
+    """The release's time-chunk + spatial-tile driver on channels-last ``x`` (N, T, H, W, C).
+
+    ``run_tiles(tiles, max_batch)`` maps a list of input tiles to their outputs (the decoder or the encoder);
+    ``in_size``/``in_t`` are the input tile size and chunk length, ``out_size`` the output tile size (blend
+    width ``int(out_size * overlap)``, crop ``out_size - blend``). See :mod:`jax_vdit.vae.tiling`.
+    """
+    _, t, h, w, _ = x.shape
+    rows, cols = tile_starts(h, in_size, overlap), tile_starts(w, in_size, overlap)
+    extent = int(out_size * overlap)
+    keep = out_size - extent
+    chunks = time_chunks(t, in_t)
+
+    def tiles_of(s: int, e: int) -> list[jax.Array]:
+        return [x[:, s:e, i : i + in_size, j : j + in_size] for i in rows for j in cols]
+
+    def assemble(flat: list[jax.Array]) -> jax.Array:
+        grid = [flat[r * len(cols) : (r + 1) * len(cols)] for r in range(len(rows))]
+        return assemble_tiles(grid, extent, keep)
+
+    parts = []
+    if max_tile_batch == 1:  # stream chunk by chunk: lowest memory
+        for ci, (s, e) in enumerate(chunks):
+            out = assemble(run_tiles(tiles_of(s, e), 1))
+            parts.append(out if ci == 0 else out[:, 1:])
+    else:  # equal-shape tiles of all chunks batched together
+        per_chunk = [tiles_of(s, e) for s, e in chunks]
+        flat = run_tiles([tl for tiles in per_chunk for tl in tiles], max_tile_batch)
+        k = len(rows) * len(cols)
+        for ci in range(len(chunks)):
+            out = assemble(flat[ci * k : (ci + 1) * k])
+            parts.append(out if ci == 0 else out[:, 1:])
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
+
+
+def decode_nthwc(vae: CausalVAE, z: jax.Array, *, tiling: TilingConfig | None = None) -> jax.Array:
+    """Raw latent (N, t, h, w, C) -> video (N, T, H, W, 3) in the compute dtype, tiled as the release when
+    ``tiling`` is given and the latent exceeds its tile sizes."""
+    _, t, h, w, _ = z.shape
+    if tiling is None or not tiling.decode_needs_tiling(t, h, w):
+        return _run_batched("decode", vae, [z], 1)[0]
+    return tiled_apply(
+        tile_runner(vae, "decode"),
+        z,
+        in_size=tiling.tile_latent_min_size,
+        in_t=tiling.tile_latent_min_size_t,
+        out_size=tiling.tile_sample_min_size,
+        overlap=tiling.tile_overlap_factor,
+        max_tile_batch=tiling.max_tile_batch,
+    )
+
+
+def encode_moments_nthwc(vae: CausalVAE, x: jax.Array, *, tiling: TilingConfig | None = None) -> jax.Array:
+    """Video (N, T, H, W, 3) in [-1, 1] -> float32 moments (N, t, h, w, 2C), tiled as the release if asked."""
+    _, t, h, w, _ = x.shape
+    if tiling is None or not tiling.encode_needs_tiling(t, h, w):
+        return _run_batched("encode", vae, [x], 1)[0]
+    return tiled_apply(
+        tile_runner(vae, "encode"),
+        x,
+        in_size=tiling.tile_sample_min_size,
+        in_t=tiling.tile_sample_min_size_t,
+        out_size=tiling.tile_latent_min_size,
+        overlap=tiling.tile_overlap_factor,
+        max_tile_batch=tiling.max_tile_batch,
+    )
+
+
+def _check_5d(name: str, x, channels: int) -> None:
+    if x.ndim != 5 or x.shape[1] != channels:
+        raise ValueError(f"{name} must have shape (B, {channels}, T, H, W); got {tuple(x.shape)}")
+
+
+def decode(vae: CausalVAE, z: jax.Array, *, tiling: TilingConfig | None = None) -> jax.Array:
+    """Raw latent (B, C, t, h, w) (already divided by 0.18215) -> video (B, 3, 4t-3, 8h, 8w), compute dtype,
+    no clamp. ``tiling=None`` decodes in one piece; a :class:`TilingConfig` reproduces the release's tiles."""
+    _check_5d("latent", z, vae.config.embed_dim)
+    out = decode_nthwc(vae, jnp.transpose(jnp.asarray(z), (0, 2, 3, 4, 1)), tiling=tiling)
+    return jnp.transpose(out, (0, 4, 1, 2, 3))
+
+
+def encode(vae: CausalVAE, video: jax.Array, *, tiling: TilingConfig | None = None) -> DiagonalGaussian:
+    """Video (B, 3, T, H, W) in [-1, 1] -> posterior over latents (B, C, ceil(T/4), H/8, W/8)."""
+    _check_5d("video", video, 3)
+    moments = encode_moments_nthwc(vae, jnp.transpose(jnp.asarray(video), (0, 2, 3, 4, 1)), tiling=tiling)
+    return DiagonalGaussian.from_moments(moments)
+
+
+@partial(jax.jit, static_argnums=0)
+def _debug_pure(graphdef, state, video, latent):
+    vae = nnx.merge(graphdef, state)
+    out: dict = {}
+    if video is not None:
+        taps: dict = {}
+        moments = vae.encode_moments(video, taps=taps)
+        c = moments.shape[-1] // 2
+        out.update(taps)
+        out["posterior_mean"] = moments[..., :c]
+        out["posterior_logvar"] = jnp.clip(moments[..., c:], LOGVAR_MIN, LOGVAR_MAX)
+    if latent is not None:
+        taps = {}
+        out["decoded"] = vae.decode_latent(latent, taps=taps)
+        out.update(taps)
+    return out
+
+
+def debug_taps(vae: CausalVAE, *, video: jax.Array | None = None, latent: jax.Array | None = None) -> dict:
+    """Untiled outputs and intermediate taps, (B, C, T, H, W), in one jitted call -- for debugging against the
+    reference: from ``video``: ``posterior_mean``, ``posterior_logvar``, ``enc_out_pre_quant`` (encoder output
+    before quant_conv); from ``latent`` (raw): ``decoded``, ``dec_conv_in_out`` (decoder.conv_in output, after
+    post_quant_conv) and ``dec_mid_out`` (decoder mid block output)."""
+    graphdef, state = nnx.split(vae)
+    to_cl = lambda a: None if a is None else jnp.transpose(jnp.asarray(a), (0, 2, 3, 4, 1))  # noqa: E731
+    out = _debug_pure(graphdef, state, to_cl(video), to_cl(latent))
+    return {k: jnp.transpose(v, (0, 4, 1, 2, 3)) for k, v in out.items()}

@@ -1,0 +1,69 @@
+"""The toy-world pipeline: the shipped teacher, the demo, teacher training through the real recipe."""
+
+from __future__ import annotations
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+
+from jax_vdit.config import get_preset
+from jax_vdit.demo import run_demo
+from jax_vdit.model import random_model
+from jax_vdit.toy import TOY_TEACHER_DIR, TeacherRecipe, load_toy_teacher, train_teacher
+from jax_vdit.toyworld import get_config
+from jax_vdit.toyworld.training_set import ToyTrainingSet
+
+
+def test_shipped_teacher_is_a_release_format_folder():
+    assert (TOY_TEACHER_DIR / "config.json").is_file()
+    assert (TOY_TEACHER_DIR / "diffusion_pytorch_model.safetensors").is_file()
+    model = load_toy_teacher()
+    assert model.cfg == get_preset("toy-teacher", compute_dtype="float32")
+
+
+def test_demo_writes_grid_and_scores(tmp_path):
+    summary = run_demo(tmp_path, prompts=2, steps=2)
+    assert (tmp_path / "grid.gif").is_file()
+    saved = json.loads((tmp_path / "toybench.json").read_text())
+    assert len(saved["prompts"]) == 2 and len(saved["results"]) == 2
+    for row in saved["results"].values():
+        assert 0.0 <= row["alignment"] <= 1.0 and row["sampling_s"] > 0
+    assert "alignment" in summary["table"]
+
+
+def test_training_set_batches_are_pure_functions_of_the_step():
+    world = get_config("toy-tiny-5x16x16")
+    data = ToyTrainingSet.generate(world, 40, workers=1)
+    a, b = data.batch_at(7, 8), data.batch_at(7, 8)
+    np.testing.assert_array_equal(a["latents"], b["latents"])
+    assert not np.array_equal(data.batch_at(8, 8)["latents"], a["latents"])
+    epoch = np.concatenate([data.indices(s, 8) for s in range(5)])
+    assert sorted(epoch.tolist()) == list(range(40))  # each epoch visits every sample once
+    assert data.unconditional()["uncond_mask"].sum() == 1
+
+
+def test_teacher_recipe_trains_and_continues_from_exported_weights(tmp_path):
+    from jax_vdit.toy import export_release_folder
+
+    world = get_config("toy-tiny-5x16x16")
+    data = ToyTrainingSet.generate(world, 64, workers=1)
+    recipe = TeacherRecipe(world="toy-tiny-5x16x16", model="toy-tiny", steps=6, batch_size=4, compute_dtype="float32",
+                           log_every=3, checkpoint_every=3, warmup_steps=0)
+    result = train_teacher(recipe, tmp_path / "run", data=data, show_progress=False)
+    assert int(result.state.step) == 6 and (tmp_path / "run" / "metrics.png").is_file()
+    export_release_folder(result.model("ema"), tmp_path / "export", dtype="float32")
+    again = train_teacher(recipe, tmp_path / "run2", data=data, show_progress=False, init_from=tmp_path / "export",
+                          stop_after=1)
+    first = again.history[0]
+    assert np.isfinite(first["loss"])
+
+
+def test_random_model_for_benchmarks():
+    cfg = get_preset("tiny")
+    model = random_model(cfg, seed=1, scale=0.02)
+    kernel = np.asarray(model.blocks[1].attn1.to_q.kernel[...])
+    assert kernel.shape == (48, 48) and 0.015 < kernel.std() < 0.025
+    assert not np.allclose(kernel, np.asarray(model.blocks[1].attn1.to_k.kernel[...]))
+    out = model(jnp.ones((1, 4, 2, 8, 8)), jnp.ones((1,)), jnp.ones((1, 3, cfg.caption_channels)))
+    assert out.shape == (1, 4, 2, 8, 8) and bool(jnp.isfinite(out).all())
