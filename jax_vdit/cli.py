@@ -57,6 +57,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from jax_vdit.weights import load_model
 
     size = VideoSize(args.frames, args.height, args.width)  # validates before anything slow happens
+    if args.compile_cache:
+        # compiled sampler and VAE stages are reused across runs (the first VAE decode compiles for ~2 minutes)
+        jax.config.update("jax_compilation_cache_dir", str(Path(args.compile_cache).expanduser()))
     plan = plan_from_name(args.sampler, args.steps, args.edges)
     t0 = time.perf_counter()
     model = load_model(args.checkpoint, param_dtype=args.param_dtype, compute_dtype=args.compute_dtype,
@@ -179,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fp32-latents", action="store_true", help="keep latents in fp32 between steps")
     s.add_argument("--vae", default=None, help="CausalVAE folder: decode to mp4 next to --out")
     s.add_argument("--out", default="outputs/sample.safetensors")
+    s.add_argument("--compile-cache", default="~/.cache/jax-vdit/xla",
+                   help="persistent XLA compilation cache directory ('' to disable)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_sample)
 

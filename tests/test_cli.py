@@ -24,7 +24,7 @@ def _embeddings(path, channels=64, batch=1):
 def test_sample_command_writes_latents(golden_dir, tmp_path, capsys):
     emb = _embeddings(tmp_path / "emb.safetensors")
     out = tmp_path / "out" / "lat.safetensors"
-    code = main(["sample", str(golden_dir / "opensora_v12" / "tiny_a"), "--embeddings", str(emb), "--frames", "9",
+    code = main(["sample", str(golden_dir / "opensora_v12" / "tiny_a"), "--embeddings", str(emb), "--frames", "9", "--compile-cache", "",
                  "--height", "64", "--width", "80", "--steps", "3", "--guidance", "4", "--out", str(out),
                  "--param-dtype", "float32", "--compute-dtype", "float32", "--quiet"])
     assert code == 0
@@ -37,7 +37,7 @@ def test_sample_command_writes_latents(golden_dir, tmp_path, capsys):
 def test_sample_command_decodes_to_mp4_with_a_vae(golden_dir, tmp_path, capsys):
     emb = _embeddings(tmp_path / "emb.safetensors")
     out = tmp_path / "video.safetensors"
-    code = main(["sample", str(golden_dir / "opensora_v12" / "tiny_a"), "--embeddings", str(emb), "--frames", "9",
+    code = main(["sample", str(golden_dir / "opensora_v12" / "tiny_a"), "--embeddings", str(emb), "--frames", "9", "--compile-cache", "",
                  "--height", "64", "--width", "80", "--steps", "2", "--guidance", "1", "--out", str(out),
                  "--param-dtype", "float32", "--compute-dtype", "float32", "--quiet",
                  "--vae", str(golden_dir / "causalvae_v12" / "tiny_a")])
