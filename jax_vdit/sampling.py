@@ -14,6 +14,7 @@ in fp32.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jax_vdit import schedules
+from jax_vdit import parallel, schedules
 from jax_vdit.model.attention import DENSE, AttentionConfig
 
 MAX_PLAN_STEPS = 1000
@@ -109,6 +110,7 @@ def _cfg_batch(x_in, text, mask, neg_text, neg_mask):
 def _guided_eps(model, x_in, t, text, mask, neg_text, neg_mask, guidance, attention):
     b = x_in.shape[0]
     xb, tb, mb = _cfg_batch(x_in, text, mask, neg_text, neg_mask)
+    xb, tb, mb = (parallel.constrain_batch(a, attention.batch_axis) for a in (xb, tb, mb))  # CFG pair over "data"
     tt = jnp.full((xb.shape[0],), t, jnp.float32)
     eps = model(xb, tt, tb, mb, attention=attention)
     if neg_text is None:
@@ -137,7 +139,7 @@ def _sample_fn(graphdef, state, noise, key, text, mask, neg_text, neg_mask, guid
             jax.debug.callback(_report_progress, i)
         return x.astype(latent_dtype)
 
-    return jax.lax.fori_loop(0, plan["num_steps"], body, x)
+    return parallel.replicate(jax.lax.fori_loop(0, plan["num_steps"], body, x))  # no-op without a mesh
 
 
 _PROGRESS_HOOK: list[Callable[[int], None] | None] = [None]
@@ -177,6 +179,8 @@ def sample(
     attention: AttentionConfig = DENSE,
     latent_dtype=jnp.bfloat16,
     progress: Callable[[int], None] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    sharding_rules: parallel.ShardingRules = parallel.DEFAULT_RULES,
 ) -> jax.Array:
     """Generate latents (B, C, T, H, W) for text (B, L, C_text) or (B, 1, L, C_text) and mask (B, L).
 
@@ -184,6 +188,11 @@ def sample(
     ``guidance_scale`` (a traced value: changing it does not recompile); without it, one forward per step.
     ``key`` draws the initial noise and the ancestral noise. ``progress`` is called (on the host) with the step
     index after each step; leave it None for benchmarks.
+
+    ``mesh`` (e.g. ``jax_vdit.parallel.make_mesh(seq=4, data=2)``): run sequence-parallel on it: parameters are
+    placed by ``sharding_rules`` (replicated by default), the CFG batch is split over ``"data"``, tokens over
+    ``"seq"`` (``attention`` gets ``sequence_axis``/``batch_axis`` from the rules unless already set). The result is
+    replicated on every device.
     """
     if plan.method not in METHODS:
         raise ValueError(f"unknown sampling method {plan.method!r}")
@@ -206,10 +215,16 @@ def sample(
     noise = jax.random.normal(init_key, (b, c, t, h, w), jnp.float32)
     graphdef, state = nnx.split(model)
     _PROGRESS_HOOK[0] = progress  # read on the host by the step callbacks, which may run after we return
-    return _sample_jit(graphdef, state, noise, noise_key, text, text_mask, negative_text, negative_mask,
-                       jnp.asarray(guidance_scale, jnp.float32), plan.arrays(), method=plan.method,
-                       attention=attention, latent_dtype=jnp.dtype(latent_dtype),
-                       report_progress=progress is not None)
+    args = (noise, noise_key, text, text_mask, negative_text, negative_mask,
+            jnp.asarray(guidance_scale, jnp.float32), plan.arrays())
+    if mesh is not None:
+        mesh = parallel.as_auto_mesh(mesh)
+        attention = parallel.sequence_parallel(attention, mesh, sharding_rules)
+        state = parallel.shard_tree(state, mesh, sharding_rules)
+        args = parallel.replicate_tree(args, mesh)
+    with contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh):
+        return _sample_jit(graphdef, state, *args, method=plan.method, attention=attention,
+                           latent_dtype=jnp.dtype(latent_dtype), report_progress=progress is not None)
 
 
 class StepTimer:

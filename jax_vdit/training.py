@@ -95,6 +95,9 @@ class TrainState:
 
 
 def init_state(params: PyTree, cfg: TrainConfig, tx: optax.GradientTransformation) -> TrainState:
+    """A fresh state. Parameters are copied: the step donates the state's buffers, and the caller's arrays may be
+    shared with other models (a student initialised from its teacher) or with ``frozen`` inputs."""
+    params = jax.tree.map(jnp.copy, params)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -119,8 +122,14 @@ class ModelParts:
         return nnx.merge(self.graphdef, state, self._rest)
 
 
-def make_train_step(parts: ModelParts, objective: Objective, cfg: TrainConfig, tx: optax.GradientTransformation):
-    """The jitted step ``(state, batch, frozen) -> (state, metrics)``; the state buffers are donated."""
+def make_train_step(parts: ModelParts, objective: Objective, cfg: TrainConfig, tx: optax.GradientTransformation,
+                    mesh: jax.sharding.Mesh | None = None):
+    """The jitted step ``(state, batch, frozen) -> (state, metrics)``; the state buffers are donated.
+
+    With ``mesh`` the step runs under ``jax.set_mesh(mesh)``: place the state, batch and frozen arrays on it first
+    (``jax_vdit.parallel.shard_tree`` / ``shard_batch``) and give the objective's ``AttentionConfig`` a
+    ``sequence_axis`` (``parallel.objective_for_mesh``); ``train(..., mesh=)`` does all of this.
+    """
     decays = dict(cfg.emas)
     base_key = jax.random.key(cfg.seed)
 
@@ -141,7 +150,15 @@ def make_train_step(parts: ModelParts, objective: Objective, cfg: TrainConfig, t
         metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
         return TrainState(state.step + 1, params, opt_state, emas), metrics
 
-    return jax.jit(step_fn, donate_argnums=(0,))
+    jitted = jax.jit(step_fn, donate_argnums=(0,))
+    if mesh is None:
+        return jitted
+
+    def step_on_mesh(state, batch, frozen):
+        with jax.set_mesh(mesh):
+            return jitted(state, batch, frozen)
+
+    return step_on_mesh
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -151,6 +168,12 @@ def make_train_step(parts: ModelParts, objective: Objective, cfg: TrainConfig, t
 def _flat_leaves(tree: PyTree) -> dict[str, Any]:
     leaves = jax.tree.leaves(tree)
     return {f"{i:05d}": leaf for i, leaf in enumerate(leaves)}
+
+
+def _mesh_sharding(a):
+    """The sharding of a leaf placed on a device mesh (restored the same way); None for single-device leaves."""
+    sharding = getattr(a, "sharding", None)
+    return sharding if isinstance(sharding, jax.sharding.NamedSharding) else None
 
 
 class StateCheckpoints:
@@ -188,7 +211,8 @@ class StateCheckpoints:
                 f"checkpoint at step {step} in {self.directory} holds a different train state structure "
                 "(model or optimiser configuration changed since it was written)"
             )
-        target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), _flat_leaves(like))
+        target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=_mesh_sharding(a)),
+                              _flat_leaves(like))
         restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
         leaves = [restored["state"][k] for k in sorted(restored["state"])]
         return jax.tree.unflatten(jax.tree.structure(like), leaves), meta
@@ -230,6 +254,8 @@ def train(
     place_batch: Callable[[Mapping[str, np.ndarray]], Any] | None = None,
     extra_meta: dict | None = None,
     time_limit_s: float | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    sharding_rules: Any = None,
 ) -> RunResult:
     """Train ``model``'s parameters with ``objective`` on ``batch_at(step)`` batches for ``cfg.steps`` steps.
 
@@ -239,6 +265,11 @@ def train(
     (default: ``jnp.asarray`` of every entry). ``time_limit_s``: stop (after writing a checkpoint) once this
     much wall time has passed, e.g. before a preemption or a job time limit; rerun to continue. Returns the final
     state (params and EMAs).
+
+    ``mesh`` (``jax_vdit.parallel.make_mesh``): data- and sequence-parallel training on it: the state is placed by
+    ``sharding_rules`` (default ``parallel.DEFAULT_RULES``: replicated parameters), batches are split over
+    ``"data"`` on their leading axis, and the objective's ``AttentionConfig`` fields get ``sequence_axis="seq"``.
+    The result is the single-device result up to float rounding.
     """
     from tqdm import tqdm
 
@@ -247,6 +278,15 @@ def train(
     parts = ModelParts(model)
     tx = make_optimizer(cfg)
     state = init_state(parts.params(), cfg, tx)
+    if mesh is not None:
+        from jax_vdit import parallel
+
+        rules = sharding_rules or parallel.DEFAULT_RULES
+        mesh = parallel.as_auto_mesh(mesh)
+        objective = parallel.objective_for_mesh(objective, mesh, rules)
+        state = parallel.shard_tree(state, mesh, rules)
+        frozen = parallel.shard_tree(frozen, mesh, rules)  # e.g. teacher parameters: placed like parameters
+        place_batch = place_batch or (lambda b: parallel.shard_batch(b, mesh, rules))
     ckpts = StateCheckpoints(run_dir / "checkpoints", cfg.keep_checkpoints)
     resumed_from = ckpts.latest_step()
     if resumed_from is not None:
@@ -256,7 +296,7 @@ def train(
     meta = {"train_config": cfg.to_dict(), **(extra_meta or {})}
     (run_dir / "train_config.json").write_text(json.dumps(meta, indent=2, default=str))
 
-    step_fn = make_train_step(parts, objective, cfg, tx)
+    step_fn = make_train_step(parts, objective, cfg, tx, mesh=mesh)
     place = place_batch or (lambda b: {k: jnp.asarray(v) for k, v in b.items()})
     start = int(state.step)
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
