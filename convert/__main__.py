@@ -28,14 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config = args.config
-    if config is not None and (config.endswith(".json")):
-        from jax_vdit.config import load_release_config
-
-        config = load_release_config(config)
     try:
         report = convert_transformer(
-            args.source, args.output, config=config, param_dtype=args.dtype, overwrite=args.overwrite,
+            args.source, args.output, config=args.config, param_dtype=args.dtype, overwrite=args.overwrite,
             show_progress=not args.quiet,
         )
     except (FileNotFoundError, FileExistsError, ValueError, KeyError) as err:

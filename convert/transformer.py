@@ -13,7 +13,7 @@ from tqdm import tqdm
 from jax_vdit.checkpoints import MODEL_CONFIG_NAME, atomic_directory, save_param_group
 from jax_vdit.config import ModelConfig
 from jax_vdit.tensor_io import open_tensors
-from jax_vdit.weights import _resolve_config, release_key_map, stream_release_groups
+from jax_vdit.weights import resolve_config, release_key_map, stream_release_groups
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def convert_transformer(
     """
     start = time.perf_counter()
     source_path = Path(source_path)
-    cfg = _resolve_config(source_path, config, {"param_dtype": param_dtype})
+    cfg = resolve_config(source_path, config, {"param_dtype": param_dtype})
     source = open_tensors(source_path)
     num_params = 0
     names = list(release_key_map(cfg).rules)

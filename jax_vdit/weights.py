@@ -132,9 +132,13 @@ def _flatten(tree: dict, prefix: tuple = ()) -> dict[tuple, Any]:
     return out
 
 
-def _resolve_config(path: Path, config: ModelConfig | str | None, policy: dict[str, Any]) -> ModelConfig:
+def resolve_config(path: Path, config: ModelConfig | str | None, policy: dict[str, Any]) -> ModelConfig:
+    """The model config for a checkpoint at ``path``: an explicit ModelConfig, a preset name, a release
+    ``config.json`` path, or (default) the ``config.json`` next to the weights; ``policy`` sets dtype fields."""
     if isinstance(config, ModelConfig):
         return config.replace(**policy) if policy else config
+    if isinstance(config, (str, Path)) and (str(config).endswith(".json") or Path(config).is_dir()):
+        return load_release_config(config, **policy)
     if isinstance(config, str):
         return get_preset(config, **policy)
     folder = path if path.is_dir() else path.parent
@@ -155,7 +159,7 @@ def load_release(
     """Load a release folder (``config.json`` + weights), a lone ``.safetensors`` or a PyTorch pickle."""
     path = Path(path)
     policy = {k: v for k, v in (("param_dtype", param_dtype), ("compute_dtype", compute_dtype)) if v is not None}
-    cfg = _resolve_config(path, config, policy)
+    cfg = resolve_config(path, config, policy)
     source = open_tensors(path)
     try:
         params = stream_release_params(cfg, source)

@@ -174,3 +174,17 @@ def test_missing_path_and_empty_folder(tmp_path):
         jax_vdit.load_model(tmp_path / "nope")
     with pytest.raises(ValueError, match="no weights in"):
         jax_vdit.load_model(tmp_path)
+
+
+def test_config_can_be_a_preset_or_a_release_json(golden_dir, tmp_path):
+    from jax_vdit.weights import resolve_config
+
+    folder = golden_dir / "opensora_v12" / "tiny_a"
+    lone = tmp_path / "w.safetensors"
+    shutil.copy(folder / "diffusion_pytorch_model.safetensors", lone)
+    by_json = resolve_config(lone, str(folder / "config.json"), {})
+    assert by_json.num_attention_heads == 2 and by_json.interpolation_scale_w == 2.0
+    assert resolve_config(lone, "osp-v1.2-93x720p", {"compute_dtype": "float32"}).sample_size_t == 24
+    model = jax_vdit.load_model(lone, config=str(folder / "config.json"), compute_dtype="float32")
+    expected = load_file(folder / "outputs.safetensors")["output_fp32"]
+    assert np.abs(_forward(model, folder) - expected).max() <= 1e-4
