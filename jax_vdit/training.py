@@ -147,7 +147,7 @@ def make_train_step(parts: ModelParts, objective: Objective, cfg: TrainConfig, t
             name: jax.tree.map(lambda e, p, d=decays[name]: (d * e + (1 - d) * p).astype(e.dtype), ema, params)
             for name, ema in state.emas.items()
         }
-        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
         return TrainState(state.step + 1, params, opt_state, emas), metrics
 
     jitted = jax.jit(step_fn, donate_argnums=(0,))
