@@ -164,7 +164,7 @@ def main() -> None:
                     row["video_100_steps_s"] = round(time.perf_counter() - t0, 1)
                 print(json.dumps(row), flush=True)
             rows.append(row)
-        del model, state, graphdef
+
     result = {"header": header, "rows": rows}
     tag = f"_{args.tag}" if args.tag else ""
     (out / f"bench_model{tag}.json").write_text(json.dumps(result, indent=2))

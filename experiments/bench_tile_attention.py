@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import glob
 import json
-import math
 import os
 import platform
 import subprocess
@@ -381,7 +379,6 @@ def main(argv=None) -> None:
         return
 
     import jax
-    import pallas_kernels as pk
     from pallas_kernels.mosaic_gpu import MosaicConfig
 
     meta = dict(command="PYTHONUNBUFFERED=1 python " + " ".join([os.path.relpath(__file__)] + sys.argv[1:]),

@@ -12,7 +12,7 @@ from safetensors.numpy import load_file, save_file
 
 import jax_vdit
 from jax_vdit.config import (
-    PRESETS, UnsupportedConfigError, config_from_release, get_preset, load_release_config,
+    PRESETS, config_from_release, get_preset, load_release_config,
 )
 from jax_vdit.tensor_io import open_tensors
 from jax_vdit.weight_mapping import NonFiniteWeightError, WeightMismatchError
