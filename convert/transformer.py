@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import jax
 import numpy as np
 from tqdm import tqdm
 
@@ -58,7 +59,7 @@ def convert_transformer(
                 tqdm(total=len(names), desc="convert", unit="tensor", disable=not show_progress) as bar:
             for group, subtree in stream_release_groups(cfg, source, progress=lambda _: bar.update()):
                 save_param_group(tmp, group, subtree)
-                num_params += int(sum(np.size(a) for a in _leaves(subtree)))
+                num_params += int(sum(np.size(a) for a in jax.tree.leaves(subtree)))
                 del subtree
             (tmp / MODEL_CONFIG_NAME).write_text(cfg.to_json())
     finally:
@@ -68,10 +69,3 @@ def convert_transformer(
         seconds=time.perf_counter() - start, peak_rss_bytes=peak_rss_bytes(),
     )
 
-
-def _leaves(tree):
-    for v in tree.values():
-        if isinstance(v, dict):
-            yield from _leaves(v)
-        else:
-            yield v

@@ -24,9 +24,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jax_vdit.config import ModelConfig
+from jax_vdit.weight_mapping import check_tree_shapes
 
 MODEL_CONFIG_NAME = "jax_vdit_model.json"
 PARAMS_DIR = "params"
@@ -139,27 +139,13 @@ def restore_params(path: str | Path, cfg: ModelConfig) -> dict:
     out: dict = {}
     for group, like in split_param_groups(target):
         stored = restore_params_tree(params_dir / group, like)
-        _check_tree_shapes(like, stored, where=f"{path} [{group}]")
+        check_tree_shapes(like, stored, what=f"orbax checkpoint {path} [{group}]")
         values = jax.tree.map(lambda t, s: jnp.asarray(s, dtype=t.dtype), like, stored)
         if group == "main":
             out.update(values)
         else:
             out.setdefault(BLOCKS_KEY, {})[int(group.split("/")[1])] = values
     return out
-
-
-def _check_tree_shapes(target: Any, stored: Any, where: str = "orbax checkpoint") -> None:
-    t_paths = {jax.tree_util.keystr(p): v.shape for p, v in jax.tree_util.tree_flatten_with_path(target)[0]}
-    s_paths = {jax.tree_util.keystr(p): np.shape(v) for p, v in jax.tree_util.tree_flatten_with_path(stored)[0]}
-    missing = sorted(set(t_paths) - set(s_paths))
-    extra = sorted(set(s_paths) - set(t_paths))
-    wrong = [(k, t_paths[k], s_paths[k]) for k in t_paths if k in s_paths and tuple(t_paths[k]) != tuple(s_paths[k])]
-    if missing or extra or wrong:
-        lines = [f"  missing     {k}: expected {t_paths[k]}" for k in missing]
-        lines += [f"  unexpected  {k}: found {s_paths[k]}" for k in extra]
-        lines += [f"  shape       {k}: expected {e}, found {f}" for k, e, f in wrong]
-        more = f"\n  ... and {len(lines) - 40} more" if len(lines) > 40 else ""
-        raise ValueError(f"{where} does not match its config:\n" + "\n".join(lines[:40]) + more)
 
 
 def load_model_checkpoint(path: str | Path, *, param_dtype: str | None = None, compute_dtype: str | None = None):

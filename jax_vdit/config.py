@@ -220,8 +220,6 @@ def config_from_release(release: dict[str, Any], **policy: Any) -> ModelConfig:
     for name, value in _REQUIRED_VALUES.items():
         if name in release and release[name] != value:
             problems.append(f"{name}={release[name]!r} (supported: {value!r})")
-    if release.get("_class_name", "OpenSoraT2V") != "OpenSoraT2V":
-        pass  # already reported above
     for name in _MUST_BE_FALSY:
         if release.get(name):
             problems.append(f"{name}={release[name]!r} (supported: false/null)")
@@ -236,8 +234,6 @@ def config_from_release(release: dict[str, Any], **policy: Any) -> ModelConfig:
             f"cross_attention_dim={cross} (supported: equal to num_attention_heads*attention_head_dim="
             f"{heads * head_dim}, since text is projected to the inner dim first)"
         )
-    if release.get("out_channels") is not None and release.get("in_channels") is not None:
-        pass
     if problems:
         raise UnsupportedConfigError("unsupported OpenSoraT2V config: " + "; ".join(problems))
     sample_size = release.get("sample_size", [90, 160])

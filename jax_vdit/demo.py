@@ -11,7 +11,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jax_vdit import sampling
+from jax_vdit.generate import plan_from_name
 from jax_vdit.toy import TOY_TEACHER_DIR, heldout, load_toy_teacher, sample_specs, toybench, write_json
 from jax_vdit.toyworld import format_table, get_config, save_grid_gif
 
@@ -33,12 +33,6 @@ def default_settings(steps: int, guidance: float) -> list[DemoSetting]:
     ]
 
 
-def _plan(setting: DemoSetting) -> sampling.SamplingPlan:
-    from jax_vdit.generate import plan_from_name
-
-    return plan_from_name(setting.sampler, setting.steps)
-
-
 def run_demo(out_dir: str | Path = "outputs/demo", *, prompts: int = 8, steps: int = 12, guidance: float = 4.0,
              teacher: str | Path | None = None, seed: int = 0) -> dict:
     """Sample ``prompts`` held-out prompts with each setting; write ``grid.gif`` and ``toybench.json``."""
@@ -53,7 +47,7 @@ def run_demo(out_dir: str | Path = "outputs/demo", *, prompts: int = 8, steps: i
     key = jax.random.key(seed)
     results, videos = {}, []
     for setting in default_settings(steps, guidance):
-        plan = _plan(setting)
+        plan = plan_from_name(setting.sampler, setting.steps)
         # a 1-step run of the same sampler compiles it, so the timed run below is pure sampling
         t0 = time.perf_counter()
         sample_specs(model, specs, world, plan=plan.truncated(1), guidance_scale=setting.guidance, key=key,

@@ -134,7 +134,7 @@ def _sample_fn(graphdef, state, noise, key, text, mask, neg_text, neg_mask, guid
         else:
             t, t_to = plan["t_model"][i], plan["t_to"][i]
             eps = _guided_eps(model, x, t, text, mask, neg_text, neg_mask, guidance, attention)
-            x = schedules.jump(x, eps, t, t_to).astype(latent_dtype)
+            x = schedules.jump(x, eps, t, t_to)
         if report_progress:
             jax.debug.callback(_report_progress, i)
         return x.astype(latent_dtype)
@@ -245,6 +245,3 @@ class StepTimer:
 
     def close(self) -> None:
         self.bar.close()
-
-    def reset_clock(self) -> None:
-        self._last = time.perf_counter()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -254,9 +254,3 @@ def open_tensors(path: str | os.PathLike) -> TensorSource:
             raise CheckpointFormatError("sharded PyTorch pickles are not supported; use safetensors shards")
         return TorchSource(first)
     raise CheckpointFormatError(f"unsupported checkpoint file type: {first.name}")
-
-
-def iter_tensors(source: TensorSource, names: list[str]) -> Iterator[tuple[str, np.ndarray]]:
-    """Read the given tensors one after another (so at most one is held by this generator)."""
-    for name in names:
-        yield name, source.read(name)

@@ -70,9 +70,14 @@ def clean_caption(text: str) -> str:
 
 
 def encode_with_mt5(
-    prompts: list[str], encoder_dir: str | Path, *, template: bool = True, max_length: int = MAX_LENGTH
-) -> tuple[np.ndarray, np.ndarray]:
-    """Encode prompts with a local ``google/mt5-xxl`` encoder folder -> (B, L, 4096) float32, (B, L) int32."""
+    prompts: list[str], encoder_dir: str | Path, *, template: bool = True, max_length: int = MAX_LENGTH,
+    negative_prompt: str | None = None,
+) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Encode prompts with a local ``google/mt5-xxl`` encoder folder -> (B, L, 4096) float32, (B, L) int32.
+
+    With ``negative_prompt`` (encoded without the template, as the release does) the same loaded encoder also
+    returns its (1, L, 4096) embedding and (1, L) mask after the prompts'.
+    """
     encoder_dir = Path(encoder_dir)
     if not encoder_dir.is_dir():
         raise TextConditioningError(
@@ -86,14 +91,20 @@ def encode_with_mt5(
         raise TextConditioningError(
             "encoding prompts needs transformers and torch (pip install 'jax-vdit[text]'), or pass --embeddings"
         ) from err
-    texts = [PROMPT_TEMPLATE.format(clean_caption(p)) if template else clean_caption(p) for p in prompts]
     tokenizer = AutoTokenizer.from_pretrained(str(encoder_dir), local_files_only=True)
     model = MT5EncoderModel.from_pretrained(str(encoder_dir), local_files_only=True, torch_dtype=torch.bfloat16)
-    tokens = tokenizer(texts, max_length=max_length, padding="max_length", truncation=True,
-                       add_special_tokens=True, return_tensors="pt")
-    with torch.no_grad():
-        hidden = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
-    return hidden.float().numpy(), tokens.attention_mask.numpy().astype(np.int32)
+
+    def encode(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        tokens = tokenizer(texts, max_length=max_length, padding="max_length", truncation=True,
+                           add_special_tokens=True, return_tensors="pt")
+        with torch.no_grad():
+            hidden = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
+        return hidden.float().numpy(), tokens.attention_mask.numpy().astype(np.int32)
+
+    text, mask = encode([PROMPT_TEMPLATE.format(clean_caption(p)) if template else clean_caption(p) for p in prompts])
+    if negative_prompt is None:
+        return text, mask
+    return (text, mask, *encode([clean_caption(negative_prompt)]))
 
 
 def encode_prompts(
@@ -106,10 +117,9 @@ def encode_prompts(
         world = get_config()
         text, mask = encode_captions(prompts, world, on_unknown="unk")
         neg_text, neg_mask = encode_captions([negative_prompt or ""], world, on_unknown="unk")
-    else:
-        text, mask = encode_with_mt5(prompts, encoder)
-        neg_text, neg_mask = encode_with_mt5([NEGATIVE_PROMPT if negative_prompt is None else negative_prompt],
-                                             encoder, template=False)
+    else:  # one load of the (large) encoder for both
+        text, mask, neg_text, neg_mask = encode_with_mt5(
+            prompts, encoder, negative_prompt=NEGATIVE_PROMPT if negative_prompt is None else negative_prompt)
     if caption_channels is not None and text.shape[-1] != caption_channels:
         raise TextConditioningError(
             f"the text encoder gives {text.shape[-1]}-channel embeddings but the model expects {caption_channels}"

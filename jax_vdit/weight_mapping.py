@@ -102,6 +102,23 @@ def check_finite(name: str, array: np.ndarray) -> None:
         raise NonFiniteWeightError(f"tensor {name!r} has {bad} non-finite values (NaN or Inf)")
 
 
+def check_tree_shapes(expected, found, *, what: str, limit: int = 40) -> None:
+    """Compare two pytrees of arrays (or shape-carrying leaves) by path and shape; raise one ValueError listing
+    missing, unexpected and wrongly shaped leaves (the first ``limit``) if they differ."""
+    import jax
+
+    def shapes(tree):
+        return {jax.tree_util.keystr(p): tuple(np.shape(v)) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+    want, got = shapes(expected), shapes(found)
+    lines = [f"  missing     {k}: expected {want[k]}" for k in sorted(set(want) - set(got))]
+    lines += [f"  unexpected  {k}: found {got[k]}" for k in sorted(set(got) - set(want))]
+    lines += [f"  shape       {k}: expected {want[k]}, found {got[k]}" for k in want if k in got and want[k] != got[k]]
+    if lines:
+        more = f"\n  ... and {len(lines) - limit} more" if len(lines) > limit else ""
+        raise ValueError(f"{what} does not match its config:\n" + "\n".join(lines[:limit]) + more)
+
+
 def set_path(tree: dict, path: StatePath, value) -> None:
     """Set ``tree[p0][p1]...`` = value, creating nested dicts as needed."""
     node = tree

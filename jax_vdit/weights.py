@@ -19,7 +19,7 @@ from flax import nnx
 from jax_vdit.config import ModelConfig, get_preset, load_release_config
 from jax_vdit.model.transformer import OpenSoraT2V, abstract_model
 from jax_vdit.tensor_io import TensorSource, find_weight_files, open_tensors
-from jax_vdit.weight_mapping import KeyMap, check_finite, check_keys, set_path
+from jax_vdit.weight_mapping import KeyMap, check_finite, check_keys, check_tree_shapes, set_path
 
 # non-persistent sin-cos buffers of the release's PatchEmbed2D; unused with RoPE
 IGNORED_RELEASE_PREFIXES = ("pos_embed.pos_embed", "pos_embed.temp_pos_embed")
@@ -111,13 +111,7 @@ def stream_release_groups(
 def model_from_pure_params(cfg: ModelConfig, params: dict) -> OpenSoraT2V:
     """Build the model and fill its parameters from a nested pure dict (shapes are checked)."""
     graphdef, abstract_state = nnx.split(abstract_model(cfg))
-    expected = {k: v.shape for k, v in nnx.to_flat_state(abstract_state)}
-    flat = _flatten(params)
-    missing = sorted(set(expected) - set(flat), key=str)
-    extra = sorted(set(flat) - set(expected), key=str)
-    wrong = [(k, expected[k], tuple(flat[k].shape)) for k in expected if k in flat and tuple(flat[k].shape) != tuple(expected[k])]
-    if missing or extra or wrong:
-        raise ValueError(f"parameters do not fit the model: missing {missing[:10]}, unexpected {extra[:10]}, wrong shapes {wrong[:10]}")
+    check_tree_shapes(nnx.to_pure_dict(abstract_state), params, what="parameter tree")
     nnx.replace_by_pure_dict(abstract_state, params)  # fills the abstract state in place
     return nnx.merge(graphdef, abstract_state)
 

@@ -18,7 +18,6 @@ q, k, v are ``(batch, tokens, heads, head_dim)`` as in ``jax.nn.dot_product_atte
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import jax
@@ -72,10 +71,6 @@ class AttentionConfig:
     def check_num_layers(self, num_layers: int) -> None:
         if self.masks is not None and len(self.masks) != num_layers:
             raise ValueError(f"mask schedule has {len(self.masks)} entries, the model has {num_layers} layers")
-
-    @classmethod
-    def with_masks(cls, masks: Sequence, **kwargs) -> AttentionConfig:
-        return cls(masks=tuple(masks), **kwargs)
 
 
 DENSE = AttentionConfig()
