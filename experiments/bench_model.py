@@ -69,19 +69,36 @@ def make_text(batch: int, key, channels: int) -> tuple[jax.Array, jax.Array]:
     return text, mask
 
 
+ATTENTION_CHOICES = ("dense", "full-tile", "paper")
+
+
 def attention_for(name: str, cfg, frames: int, tile_backend: str) -> AttentionConfig:
+    """``dense``: cuDNN; ``full-tile``: the full (dense) tile mask through the tile kernel; ``paper``: the paper's
+    uniform mask on every layer through the tile kernel."""
+    if name not in ATTENTION_CHOICES:
+        raise ValueError(f"unknown --attention entry {name!r}; choose from {ATTENTION_CHOICES}")
     if name == "dense":
         return AttentionConfig(dense_backend="auto")
     import pallas_kernels
 
-    mask = pallas_kernels.TileMask.from_string(PAPER_MASK[frames], frames)
+    spec = "full" if name == "full-tile" else PAPER_MASK[frames]
+    mask = pallas_kernels.TileMask.from_string(spec, frames)
     return AttentionConfig(dense_backend="auto", tile_backend=tile_backend, masks=(mask,) * cfg.num_layers)
+
+
+def attention_label(name: str, frames: int, tile_backend: str) -> str:
+    if name == "dense":
+        from jax_vdit.model.attention import resolve_dense_backend
+
+        return f"dense ({resolve_dense_backend('auto', jnp.bfloat16)})"
+    return f"{'full' if name == 'full-tile' else PAPER_MASK[frames]} ({tile_backend})"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="29x720p,93x720p")
-    p.add_argument("--attention", default="dense", help="comma list of: dense, paper (uniform paper mask)")
+    p.add_argument("--attention", default="dense",
+                   help="comma list of: dense (cuDNN), full-tile (full mask through the tile kernel), paper")
     p.add_argument("--tile-backend", default="auto")
     p.add_argument("--what", default="forward,sampling", help="comma list of: forward, sampling, video100")
     p.add_argument("--batch", type=int, default=2)
@@ -117,7 +134,7 @@ def main() -> None:
         text, mask = make_text(args.batch, jax.random.fold_in(key, 1), cfg.caption_channels)
         for attn_name in args.attention.split(","):
             attention = attention_for(attn_name, cfg, t_lat, args.tile_backend)
-            label = attn_name if attn_name == "dense" else f"{PAPER_MASK[t_lat]} ({args.tile_backend})"
+            label = attention_label(attn_name, t_lat, args.tile_backend)
             kept = None
             if attention.masks is not None:
                 kept = [m.density for m in attention.masks]
@@ -164,9 +181,14 @@ def main() -> None:
                     row["video_100_steps_s"] = round(time.perf_counter() - t0, 1)
                 print(json.dumps(row), flush=True)
             rows.append(row)
+            write_results(out, args.tag, header, rows)  # after every row: a run cut short keeps what it measured
+    print((out / f"bench_model{'_' + args.tag if args.tag else ''}.md").read_text())
 
+
+def write_results(out: Path, tag: str, header: dict, rows: list[dict]) -> None:
+    """bench_model[_tag].json and .md under ``out``."""
     result = {"header": header, "rows": rows}
-    tag = f"_{args.tag}" if args.tag else ""
+    tag = f"_{tag}" if tag else ""
     (out / f"bench_model{tag}.json").write_text(json.dumps(result, indent=2))
     lines = [f"# OpenSoraT2V speed ({header['device']}, jax {header['jax']}, {header['date']})", "",
              f"Command: `{header['command']}`", "", f"Weights: {header['weights']}.", "",
@@ -179,7 +201,6 @@ def main() -> None:
             f"{r.get('sampling_s_per_cfg_step', '-')} | {r.get('projected_100_steps_s', '-')} | "
             f"{r.get('video_100_steps_s', '-')} | {r.get('forward_compile_plus_first_s', '-')} |")
     (out / f"bench_model{tag}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":
