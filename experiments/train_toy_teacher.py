@@ -65,6 +65,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8000)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"),
+                   help="after warmup: constant, or cosine decay to --final-lr-fraction at --steps")
+    p.add_argument("--final-lr-fraction", type=float, default=0.0)
+    p.add_argument("--warmup", type=int, default=300)
     p.add_argument("--samples", type=int, default=100_000)
     p.add_argument("--run", default="/tmp/toy_teacher_run")
     p.add_argument("--out", default=str(ROOT / "experiments" / "results" / "toy_teacher"))
@@ -80,7 +84,9 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     recipe = TeacherRecipe(world=args.world, model=args.model, steps=args.steps, batch_size=args.batch, learning_rate=args.lr,
-                           num_samples=args.samples, compute_dtype=args.compute_dtype)
+                           warmup_steps=args.warmup, lr_schedule=args.lr_schedule,
+                           final_lr_fraction=args.final_lr_fraction, num_samples=args.samples,
+                           compute_dtype=args.compute_dtype)
     t0 = time.perf_counter()
     result = train_teacher(recipe, args.run, time_limit_s=args.time_limit, init_from=args.init_from)
     train_s = time.perf_counter() - t0
@@ -100,7 +106,7 @@ def main() -> None:
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "device": jax.devices()[0].device_kind, "jax": jax.__version__,
         "command": "python experiments/train_toy_teacher.py " + " ".join(sys.argv[1:]),
-        "recipe": recipe.__dict__, "steps_done": steps_done, "train_wall_s": round(train_s, 1),
+        "recipe": recipe.__dict__, "init_from": args.init_from, "steps_done": steps_done, "train_wall_s": round(train_s, 1),
         "final_loss": result.history[-1] if result.history else None,
     }
     (out / "toybench.json").write_text(json.dumps({"header": header, "results": results}, indent=2, default=float))

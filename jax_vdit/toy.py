@@ -37,6 +37,8 @@ class TeacherRecipe:
     batch_size: int = 64
     learning_rate: float = 3e-4
     warmup_steps: int = 300
+    lr_schedule: str = "constant"
+    final_lr_fraction: float = 0.0
     ema_decay: float = 0.999
     num_samples: int = 100_000
     compute_dtype: str = "bfloat16"
@@ -50,7 +52,7 @@ class TeacherRecipe:
     def train_config(self) -> TrainConfig:
         return TrainConfig(
             steps=self.steps, learning_rate=self.learning_rate, warmup_steps=self.warmup_steps,
-            emas=(("ema", self.ema_decay),), seed=self.seed, log_every=self.log_every,
+            lr_schedule=self.lr_schedule, final_lr_fraction=self.final_lr_fraction, emas=(("ema", self.ema_decay),), seed=self.seed, log_every=self.log_every,
             checkpoint_every=self.checkpoint_every,
         )
 

@@ -27,6 +27,9 @@ from flax import nnx
 PyTree = Any
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimiser, EMA, schedule and bookkeeping settings of a run.
@@ -38,6 +41,8 @@ class TrainConfig:
     steps: int = 1000
     learning_rate: float = 1e-4
     warmup_steps: int = 0
+    lr_schedule: str = "constant"  # after warmup: "constant", or "cosine" decay to final_lr_fraction at ``steps``
+    final_lr_fraction: float = 0.0
     weight_decay: float = 0.01
     b1: float = 0.9
     b2: float = 0.999
@@ -52,6 +57,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.learning_rate <= 0 or self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError(f"invalid TrainConfig: {self}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if not 0.0 <= self.final_lr_fraction <= 1.0:
+            raise ValueError(f"final_lr_fraction must be in [0, 1], got {self.final_lr_fraction}")
+        if self.lr_schedule == "cosine" and self.warmup_steps >= self.steps:
+            raise ValueError(f"cosine schedule needs warmup_steps ({self.warmup_steps}) < steps ({self.steps})")
         for name, decay in self.emas:
             if not 0.0 <= decay < 1.0:
                 raise ValueError(f"EMA {name!r} decay must be in [0, 1), got {decay}")
@@ -70,13 +81,22 @@ class Objective(Protocol):
                  context: Mapping[str, Any]) -> tuple[jax.Array, dict[str, jax.Array]]: ...
 
 
-def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    """Clip by global norm, then AdamW with linear warmup to a constant learning rate."""
-    if cfg.warmup_steps > 0:
-        lr = optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps)
-        lr = optax.join_schedules([lr, optax.constant_schedule(cfg.learning_rate)], [cfg.warmup_steps])
+def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
+    """Step -> learning rate: linear warmup from 0 over ``warmup_steps``, then constant or a cosine decay that
+    reaches ``final_lr_fraction * learning_rate`` at step ``steps`` (and stays there)."""
+    if cfg.lr_schedule == "cosine":
+        after = optax.cosine_decay_schedule(cfg.learning_rate, cfg.steps - cfg.warmup_steps, cfg.final_lr_fraction)
     else:
-        lr = optax.constant_schedule(cfg.learning_rate)
+        after = optax.constant_schedule(cfg.learning_rate)
+    if cfg.warmup_steps > 0:
+        warm = optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps)
+        return optax.join_schedules([warm, after], [cfg.warmup_steps])
+    return after
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    """Clip by global norm, then AdamW with the learning rate of :func:`learning_rate_schedule`."""
+    lr = learning_rate_schedule(cfg)
     return optax.chain(
         optax.clip_by_global_norm(cfg.grad_clip),
         optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay),

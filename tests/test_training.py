@@ -80,3 +80,21 @@ def test_resume_with_another_model_is_refused(tmp_path):
 def test_bad_train_config():
     with pytest.raises(ValueError, match="decay"):
         TrainConfig(emas=(("ema", 1.5),))
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="linear")
+    with pytest.raises(ValueError, match="warmup_steps"):
+        TrainConfig(steps=10, warmup_steps=10, lr_schedule="cosine")
+
+
+def test_learning_rate_schedules():
+    from jax_vdit.training import learning_rate_schedule
+
+    const = learning_rate_schedule(TrainConfig(steps=100, learning_rate=1e-3, warmup_steps=10))
+    assert float(const(0)) == 0.0 and float(const(5)) == pytest.approx(5e-4)
+    assert float(const(10)) == pytest.approx(1e-3) and float(const(99)) == pytest.approx(1e-3)
+    cos = learning_rate_schedule(TrainConfig(steps=110, learning_rate=1e-3, warmup_steps=10, lr_schedule="cosine",
+                                             final_lr_fraction=0.1))
+    assert float(cos(10)) == pytest.approx(1e-3)
+    assert float(cos(60)) == pytest.approx(1e-4 + 0.9e-3 * 0.5, rel=1e-5)  # half-way down the cosine
+    assert float(cos(110)) == pytest.approx(1e-4) and float(cos(500)) == pytest.approx(1e-4)
+    assert all(float(cos(s)) >= float(cos(s + 1)) - 1e-12 for s in range(10, 120))
