@@ -39,6 +39,7 @@ class TeacherRecipe:
     warmup_steps: int = 300
     lr_schedule: str = "constant"
     final_lr_fraction: float = 0.0
+    adam_b2: float = 0.999
     ema_decay: float = 0.999
     num_samples: int = 100_000
     compute_dtype: str = "bfloat16"
@@ -52,7 +53,7 @@ class TeacherRecipe:
     def train_config(self) -> TrainConfig:
         return TrainConfig(
             steps=self.steps, learning_rate=self.learning_rate, warmup_steps=self.warmup_steps,
-            lr_schedule=self.lr_schedule, final_lr_fraction=self.final_lr_fraction, emas=(("ema", self.ema_decay),), seed=self.seed, log_every=self.log_every,
+            lr_schedule=self.lr_schedule, final_lr_fraction=self.final_lr_fraction, b2=self.adam_b2, emas=(("ema", self.ema_decay),), seed=self.seed, log_every=self.log_every,
             checkpoint_every=self.checkpoint_every,
         )
 
