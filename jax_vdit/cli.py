@@ -175,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--edges", default=None, help="consistency sampler: comma-separated segment edges, e.g. 0,250,500,750")
     s.add_argument("--guidance", type=float, default=7.5, help="CFG scale (1 disables CFG)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--attention", default="dense", help="dense | k:m (e.g. 1:7) on every layer | mask schedule JSON")
+    s.add_argument("--attention", default="dense", help="dense (cuDNN) | full (dense through the tile kernel: the fastest dense path on H100) | "
+                   "k:m (e.g. 1:7) on every layer | mask schedule JSON")
     s.add_argument("--tile-backend", default="auto")
     s.add_argument("--param-dtype", default="bfloat16")
     s.add_argument("--compute-dtype", default="bfloat16")

@@ -1,0 +1,115 @@
+"""Compile-only memory plan of the CausalVAE decoder: XLA's memory analysis of every stage of one latent tile,
+for several conv chunk budgets, without running anything (works on CPU; GPU buffer assignment differs).
+
+For each stage: arguments, temporaries, outputs, aliased bytes and the bytes live at once
+(args + temp + out - alias). The tile's planned peak is the largest stage's live bytes; the parameters and the
+assembled video come on top. Use it to choose ``ComputeConfig.chunk_bytes`` before a GPU run.
+
+Usage::
+
+    python experiments/vae_memory_plan.py --tile 8x64x64 --chunk-mib 1024,512,256 --out experiments/results/vae
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from jax_vdit.vae import ComputeConfig, VAEConfig, random_vae  # noqa: E402
+from jax_vdit.vae import runtime  # noqa: E402
+
+GIB = 2**30
+
+
+def compile_only_stage_plan(vae, tile: tuple[int, int, int]) -> list[dict]:
+    """Per-stage memory analysis of decoding one (1, t, h, w, 4) latent tile, compiled but not executed."""
+    from flax import nnx
+
+    rows: list[dict] = []
+
+    def plan_stage(fn, modules, x, *, donate: bool = False):
+        splits = [nnx.split(m) for m in modules]
+        graphdefs = tuple(g for g, _ in splits)
+        states = tuple(st for _, st in splits)
+
+        def pure(states, x):
+            return fn(*[nnx.merge(g, st) for g, st in zip(graphdefs, states)], x)
+
+        spec = jax.ShapeDtypeStruct(x.shape, x.dtype)
+        out = jax.eval_shape(pure, states, spec)
+        outs = jax.tree.leaves(out)
+        aliasable = donate and any(o.shape == spec.shape and o.dtype == spec.dtype for o in outs)
+        compiled = jax.jit(pure, donate_argnums=(1,) if aliasable else ()).lower(states, spec).compile()
+        mem = compiled.memory_analysis()
+        param_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(states))
+        arg = int(mem.argument_size_in_bytes) - param_bytes
+        alias = int(mem.alias_size_in_bytes) if aliasable else 0  # CPU executables report no aliasing
+        row = {"stage": fn.__name__, "input": list(x.shape[1:]), "args_gib": arg / GIB,
+               "temp_gib": mem.temp_size_in_bytes / GIB, "out_gib": mem.output_size_in_bytes / GIB,
+               "alias_gib": (mem.output_size_in_bytes / GIB) if aliasable else alias / GIB,
+               "donated": aliasable}
+        row["live_gib"] = row["args_gib"] + row["temp_gib"] + row["out_gib"] - row["alias_gib"]
+        rows.append(row)
+        return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out)
+
+    original = runtime.run_stage
+    runtime.run_stage = plan_stage
+    try:
+        z = jnp.zeros((1, *tile, vae.config.embed_dim), jnp.float32)
+        runtime.decode_nthwc(vae, z)
+    finally:
+        runtime.run_stage = original
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tile", default="8x64x64", help="latent tile t x h x w (the release sample script: 8x64x64)")
+    p.add_argument("--chunk-mib", default="1024,512,256", help="comma list of ComputeConfig.chunk_bytes in MiB")
+    p.add_argument("--out", default=None, help="folder for vae_memory_plan.{json,md}")
+    args = p.parse_args()
+    tile = tuple(int(s) for s in args.tile.split("x"))
+    header = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "backend": jax.default_backend(),
+              "jax": jax.__version__, "command": "python experiments/vae_memory_plan.py " + " ".join(sys.argv[1:]),
+              "weights": "random, release widths, bf16 (compile only: nothing is executed)"}
+    plans = {}
+    for mib in (int(s) for s in args.chunk_mib.split(",")):
+        compute = ComputeConfig(chunk_bytes=mib << 20)
+        vae = random_vae(VAEConfig(), seed=0, dtype=jnp.bfloat16, compute=compute)
+        rows = compile_only_stage_plan(vae, tile)
+        peak = max(rows, key=lambda r: r["live_gib"])
+        plans[mib] = {"rows": rows, "peak_stage": peak["stage"], "peak_input": peak["input"],
+                      "peak_live_gib": peak["live_gib"]}
+        print(f"chunk {mib} MiB: peak live {peak['live_gib']:.2f} GiB in {peak['stage']}{tuple(peak['input'])}",
+              flush=True)
+    lines = [f"# CausalVAE decode memory plan ({header['backend']}, jax {header['jax']}, {header['date']})", "",
+             f"Command: `{header['command']}`", "", f"Weights: {header['weights']}. Tile {args.tile} (latent).", "",
+             "| chunk MiB | stage | input (T,H,W,C) | args GiB | temp GiB | out GiB | alias GiB | live GiB |",
+             "|---|---|---|---|---|---|---|---|"]
+    for mib, plan in plans.items():
+        for r in plan["rows"]:
+            lines.append(f"| {mib} | {r['stage']} | {tuple(r['input'])} | {r['args_gib']:.2f} | {r['temp_gib']:.2f} | "
+                         f"{r['out_gib']:.2f} | {r['alias_gib']:.2f} | {r['live_gib']:.2f} |")
+    lines += ["", "| chunk MiB | peak live GiB | stage |", "|---|---|---|"]
+    lines += [f"| {m} | {pl['peak_live_gib']:.2f} | {pl['peak_stage']}{tuple(pl['peak_input'])} |"
+              for m, pl in plans.items()]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "vae_memory_plan.json").write_text(json.dumps({"header": header, "plans": plans}, indent=2))
+        (out / "vae_memory_plan.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
