@@ -72,6 +72,8 @@ def main() -> None:
     p.add_argument("--final-lr-fraction", type=float, default=0.0)
     p.add_argument("--warmup", type=int, default=300)
     p.add_argument("--b2", type=float, default=0.999, help="AdamW second-moment decay")
+    p.add_argument("--qk-clip", type=float, default=None,
+                   help="cap every self-attention head's q/k gain at this value after each update (jax_vdit.qk_clip)")
     p.add_argument("--quick-eval", action="store_true", help="score Euler-ancestral 100 and 4 steps only")
     p.add_argument("--samples", type=int, default=100_000)
     p.add_argument("--run", default="/tmp/toy_teacher_run")
@@ -89,7 +91,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     recipe = TeacherRecipe(world=args.world, model=args.model, steps=args.steps, batch_size=args.batch, learning_rate=args.lr,
                            warmup_steps=args.warmup, lr_schedule=args.lr_schedule,
-                           final_lr_fraction=args.final_lr_fraction, adam_b2=args.b2, num_samples=args.samples,
+                           final_lr_fraction=args.final_lr_fraction, adam_b2=args.b2,
+                           qk_clip_max_gain=args.qk_clip, num_samples=args.samples,
                            compute_dtype=args.compute_dtype)
     t0 = time.perf_counter()
     result = train_teacher(recipe, args.run, time_limit_s=args.time_limit, init_from=args.init_from)

@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="toy-world demo on the shipped teacher (CPU friendly)")
     d.add_argument("--out", default="outputs/demo")
     d.add_argument("--prompts", type=int, default=8, help="number of held-out prompts (max 32)")
-    d.add_argument("--steps", type=int, default=12, help="Euler-ancestral steps for the teacher row")
+    d.add_argument("--steps", type=int, default=10, help="Euler-ancestral steps for the teacher row")
     d.add_argument("--guidance", type=float, default=4.0)
     d.add_argument("--teacher", default=None, help="a toy teacher folder (default: the shipped one)")
     d.add_argument("--seed", type=int, default=0)

@@ -33,7 +33,7 @@ def default_settings(steps: int, guidance: float) -> list[DemoSetting]:
     ]
 
 
-def run_demo(out_dir: str | Path = "outputs/demo", *, prompts: int = 8, steps: int = 12, guidance: float = 4.0,
+def run_demo(out_dir: str | Path = "outputs/demo", *, prompts: int = 8, steps: int = 10, guidance: float = 4.0,
              teacher: str | Path | None = None, seed: int = 0) -> dict:
     """Sample ``prompts`` held-out prompts with each setting; write ``grid.gif`` and ``toybench.json``."""
     t_start = time.perf_counter()

@@ -40,6 +40,7 @@ class TeacherRecipe:
     lr_schedule: str = "constant"
     final_lr_fraction: float = 0.0
     adam_b2: float = 0.999
+    qk_clip_max_gain: float | None = None
     ema_decay: float = 0.999
     num_samples: int = 100_000
     compute_dtype: str = "bfloat16"
@@ -53,7 +54,9 @@ class TeacherRecipe:
     def train_config(self) -> TrainConfig:
         return TrainConfig(
             steps=self.steps, learning_rate=self.learning_rate, warmup_steps=self.warmup_steps,
-            lr_schedule=self.lr_schedule, final_lr_fraction=self.final_lr_fraction, b2=self.adam_b2, emas=(("ema", self.ema_decay),), seed=self.seed, log_every=self.log_every,
+            lr_schedule=self.lr_schedule, final_lr_fraction=self.final_lr_fraction, b2=self.adam_b2,
+            qk_clip_max_gain=self.qk_clip_max_gain, emas=(("ema", self.ema_decay),), seed=self.seed,
+            log_every=self.log_every,
             checkpoint_every=self.checkpoint_every,
         )
 
@@ -86,7 +89,7 @@ def train_teacher(recipe: TeacherRecipe, run_dir: str | Path, *, stop_after: int
         recipe.train_config(), run_dir, frozen=frozen, stop_after=stop_after, show_progress=show_progress,
         extra_meta={"recipe": asdict(recipe), "data_generation_s": round(gen_s, 1)}, time_limit_s=time_limit_s,
     )
-    plot_metrics(run_dir, keys=("loss", "mse", "grad_norm"))
+    plot_metrics(run_dir, keys=("loss", "mse", "grad_norm", "qk_gain_max"))
     return result
 
 

@@ -43,6 +43,7 @@ class TrainConfig:
     warmup_steps: int = 0
     lr_schedule: str = "constant"  # after warmup: "constant", or "cosine" decay to final_lr_fraction at ``steps``
     final_lr_fraction: float = 0.0
+    qk_clip_max_gain: float | None = None  # cap self-attention q/k gains after each update (jax_vdit.qk_clip)
     weight_decay: float = 0.01
     b1: float = 0.9
     b2: float = 0.999
@@ -57,6 +58,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.learning_rate <= 0 or self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError(f"invalid TrainConfig: {self}")
+        if self.qk_clip_max_gain is not None and self.qk_clip_max_gain <= 0:
+            raise ValueError(f"qk_clip_max_gain must be > 0 or None, got {self.qk_clip_max_gain}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if not 0.0 <= self.final_lr_fraction <= 1.0:
@@ -94,13 +97,21 @@ def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
     return after
 
 
-def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    """Clip by global norm, then AdamW with the learning rate of :func:`learning_rate_schedule`."""
+def make_optimizer(cfg: TrainConfig, head_dim: int | None = None) -> optax.GradientTransformation:
+    """Clip by global norm, then AdamW with the learning rate of :func:`learning_rate_schedule`, then (with
+    ``cfg.qk_clip_max_gain``) QK-clip, which needs the model's attention ``head_dim``."""
     lr = learning_rate_schedule(cfg)
-    return optax.chain(
+    parts = [
         optax.clip_by_global_norm(cfg.grad_clip),
         optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay),
-    )
+    ]
+    if cfg.qk_clip_max_gain is not None:
+        if head_dim is None:
+            raise ValueError("qk_clip_max_gain is set but the model's attention head_dim is unknown")
+        from jax_vdit.qk_clip import qk_clip
+
+        parts.append(qk_clip(cfg.qk_clip_max_gain, head_dim))
+    return optax.chain(*parts)
 
 
 @jax.tree_util.register_dataclass
@@ -296,7 +307,8 @@ def train(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     parts = ModelParts(model)
-    tx = make_optimizer(cfg)
+    head_dim = getattr(getattr(model, "cfg", None), "attention_head_dim", None)
+    tx = make_optimizer(cfg, head_dim=head_dim)
     state = init_state(parts.params(), cfg, tx)
     if mesh is not None:
         from jax_vdit import parallel
