@@ -133,6 +133,9 @@ def test_staged_fused_and_monolithic_agree():
     ref_enc = encode_moments_nthwc(base, x)
     variants = [
         (ComputeConfig(staged=True, fuse_upsample=True, chunk_bytes=40_000), False),  # fused stage in frame loops
+        # ... and with the shortcut recomputed inside conv2's frame chunks
+        (ComputeConfig(staged=True, fuse_upsample=True, shortcut_on_the_fly=True, chunk_bytes=40_000), False),
+        (ComputeConfig(staged=True, fuse_upsample=True, shortcut_on_the_fly=True), False),  # one chunk
         (ComputeConfig(staged=True, fuse_upsample=False), True),  # one stage per block / upsample
     ]
     for compute, check_encoder in variants:

@@ -273,6 +273,9 @@ class ComputeConfig:
     fuse_upsample: with ``staged``, a ``SpatialUpsample2x`` followed by a res block with a shortcut conv (v1.2:
       decoder up.1 -> up.0) runs as one stage that never materialises the upsampled (widest full-resolution)
       tensor (recomputes it in frame chunks; ~5% more FLOPs, one full-resolution tensor less).
+    shortcut_on_the_fly: in that fused stage, also recompute the block's shortcut (upsample conv + 1x1 conv) inside
+      conv2's frame chunks instead of storing it: one more full-resolution tensor less, one more upsample conv of
+      FLOPs. Off by default until its GPU memory and time are measured (docs/NEXT_GPU_SESSION.md).
     """
 
     conv_impl: str = "auto"
@@ -280,6 +283,7 @@ class ComputeConfig:
     attn_chunk_bytes: int = 1 << 30
     staged: bool = True
     fuse_upsample: bool = True
+    shortcut_on_the_fly: bool = False
 
     def __post_init__(self) -> None:
         if self.conv_impl not in CONV_IMPLS:

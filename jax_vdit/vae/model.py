@@ -140,10 +140,11 @@ class ResnetBlock(nnx.Module):
         itemsize = jnp.dtype(conv.dtype).itemsize
         chunk_bytes = self.conv1.compute.chunk_bytes
         chunk = ops.frames_per_chunk(t, 4 * h * w * max(cu, 2 * cout) * itemsize * 2, chunk_bytes)
+        on_the_fly = self.conv1.compute.shortcut_on_the_fly
         mean, rstd, shortcut = ops.group_stats_and_map(
             x_low,
             up_fn,
-            self.nin_shortcut,
+            None if on_the_fly else self.nin_shortcut,
             num_groups=self.norm1.num_groups,
             eps=self.norm1.eps,
             chunk=chunk,
@@ -166,7 +167,12 @@ class ResnetBlock(nnx.Module):
             chunk_bytes=max(1, chunk_bytes // 2),
         )
         a2, b2 = self.norm2.affine(hid)
-        return self.conv2(hid, pre=ops.norm_silu_fn(a2, b2), residual=(shortcut, None))
+        if on_the_fly:
+            nin = self.nin_shortcut
+            residual = (x_low, lambda frames: nin(up_fn(frames)))  # conv2's chunks recompute the shortcut
+        else:
+            residual = (shortcut, None)
+        return self.conv2(hid, pre=ops.norm_silu_fn(a2, b2), residual=residual)
 
 
 class AttnBlock3DFix(nnx.Module):

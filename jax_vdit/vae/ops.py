@@ -449,7 +449,7 @@ def upsample_nearest_conv(
 def group_stats_and_map(
     x: jax.Array,
     up_fn: Callable[[jax.Array], jax.Array],
-    map_fn: Callable[[jax.Array], jax.Array],
+    map_fn: Callable[[jax.Array], jax.Array] | None,
     *,
     num_groups: int,
     eps: float,
@@ -460,7 +460,8 @@ def group_stats_and_map(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """One pass over frame chunks of ``u = up_fn(x)`` (never materialised whole): float32 GroupNorm statistics
     of ``u`` over all frames (chunk means/M2 merged with Chan's parallel formula) and ``map_fn(u)`` written
-    frame chunk by frame chunk. Returns (mean, rstd) shaped like :func:`group_norm_stats` and the mapped array.
+    frame chunk by frame chunk. Returns (mean, rstd) shaped like :func:`group_norm_stats` and the mapped array
+    (``None`` when ``map_fn`` is None: statistics only).
     """
     n, t = x.shape[:2]
     hh, ww, c = up_hwc
@@ -482,11 +483,13 @@ def group_stats_and_map(
         delta = mb - mean
         mean = mean + delta * (nb / total)
         m2 = m2 + m2b + jnp.square(delta) * (count * nb / total)
-        out = lax.dynamic_update_slice_in_dim(out, map_fn(u).astype(out_dtype), a, axis=1)
+        if map_fn is not None:
+            out = lax.dynamic_update_slice_in_dim(out, map_fn(u).astype(out_dtype), a, axis=1)
         return mean, m2, total, out
 
     zeros = jnp.zeros((n, 1, 1, g, 1), F32)
-    carry = (zeros, zeros, jnp.zeros((), F32), jnp.zeros((n, t, hh, ww, map_c), out_dtype))
+    out0 = jnp.zeros((n, t, hh, ww, map_c), out_dtype) if map_fn is not None else jnp.zeros((), out_dtype)
+    carry = (zeros, zeros, jnp.zeros((), F32), out0)
     n_full, rem = divmod(t, chunk)
     if n_full == 1:
         carry = body(0, chunk, carry)
@@ -495,7 +498,7 @@ def group_stats_and_map(
     if rem:
         carry = body(n_full * chunk, rem, carry)
     mean, m2, total, out = carry
-    return mean, lax.rsqrt(m2 / total + eps), out
+    return mean, lax.rsqrt(m2 / total + eps), (out if map_fn is not None else None)
 
 
 def upsample_nearest_conv_reference(x: jax.Array, kernel: jax.Array, bias: jax.Array, *, dtype=F32) -> jax.Array:
