@@ -349,6 +349,7 @@ def train(
                     t_last = now
                     rows = [{"step": s + 1, **_to_host_metrics(m)} for s, m in pending]
                     history.extend(rows)
+                    _raise_if_diverged(rows, ckpts.latest_step())
                     # one row per interval: the mean of each metric over the interval's steps
                     row = {k: float(np.mean([r[k] for r in rows])) for k in rows[-1] if k != "step"}
                     row = dict(row, step=rows[-1]["step"], steps_per_s=rate, time=time.time())
@@ -358,6 +359,10 @@ def train(
                     pending.clear()
                 bar.update(1)
                 if done % cfg.checkpoint_every == 0 or done == cfg.steps or out_of_time:
+                    if not bool(jnp.isfinite(optax.tree.norm(state.params))):  # never checkpoint a broken state
+                        raise FloatingPointError(
+                            f"parameters are not finite after step {done}; not checkpointed (last good checkpoint: "
+                            f"step {ckpts.latest_step()}). Lower the learning rate or set qk_clip_max_gain, then resume.")
                     ckpts.save(state, meta)
                 if out_of_time:
                     break
@@ -365,6 +370,16 @@ def train(
         bar.close()
         ckpts.close()
     return RunResult(state=state, parts=parts, resumed_from=resumed_from, history=history)
+
+
+def _raise_if_diverged(rows: list[dict], last_checkpoint: int | None) -> None:
+    """FloatingPointError naming the first step whose loss is NaN or infinite (the run stops; checkpoints stay)."""
+    for row in rows:
+        if not np.isfinite(row["loss"]):
+            raise FloatingPointError(
+                f"training diverged: loss is {row['loss']} at step {row['step']} (grad_norm {row.get('grad_norm')}); "
+                f"last good checkpoint: step {last_checkpoint}. Lower the learning rate or set qk_clip_max_gain, "
+                "then resume from that checkpoint.")
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

@@ -98,3 +98,19 @@ def test_learning_rate_schedules():
     assert float(cos(60)) == pytest.approx(1e-4 + 0.9e-3 * 0.5, rel=1e-5)  # half-way down the cosine
     assert float(cos(110)) == pytest.approx(1e-4) and float(cos(500)) == pytest.approx(1e-4)
     assert all(float(cos(s)) >= float(cos(s + 1)) - 1e-12 for s in range(10, 120))
+
+
+def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    """A NaN loss stops training with an error naming the step; no non-finite state is ever checkpointed."""
+    from jax_vdit.training import StateCheckpoints
+
+    def objective(model, batch, key, context):
+        w = model.blocks[0].attn1.to_q.kernel[...]
+        loss = jnp.mean(jnp.square(w)) * jnp.where(batch["bad"], jnp.nan, 1.0)
+        return loss, {}
+
+    cfg = TrainConfig(steps=20, learning_rate=1e-3, log_every=2, checkpoint_every=2)
+    with pytest.raises(FloatingPointError, match="step 5"):
+        train(init_model(CFG, seed=0), objective, lambda s: {"bad": np.asarray(s >= 4)}, cfg, tmp_path,
+              show_progress=False)
+    assert StateCheckpoints(tmp_path / "checkpoints", 2).latest_step() == 4
