@@ -12,7 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_model (its size table)
 
 # PyTorch release on an H100 (torch 2.11, SDPA, bf16, random weights, batch 2), per forward = per CFG step (s)
 TORCH_RELEASE_S = {"29x720p": 1.80, "93x720p": 11.53}
@@ -55,14 +56,17 @@ def mask_check(rows: list[dict]) -> str:
 
 
 def attention_gflop(size: str) -> float:
-    """Dense self-attention GFLOP of one batch-2 forward (4 N^2 D H per sample and layer)."""
-    from jax_vdit.config import PRESET_LATENT_SHAPES, get_preset
+    """Dense self-attention GFLOP of one batch-2 forward, all layers."""
+    from bench_model import SIZES
 
-    name = {"29x720p": "osp-v1.2-29x720p", "93x720p": "osp-v1.2-93x720p"}[size]
-    cfg = get_preset(name)
-    t, h, w = PRESET_LATENT_SHAPES[name]
-    n = t * (h // cfg.patch_size) * (w // cfg.patch_size)
-    return 4 * n * n * cfg.attention_head_dim * cfg.num_attention_heads * 2 * cfg.num_layers / 1e9
+    from jax_vdit.config import PRESET_LATENT_SHAPES, get_preset
+    from jax_vdit.flops import self_attention_flops
+
+    cfg = get_preset(SIZES[size])
+    t, h, w = PRESET_LATENT_SHAPES[SIZES[size]]
+    tokens = t * (h // cfg.patch_size) * (w // cfg.patch_size)
+    dim = cfg.attention_head_dim * cfg.num_attention_heads
+    return 2 * cfg.num_layers * self_attention_flops(tokens, dim) / 1e9
 
 
 def load_rows(folder: Path) -> tuple[list[dict], list[dict]]:

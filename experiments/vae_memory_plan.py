@@ -31,32 +31,23 @@ GIB = 2**30
 
 
 def compile_only_stage_plan(vae, tile: tuple[int, int, int]) -> list[dict]:
-    """Per-stage memory analysis of decoding one (1, t, h, w, 4) latent tile, compiled but not executed."""
-    from flax import nnx
+    """Per-stage memory analysis of decoding one (1, t, h, w, 4) latent tile, compiled but not executed.
 
+    "alias" counts the output as reusing a donated input wherever the runtime donates on a GPU (same shape and
+    dtype), also when planning on a CPU, where XLA reports no aliasing."""
     rows: list[dict] = []
 
     def plan_stage(fn, modules, x, *, donate: bool = False):
-        splits = [nnx.split(m) for m in modules]
-        graphdefs = tuple(g for g, _ in splits)
-        states = tuple(st for _, st in splits)
-
-        def pure(states, x):
-            return fn(*[nnx.merge(g, st) for g, st in zip(graphdefs, states)], x)
-
         spec = jax.ShapeDtypeStruct(x.shape, x.dtype)
-        out = jax.eval_shape(pure, states, spec)
-        outs = jax.tree.leaves(out)
-        aliasable = donate and any(o.shape == spec.shape and o.dtype == spec.dtype for o in outs)
-        compiled = jax.jit(pure, donate_argnums=(1,) if aliasable else ()).lower(states, spec).compile()
+        compiled, states, out = runtime.compile_stage(fn, modules, spec, donate=donate)
         mem = compiled.memory_analysis()
         param_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(states))
-        arg = int(mem.argument_size_in_bytes) - param_bytes
-        alias = int(mem.alias_size_in_bytes) if aliasable else 0  # CPU executables report no aliasing
-        row = {"stage": fn.__name__, "input": list(x.shape[1:]), "args_gib": arg / GIB,
+        aliasable = donate and any(o.shape == spec.shape and o.dtype == spec.dtype for o in jax.tree.leaves(out))
+        row = {"stage": fn.__name__, "input": list(x.shape[1:]),
+               "args_gib": (int(mem.argument_size_in_bytes) - param_bytes) / GIB,
                "temp_gib": mem.temp_size_in_bytes / GIB, "out_gib": mem.output_size_in_bytes / GIB,
-               "alias_gib": (mem.output_size_in_bytes / GIB) if aliasable else alias / GIB,
                "donated": aliasable}
+        row["alias_gib"] = row["out_gib"] if aliasable else 0.0
         row["live_gib"] = row["args_gib"] + row["temp_gib"] + row["out_gib"] - row["alias_gib"]
         rows.append(row)
         return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out)

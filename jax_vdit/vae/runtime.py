@@ -67,28 +67,29 @@ def _donation_supported() -> bool:
     return jax.default_backend() != "cpu"
 
 
-def run_stage(fn: Callable, modules: tuple, x: jax.Array, *, donate: bool = False) -> jax.Array:
-    """``fn(*modules, x)`` through a compiled executable cached per (fn, module graphs, parameter shapes,
-    input shape/dtype). ``donate`` lets XLA reuse ``x``'s buffer (the caller must not use ``x`` afterwards).
-    Modules with identical structure (e.g. the res blocks of one level) share one executable."""
+def compile_stage(fn: Callable, modules: tuple, x_spec: jax.ShapeDtypeStruct, *, donate: bool = False):
+    """Compile ``fn(*modules, x)`` for an input like ``x_spec``: returns (executable taking ``(states, x)``,
+    the modules' states, the output shape tree). Cached per (fn, module graphs, parameter shapes, input
+    shape/dtype, donate); each compilation adds an entry (with XLA's memory analysis) to :func:`compile_log`.
+    ``donate`` lets XLA reuse the input buffer where an output can take it over (not on CPU)."""
     splits = [nnx.split(m) for m in modules]
     graphdefs = tuple(g for g, _ in splits)
     states = tuple(st for _, st in splits)
-    key = (fn, graphdefs, _signature(states), tuple(x.shape), str(x.dtype), donate)
-    compiled = _CACHE.get(key)
-    if compiled is None:
+    key = (fn, graphdefs, _signature(states), tuple(x_spec.shape), str(x_spec.dtype), donate)
+    cached = _CACHE.get(key)
+    if cached is None:
         t0 = time.perf_counter()
 
         def pure(states, x):
             return fn(*[nnx.merge(g, st) for g, st in zip(graphdefs, states)], x)
 
-        spec = jax.ShapeDtypeStruct(x.shape, x.dtype)
+        spec = jax.ShapeDtypeStruct(x_spec.shape, x_spec.dtype)
+        out_shape = jax.eval_shape(pure, states, spec)
         # donate only where an output can take over the input buffer (else XLA warns and ignores it)
-        outs = jax.tree.leaves(jax.eval_shape(pure, states, spec))
-        aliasable = any(o.shape == spec.shape and o.dtype == spec.dtype for o in outs)
+        aliasable = any(o.shape == spec.shape and o.dtype == spec.dtype for o in jax.tree.leaves(out_shape))
         use_donation = donate and aliasable and _donation_supported()
         compiled = jax.jit(pure, donate_argnums=(1,) if use_donation else ()).lower(states, spec).compile()
-        entry = {"stage": getattr(fn, "__name__", str(fn)), "shape": tuple(x.shape), "dtype": str(x.dtype),
+        entry = {"stage": getattr(fn, "__name__", str(fn)), "shape": tuple(spec.shape), "dtype": str(spec.dtype),
                  "donated": use_donation, "seconds": time.perf_counter() - t0}
         try:
             mem = compiled.memory_analysis()
@@ -97,7 +98,17 @@ def run_stage(fn: Callable, modules: tuple, x: jax.Array, *, donate: bool = Fals
         except Exception:  # noqa: BLE001 - memory statistics are optional
             pass
         _LOG.append(entry)
-        _CACHE[key] = compiled
+        cached = (compiled, out_shape)
+        _CACHE[key] = cached
+    compiled, out_shape = cached
+    return compiled, states, out_shape
+
+
+def run_stage(fn: Callable, modules: tuple, x: jax.Array, *, donate: bool = False) -> jax.Array:
+    """``fn(*modules, x)`` through a compiled executable cached per (fn, module graphs, parameter shapes,
+    input shape/dtype). ``donate`` lets XLA reuse ``x``'s buffer (the caller must not use ``x`` afterwards).
+    Modules with identical structure (e.g. the res blocks of one level) share one executable."""
+    compiled, states, _ = compile_stage(fn, modules, jax.ShapeDtypeStruct(x.shape, x.dtype), donate=donate)
     return compiled(states, x)
 
 
