@@ -38,3 +38,9 @@ def self_attention_qk_gain(model) -> jax.Array:
         wk = jax.lax.stop_gradient(block.attn1.to_k.kernel[...])
         gains.append(qk_gain_per_head(wq, wk, wq.shape[1] // block.heads))
     return jnp.stack(gains)
+
+
+def has_self_attention_blocks(model) -> bool:
+    """Whether :func:`self_attention_qk_gain` applies (an OpenSoraT2V-like ``model.blocks[i].attn1``)."""
+    blocks = getattr(model, "blocks", None)
+    return bool(blocks) and all(hasattr(b, "attn1") and hasattr(b, "heads") for b in blocks)

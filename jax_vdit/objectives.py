@@ -26,7 +26,6 @@ class DiffusionObjective:
     caption_dropout: float = 0.1
     schedule: schedules.DDPMSchedule = schedules.RELEASE_SCHEDULE
     attention: AttentionConfig = DENSE
-    monitor_attention: bool = True  # log qk_gain_max (jax_vdit.diagnostics): warns of attention-logit blow-up
 
     def __call__(self, model, batch, key, context):
         x0 = batch["latents"].astype(jnp.float32)
@@ -47,9 +46,4 @@ class DiffusionObjective:
         weights = schedules.min_snr_weights(t, self.min_snr_gamma, self.schedule)
         per_sample = jnp.mean(jnp.square(eps - noise), axis=tuple(range(1, x0.ndim)))
         loss = jnp.mean(per_sample * weights)
-        metrics = {"mse": jnp.mean(per_sample)}
-        if self.monitor_attention:
-            from jax_vdit.diagnostics import self_attention_qk_gain
-
-            metrics["qk_gain_max"] = jnp.max(self_attention_qk_gain(model))
-        return loss, metrics
+        return loss, {"mse": jnp.mean(per_sample)}

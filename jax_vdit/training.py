@@ -329,6 +329,7 @@ def train(
     (run_dir / "train_config.json").write_text(json.dumps(meta, indent=2, default=str))
 
     step_fn = make_train_step(parts, objective, cfg, tx, mesh=mesh)
+    health_fn = _model_health_fn(parts, model)
     place = place_batch or (lambda b: {k: jnp.asarray(v) for k, v in b.items()})
     start = int(state.step)
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
@@ -347,7 +348,9 @@ def train(
                     now = time.perf_counter()
                     rate = len(pending) / max(now - t_last, 1e-9)
                     t_last = now
-                    rows = [{"step": s + 1, **_to_host_metrics(m)} for s, m in pending]
+                    # model-health numbers of the current parameters, once per interval (not in the step)
+                    health = {} if health_fn is None else _to_host_metrics(health_fn(state.params))
+                    rows = [{"step": s + 1, **_to_host_metrics(m), **health} for s, m in pending]
                     history.extend(rows)
                     _raise_if_diverged(rows, ckpts.latest_step())
                     # one row per interval: the mean of each metric over the interval's steps
@@ -370,6 +373,16 @@ def train(
         bar.close()
         ckpts.close()
     return RunResult(state=state, parts=parts, resumed_from=resumed_from, history=history)
+
+
+def _model_health_fn(parts: ModelParts, model: nnx.Module):
+    """A jitted ``params -> {"qk_gain_max": ...}`` for models with self-attention blocks (see
+    :mod:`jax_vdit.diagnostics`: it warns of attention-logit blow-up); None for other models."""
+    from jax_vdit.diagnostics import has_self_attention_blocks, self_attention_qk_gain
+
+    if not has_self_attention_blocks(model):
+        return None
+    return jax.jit(lambda params: {"qk_gain_max": jnp.max(self_attention_qk_gain(parts.merge(params)))})
 
 
 def _raise_if_diverged(rows: list[dict], last_checkpoint: int | None) -> None:
