@@ -100,7 +100,8 @@ class Bench:
     def compute_config(self) -> ComputeConfig:
         a = self.args
         return ComputeConfig(conv_impl=a.impl, chunk_bytes=a.chunk_mib << 20, fuse_upsample=not a.no_fuse,
-                             staged=not a.monolithic, shortcut_on_the_fly=a.shortcut_on_the_fly)
+                             staged=not a.monolithic, shortcut_on_the_fly=a.shortcut_on_the_fly,
+                             in_place_conv2=a.in_place_conv2)
 
     def run_case(self, vae, name: str) -> None:
         t, h, w = CASES[name]
@@ -391,9 +392,13 @@ def main() -> None:
     p.add_argument("--cases", default="29x720p,93x720p")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--impl", default="auto", choices=["auto", "stack", "taps", "conv3d"])
-    p.add_argument("--chunk-mib", type=int, default=1024)
-    p.add_argument("--shortcut-on-the-fly", action="store_true",
+    p.add_argument("--chunk-mib", type=int, default=ComputeConfig().chunk_bytes >> 20)
+    p.add_argument("--shortcut-on-the-fly", action=argparse.BooleanOptionalAction,
+                   default=ComputeConfig().shortcut_on_the_fly,
                    help="fused upsample stage recomputes the shortcut in conv2's chunks (ComputeConfig)")
+    p.add_argument("--in-place-conv2", action=argparse.BooleanOptionalAction,
+                   default=ComputeConfig().in_place_conv2,
+                   help="ComputeConfig.in_place_conv2: conv2 of blocks with a shortcut conv writes over its input")
     p.add_argument("--tile-batch", type=int, default=1)
     p.add_argument("--no-fuse", action="store_true", help="do not fuse SpatialUpsample2x into the next block")
     p.add_argument("--monolithic", action="store_true", help="one executable per tile instead of stages")

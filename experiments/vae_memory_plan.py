@@ -65,8 +65,11 @@ def compile_only_stage_plan(vae, tile: tuple[int, int, int]) -> list[dict]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tile", default="8x64x64", help="latent tile t x h x w (the release sample script: 8x64x64)")
-    p.add_argument("--chunk-mib", default="1024,512,256", help="comma list of ComputeConfig.chunk_bytes in MiB")
-    p.add_argument("--shortcut-on-the-fly", action="store_true", help="ComputeConfig.shortcut_on_the_fly")
+    p.add_argument("--chunk-mib", default="1024,512,256,128", help="comma list of ComputeConfig.chunk_bytes in MiB")
+    p.add_argument("--shortcut-on-the-fly", action=argparse.BooleanOptionalAction,
+                   default=ComputeConfig().shortcut_on_the_fly, help="ComputeConfig.shortcut_on_the_fly")
+    p.add_argument("--in-place-conv2", action=argparse.BooleanOptionalAction,
+                   default=ComputeConfig().in_place_conv2, help="ComputeConfig.in_place_conv2")
     p.add_argument("--out", default=None, help="folder for vae_memory_plan.{json,md}")
     args = p.parse_args()
     tile = tuple(int(s) for s in args.tile.split("x"))
@@ -75,7 +78,8 @@ def main() -> None:
               "weights": "random, release widths, bf16 (compile only: nothing is executed)"}
     plans = {}
     for mib in (int(s) for s in args.chunk_mib.split(",")):
-        compute = ComputeConfig(chunk_bytes=mib << 20, shortcut_on_the_fly=args.shortcut_on_the_fly)
+        compute = ComputeConfig(chunk_bytes=mib << 20, shortcut_on_the_fly=args.shortcut_on_the_fly,
+                                in_place_conv2=args.in_place_conv2)
         vae = random_vae(VAEConfig(), seed=0, dtype=jnp.bfloat16, compute=compute)
         rows = compile_only_stage_plan(vae, tile)
         peak = max(rows, key=lambda r: r["live_gib"])

@@ -125,18 +125,23 @@ def test_staged_fused_and_monolithic_agree():
     )
     from flax import nnx
 
-    base = random_vae(cfg, seed=3, compute=ComputeConfig(staged=False))  # one executable, the plain path
+    plain = ComputeConfig(staged=False, shortcut_on_the_fly=False, in_place_conv2=False)
+    base = random_vae(cfg, seed=3, compute=plain)  # one executable, the plain path
     state = nnx.state(base)
     z = jax.random.normal(jax.random.key(0), (1, 2, 3, 4, 4))
     x = jax.random.uniform(jax.random.key(1), (1, 5, 12, 8, 3), minval=-1, maxval=1)
     ref_dec = decode_nthwc(base, z)
     ref_enc = encode_moments_nthwc(base, x)
     variants = [
-        (ComputeConfig(staged=True, fuse_upsample=True, chunk_bytes=40_000), False),  # fused stage in frame loops
+        # fused stage in frame loops, shortcut stored
+        (ComputeConfig(fuse_upsample=True, shortcut_on_the_fly=False, in_place_conv2=False, chunk_bytes=40_000), False),
         # ... and with the shortcut recomputed inside conv2's frame chunks
-        (ComputeConfig(staged=True, fuse_upsample=True, shortcut_on_the_fly=True, chunk_bytes=40_000), False),
-        (ComputeConfig(staged=True, fuse_upsample=True, shortcut_on_the_fly=True), False),  # one chunk
-        (ComputeConfig(staged=True, fuse_upsample=False), True),  # one stage per block / upsample
+        (ComputeConfig(fuse_upsample=True, shortcut_on_the_fly=True, in_place_conv2=False, chunk_bytes=40_000), False),
+        (ComputeConfig(fuse_upsample=True, shortcut_on_the_fly=True, in_place_conv2=False, chunk_bytes=1 << 30), False),
+        # ... and conv2 written over its input in blocks with a shortcut conv (fused and plain stages)
+        (ComputeConfig(chunk_bytes=40_000), True),  # the defaults: fused, shortcut on the fly, in-place conv2
+        (ComputeConfig(staged=False, in_place_conv2=True, chunk_bytes=40_000), True),
+        (ComputeConfig(fuse_upsample=False, in_place_conv2=False), True),  # one stage per block / upsample
     ]
     for compute, check_encoder in variants:
         graphdef, _ = nnx.split(abstract_vae(cfg, compute=compute))

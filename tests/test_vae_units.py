@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -124,6 +125,33 @@ def test_causal_conv_pre_and_residuals(chunk_bytes):
     got = ops.causal_conv(x, k16, bias[:16], pre=ops.norm_silu_fn(a, b), residual=(x, lambda r: r @ w), **kw)
     ref16 = reference_causal_conv(act, k16, bias[:16], (1, 1, 1), ((1, 1), (1, 1))) + x @ w
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref16), atol=2e-5)
+
+
+@pytest.mark.parametrize("kt", [3, 1])
+@pytest.mark.parametrize("chunk_bytes", [1, 2 * 6 * 5 * 3 * 32 * 4, 1 << 30])
+def test_causal_conv_in_place_matches_reference(kt, chunk_bytes):
+    """Output written over the input (chunks of 1, 2 (+ a shorter last one) or all 7 frames): the overwritten
+    halo frames come from the carried copy, so results equal the out-of-place conv, with a shortcut residual."""
+    x = rand(2, 7, 6, 5, 32)
+    kernel = rand(kt, 3, 3, 32, 32, scale=0.05)
+    bias = rand(32)
+    r = rand(2, 7, 6, 5, 16)
+    w = rand(16, 32, scale=0.1)
+    pre = ops.norm_silu_fn(*ops.group_norm_affine(*ops.group_norm_stats(x, 32), rand(32), rand(32)))
+    kw = dict(pre=pre, residual=(r, lambda v: v @ w), impl="stack", chunk_bytes=chunk_bytes)
+    ref = ops.causal_conv(x, kernel, bias, **kw)
+    got = jax.jit(lambda x: ops.causal_conv(x, kernel, bias, in_place=True, **kw), donate_argnums=0)(x + 0.0)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=5e-6, rtol=0)  # jit vs eager rounding
+    act = pre(x, 0)
+    direct = reference_causal_conv(act, kernel, bias, (1, 1, 1), ((1, 1), (1, 1))) + r @ w
+    np.testing.assert_allclose(np.asarray(got), np.asarray(direct), atol=2e-5, rtol=0)
+
+
+def test_map_time_chunks_in_place_rejects_shape_change():
+    x = rand(1, 4, 3, 3, 8)
+    with pytest.raises(ValueError, match="in_place"):
+        ops.map_time_chunks(x, kt=3, st=2, t_out=2, chunk=1, out_tail=(3, 3, 8), out_dtype=x.dtype,
+                            chunk_fn=lambda w, s0, a, f, acc: w[:, :f], in_place=True)
 
 
 def test_group_norm_matches_torch_semantics():

@@ -275,15 +275,23 @@ class ComputeConfig:
       tensor (recomputes it in frame chunks; ~5% more FLOPs, one full-resolution tensor less).
     shortcut_on_the_fly: in that fused stage, also recompute the block's shortcut (upsample conv + 1x1 conv) inside
       conv2's frame chunks instead of storing it: one more full-resolution tensor less, one more upsample conv of
-      FLOPs. Off by default until its GPU memory and time are measured (docs/NEXT_GPU_SESSION.md).
+      FLOPs.
+    in_place_conv2: a res block whose shortcut is not an identity add (a 1x1 shortcut conv, or the fused stage's
+      recomputed shortcut) writes conv2's output over its input (the hidden activation) frame chunk by frame
+      chunk, carrying the two overwritten halo frames: one full-size tensor less in those blocks, same results.
+
+    Defaults (measured on an H100, release widths, bf16, 29x720p / 93x720p with the release tiling,
+    experiments/results/vae): 256 MiB chunks, shortcut on the fly and in-place conv2 give 4.70 / 5.22 GiB peak
+    at 1.77 / 5.91 s; 1 GiB chunks without them gave 6.44 / 6.94 GiB at 1.65 / 5.53 s.
     """
 
     conv_impl: str = "auto"
-    chunk_bytes: int = 1 << 30
+    chunk_bytes: int = 256 << 20
     attn_chunk_bytes: int = 1 << 30
     staged: bool = True
     fuse_upsample: bool = True
-    shortcut_on_the_fly: bool = False
+    shortcut_on_the_fly: bool = True
+    in_place_conv2: bool = True
 
     def __post_init__(self) -> None:
         if self.conv_impl not in CONV_IMPLS:

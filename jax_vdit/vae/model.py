@@ -64,7 +64,10 @@ class Conv(nnx.Module):
         pre: ops.PreFn | None = None,
         residual: ops.Residual | None = None,
         pre_hwc: tuple[int, int, int] | None = None,
+        in_place: bool = False,
     ) -> jax.Array:
+        """``in_place``: may write the output over ``x`` (see :func:`ops.causal_conv`); the caller must not use
+        ``x`` afterwards."""
         if self.is_pointwise and pre is None and residual is None:
             return ops.pointwise(x, self.kernel[...], self.bias[...], self.dtype)
         return ops.causal_conv(
@@ -79,6 +82,7 @@ class Conv(nnx.Module):
             impl=self.compute.conv_impl,
             chunk_bytes=self.compute.chunk_bytes,
             pre_hwc=pre_hwc,
+            in_place=in_place,
         )
 
 
@@ -122,7 +126,8 @@ class ResnetBlock(nnx.Module):
         h = self.conv1(x, pre=ops.norm_silu_fn(a1, b1))
         a2, b2 = self.norm2.affine(h, per_frame=per_frame)
         shortcut = None if self.nin_shortcut is None else self.nin_shortcut
-        return self.conv2(h, pre=ops.norm_silu_fn(a2, b2), residual=(x, shortcut))
+        return self.conv2(h, pre=ops.norm_silu_fn(a2, b2), residual=(x, shortcut),
+                          in_place=self.conv2.compute.in_place_conv2)
 
     def after_nearest_upsample(self, x_low: jax.Array, upsample: "Upsample") -> jax.Array:
         """``self(upsample(x_low))`` for a ``SpatialUpsample2x`` ``upsample`` and a block with a shortcut conv,
@@ -172,7 +177,8 @@ class ResnetBlock(nnx.Module):
             residual = (x_low, lambda frames: nin(up_fn(frames)))  # conv2's chunks recompute the shortcut
         else:
             residual = (shortcut, None)
-        return self.conv2(hid, pre=ops.norm_silu_fn(a2, b2), residual=residual)
+        return self.conv2(hid, pre=ops.norm_silu_fn(a2, b2), residual=residual,
+                          in_place=self.conv2.compute.in_place_conv2)
 
 
 class AttnBlock3DFix(nnx.Module):

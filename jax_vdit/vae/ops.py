@@ -128,6 +128,7 @@ def map_time_chunks(
     out_dtype,
     chunk_fn: Callable[..., jax.Array],
     init: jax.Array | None = None,
+    in_place: bool = False,
 ) -> jax.Array:
     """Compute a causal-in-time op frame chunk by frame chunk.
 
@@ -138,10 +139,23 @@ def map_time_chunks(
     ``a .. a+F-1`` from it (an in-place residual add). With ``chunk >= t_out`` this is a single call;
     otherwise chunks run in a ``fori_loop`` (sequentially: temporaries bounded by one chunk) writing in place
     into the output; chunks touching the causal padding and a shorter last chunk are peeled off (static shapes).
+
+    ``in_place``: the output overwrites ``x`` itself (stride 1, output shape and dtype equal to ``x``'s, no
+    ``init``; ``acc`` is then the partly overwritten ``x``, which ``chunk_fn`` must not read). Chunks run in
+    order; the ``kt - 1`` input frames before each chunk, already overwritten, come from a carried copy of the
+    previous window's last frames, so the op needs one buffer of ``x``'s size instead of two.
     """
     n = x.shape[0]
     if init is not None and (tuple(init.shape) != (n, t_out, *out_tail) or init.dtype != jnp.dtype(out_dtype)):
         raise ValueError(f"map_time_chunks: init {init.shape} {init.dtype} does not match the output")
+    if in_place:
+        if st != 1 or init is not None or tuple(x.shape) != (n, t_out, *out_tail) or x.dtype != jnp.dtype(out_dtype):
+            raise ValueError(
+                f"map_time_chunks(in_place=True) needs stride 1, no init and an output of the input's shape and "
+                f"dtype; got stride {st}, init {init is not None}, input {x.shape} {x.dtype}, output "
+                f"{(n, t_out, *out_tail)} {jnp.dtype(out_dtype)}"
+            )
+        return _map_time_chunks_in_place(x, kt=kt, chunk=min(chunk, t_out), chunk_fn=chunk_fn)
 
     def run(a, f: int, acc) -> jax.Array:
         s0 = st * a - (kt - 1)
@@ -168,6 +182,30 @@ def map_time_chunks(
         a = n_full * chunk
         out = lax.dynamic_update_slice_in_dim(out, run(a, rem, out), a, axis=1)
     return out
+
+
+def _map_time_chunks_in_place(x: jax.Array, *, kt: int, chunk: int, chunk_fn: Callable[..., jax.Array]) -> jax.Array:
+    """:func:`map_time_chunks` with ``in_place=True`` (stride 1): the output is written over ``x``."""
+    t = x.shape[1]
+    halo = kt - 1
+
+    def step(carry, a, f: int):
+        buf, prev = carry  # prev: the original input frames a-halo .. a-1 (frame 0 replicated below 0)
+        cur = buf[:, a : a + f] if isinstance(a, int) else lax.dynamic_slice_in_dim(buf, a, f, axis=1)
+        window = jnp.concatenate([prev, cur], axis=1) if halo else cur
+        y = chunk_fn(window, a - halo, a, f, buf).astype(x.dtype)
+        nxt = window[:, window.shape[1] - halo :]
+        return lax.dynamic_update_slice_in_dim(buf, y, a, axis=1), nxt
+
+    carry = (x, jnp.repeat(x[:, :1], halo, axis=1))
+    n_full, rem = divmod(t, chunk)
+    if n_full == 1:
+        carry = step(carry, 0, chunk)
+    elif n_full > 1:
+        carry = lax.fori_loop(0, n_full, lambda i, c: step(c, i * chunk, chunk), carry)
+    if rem:
+        carry = step(carry, n_full * chunk, rem)
+    return carry[0]
 
 
 def _frames(src: jax.Array | None, a, f: int) -> jax.Array:
@@ -254,6 +292,7 @@ def causal_conv(
     impl: str = "auto",
     chunk_bytes: int = 1 << 30,
     pre_hwc: tuple[int, int, int] | None = None,
+    in_place: bool = False,
 ) -> jax.Array:
     """Causal 3-D convolution (replicate-first-frame time padding, zero spatial padding), channels-last.
 
@@ -261,6 +300,11 @@ def causal_conv(
     input frames before padding (e.g. GroupNorm + SiLU, fused into the conv's input); if it changes the
     per-frame shape, ``pre_hwc`` gives its output (H, W, C). ``residual`` is added to the output. Returns
     (N, (T-1)//st + 1, Ho, Wo, Cout) in ``dtype``. A kt=1 kernel is a per-frame 2-D conv.
+
+    ``in_place``: where the output has the input's shape and dtype (stride 1, no ``pre_hwc``) and the residual
+    is not an identity add of the output's shape, write the output over ``x`` frame chunk by frame chunk
+    (:func:`map_time_chunks`); elsewhere ignored. Same results; one tensor of ``x``'s size less when ``x`` is
+    not needed afterwards (e.g. conv2 of a res block, whose input is the block's hidden activation).
     """
     kt, kh, kw, cin, cout = kernel.shape
     n, t = x.shape[:2]
@@ -280,6 +324,11 @@ def causal_conv(
     if residual is not None and residual[1] is None and residual[0].shape == (n, t_out, ho, wo, cout):
         # identity shortcut: start from the residual and add in place (the output can reuse its buffer)
         init = residual[0].astype(dtype)
+
+    in_place = (
+        in_place and init is None and pre_hwc is None and tuple(x.shape) == (n, t_out, ho, wo, cout)
+        and x.dtype == jnp.dtype(dtype)
+    )
 
     def chunk_fn(window, s0, a, f, acc):
         if pre is not None:
@@ -303,6 +352,7 @@ def causal_conv(
         out_dtype=dtype,
         chunk_fn=chunk_fn,
         init=init,
+        in_place=in_place,
     )
 
 
