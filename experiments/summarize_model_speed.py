@@ -78,10 +78,23 @@ def load_rows(folder: Path) -> tuple[list[dict], list[dict]]:
     return rows, headers
 
 
-def table(rows: list[dict]) -> str:
+def load_timed_videos(folder: Path) -> dict[tuple[str, str], float]:
+    """(size, attention) -> seconds of a timed 100-step sampling run (``bench_model.py --what video100`` results
+    saved as ``video100*.json``; compile excluded)."""
+    timed = {}
+    for path in sorted(folder.glob("video100*.json")):
+        for r in json.loads(path.read_text())["rows"]:
+            if "video_100_steps_s" in r:
+                timed[(r["size"], r["attention"])] = r["video_100_steps_s"]
+    return timed
+
+
+def table(rows: list[dict], timed: dict[tuple[str, str], float] | None = None) -> str:
+    timed = timed or {}
     lines = ["| size | attention | forward s (batch 2) | TFLOP/s | vs release forward | s / CFG step | "
-             "100 steps s (1 + 99 x step) | target 100 steps s | peak GiB | compile s (fwd / sampler) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "100 steps s (1 + 99 x step) | 100 steps s (timed run) | target 100 steps s | peak GiB | "
+             "compile s (fwd / sampler) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["size"], -r["forward_s"])):
         ref = TORCH_RELEASE_S.get(r["size"])
         step = r.get("sampling_s_per_cfg_step")
@@ -90,7 +103,8 @@ def table(rows: list[dict]) -> str:
         total = None if step is None or first is None else first + 99 * step
         lines.append(
             f"| {r['size']} | {r['attention']} | {r['forward_s']:.3f} | {r['tflops']:.0f} | "
-            f"{r['forward_s'] / ref:.2f}x | {step:.3f} | {total:.0f} | <= {0.9 * 100 * ref:.0f} | "
+            f"{r['forward_s'] / ref:.2f}x | {step:.3f} | {total:.0f} | {timed.get((r['size'], r['attention']), '-')} | "
+            f"<= {0.9 * 100 * ref:.0f} | "
             f"{r.get('peak_gib_after_sampling', r.get('peak_gib_after_forward'))} | "
             f"{r['forward_compile_plus_first_s']:.0f} / {r.get('sampling_compile_plus_1step_s', float('nan')):.0f} |")
     return "\n".join(lines)
@@ -121,7 +135,7 @@ def plot(rows: list[dict], path: Path) -> None:
 def main() -> None:
     folder = Path(sys.argv[1] if len(sys.argv) > 1 else "experiments/results/model_speed")
     rows, headers = load_rows(folder)
-    text = table(rows)
+    text = table(rows, load_timed_videos(folder))
     print(text)
     check = mask_check(rows)
     print(check)
