@@ -43,6 +43,18 @@ def test_training_set_batches_are_pure_functions_of_the_step():
     assert data.unconditional()["uncond_mask"].sum() == 1
 
 
+def test_training_set_parallel_render_equals_serial_after_jax_started():
+    """The worker pool (spawned, not forked: JAX's threads are running in this process) renders the same set."""
+    import jax.numpy as jnp
+
+    jnp.zeros(1).block_until_ready()  # JAX initialised, as in a training script
+    world = get_config("toy-tiny-5x16x16")
+    serial = ToyTrainingSet.generate(world, 2000, workers=1)
+    parallel = ToyTrainingSet.generate(world, 2000, workers=2)
+    np.testing.assert_array_equal(parallel.latents, serial.latents)
+    assert parallel.captions == serial.captions
+
+
 def test_teacher_recipe_trains_and_continues_from_exported_weights(tmp_path):
     from jax_vdit.toy import export_release_folder
 

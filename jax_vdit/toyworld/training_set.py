@@ -8,6 +8,7 @@ sees exactly the batches an uninterrupted one would.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -47,7 +48,9 @@ class ToyTrainingSet:
         if workers == 1 or num_samples < 2000:
             parts = [_render_range(r) for r in ranges]
         else:
-            with ProcessPoolExecutor(workers) as pool:
+            # "spawn": workers start as fresh interpreters. Forking a process that already runs JAX's threads (a
+            # training script that initialised the GPU) can deadlock the children.
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
                 parts = list(pool.map(_render_range, ranges))
         latents = np.concatenate([p[0] for p in parts])
         captions = [c for p in parts for c in p[1]]
