@@ -15,7 +15,7 @@ import math
 import numpy as np
 import pytest
 
-from jax_vdit.toyworld import evaluate, format_table, get_config, make_sample, teacher_error
+from jax_vdit.toyworld import direction_confusion, evaluate, format_table, get_config, make_sample, teacher_error
 from jax_vdit.toyworld.toybench import SUMMARY_KEYS
 
 DEFAULT = get_config("toy-9x24x24")
@@ -50,6 +50,21 @@ def test_ground_truth_scores_near_perfect(gt):
     assert agree >= 0.95
     for k, v in res["per_video"].items():
         assert v.shape == (300,), k
+
+
+def test_direction_confusion_of_ground_truth_and_time_reversed_videos(gt):
+    x, specs, res = gt
+    moving = sum(o.moving for s in specs for o in s.objects)
+    assert len(res["directions"]) == moving
+    counts = direction_confusion(res["directions"])
+    assert sum(counts.values()) == moving and counts["correct"] >= 0.97 * moving, counts
+    # played backwards, every straight (non-bouncing) mover goes the opposite way
+    straight = [i for i, s in enumerate(specs) if all(o.moving and not o.bounce for o in s.objects)]
+    rev = evaluate(x[straight][:, :, ::-1], [specs[i] for i in straight], DEFAULT)
+    flipped = direction_confusion(rev["directions"])
+    assert flipped["opposite"] >= 0.9 * len(rev["directions"]) and flipped["correct"] == 0, flipped
+    assert direction_confusion([("left", "up-left"), ("left", "up"), ("up", "down-right"), ("up", None)]) == {
+        "correct": 0, "45 deg": 1, "90 deg": 1, "135 deg": 1, "opposite": 0, "not moving": 1}
 
 
 def test_tiny_preset_ground_truth():

@@ -31,7 +31,7 @@ from .encoding import latent_to_raw, raw_to_latent
 from .render import latents_to_rgb, save_grid_gif, video_grid
 from .spec import ObjectSpec, SceneSpec, caption_vocabulary, parse_caption
 from .text import ToyTextEncoder, encode_captions, tokenize, vocabulary
-from .toybench import evaluate, format_table, teacher_error
+from .toybench import direction_confusion, evaluate, format_table, teacher_error
 
 __all__ = [
     "COLOUR_RGB",
@@ -46,6 +46,7 @@ __all__ = [
     "ToyWorldStream",
     "caption_vocabulary",
     "encode_captions",
+    "direction_confusion",
     "evaluate",
     "format_table",
     "generate_dataset",

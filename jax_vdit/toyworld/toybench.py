@@ -342,7 +342,9 @@ def evaluate(
       ``"mean"``: {name: float} batch means of :data:`SUMMARY_KEYS` (NaN-aware);
       ``"per_video"``: {name: (B,) float64} the same scores per video (NaN where an attribute does not apply, e.g.
       direction of a static object);
-      ``"seen_captions"``: list[str] what the parser recovered from each video, as captions.
+      ``"seen_captions"``: list[str] what the parser recovered from each video, as captions;
+      ``"directions"``: list of (prompted, seen) direction pairs, one per moving object of the specs (seen is None
+      when the matched object was not found or does not move); :func:`direction_confusion` summarises them.
     """
     videos = np.asarray(videos)
     if videos.ndim != 5 or videos.shape[1:] != config.latent_shape:
@@ -358,6 +360,7 @@ def evaluate(
     b = videos.shape[0]
     per: dict[str, np.ndarray] = {k: np.full(b, np.nan) for k in SUMMARY_KEYS}
     seen = []
+    directions: list[tuple[str, str | None]] = []
     for i, spec in enumerate(specs):
         k = len(spec.objects)
         ests = _parse_video(raw[i], k, config, projectors)
@@ -376,6 +379,11 @@ def evaluate(
                 best = (key, perm, scores)
         _, perm, scores = best
         seen.append(_estimated_caption([ests[p] for p in perm]))
+        for p, obj in zip(perm, spec.objects):
+            if obj.moving:
+                est = ests[p]
+                moves = est["found"] and est["speed"] != STATIC
+                directions.append((obj.direction, est["direction"] if moves else None))
 
         def mean_of(name: str) -> float:
             vals = [sc[name] for sc in scores if not math.isnan(sc[name])]
@@ -396,7 +404,26 @@ def evaluate(
             np.mean([per["alignment"][i], per["smoothness"][i], per["consistency"][i], per["dynamic_degree"][i]])
         )
     mean = {k: (float(np.nanmean(v)) if np.any(~np.isnan(v)) else float("nan")) for k, v in per.items()}
-    return {"mean": mean, "per_video": per, "seen_captions": seen}
+    return {"mean": mean, "per_video": per, "seen_captions": seen, "directions": directions}
+
+
+DIRECTION_ERROR_CLASSES = ("correct", "45 deg", "90 deg", "135 deg", "opposite", "not moving")
+
+
+def direction_confusion(pairs: Sequence[tuple[str, str | None]]) -> dict[str, int]:
+    """Counts of (prompted, seen) direction pairs (``evaluate(...)["directions"]``) by the angle between the
+    two directions: "correct", "45 deg", "90 deg", "135 deg", "opposite", or "not moving" (object missing or
+    static). A model that gets the axis right but the sign wrong piles up in "opposite"; one that ignores the
+    direction word spreads like the 8-way prior (1 : 2 : 2 : 2 : 1)."""
+    counts = dict.fromkeys(DIRECTION_ERROR_CLASSES, 0)
+    for wanted, got in pairs:
+        if got is None:
+            counts["not moving"] += 1
+            continue
+        cos = float(np.dot(DIRECTION_VECTORS[wanted], DIRECTION_VECTORS[got]))
+        angle = int(round(math.degrees(math.acos(max(-1.0, min(1.0, cos)))) / 45.0)) * 45
+        counts[("correct", "45 deg", "90 deg", "135 deg", "opposite")[angle // 45]] += 1
+    return counts
 
 
 def teacher_error(student_videos: np.ndarray, teacher_videos: np.ndarray) -> dict[str, Any]:
