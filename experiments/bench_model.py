@@ -8,7 +8,10 @@ Measures, per size (29x720p, 93x720p):
 * forward (batch 2 = one CFG pair): compile time, median time, TFLOP/s against the analytic count, peak memory;
 * sampling: seconds per Euler-ancestral CFG step (difference of two jitted loops of n1 and n2 steps, so
   compile and launch costs cancel), projected 100-step time, and optionally a real 100-step run;
-* the same with the paper's uniform tile masks (1:7 at 29 frames, 3:21 at 93 frames) on every layer.
+* the same with the paper's uniform tile masks (1:7 at 29 frames, 3:21 at 93 frames) on every layer;
+* ``--what video100 --segment A:B``: steps A..B-1 of a 100-step video, resumed from ``--latents-in`` (the latents
+  after step A, written by the previous segment's ``--latents-out``) and timed after compiling. A video longer
+  than one device command is timed as the sum of its segments' times (the steps run exactly as in one call).
 
 Usage (GPU machine)::
 
@@ -106,6 +109,9 @@ def main() -> None:
     p.add_argument("--steps", default="2,5", help="n1,n2 sampling steps for the per-step difference")
     p.add_argument("--out", default=str(ROOT / "experiments" / "results" / "model_speed"))
     p.add_argument("--tag", default="")
+    p.add_argument("--segment", default=None, help="A:B: time steps A..B-1 of the 100-step video only")
+    p.add_argument("--latents-in", default=None, help=".npy latents after step A (segments with A > 0)")
+    p.add_argument("--latents-out", default=None, help="write the latents after step B here (.npy)")
     args = p.parse_args()
 
     out = Path(args.out)
@@ -158,10 +164,12 @@ def main() -> None:
             if "sampling" in what or "video100" in what:
                 neg_text, neg_mask = make_text(1, jax.random.fold_in(key, 2), cfg.caption_channels)
 
-                def run(n):
+                def run(n, start=0, latents=None, total=None):
+                    plan = sampling.euler_ancestral(total or n).truncated(n)
                     return sampling.sample(model, text[:1], mask[:1], key=key, latent_shape=(4, t_lat, h_lat, w_lat),
-                                           plan=sampling.euler_ancestral(n), negative_text=neg_text,
-                                           negative_mask=neg_mask, guidance_scale=7.5, attention=attention)
+                                           plan=plan, negative_text=neg_text, negative_mask=neg_mask,
+                                           guidance_scale=7.5, attention=attention, start_step=start,
+                                           latents=latents)
 
                 if "sampling" in what:
                     c0 = time.perf_counter()
@@ -175,7 +183,19 @@ def main() -> None:
                                projected_100_steps_s=round(100 * per_step, 1),
                                sampling_runs={str(n1): round(ta, 3), str(n2): round(tb, 3)},
                                peak_gib_after_sampling=round(peak_gib(), 2))
-                if "video100" in what:
+                if "video100" in what and args.segment:
+                    a, b = (int(v) for v in args.segment.split(":"))
+                    lat = None if a == 0 else jnp.asarray(np.load(args.latents_in), jnp.bfloat16)
+                    c0 = time.perf_counter()  # compile (and run one step) on the path the segment takes
+                    jax.block_until_ready(run(1, total=100) if a == 0 else run(a + 1, a, lat, total=100))
+                    row["sampling_compile_plus_1step_s"] = round(time.perf_counter() - c0, 2)
+                    t0 = time.perf_counter()
+                    out_lat = jax.block_until_ready(run(b, a, lat, total=100))
+                    row.update(segment=args.segment, segment_s=round(time.perf_counter() - t0, 2),
+                               peak_gib_after_video=round(peak_gib(), 2))
+                    if args.latents_out:
+                        np.save(args.latents_out, np.asarray(out_lat.astype(jnp.float32)))
+                elif "video100" in what:
                     if "sampling" not in what:  # compile (and one step) first: the plan is padded, so 1 and 100
                         c0 = time.perf_counter()  # steps share one executable and the timed run excludes compiling
                         jax.block_until_ready(run(1))

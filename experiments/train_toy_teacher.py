@@ -28,7 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from jax_vdit import sampling  # noqa: E402
-from jax_vdit.toy import TeacherRecipe, export_release_folder, heldout, sample_specs, toybench, train_teacher  # noqa: E402
+from jax_vdit.toy import (  # noqa: E402
+    BEST_EMA, TeacherCheck, TeacherRecipe, export_release_folder, heldout, sample_specs, toybench, train_teacher,
+)
 from jax_vdit.toyworld import format_table, get_config, save_grid_gif  # noqa: E402
 
 
@@ -85,6 +87,12 @@ def main() -> None:
     p.add_argument("--model", default="toy-teacher")
     p.add_argument("--eval-prompts", type=int, default=32)
     p.add_argument("--init-from", default=None, help="continue from these weights (e.g. jax_vdit/assets/toy_teacher)")
+    p.add_argument("--check-every", type=int, default=0,
+                   help="ToyBench the EMA teacher every N steps (Euler-a --check-steps, g = first --guidance) and "
+                        "keep the best in <run>/best_ema; 0: off")
+    p.add_argument("--check-steps", type=int, default=100)
+    p.add_argument("--export", default="last", choices=("last", "best"),
+                   help="export and score the final EMA teacher, or the best one of the checks")
     args = p.parse_args()
 
     out = Path(args.out)
@@ -95,26 +103,40 @@ def main() -> None:
                            qk_clip_max_gain=args.qk_clip, num_samples=args.samples,
                            compute_dtype=args.compute_dtype)
     t0 = time.perf_counter()
-    result = train_teacher(recipe, args.run, time_limit_s=args.time_limit, init_from=args.init_from)
+    guidance = [float(g) for g in args.guidance.split(",")]
+    check = None
+    if args.check_every:
+        check = TeacherCheck(every=args.check_every, prompts=args.eval_prompts, steps=args.check_steps,
+                             guidance=guidance[0])
+    result = train_teacher(recipe, args.run, time_limit_s=args.time_limit, init_from=args.init_from, check=check)
     train_s = time.perf_counter() - t0
     steps_done = int(result.state.step)
-    for name in ("metrics.jsonl", "metrics.png", "train_config.json"):
-        shutil.copy(Path(args.run) / name, out / name)
+    run = Path(args.run)
+    for name in ("metrics.jsonl", "metrics.png", "train_config.json", "evals.jsonl"):
+        if (run / name).exists():
+            shutil.copy(run / name, out / name)
     world = get_config(recipe.world)
-    teacher = result.model("ema")
-    export_release_folder(teacher, out / "toy_teacher", dtype="bfloat16")
+    exported_step = steps_done
+    if args.export == "best":
+        if not (run / BEST_EMA).is_dir():
+            raise SystemExit(f"--export best: no {run / BEST_EMA} (needs --check-every and at least one check)")
+        shutil.rmtree(out / "toy_teacher", ignore_errors=True)
+        shutil.copytree(run / BEST_EMA, out / "toy_teacher")
+        exported_step = json.loads((run / BEST_EMA / "check.json").read_text())["step"]
+    else:
+        export_release_folder(result.model("ema"), out / "toy_teacher", dtype="bfloat16")
     # evaluate the exported weights (bf16 storage) exactly as users will load them, fp32 compute
     from jax_vdit.toy import load_toy_teacher
 
     shipped = load_toy_teacher(out / "toy_teacher", compute_dtype="float32")
-    guidance = [float(g) for g in args.guidance.split(",")]
     results = evaluate_teacher(shipped, world, out, guidance, jax.random.key(1234), args.eval_prompts,
                                quick=args.quick_eval)
     header = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "device": jax.devices()[0].device_kind, "jax": jax.__version__,
         "command": "python experiments/train_toy_teacher.py " + " ".join(sys.argv[1:]),
-        "recipe": recipe.__dict__, "init_from": args.init_from, "steps_done": steps_done, "train_wall_s": round(train_s, 1),
+        "recipe": recipe.__dict__, "init_from": args.init_from, "steps_done": steps_done,
+        "exported": args.export, "exported_step": exported_step, "train_wall_s": round(train_s, 1),
         "final_loss": result.history[-1] if result.history else None,
     }
     (out / "toybench.json").write_text(json.dumps({"header": header, "results": results}, indent=2, default=float))
@@ -123,8 +145,8 @@ def main() -> None:
     table = format_table(results, keys=keys)
     (out / "toybench.md").write_text(
         f"# Toy teacher ToyBench ({header['device']}, {header['date']})\n\nCommand: `{header['command']}`\n\n"
-        f"Steps trained: {steps_done}; 32 held-out prompts; teacher_rel_err is against DDIM-100 from the same "
-        f"noise.\n\n{table}\n")
+        f"Steps trained: {steps_done}; exported: {args.export} EMA (step {exported_step}); {args.eval_prompts} "
+        f"held-out prompts; teacher_rel_err is against DDIM-100 from the same noise.\n\n{table}\n")
     print(table)
     print(json.dumps(header, default=float))
 

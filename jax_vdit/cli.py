@@ -107,12 +107,16 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_teacher(args: argparse.Namespace) -> int:
-    from jax_vdit.toy import TeacherRecipe, export_release_folder, train_teacher
+    from jax_vdit.toy import BEST_EMA, TeacherCheck, TeacherRecipe, export_release_folder, train_teacher
 
     recipe = TeacherRecipe(world=args.world, model=args.model, steps=args.steps, batch_size=args.batch,
                            learning_rate=args.lr, num_samples=args.samples, compute_dtype=args.compute_dtype,
                            seed=args.seed, checkpoint_every=args.checkpoint_every)
-    result = train_teacher(recipe, args.run, time_limit_s=args.time_limit, init_from=args.init_from)
+    check = (TeacherCheck(every=args.check_every, steps=args.check_steps, prompts=args.check_prompts)
+             if args.check_every else None)
+    result = train_teacher(recipe, args.run, time_limit_s=args.time_limit, init_from=args.init_from, check=check)
+    if check is not None:
+        print(f"ToyBench checks in {Path(args.run) / 'evals.jsonl'}; best EMA teacher in {Path(args.run) / BEST_EMA}")
     if int(result.state.step) >= recipe.steps and args.export:
         export_release_folder(result.model("ema"), args.export)
         print(f"exported the EMA teacher to {args.export}")
@@ -202,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--time-limit", type=float, default=None, help="stop (with a checkpoint) after this many seconds")
     t.add_argument("--export", default=None, help="write the EMA teacher here (release format) when done")
     t.add_argument("--init-from", default=None, help="start from these weights (e.g. jax_vdit/assets/toy_teacher)")
+    t.add_argument("--check-every", type=int, default=0,
+                   help="ToyBench the EMA teacher every N steps and keep the best in <run>/best_ema (0: off)")
+    t.add_argument("--check-steps", type=int, default=100, help="Euler-ancestral steps of those checks")
+    t.add_argument("--check-prompts", type=int, default=32, help="held-out prompts of those checks")
     t.set_defaults(func=_cmd_train_teacher)
 
     b = sub.add_parser("toybench", help="ToyBench of a toy checkpoint for sampler settings")

@@ -16,6 +16,26 @@ from jax_vdit import schedules
 from jax_vdit.model.attention import DENSE, AttentionConfig
 
 
+TIMESTEP_BANDS = 4
+
+
+def timestep_band_mse(per_sample: jax.Array, t: jax.Array, num_train_timesteps: int,
+                      bands: int = TIMESTEP_BANDS) -> dict[str, jax.Array]:
+    """Unweighted mse per timestep band: ``{"mse_t0-249": ..., ...}`` for ``bands`` equal bands of the training
+    timesteps (NaN for a band no sample of the batch drew). Shows where the error comes from (a Min-SNR-weighted
+    loss hides the low-noise bands, whose weight is ~gamma / SNR). per_sample, t: (B,)."""
+    width = num_train_timesteps // bands
+    band = jnp.minimum(t // width, bands - 1)
+    out = {}
+    for i in range(bands):
+        hit = (band == i).astype(per_sample.dtype)
+        count = jnp.sum(hit)
+        hi = num_train_timesteps - 1 if i == bands - 1 else (i + 1) * width - 1
+        out[f"mse_t{i * width}-{hi}"] = jnp.where(count > 0, jnp.sum(per_sample * hit) / jnp.maximum(count, 1),
+                                                  jnp.nan)
+    return out
+
+
 @dataclass(frozen=True)
 class DiffusionObjective:
     """Batch keys: ``latents`` (B,C,T,H,W), ``text`` (B,L,Ct), ``text_mask`` (B,L).
@@ -46,4 +66,4 @@ class DiffusionObjective:
         weights = schedules.min_snr_weights(t, self.min_snr_gamma, self.schedule)
         per_sample = jnp.mean(jnp.square(eps - noise), axis=tuple(range(1, x0.ndim)))
         loss = jnp.mean(per_sample * weights)
-        return loss, {"mse": jnp.mean(per_sample)}
+        return loss, {"mse": jnp.mean(per_sample), **timestep_band_mse(per_sample, t, self.schedule.num_train_timesteps)}

@@ -119,10 +119,13 @@ def _guided_eps(model, x_in, t, text, mask, neg_text, neg_mask, guidance, attent
     return eps_u + guidance * (eps_c - eps_u)
 
 
-def _sample_fn(graphdef, state, noise, key, text, mask, neg_text, neg_mask, guidance, plan, *, method: str,
-               attention: AttentionConfig, latent_dtype, report_progress: bool):
+def _sample_fn(graphdef, state, noise, key, text, mask, neg_text, neg_mask, guidance, plan, start, resume, *,
+               method: str, attention: AttentionConfig, latent_dtype, report_progress: bool):
     model = nnx.merge(graphdef, state)
-    x = (noise.astype(jnp.float32) * plan["init_scale"]).astype(latent_dtype)
+    if resume is None:
+        x = (noise.astype(jnp.float32) * plan["init_scale"]).astype(latent_dtype)
+    else:  # latents after ``start`` steps of this plan (a resumed or segmented run)
+        x = resume.astype(latent_dtype)
 
     def body(i, x):
         if method == "euler_ancestral":
@@ -139,7 +142,7 @@ def _sample_fn(graphdef, state, noise, key, text, mask, neg_text, neg_mask, guid
             jax.debug.callback(_report_progress, i)
         return x.astype(latent_dtype)
 
-    return parallel.replicate(jax.lax.fori_loop(0, plan["num_steps"], body, x))  # no-op without a mesh
+    return parallel.replicate(jax.lax.fori_loop(start, plan["num_steps"], body, x))  # no-op without a mesh
 
 
 _PROGRESS_HOOK: list[Callable[[int], None] | None] = [None]
@@ -181,6 +184,8 @@ def sample(
     progress: Callable[[int], None] | None = None,
     mesh: jax.sharding.Mesh | None = None,
     sharding_rules: parallel.ShardingRules = parallel.DEFAULT_RULES,
+    start_step: int = 0,
+    latents: jax.Array | None = None,
 ) -> jax.Array:
     """Generate latents (B, C, T, H, W) for text (B, L, C_text) or (B, 1, L, C_text) and mask (B, L).
 
@@ -193,6 +198,11 @@ def sample(
     placed by ``sharding_rules`` (replicated by default), the CFG batch is split over ``"data"``, tokens over
     ``"seq"`` (``attention`` gets ``sequence_axis``/``batch_axis`` from the rules unless already set). The result is
     replicated on every device.
+
+    ``start_step`` / ``latents``: continue a run from the latents it had after ``start_step`` steps (what a call
+    with ``plan.truncated(start_step)`` and the same ``key`` returned). Steps ``start_step .. plan.num_steps - 1``
+    then run exactly as in one uninterrupted call (the ancestral noise of step i depends only on ``key`` and i),
+    so a long sampling job can be split into segments, e.g. across preemptions or job time limits.
     """
     if plan.method not in METHODS:
         raise ValueError(f"unknown sampling method {plan.method!r}")
@@ -211,12 +221,19 @@ def sample(
             raise ValueError(f"negative text {negative_text.shape} does not match text {text.shape}")
         if (negative_mask is None) != (text_mask is None):
             raise ValueError("pass text masks for both the prompt and the negative prompt, or for neither")
+    if not 0 <= start_step <= plan.num_steps:
+        raise ValueError(f"start_step must be in [0, {plan.num_steps}] for this plan, got {start_step}")
+    if (latents is None) != (start_step == 0):
+        raise ValueError("pass latents exactly when resuming (start_step > 0): the latents after start_step steps")
+    if latents is not None and tuple(latents.shape) != (b, c, t, h, w):
+        raise ValueError(f"latents {tuple(latents.shape)} do not match (batch, *latent_shape) = {(b, c, t, h, w)}")
     init_key, noise_key = jax.random.split(key)
     noise = jax.random.normal(init_key, (b, c, t, h, w), jnp.float32)
     graphdef, state = nnx.split(model)
     _PROGRESS_HOOK[0] = progress  # read on the host by the step callbacks, which may run after we return
     args = (noise, noise_key, text, text_mask, negative_text, negative_mask,
-            jnp.asarray(guidance_scale, jnp.float32), plan.arrays())
+            jnp.asarray(guidance_scale, jnp.float32), plan.arrays(), jnp.asarray(start_step, jnp.int32),
+            None if latents is None else jnp.asarray(latents))
     if mesh is not None:
         mesh = parallel.as_auto_mesh(mesh)
         attention = parallel.sequence_parallel(attention, mesh, sharding_rules)

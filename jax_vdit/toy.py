@@ -61,13 +61,70 @@ class TeacherRecipe:
         )
 
 
+@dataclass(frozen=True)
+class TeacherCheck:
+    """A ToyBench check of the EMA teacher during training: Euler-ancestral ``steps`` with guidance ``guidance`` on
+    the first ``prompts`` held-out prompts, every ``every`` steps. The best EMA by alignment is exported to
+    ``run_dir/best_ema`` (release format, bf16), so a run that later degrades keeps its best weights."""
+
+    every: int = 2000
+    prompts: int = 32
+    steps: int = 100
+    guidance: float = 4.0
+    seed: int = 1234
+
+
+BEST_EMA = "best_ema"
+
+
+def _teacher_check_fn(check: TeacherCheck, world: ToyWorldConfig, run_dir: Path):
+    from jax_vdit.training import read_evals
+
+    specs = heldout(world, check.prompts)
+    plan = sampling.euler_ancestral(check.steps)
+
+    def run_check(step: int, result: RunResult) -> dict:
+        model = result.model("ema")
+        t0 = time.perf_counter()
+        videos = sample_specs(model, specs, world, plan=plan, guidance_scale=check.guidance,
+                              key=jax.random.key(check.seed))
+        scores = toybench(videos, specs, world)
+        best_before = max((r["alignment"] for r in read_evals(run_dir)), default=-1.0)
+        is_best = scores["alignment"] > best_before
+        if is_best:
+            _export_atomically(model, run_dir / BEST_EMA, meta={"step": step, **scores})
+        return {"alignment": scores["alignment"], "direction_acc": scores["direction_acc"],
+                "overall": scores["overall"], "is_best": float(is_best),
+                "check_s": round(time.perf_counter() - t0, 2)}
+
+    return run_check
+
+
+def _export_atomically(model, folder: Path, meta: dict) -> None:
+    """Export into a temporary sibling folder, then swap it in (an interrupted export leaves the old one)."""
+    import shutil
+
+    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    export_release_folder(model, tmp, dtype="bfloat16")
+    (tmp / "check.json").write_text(json.dumps(meta, indent=2, default=float))
+    if folder.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def train_teacher(recipe: TeacherRecipe, run_dir: str | Path, *, stop_after: int | None = None,
                   show_progress: bool = True, data: ToyTrainingSet | None = None,
-                  time_limit_s: float | None = None, init_from: str | Path | None = None) -> RunResult:
+                  time_limit_s: float | None = None, init_from: str | Path | None = None,
+                  check: TeacherCheck | None = None) -> RunResult:
     """Train (or resume) a toy teacher in ``run_dir``; writes metrics.jsonl, metrics.png and checkpoints.
 
     ``init_from``: start from these weights (e.g. the shipped teacher) instead of a random init; a checkpoint
-    already in ``run_dir`` still takes precedence (resume)."""
+    already in ``run_dir`` still takes precedence (resume). ``check``: periodic ToyBench of the EMA teacher
+    (``run_dir/evals.jsonl``) keeping the best one in ``run_dir/best_ema``."""
+    run_dir = Path(run_dir)
     world = get_config(recipe.world)
     cfg = recipe.model_config()
     if cfg.caption_channels != world.caption_channels:
@@ -88,8 +145,10 @@ def train_teacher(recipe: TeacherRecipe, run_dir: str | Path, *, stop_after: int
         model, DiffusionObjective(), lambda s: data.batch_at(s, recipe.batch_size),
         recipe.train_config(), run_dir, frozen=frozen, stop_after=stop_after, show_progress=show_progress,
         extra_meta={"recipe": asdict(recipe), "data_generation_s": round(gen_s, 1)}, time_limit_s=time_limit_s,
+        evaluate=None if check is None else _teacher_check_fn(check, world, run_dir),
+        evaluate_every=None if check is None else check.every,
     )
-    plot_metrics(run_dir, keys=("loss", "mse", "grad_norm", "qk_gain_max"))
+    plot_metrics(run_dir, keys=("loss", "mse", "mse_t*", "grad_norm", "qk_gain_max"))
     return result
 
 

@@ -287,6 +287,8 @@ def train(
     time_limit_s: float | None = None,
     mesh: jax.sharding.Mesh | None = None,
     sharding_rules: Any = None,
+    evaluate: Callable[[int, RunResult], Mapping[str, float]] | None = None,
+    evaluate_every: int | None = None,
 ) -> RunResult:
     """Train ``model``'s parameters with ``objective`` on ``batch_at(step)`` batches for ``cfg.steps`` steps.
 
@@ -301,7 +303,14 @@ def train(
     ``sharding_rules`` (default ``parallel.DEFAULT_RULES``: replicated parameters), batches are split over
     ``"data"`` on their leading axis, and the objective's ``AttentionConfig`` fields get ``sequence_axis="seq"``.
     The result is the single-device result up to float rounding.
+
+    ``evaluate(step, result)`` runs every ``evaluate_every`` steps (after that step's checkpoint, if any) with a
+    :class:`RunResult` of the current state (``result.model("ema")`` is the EMA model); the numbers it returns are
+    appended to ``run_dir/evals.jsonl`` with the step. Use it for sample-quality checks during long runs (e.g.
+    keeping the best checkpoint of a run that later degrades).
     """
+    if (evaluate is None) != (evaluate_every is None) or (evaluate_every is not None and evaluate_every < 1):
+        raise ValueError("evaluate and evaluate_every go together, and evaluate_every must be >= 1")
     from tqdm import tqdm
 
     run_dir = Path(run_dir)
@@ -353,8 +362,9 @@ def train(
                     rows = [{"step": s + 1, **_to_host_metrics(m), **health} for s, m in pending]
                     history.extend(rows)
                     _raise_if_diverged(rows, ckpts.latest_step())
-                    # one row per interval: the mean of each metric over the interval's steps
-                    row = {k: float(np.mean([r[k] for r in rows])) for k in rows[-1] if k != "step"}
+                    # one row per interval: the mean of each metric over the interval's steps (NaN-aware: a
+                    # per-timestep-band metric is NaN in a step whose batch drew no timestep of that band)
+                    row = {k: _nanmean([r[k] for r in rows]) for k in rows[-1] if k != "step"}
                     row = dict(row, step=rows[-1]["step"], steps_per_s=rate, time=time.time())
                     metrics_file.write(json.dumps(row) + "\n")
                     metrics_file.flush()
@@ -367,12 +377,30 @@ def train(
                             f"parameters are not finite after step {done}; not checkpointed (last good checkpoint: "
                             f"step {ckpts.latest_step()}). Lower the learning rate or set qk_clip_max_gain, then resume.")
                     ckpts.save(state, meta)
+                if evaluate is not None and done % evaluate_every == 0:
+                    scores = evaluate(done, RunResult(state=state, parts=parts, resumed_from=resumed_from))
+                    with open(run_dir / "evals.jsonl", "a") as f:
+                        f.write(json.dumps({"step": done, **{k: float(v) for k, v in scores.items()}}) + "\n")
                 if out_of_time:
                     break
     finally:
         bar.close()
         ckpts.close()
     return RunResult(state=state, parts=parts, resumed_from=resumed_from, history=history)
+
+
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if not np.isnan(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def read_evals(run_dir: str | Path) -> list[dict]:
+    """The rows of ``evals.jsonl`` written by ``train(..., evaluate=...)``."""
+    return _read_jsonl(Path(run_dir) / "evals.jsonl")
 
 
 def _model_health_fn(parts: ModelParts, model: nnx.Module):
@@ -397,12 +425,14 @@ def _raise_if_diverged(rows: list[dict], last_checkpoint: int | None) -> None:
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """The rows of ``metrics.jsonl`` (one per logging interval)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return _read_jsonl(Path(run_dir) / "metrics.jsonl")
 
 
-def plot_metrics(run_dir: str | Path, keys: tuple[str, ...] = ("loss",), out: str | Path | None = None) -> Path:
-    """Save a PNG of metrics against step (log-scaled y for losses)."""
+def plot_metrics(run_dir: str | Path, keys: tuple[str | tuple[str, ...], ...] = ("loss",),
+                 out: str | Path | None = None) -> Path:
+    """Save a PNG of metrics against step, one panel per entry of ``keys`` (log-scaled y where positive). An
+    entry may be a tuple of keys drawn in one panel with a legend, or a prefix ending in ``*`` (e.g. ``"mse_t*"``
+    for the per-timestep-band errors)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -410,23 +440,31 @@ def plot_metrics(run_dir: str | Path, keys: tuple[str, ...] = ("loss",), out: st
 
     rows = read_metrics(run_dir)
     out = Path(out) if out else Path(run_dir) / "metrics.png"
+    names = sorted({k for r in rows for k in r})
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        steps = [r["step"] for r in rows if key in r]
-        values = [r[key] for r in rows if key in r]
-        ax.plot(steps, values, lw=1)
-        if values and min(values) > 0:
+    for ax, entry in zip(axes[0], keys):
+        if isinstance(entry, str) and entry.endswith("*"):
+            group = tuple(n for n in names if n.startswith(entry[:-1]))
+        else:
+            group = (entry,) if isinstance(entry, str) else tuple(entry)
+        all_values = []
+        for key in group:
+            points = [(r["step"], r[key]) for r in rows if key in r and np.isfinite(r[key])]
+            all_values += [v for _, v in points]
+            ax.plot([p[0] for p in points], [p[1] for p in points], lw=1, label=key)
+        if all_values and min(all_values) > 0:
             ax.set_yscale("log")
+        if len(group) > 1:
+            ax.legend(fontsize=7)
         ax.set_xlabel("step")
-        ax.set_title(key)
+        ax.set_title(entry if isinstance(entry, str) else ", ".join(group))
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
 
-
 __all__ = [
     "ModelParts", "Objective", "RunResult", "StateCheckpoints", "TrainConfig", "TrainState", "init_state",
-    "make_optimizer", "make_train_step", "plot_metrics", "read_metrics", "train",
+    "make_optimizer", "make_train_step", "plot_metrics", "read_evals", "read_metrics", "train",
 ]

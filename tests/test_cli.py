@@ -103,3 +103,14 @@ def test_sampler_names():
     assert list(plan_from_name("consistency", 2, "0,500").t_model[:2]) == [999, 500]
     with pytest.raises(ValueError, match="unknown sampler"):
         plan_from_name("heun", 4)
+
+
+def test_train_teacher_command_with_checks(tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main(["train-teacher", "--run", str(run), "--world", "toy-tiny-5x16x16", "--model", "toy-tiny",
+                 "--steps", "2", "--batch", "2", "--samples", "8", "--compute-dtype", "float32",
+                 "--check-every", "2", "--check-steps", "1", "--check-prompts", "2", "--export", str(tmp_path / "t")])
+    assert code == 0
+    assert json.loads((run / "evals.jsonl").read_text().splitlines()[0])["step"] == 2
+    assert (run / "best_ema" / "config.json").is_file() and (tmp_path / "t" / "config.json").is_file()
+    assert "best EMA teacher" in capsys.readouterr().out

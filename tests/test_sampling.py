@@ -91,6 +91,26 @@ def test_step_count_and_guidance_do_not_recompile(model, text):
     assert sampling._sample_jit._cache_size() - before <= 1
 
 
+@pytest.mark.parametrize("latent_dtype", [jnp.float32, jnp.bfloat16])
+def test_segmented_sampling_equals_one_run(model, text, latent_dtype):
+    """Steps 0-1, then 2-3, then 4-5 (resumed from the returned latents) give the uninterrupted 6-step result."""
+    pos, mask, neg, neg_mask = text
+    kw = dict(key=jax.random.key(5), latent_shape=SHAPE, negative_text=neg, negative_mask=neg_mask,
+              guidance_scale=3.0, latent_dtype=latent_dtype)
+    plan = sampling.euler_ancestral(6)
+    whole = sampling.sample(model, pos, mask, plan=plan, **kw)
+    x = sampling.sample(model, pos, mask, plan=plan.truncated(2), **kw)
+    x = sampling.sample(model, pos, mask, plan=plan.truncated(4), start_step=2, latents=x, **kw)
+    x = sampling.sample(model, pos, mask, plan=plan, start_step=4, latents=x, **kw)
+    np.testing.assert_array_equal(np.asarray(x, np.float32), np.asarray(whole, np.float32))
+    with pytest.raises(ValueError, match="latents exactly when resuming"):
+        sampling.sample(model, pos, mask, plan=plan, start_step=2, **kw)
+    with pytest.raises(ValueError, match="start_step must be in"):
+        sampling.sample(model, pos, mask, plan=plan, start_step=7, latents=x, **kw)
+    with pytest.raises(ValueError, match="do not match"):
+        sampling.sample(model, pos, mask, plan=plan, start_step=1, latents=x[:1], **kw)
+
+
 def test_bf16_latents_between_steps(model, text):
     pos, mask, _, _ = text
     out = sampling.sample(model, pos, mask, key=jax.random.key(0), latent_shape=SHAPE, plan=sampling.ddim(2))
