@@ -7,6 +7,9 @@ under thresholds r, distills the sparse student, and scores every stage with Toy
 Usage (GPU)::
 
     python experiments/distill_toy.py --out $OUT/distill --mlcd-steps 3000 --kd-steps 800
+
+Cut off (e.g. by a job time limit)? Rerun with the same ``--run``: the teacher's samples are cached there, and MLCD
+and KD resume from their checkpoints (with ``--mlcd-time`` / ``--kd-time`` each call trains at most that long more).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from jax_vdit import sampling  # noqa: E402
-from jax_vdit.distill import search_masks, segment_edges  # noqa: E402
+from jax_vdit.distill import search_masks_over_thresholds, segment_edges  # noqa: E402
 from jax_vdit.model import AttentionConfig  # noqa: E402
 from jax_vdit.toy import (  # noqa: E402
     DistillRecipe, calibration_batches, distill_mlcd, distill_sparse, export_release_folder, heldout,
@@ -68,19 +71,29 @@ def main() -> None:
     student_plan = sampling.consistency(edges)
     results, videos, timings = {}, {}, {}
 
-    def run(name, model, plan, guidance, attention=AttentionConfig()):
+    cache = Path(args.run) / "teacher_videos"  # teacher samples survive a cut-off run (rerun with the same --run)
+    cache.mkdir(parents=True, exist_ok=True)
+
+    def run(name, model, plan, guidance, attention=AttentionConfig(), cached: bool = False):
+        path = cache / (name.replace(" ", "_").replace("(", "").replace(")", "") + ".npz")
+        if cached and path.exists():
+            saved = np.load(path)
+            videos[name], timings[name] = saved["videos"], float(saved["seconds"])
+            return
         sample_specs(model, specs, world, plan=plan.truncated(1), guidance_scale=guidance, key=key,
                      attention=attention)  # compile
         t0 = time.perf_counter()
         videos[name] = sample_specs(model, specs, world, plan=plan, guidance_scale=guidance, key=key,
                                     attention=attention)
         timings[name] = time.perf_counter() - t0
+        if cached:
+            np.savez(path, videos=videos[name], seconds=timings[name])
 
     g = recipe.guidance
-    run("teacher euler-a 100 (cfg)", teacher, sampling.euler_ancestral(100), g)
-    run("teacher ddim 100 (cfg)", teacher, sampling.ddim(100), g)
-    run("teacher ddim 4 (cfg)", teacher, sampling.ddim(4), g)
-    run("teacher euler-a 4 (cfg)", teacher, sampling.euler_ancestral(4), g)
+    run("teacher euler-a 100 (cfg)", teacher, sampling.euler_ancestral(100), g, cached=True)
+    run("teacher ddim 100 (cfg)", teacher, sampling.ddim(100), g, cached=True)
+    run("teacher ddim 4 (cfg)", teacher, sampling.ddim(4), g, cached=True)
+    run("teacher euler-a 4 (cfg)", teacher, sampling.euler_ancestral(4), g, cached=True)
 
     t0 = time.perf_counter()
     mlcd = distill_mlcd(teacher, recipe, Path(args.run) / "mlcd", data=data, time_limit_s=args.mlcd_time)
@@ -94,9 +107,12 @@ def main() -> None:
     calib = calibration_batches(world, recipe, timesteps, dtype=jnp.float32)
     search = {}
     chosen = None
-    for r in [float(x) for x in args.thresholds.split(",")]:
-        schedule, reports, errors = search_masks(student, calib, r, num_frames=world.num_frames,
-                                                 tile_backend=args.tile_backend)
+    thresholds = sorted({float(x) for x in args.thresholds.split(",")} | {recipe.threshold})
+    t0 = time.perf_counter()
+    by_threshold, _ = search_masks_over_thresholds(student, calib, thresholds, num_frames=world.num_frames,
+                                                   tile_backend=args.tile_backend)  # one error matrix for all r
+    search_s = time.perf_counter() - t0
+    for r, (schedule, reports) in by_threshold.items():
         density = float(np.mean([rep.density for rep in reports]))
         search[r] = {"mean_density": density, "sparsity_pct": round(100 * (1 - density), 1),
                      "layers": [rep.mask.label() if rep.mask is not None else "dense" for rep in reports],
@@ -132,6 +148,7 @@ def main() -> None:
     header = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "device": jax.devices()[0].device_kind,
               "jax": jax.__version__, "command": "python experiments/distill_toy.py " + " ".join(sys.argv[1:]),
               "recipe": recipe.__dict__, "mlcd_steps_done": int(mlcd.state.step), "mlcd_s": round(mlcd_s, 1),
+              "mask_search_s": round(search_s, 1),
               "kd_steps_done": int(kd.state.step), "kd_s": round(kd_s, 1)}
     (out / "distill_toy.json").write_text(json.dumps({"header": header, "results": results, "mask_search": search},
                                                      indent=2, default=float))
@@ -140,7 +157,8 @@ def main() -> None:
     search_rows = "\n".join(f"| {r} | {v['sparsity_pct']} | {' '.join(v['layers'])} |" for r, v in search.items())
     (out / "distill_toy.md").write_text(
         f"# Toy-world Efficient-vDiT pipeline ({header['device']}, {header['date']})\n\nCommand: `{header['command']}`"
-        f"\n\n32 held-out prompts; teacher_rel_err against the teacher's DDIM-100 sample from the same noise.\n\n"
+        f"\n\n{args.prompts} held-out prompts; teacher_rel_err against the teacher's DDIM-100 sample from the same "
+        f"noise.\n\n"
         f"{table}\n\n## Mask search (student, 4 sampling timesteps)\n\n| r | sparsity % | layer masks |\n|---|---|---|\n"
         f"{search_rows}\n")
     for name in ("mlcd", "kd"):

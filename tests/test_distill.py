@@ -135,6 +135,13 @@ def test_mask_search_full_mask_has_zero_error_and_threshold_picks_sparsest():
     assert all(r.mask == cands[0] for r in reports)  # a huge threshold takes the sparsest mask everywhere
     schedule0, reports0, _ = search_masks(teacher, calib, threshold=0.0, num_frames=T, tile_backend="reference")
     assert all(m is None for m in schedule0)  # nothing is exact: every layer stays dense
+    from jax_vdit.distill import search_masks_over_thresholds
+
+    both, errors2 = search_masks_over_thresholds(teacher, calib, [10.0, 0.0], num_frames=T, tile_backend="reference")
+    np.testing.assert_allclose(errors2, errors, rtol=1e-6)  # one error matrix serves every threshold
+    assert tuple(both[10.0][0]) == tuple(schedule) and tuple(both[0.0][0]) == tuple(schedule0)
+    with pytest.raises(ValueError, match="threshold r must be >= 0"):
+        search_masks_over_thresholds(teacher, calib, [0.1, -1.0], num_frames=T, tile_backend="reference")
     two = candidate_masks(4)  # 1:3 (10 tiles), 2:2 (14 tiles)
     assert [m.kept_tiles for m in two] == [10, 14]
     picked = choose_masks(np.array([[0.3, 0.05], [0.01, 0.0], [0.5, 0.4]]), two, threshold=0.1)

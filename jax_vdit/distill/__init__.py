@@ -6,8 +6,8 @@
 """
 
 from jax_vdit.distill.kd import SparseKDObjective
-from jax_vdit.distill.mask_search import LayerMaskReport, candidate_masks, search_masks
+from jax_vdit.distill.mask_search import LayerMaskReport, candidate_masks, search_masks, search_masks_over_thresholds
 from jax_vdit.distill.mlcd import MLCDObjective, segment_edges, solver_grid
 
 __all__ = ["LayerMaskReport", "MLCDObjective", "SparseKDObjective", "candidate_masks", "search_masks",
-           "segment_edges", "solver_grid"]
+           "search_masks_over_thresholds", "segment_edges", "solver_grid"]

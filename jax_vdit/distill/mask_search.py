@@ -103,12 +103,27 @@ def choose_masks(errors: np.ndarray, candidates: Sequence, threshold: float) -> 
 def search_masks(model, calibration: Sequence[dict], threshold: float, *, num_frames: int,
                  tile_backend: str = "auto", interpret: bool = False, include_windows: bool = False):
     """Run the search: returns (``pallas_kernels.MaskSchedule``, per-layer reports, the error matrix)."""
+    by_threshold, errors = search_masks_over_thresholds(
+        model, calibration, [threshold], num_frames=num_frames, tile_backend=tile_backend, interpret=interpret,
+        include_windows=include_windows)
+    schedule, reports = by_threshold[threshold]
+    return schedule, reports, errors
+
+
+def search_masks_over_thresholds(model, calibration: Sequence[dict], thresholds: Sequence[float], *,
+                                 num_frames: int, tile_backend: str = "auto", interpret: bool = False,
+                                 include_windows: bool = False):
+    """:func:`search_masks` for several thresholds r from one measurement of the error matrix (the expensive
+    part): returns ({r: (schedule, reports)}, errors)."""
     import pallas_kernels
 
-    if threshold < 0:
-        raise ValueError(f"threshold r must be >= 0, got {threshold}")
+    bad = [r for r in thresholds if r < 0]
+    if bad:
+        raise ValueError(f"threshold r must be >= 0, got {bad}")
     candidates = candidate_masks(num_frames, include_windows)
     errors = layer_errors(model, calibration, candidates, tile_backend=tile_backend, interpret=interpret)
-    reports = choose_masks(errors, candidates, threshold)
-    schedule = pallas_kernels.MaskSchedule(tuple(r.mask for r in reports))
-    return schedule, reports, errors
+    out = {}
+    for r in thresholds:
+        reports = choose_masks(errors, candidates, r)
+        out[r] = (pallas_kernels.MaskSchedule(tuple(rep.mask for rep in reports)), reports)
+    return out, errors
