@@ -105,12 +105,22 @@ def test_sampler_names():
         plan_from_name("heun", 4)
 
 
-def test_train_teacher_command_with_checks(tmp_path, capsys):
+def test_train_teacher_command_keeps_the_best_checked_teacher(tmp_path, capsys):
+    """`vdit train-teacher --check-every`: ToyBench rows in evals.jsonl, the best EMA exported atomically."""
+    from jax_vdit.toy import BEST_EMA, load_toy_teacher
+    from jax_vdit.training import read_evals
+
     run = tmp_path / "run"
     code = main(["train-teacher", "--run", str(run), "--world", "toy-tiny-5x16x16", "--model", "toy-tiny",
-                 "--steps", "2", "--batch", "2", "--samples", "8", "--compute-dtype", "float32",
+                 "--steps", "4", "--batch", "2", "--samples", "8", "--compute-dtype", "float32",
                  "--check-every", "2", "--check-steps", "1", "--check-prompts", "2", "--export", str(tmp_path / "t")])
-    assert code == 0
-    assert json.loads((run / "evals.jsonl").read_text().splitlines()[0])["step"] == 2
-    assert (run / "best_ema" / "config.json").is_file() and (tmp_path / "t" / "config.json").is_file()
-    assert "best EMA teacher" in capsys.readouterr().out
+    assert code == 0 and "best EMA teacher" in capsys.readouterr().out
+    evals = read_evals(run)
+    assert [r["step"] for r in evals] == [2, 4] and evals[0]["is_best"] == 1.0
+    best = max(evals, key=lambda r: r["alignment"])  # the first of equals
+    saved = json.loads((run / BEST_EMA / "check.json").read_text())
+    assert saved["alignment"] == best["alignment"]
+    assert saved["step"] == max(r["step"] for r in evals if r["is_best"] == 1.0)
+    assert not (run / f"{BEST_EMA}.tmp").exists() and not (run / f"{BEST_EMA}.old").exists()
+    assert load_toy_teacher(run / BEST_EMA).cfg.num_layers == 2
+    assert (tmp_path / "t" / "config.json").is_file()

@@ -71,27 +71,6 @@ def test_teacher_recipe_trains_and_continues_from_exported_weights(tmp_path):
     assert np.isfinite(first["loss"])
 
 
-def test_teacher_check_keeps_the_best_ema(tmp_path):
-    from jax_vdit.toy import BEST_EMA, TeacherCheck, load_toy_teacher
-    from jax_vdit.training import read_evals
-
-    world = get_config("toy-tiny-5x16x16")
-    data = ToyTrainingSet.generate(world, 32, workers=1)
-    recipe = TeacherRecipe(world="toy-tiny-5x16x16", model="toy-tiny", steps=6, batch_size=4, compute_dtype="float32",
-                           log_every=3, checkpoint_every=3, warmup_steps=0)
-    check = TeacherCheck(every=3, prompts=2, steps=2)
-    train_teacher(recipe, tmp_path / "run", data=data, show_progress=False, check=check)
-    evals = read_evals(tmp_path / "run")
-    assert [r["step"] for r in evals] == [3, 6]
-    best = max(evals, key=lambda r: r["alignment"])  # the first of equals
-    assert [r["is_best"] for r in evals].count(1.0) >= 1 and best["is_best"] == 1.0
-    saved = json.loads((tmp_path / "run" / BEST_EMA / "check.json").read_text())
-    assert saved["alignment"] == best["alignment"]
-    assert saved["step"] == max(r["step"] for r in evals if r["is_best"] == 1.0)
-    assert not (tmp_path / "run" / f"{BEST_EMA}.tmp").exists()
-    assert load_toy_teacher(tmp_path / "run" / BEST_EMA).cfg.num_layers == 2
-
-
 def test_random_model_for_benchmarks():
     cfg = get_preset("tiny")
     model = random_model(cfg, seed=1, scale=0.02)
