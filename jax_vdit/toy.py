@@ -78,10 +78,12 @@ BEST_EMA = "best_ema"
 
 
 def _teacher_check_fn(check: TeacherCheck, world: ToyWorldConfig, run_dir: Path):
+    from jax_vdit.checkpoints import atomic_directory
     from jax_vdit.training import read_evals
 
     specs = heldout(world, check.prompts)
     plan = sampling.euler_ancestral(check.steps)
+    best = [max((r["alignment"] for r in read_evals(run_dir)), default=-1.0)]  # checks of earlier calls count
 
     def run_check(step: int, result: RunResult) -> dict:
         model = result.model("ema")
@@ -89,30 +91,17 @@ def _teacher_check_fn(check: TeacherCheck, world: ToyWorldConfig, run_dir: Path)
         videos = sample_specs(model, specs, world, plan=plan, guidance_scale=check.guidance,
                               key=jax.random.key(check.seed))
         scores = toybench(videos, specs, world)
-        best_before = max((r["alignment"] for r in read_evals(run_dir)), default=-1.0)
-        is_best = scores["alignment"] > best_before
+        is_best = scores["alignment"] > best[0]
         if is_best:
-            _export_atomically(model, run_dir / BEST_EMA, meta={"step": step, **scores})
+            best[0] = scores["alignment"]
+            with atomic_directory(run_dir / BEST_EMA, overwrite=True) as tmp:
+                export_release_folder(model, tmp, dtype="bfloat16")
+                (tmp / "check.json").write_text(json.dumps({"step": step, **scores}, indent=2, default=float))
         return {"alignment": scores["alignment"], "direction_acc": scores["direction_acc"],
                 "overall": scores["overall"], "is_best": float(is_best),
                 "check_s": round(time.perf_counter() - t0, 2)}
 
     return run_check
-
-
-def _export_atomically(model, folder: Path, meta: dict) -> None:
-    """Export into a temporary sibling folder, then swap it in (an interrupted export leaves the old one)."""
-    import shutil
-
-    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    export_release_folder(model, tmp, dtype="bfloat16")
-    (tmp / "check.json").write_text(json.dumps(meta, indent=2, default=float))
-    if folder.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def train_teacher(recipe: TeacherRecipe, run_dir: str | Path, *, stop_after: int | None = None,

@@ -191,7 +191,7 @@ def _map_time_chunks_in_place(x: jax.Array, *, kt: int, chunk: int, chunk_fn: Ca
 
     def step(carry, a, f: int):
         buf, prev = carry  # prev: the original input frames a-halo .. a-1 (frame 0 replicated below 0)
-        cur = buf[:, a : a + f] if isinstance(a, int) else lax.dynamic_slice_in_dim(buf, a, f, axis=1)
+        cur = _frames(buf, a, f)
         window = jnp.concatenate([prev, cur], axis=1) if halo else cur
         y = chunk_fn(window, a - halo, a, f, buf).astype(x.dtype)
         nxt = window[:, window.shape[1] - halo :]
