@@ -80,13 +80,33 @@ def load_rows(folder: Path) -> tuple[list[dict], list[dict]]:
 
 def load_timed_videos(folder: Path) -> dict[tuple[str, str], float]:
     """(size, attention) -> seconds of a timed 100-step sampling run (``bench_model.py --what video100`` results
-    saved as ``video100*.json``; compile excluded)."""
-    timed = {}
+    saved as ``video100*.json``; compile excluded). A video timed in segments (``--segment A:B``, one file per
+    segment) counts only when its segments cover steps 0..100 exactly; its time is their sum."""
+    timed, segments = {}, {}
     for path in sorted(folder.glob("video100*.json")):
         for r in json.loads(path.read_text())["rows"]:
+            key = (r["size"], r["attention"])
             if "video_100_steps_s" in r:
-                timed[(r["size"], r["attention"])] = r["video_100_steps_s"]
+                timed[key] = r["video_100_steps_s"]
+            elif "segment_s" in r:
+                segments.setdefault(key, []).append((r["segment"], r["segment_s"]))
+    for key, parts in segments.items():
+        total = segmented_video_seconds(parts)
+        if total is not None:
+            timed.setdefault(key, round(total, 1))
     return timed
+
+
+def segmented_video_seconds(parts: list[tuple[str, float]], num_steps: int = 100) -> float | None:
+    """Sum of the segments' seconds if the segments ("A:B", seconds) tile steps 0..num_steps without gap or
+    overlap, else None (an incomplete or inconsistent set of segments is no whole-video time)."""
+    spans = sorted((tuple(int(v) for v in seg.split(":")), s) for seg, s in parts)
+    step = 0
+    for (a, b), _ in spans:
+        if a != step or b <= a:
+            return None
+        step = b
+    return sum(s for _, s in spans) if step == num_steps else None
 
 
 def table(rows: list[dict], timed: dict[tuple[str, str], float] | None = None) -> str:
