@@ -33,7 +33,7 @@ from jax_vdit.distill import search_masks_over_thresholds, segment_edges  # noqa
 from jax_vdit.model import AttentionConfig  # noqa: E402
 from jax_vdit.toy import (  # noqa: E402
     DistillRecipe, calibration_batches, distill_mlcd, distill_sparse, export_release_folder, heldout,
-    load_toy_teacher, sample_specs, toybench,
+    load_toy_teacher, sample_specs, toybench, write_student_info,
 )
 from jax_vdit.toyworld import format_table, get_config, save_grid_gif  # noqa: E402
 from jax_vdit.toyworld.training_set import ToyTrainingSet  # noqa: E402
@@ -136,9 +136,13 @@ def main() -> None:
     for name, vids in videos.items():
         results[name] = toybench(vids, specs, world, reference=reference) | {
             "s_per_video": round(timings[name] / len(specs), 4)}
-    export_release_folder(student, out / "toy_student_mlcd", dtype="bfloat16")
-    export_release_folder(sparse_student, out / "toy_student_sparse", dtype="bfloat16")
-    chosen.save(out / "toy_student_sparse" / "mask_schedule.json")
+    teacher_name = str(args.teacher or "jax_vdit/assets/toy_teacher")
+    for name, model, sparse in (("toy_student_mlcd", student, False), ("toy_student_sparse", sparse_student, True)):
+        export_release_folder(model, out / name, dtype="bfloat16")
+        if sparse:
+            chosen.save(out / name / "mask_schedule.json")
+        write_student_info(out / name, edges=edges, guidance_distilled=recipe.guidance, teacher=teacher_name,
+                           mask_schedule=sparse, extra={"threshold": recipe.threshold} if sparse else None)
     captions = [s.caption for s in specs[:8]]
     grid = np.concatenate([videos[n][:8, None] for n in ("teacher euler-a 100 (cfg)", "teacher ddim 4 (cfg)",
                                                           "MLCD student 4 (no cfg)",

@@ -1,6 +1,6 @@
 """``vdit``: one console entry with subcommands.
 
-  vdit demo            sample held-out toy-world prompts with the shipped toy teacher (CPU, < 2 min)
+  vdit demo            sample held-out toy-world prompts with the shipped toy teacher and students (CPU, < 2 min)
   vdit sample          generate latents (and an mp4 when a VAE is given) from a checkpoint and a prompt
   vdit train-teacher   train a toy-world teacher with the release objective (resumable)
   vdit toybench        score a toy checkpoint with ToyBench for sampler settings
@@ -19,8 +19,13 @@ from pathlib import Path
 def _cmd_demo(args: argparse.Namespace) -> int:
     from jax_vdit.demo import run_demo
 
+    students = None  # the shipped students
+    if args.no_students:
+        students = {}
+    elif args.student:
+        students = {Path(f).name: Path(f) for f in args.student}
     summary = run_demo(args.out, prompts=args.prompts, steps=args.steps, guidance=args.guidance,
-                       teacher=args.teacher, seed=args.seed)
+                       teacher=args.teacher, students=students, seed=args.seed)
     print(summary["table"])
     print(f"\nwrote {Path(args.out) / 'grid.gif'} and toybench.json; device {summary['device']}; "
           f"model load {summary['load_s']} s; total {summary['total_s']} s")
@@ -155,12 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vdit", description="jax-vdit: efficient video DiTs in JAX")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="toy-world demo on the shipped teacher (CPU friendly)")
+    d = sub.add_parser("demo", help="toy-world demo: the shipped teacher and its distilled students (CPU friendly)")
     d.add_argument("--out", default="outputs/demo")
     d.add_argument("--prompts", type=int, default=8, help="number of held-out prompts (max 32)")
     d.add_argument("--steps", type=int, default=10, help="Euler-ancestral steps for the teacher row")
     d.add_argument("--guidance", type=float, default=4.0)
     d.add_argument("--teacher", default=None, help="a toy teacher folder (default: the shipped one)")
+    d.add_argument("--student", action="append", default=None,
+                   help="a distilled student folder (with student.json; repeatable); default: the shipped students")
+    d.add_argument("--no-students", action="store_true", help="teacher rows only")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_cmd_demo)
 

@@ -155,6 +155,10 @@ PRESETS: dict[str, ModelConfig] = {
     ),
 }
 
+# a deeper toy teacher (10 layers instead of 6, same width): more layers to compose "which frame" with "which
+# way" for the direction attribute that the 6-layer teacher misses (experiments/results/toy_teacher/README.md)
+PRESETS["toy-teacher-deep"] = PRESETS["toy-teacher"].replace(num_layers=10)
+
 PRESETS["toy-tiny"] = PRESETS["toy-teacher"].replace(
     num_layers=2, num_attention_heads=2, attention_head_dim=24, sample_size=(16, 16), sample_size_t=5
 )
@@ -167,6 +171,7 @@ PRESET_LATENT_SHAPES: dict[str, tuple[int, int, int]] = {
     "osp-v1.2-93x480p": (24, 60, 80),
     "tiny": (3, 8, 8),
     "toy-teacher": (9, 24, 24),
+    "toy-teacher-deep": (9, 24, 24),
     "toy-tiny": (5, 16, 16),
 }
 

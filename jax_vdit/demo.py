@@ -1,5 +1,9 @@
-"""The demo: the shipped toy teacher samples held-out prompts on a CPU, writes a GIF grid and prints ToyBench
-and timings. Distilled students (multi-step consistency, tile-sparse) join the grid once shipped.
+"""The demo: the shipped toy teacher and its distilled students sample held-out prompts on a CPU, side by side
+in a GIF grid, with ToyBench scores and timings per row.
+
+Rows: the teacher with the release's Euler-ancestral sampler (CFG), the teacher with 4 DDIM steps (the few-step
+baseline that distillation must beat), the 4-step consistency (MLCD) student, and the 4-step sparse student (per-layer
+tile masks after KD). The students sample without CFG: the teacher's guidance is distilled into them.
 """
 
 from __future__ import annotations
@@ -12,50 +16,67 @@ import jax
 import numpy as np
 
 from jax_vdit.generate import plan_from_name
-from jax_vdit.toy import TOY_TEACHER_DIR, heldout, load_toy_teacher, sample_specs, toybench, write_json
+from jax_vdit.model import DENSE, AttentionConfig
+from jax_vdit.sampling import SamplingPlan
+from jax_vdit.toy import (
+    TOY_STUDENT_MLCD_DIR, TOY_STUDENT_SPARSE_DIR, TOY_TEACHER_DIR, heldout, load_toy_student, load_toy_teacher,
+    sample_specs, toybench, write_json,
+)
 from jax_vdit.toyworld import format_table, get_config, save_grid_gif
 
 
 @dataclass(frozen=True)
 class DemoSetting:
-    """One row of the demo: a model and a sampler."""
+    """One row of the demo: a model, its sampler plan, guidance (None: no CFG) and attention."""
 
     name: str
-    sampler: str  # "euler_ancestral" | "ddim" | "consistency"
-    steps: int
+    model: object
+    plan: SamplingPlan
     guidance: float | None
+    attention: AttentionConfig = DENSE
 
 
-def default_settings(steps: int, guidance: float) -> list[DemoSetting]:
-    return [
-        DemoSetting(f"teacher euler-a {steps} steps, cfg {guidance}", "euler_ancestral", steps, guidance),
-        DemoSetting(f"teacher ddim 4 steps, cfg {guidance}", "ddim", 4, guidance),
+def default_settings(teacher, steps: int, guidance: float, students: dict[str, Path] | None = None) -> list[DemoSetting]:
+    """The teacher rows, then one row per student folder that exists (name -> folder)."""
+    rows = [
+        DemoSetting(f"teacher euler-a {steps} steps, cfg {guidance}", teacher, plan_from_name("euler_ancestral", steps),
+                    guidance),
+        DemoSetting(f"teacher ddim 4 steps, cfg {guidance}", teacher, plan_from_name("ddim", 4), guidance),
     ]
+    for name, folder in (students or {}).items():
+        if Path(folder, "student.json").is_file():
+            student = load_toy_student(folder)
+            rows.append(DemoSetting(f"{name} {student.plan.num_steps} steps, no cfg", student.model, student.plan, None,
+                                    student.attention))
+    return rows
+
+
+SHIPPED_STUDENTS = {"MLCD student": TOY_STUDENT_MLCD_DIR, "sparse student": TOY_STUDENT_SPARSE_DIR}
 
 
 def run_demo(out_dir: str | Path = "outputs/demo", *, prompts: int = 8, steps: int = 10, guidance: float = 4.0,
-             teacher: str | Path | None = None, seed: int = 0) -> dict:
-    """Sample ``prompts`` held-out prompts with each setting; write ``grid.gif`` and ``toybench.json``."""
+             teacher: str | Path | None = None, students: dict[str, Path] | None = None, seed: int = 0) -> dict:
+    """Sample ``prompts`` held-out prompts with each setting; write ``grid.gif`` and ``toybench.json``.
+    ``students``: name -> student folder (default: the shipped MLCD and sparse students; ``{}``: teacher only)."""
     t_start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     world = get_config()
     t0 = time.perf_counter()
     model = load_toy_teacher(teacher or TOY_TEACHER_DIR, compute_dtype="float32")
+    settings = default_settings(model, steps, guidance, SHIPPED_STUDENTS if students is None else students)
     load_s = time.perf_counter() - t0
     specs = heldout(world, prompts)
     key = jax.random.key(seed)
     results, videos = {}, []
-    for setting in default_settings(steps, guidance):
-        plan = plan_from_name(setting.sampler, setting.steps)
+    for setting in settings:
+        run = dict(guidance_scale=setting.guidance, key=key, batch_size=len(specs), attention=setting.attention)
         # a 1-step run of the same sampler compiles it, so the timed run below is pure sampling
         t0 = time.perf_counter()
-        sample_specs(model, specs, world, plan=plan.truncated(1), guidance_scale=setting.guidance, key=key,
-                     batch_size=len(specs))
+        sample_specs(setting.model, specs, world, plan=setting.plan.truncated(1), **run)
         compile_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        lat = sample_specs(model, specs, world, plan=plan, guidance_scale=setting.guidance, key=key,
-                           batch_size=len(specs))
+        lat = sample_specs(setting.model, specs, world, plan=setting.plan, **run)
         sample_s = time.perf_counter() - t0
         videos.append(lat)
         results[setting.name] = toybench(lat, specs, world) | {

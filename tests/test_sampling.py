@@ -76,7 +76,9 @@ def test_guidance_one_equals_conditional_prediction(model, text):
     cond = sampling.sample(model, pos, mask, key=key, latent_shape=SHAPE, plan=plan, latent_dtype=jnp.float32)
     g1 = sampling.sample(model, pos, mask, key=key, latent_shape=SHAPE, plan=plan, negative_text=neg,
                          negative_mask=neg_mask, guidance_scale=1.0, latent_dtype=jnp.float32)
-    np.testing.assert_allclose(g1, cond, rtol=1e-5, atol=1e-5)
+    # fp32 rounding only: the CFG batch is twice as large, so attention sums in another order (a wrong
+    # guidance formula differs by O(1))
+    np.testing.assert_allclose(g1, cond, rtol=1e-4, atol=1e-4)
     g5 = sampling.sample(model, pos, mask, key=key, latent_shape=SHAPE, plan=plan, negative_text=neg,
                          negative_mask=neg_mask, guidance_scale=5.0, latent_dtype=jnp.float32)
     assert float(jnp.abs(g5 - cond).max()) > 1e-3

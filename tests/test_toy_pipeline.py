@@ -22,14 +22,48 @@ def test_shipped_teacher_is_a_release_format_folder():
     assert model.cfg == get_preset("toy-teacher", compute_dtype="float32")
 
 
-def test_demo_writes_grid_and_scores(tmp_path):
+def test_demo_writes_grid_and_scores_teacher_and_students_side_by_side(tmp_path):
     summary = run_demo(tmp_path, prompts=2, steps=2)
     assert (tmp_path / "grid.gif").is_file()
     saved = json.loads((tmp_path / "toybench.json").read_text())
-    assert len(saved["prompts"]) == 2 and len(saved["results"]) == 2
+    assert len(saved["prompts"]) == 2
+    assert list(saved["results"]) == ["teacher euler-a 2 steps, cfg 4.0", "teacher ddim 4 steps, cfg 4.0",
+                                      "MLCD student 4 steps, no cfg", "sparse student 4 steps, no cfg"]
     for row in saved["results"].values():
         assert 0.0 <= row["alignment"] <= 1.0 and row["sampling_s"] > 0
     assert "alignment" in summary["table"]
+
+
+def test_shipped_students_load_with_their_sampler_and_masks():
+    from jax_vdit.toy import TOY_STUDENT_MLCD_DIR, TOY_STUDENT_SPARSE_DIR, load_toy_student
+
+    mlcd, sparse = load_toy_student(TOY_STUDENT_MLCD_DIR), load_toy_student(TOY_STUDENT_SPARSE_DIR)
+    for student in (mlcd, sparse):
+        assert student.model.cfg == get_preset("toy-teacher", compute_dtype="float32")
+        assert student.plan.num_steps == 4 and student.info["guidance"] is None
+    assert mlcd.attention.masks is None
+    masks = sparse.attention.masks
+    assert len(masks) == 6 and all(m.num_frames == 9 for m in masks)
+    assert 0.5 < sum(m.density for m in masks) / 6 < 1.0  # the r=0.1 schedule: 15% of the tiles removed
+
+
+def test_student_folder_errors_name_the_problem(tmp_path):
+    import pytest
+
+    from jax_vdit.toy import TOY_STUDENT_SPARSE_DIR, load_toy_student, write_student_info
+
+    with pytest.raises(FileNotFoundError, match="student.json"):
+        load_toy_student(TOY_TEACHER_DIR)
+    folder = tmp_path / "s"
+    folder.mkdir()
+    for f in ("config.json", "diffusion_pytorch_model.safetensors"):
+        (folder / f).write_bytes((TOY_STUDENT_SPARSE_DIR / f).read_bytes())
+    write_student_info(folder, edges=(0, 500), guidance_distilled=4.0, teacher="t", mask_schedule=True)
+    with pytest.raises(FileNotFoundError, match="mask_schedule.json"):
+        load_toy_student(folder)
+    (folder / "student.json").write_text('{"sampler": "ddim", "edges": [0]}')
+    with pytest.raises(ValueError, match="consistency"):
+        load_toy_student(folder)
 
 
 def test_training_set_batches_are_pure_functions_of_the_step():
