@@ -15,8 +15,10 @@ frame). Differentiable. Backends (see each module's docstring):
 * ``"tpu"``: JAX's splash attention with a computable frame mask.
 * ``"gather"``: dense ``jax.nn.dot_product_attention`` (cuDNN on GPU) over gathered key frames, grouped.
 * ``"reference"``: dense masked attention in plain JAX (materialises N x N; tiny shapes only).
+* ``"cpu"``: masked attention in plain JAX shaped for XLA:CPU (chunks of (batch x head) pairs, normalisation after
+  the value product; :mod:`pallas_kernels.cpu`). It computes every tile, so it is fast on a CPU but not sparse.
 * ``"auto"``: mosaic_gpu on Hopper (gather if the problem is outside its limits, e.g. F < 128 or fp32), triton on
-  other CUDA GPUs, tpu on TPU, reference on CPU.
+  other CUDA GPUs, tpu on TPU, cpu on CPU.
 
 Measured on one H100 (bf16, 24 x 96 heads, 720p latents): ``experiments/results/tile_attention/``.
 """
@@ -47,7 +49,7 @@ __all__ = [
     "tile_attention",
 ]
 
-BACKENDS = ("auto", "mosaic_gpu", "triton", "tpu", "gather", "reference")
+BACKENDS = ("auto", "mosaic_gpu", "triton", "tpu", "gather", "reference", "cpu")
 _FLOAT_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16), jnp.dtype(jnp.float32))
 
 
@@ -72,7 +74,7 @@ def resolve_backend(backend: str, *, tokens_per_frame: int | None = None, dtype:
         return "triton"
     if platform == "tpu":
         return "tpu"
-    return "reference"
+    return "cpu"
 
 
 def _validate(q, k, v, mask: TileMask, tokens_per_frame: Any) -> None:
@@ -125,6 +127,9 @@ def tile_attention(q: jax.Array, k: jax.Array, v: jax.Array, tile_mask: TileMask
     if backend == "reference":
         from .reference import reference_attention
         return reference_attention(q, k, v, mask, tokens_per_frame=tokens_per_frame, scale=scale)
+    if backend == "cpu":
+        from .cpu import cpu_tile_attention
+        return cpu_tile_attention(q, k, v, mask, tokens_per_frame=tokens_per_frame, scale=scale)
     if backend == "gather":
         from .gather import gather_attention
         return gather_attention(q, k, v, mask, tokens_per_frame=tokens_per_frame, scale=scale)

@@ -96,8 +96,10 @@ def test_dense_backends_agree(model):
     np.testing.assert_allclose(ref, einsum, atol=2e-5)
 
 
-def test_deferred_softmax_attention_matches_reference_with_key_masks_and_gradients():
-    from jax_vdit.model.attention import deferred_softmax_attention, reference_attention, resolve_dense_backend
+def test_cpu_chunked_attention_matches_reference_with_key_masks_and_gradients():
+    from pallas_kernels.cpu import chunked_attention, heads_per_chunk
+
+    from jax_vdit.model.attention import reference_attention, resolve_dense_backend
 
     kq, kk, kv = jax.random.split(jax.random.key(3), 3)
     q = jax.random.normal(kq, (2, 7, 3, 8)) * 3.0  # large logits: the max subtraction matters
@@ -106,20 +108,21 @@ def test_deferred_softmax_attention_matches_reference_with_key_masks_and_gradien
     key_mask = jnp.array([[True, True, False, True, False], [False, False, False, False, True]])
     for km in (None, key_mask):
         for chunk_bytes in (1, 3 * 7 * 5 * 4, 1 << 20):  # one (batch, head) pair per chunk, 3 per chunk, all
-            np.testing.assert_allclose(deferred_softmax_attention(q, k, v, km, max_score_bytes=chunk_bytes),
+            np.testing.assert_allclose(chunked_attention(q, k, v, key_mask=km, max_score_bytes=chunk_bytes),
                                        reference_attention(q, k, v, km), rtol=1e-5, atol=1e-6)
-    loss = lambda f: lambda q, k, v: jnp.sum(f(q, k, v, key_mask) * v[:, :1, :, :1])  # noqa: E731
-    for a, b in zip(jax.grad(loss(deferred_softmax_attention), (0, 1, 2))(q, k, v),
-                    jax.grad(loss(reference_attention), (0, 1, 2))(q, k, v)):
+
+    def loss(f):
+        return lambda q, k, v: jnp.sum(f(q, k, v) * v[:, :1, :, :1])
+
+    for a, b in zip(jax.grad(loss(lambda q, k, v: chunked_attention(q, k, v, key_mask=key_mask)), (0, 1, 2))(q, k, v),
+                    jax.grad(loss(lambda q, k, v: reference_attention(q, k, v, key_mask)), (0, 1, 2))(q, k, v)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     # a row with every key masked averages the values instead of producing NaN
     none = jnp.zeros((2, 5), bool)
-    np.testing.assert_allclose(deferred_softmax_attention(q, k, v, none),
+    np.testing.assert_allclose(chunked_attention(q, k, v, key_mask=none),
                                jnp.broadcast_to(v.mean(axis=1, keepdims=True), q.shape), rtol=1e-5, atol=1e-6)
     assert resolve_dense_backend("auto", jnp.float32) == ("einsum" if jax.default_backend() == "cpu" else "xla")
-    from jax_vdit.model.attention import _heads_per_chunk
-
-    assert _heads_per_chunk(64, 1296, 1296, 16 * 2**20) == 2 and _heads_per_chunk(6, 10, 10, 3 * 400) == 3
+    assert heads_per_chunk(64, 1296, 1296, 16 * 2**20) == 2 and heads_per_chunk(6, 10, 10, 3 * 400) == 3
 
 
 def test_mask_schedule_length_is_checked(model):
