@@ -33,7 +33,7 @@ from jax_vdit.distill import search_masks_over_thresholds, segment_edges  # noqa
 from jax_vdit.model import AttentionConfig  # noqa: E402
 from jax_vdit.toy import (  # noqa: E402
     DistillRecipe, calibration_batches, distill_mlcd, distill_sparse, export_release_folder, heldout,
-    load_toy_teacher, sample_specs, toybench, write_student_info,
+    TOY_TEACHER_DIR, load_toy_teacher, sample_specs, toybench, write_student_info,
 )
 from jax_vdit.toyworld import format_table, get_config, save_grid_gif  # noqa: E402
 from jax_vdit.toyworld.training_set import ToyTrainingSet  # noqa: E402
@@ -136,7 +136,7 @@ def main() -> None:
     for name, vids in videos.items():
         results[name] = toybench(vids, specs, world, reference=reference) | {
             "s_per_video": round(timings[name] / len(specs), 4)}
-    teacher_name = str(args.teacher or "jax_vdit/assets/toy_teacher")
+    teacher_name = str(args.teacher or TOY_TEACHER_DIR.relative_to(ROOT))
     for name, model, sparse in (("toy_student_mlcd", student, False), ("toy_student_sparse", sparse_student, True)):
         export_release_folder(model, out / name, dtype="bfloat16")
         if sparse:

@@ -19,8 +19,8 @@ from jax_vdit.generate import plan_from_name
 from jax_vdit.model import DENSE, AttentionConfig
 from jax_vdit.sampling import SamplingPlan
 from jax_vdit.toy import (
-    TOY_STUDENT_MLCD_DIR, TOY_STUDENT_SPARSE_DIR, TOY_TEACHER_DIR, heldout, load_toy_student, load_toy_teacher,
-    sample_specs, toybench, write_json,
+    STUDENT_FILE, TOY_STUDENT_MLCD_DIR, TOY_STUDENT_SPARSE_DIR, TOY_TEACHER_DIR, heldout, load_toy_student,
+    load_toy_teacher, sample_specs, toybench, write_json,
 )
 from jax_vdit.toyworld import format_table, get_config, save_grid_gif
 
@@ -36,18 +36,18 @@ class DemoSetting:
     attention: AttentionConfig = DENSE
 
 
-def default_settings(teacher, steps: int, guidance: float, students: dict[str, Path] | None = None) -> list[DemoSetting]:
-    """The teacher rows, then one row per student folder that exists (name -> folder)."""
+def default_settings(teacher, steps: int, guidance: float,
+                     students: dict[str, Path] | None = None) -> list[DemoSetting]:
+    """The teacher rows, then one row per student folder (name -> folder; a folder that is not a student raises)."""
     rows = [
         DemoSetting(f"teacher euler-a {steps} steps, cfg {guidance}", teacher, plan_from_name("euler_ancestral", steps),
                     guidance),
         DemoSetting(f"teacher ddim 4 steps, cfg {guidance}", teacher, plan_from_name("ddim", 4), guidance),
     ]
     for name, folder in (students or {}).items():
-        if Path(folder, "student.json").is_file():
-            student = load_toy_student(folder)
-            rows.append(DemoSetting(f"{name} {student.plan.num_steps} steps, no cfg", student.model, student.plan, None,
-                                    student.attention))
+        student = load_toy_student(folder)
+        rows.append(DemoSetting(f"{name} {student.plan.num_steps} steps, no cfg", student.model, student.plan, None,
+                                student.attention))
     return rows
 
 
@@ -64,7 +64,9 @@ def run_demo(out_dir: str | Path = "outputs/demo", *, prompts: int = 8, steps: i
     world = get_config()
     t0 = time.perf_counter()
     model = load_toy_teacher(teacher or TOY_TEACHER_DIR, compute_dtype="float32")
-    settings = default_settings(model, steps, guidance, SHIPPED_STUDENTS if students is None else students)
+    if students is None:  # the shipped students, those present (a checkout may lack them)
+        students = {name: folder for name, folder in SHIPPED_STUDENTS.items() if (folder / STUDENT_FILE).is_file()}
+    settings = default_settings(model, steps, guidance, students)
     load_s = time.perf_counter() - t0
     specs = heldout(world, prompts)
     key = jax.random.key(seed)

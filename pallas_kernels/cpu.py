@@ -15,7 +15,9 @@ q: (B, Nq, H, D); k, v: (B, Nk, H, D), as in ``jax.nn.dot_product_attention``. O
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 
 import jax
 import jax.numpy as jnp
@@ -53,21 +55,23 @@ def chunked_attention(
     def chunks(x):  # (B, N, H, D) -> (B*H/g, g, N, D)
         return x.transpose(0, 2, 1, 3).reshape(n_chunks, g, x.shape[1], x.shape[3])
 
-    keys_ok = jnp.ones((n_chunks, g, nk), bool) if key_mask is None else \
-        jnp.repeat(key_mask, h, axis=0).reshape(n_chunks, g, nk)
     low = jnp.finfo(jnp.float32).min
 
     def attend(args):
-        qc, kc, vc, kmc = args
+        qc, kc, vc = args[:3]
         scores = jnp.einsum("gqd,gkd->gqk", qc, kc, preferred_element_type=jnp.float32)
-        keep = kmc[:, None, :] if token_mask is None else kmc[:, None, :] & token_mask[None]
-        scores = jnp.where(keep, scores, low)
+        keeps = ([args[3][:, None, :]] if key_mask is not None else []) + \
+            ([token_mask[None]] if token_mask is not None else [])
+        if keeps:  # no masking pass over the scores when nothing is masked
+            scores = jnp.where(functools.reduce(operator.and_, keeps), scores, low)
         row_max = jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True))
         weights = jnp.exp((scores - row_max) * scale)
         out = jnp.einsum("gqk,gkd->gqd", weights.astype(vc.dtype), vc, preferred_element_type=jnp.float32)
         return out / weights.sum(axis=-1)[..., None]
 
-    args = (chunks(q), chunks(k), chunks(v), keys_ok)
+    args = (chunks(q), chunks(k), chunks(v))
+    if key_mask is not None:
+        args += (jnp.repeat(key_mask, h, axis=0).reshape(n_chunks, g, nk),)
     if n_chunks == 1:
         out = attend(jax.tree.map(lambda x: x[0], args))[None]
     else:
