@@ -33,7 +33,7 @@ from jax_vdit.distill import search_masks_over_thresholds, segment_edges  # noqa
 from jax_vdit.model import AttentionConfig  # noqa: E402
 from jax_vdit.toy import (  # noqa: E402
     DistillRecipe, calibration_batches, distill_mlcd, distill_sparse, export_release_folder, heldout,
-    TOY_TEACHER_DIR, load_toy_teacher, sample_specs, toybench, write_student_info,
+    TOY_TEACHER_DIR, load_toy_teacher, sample_specs, toybench, world_for, write_student_info,
 )
 from jax_vdit.toyworld import format_table, get_config, save_grid_gif  # noqa: E402
 from jax_vdit.toyworld.training_set import ToyTrainingSet  # noqa: E402
@@ -54,13 +54,13 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--prompts", type=int, default=32)
     p.add_argument("--compute-dtype", default="bfloat16")
-    p.add_argument("--world", default="toy-9x24x24")
+    p.add_argument("--world", default=None, help="default: the world recorded with the teacher (toy_world.json)")
     p.add_argument("--tile-backend", default="auto", help="for sampling/search; KD trains with 'gather'")
     args = p.parse_args()
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    recipe = DistillRecipe(world=args.world, mlcd_steps=args.mlcd_steps, kd_steps=args.kd_steps, num_samples=args.samples,
+    recipe = DistillRecipe(world=world_for(args.teacher or TOY_TEACHER_DIR, args.world).name, mlcd_steps=args.mlcd_steps, kd_steps=args.kd_steps, num_samples=args.samples,
                            batch_size=args.batch, threshold=args.threshold, compute_dtype=args.compute_dtype)
     world = get_config(recipe.world)
     specs = heldout(world, args.prompts)
@@ -138,7 +138,7 @@ def main() -> None:
             "s_per_video": round(timings[name] / len(specs), 4)}
     teacher_name = str(args.teacher or TOY_TEACHER_DIR.relative_to(ROOT))
     for name, model, sparse in (("toy_student_mlcd", student, False), ("toy_student_sparse", sparse_student, True)):
-        export_release_folder(model, out / name, dtype="bfloat16")
+        export_release_folder(model, out / name, dtype="bfloat16", world=recipe.world)
         if sparse:
             chosen.save(out / name / "mask_schedule.json")
         write_student_info(out / name, edges=edges, guidance_distilled=recipe.guidance, teacher=teacher_name,

@@ -124,7 +124,7 @@ def main() -> None:
         shutil.copytree(run / BEST_EMA, out / "toy_teacher")
         exported_step = json.loads((run / BEST_EMA / "check.json").read_text())["step"]
     else:
-        export_release_folder(result.model("ema"), out / "toy_teacher", dtype="bfloat16")
+        export_release_folder(result.model("ema"), out / "toy_teacher", dtype="bfloat16", world=recipe.world)
     # evaluate the exported weights (bf16 storage) exactly as users will load them, fp32 compute
     from jax_vdit.toy import load_toy_teacher
 

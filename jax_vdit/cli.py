@@ -123,7 +123,7 @@ def _cmd_train_teacher(args: argparse.Namespace) -> int:
     if check is not None:
         print(f"ToyBench checks in {Path(args.run) / 'evals.jsonl'}; best EMA teacher in {Path(args.run) / BEST_EMA}")
     if int(result.state.step) >= recipe.steps and args.export:
-        export_release_folder(result.model("ema"), args.export)
+        export_release_folder(result.model("ema"), args.export, world=recipe.world)
         print(f"exported the EMA teacher to {args.export}")
     print(f"step {int(result.state.step)}/{recipe.steps}; metrics in {Path(args.run) / 'metrics.jsonl'}")
     return 0
@@ -133,10 +133,10 @@ def _cmd_toybench(args: argparse.Namespace) -> int:
     import jax
 
     from jax_vdit.generate import plan_from_name
-    from jax_vdit.toy import heldout, load_toy_teacher, sample_specs, toybench
-    from jax_vdit.toyworld import format_table, get_config
+    from jax_vdit.toy import TOY_TEACHER_DIR, heldout, load_toy_teacher, sample_specs, toybench, world_for
+    from jax_vdit.toyworld import format_table
 
-    world = get_config(args.world)
+    world = world_for(args.checkpoint or TOY_TEACHER_DIR, args.world)
     model = load_toy_teacher(args.checkpoint, compute_dtype=args.compute_dtype)
     specs = heldout(world, args.prompts)
     results = {}
@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("toybench", help="ToyBench of a toy checkpoint for sampler settings")
     b.add_argument("checkpoint", nargs="?", default=None, help="default: the shipped toy teacher")
-    b.add_argument("--world", default="toy-9x24x24")
+    b.add_argument("--world", default=None, help="default: the world recorded with the checkpoint (toy_world.json)")
     b.add_argument("--setting", action="append", default=None,
                    help="sampler:steps:guidance, e.g. euler_ancestral:100:4 or consistency:4:none (repeatable)")
     b.add_argument("--prompts", type=int, default=32)

@@ -20,9 +20,9 @@ from jax_vdit.model import DENSE, AttentionConfig
 from jax_vdit.sampling import SamplingPlan
 from jax_vdit.toy import (
     STUDENT_FILE, TOY_STUDENT_MLCD_DIR, TOY_STUDENT_SPARSE_DIR, TOY_TEACHER_DIR, heldout, load_toy_student,
-    load_toy_teacher, sample_specs, toybench, write_json,
+    load_toy_teacher, sample_specs, toybench, world_for, write_json,
 )
-from jax_vdit.toyworld import format_table, get_config, save_grid_gif
+from jax_vdit.toyworld import format_table, save_grid_gif
 
 
 @dataclass(frozen=True)
@@ -61,11 +61,13 @@ def run_demo(out_dir: str | Path = "outputs/demo", *, prompts: int = 8, steps: i
     t_start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    world = get_config()
+    world = world_for(teacher or TOY_TEACHER_DIR)
     t0 = time.perf_counter()
     model = load_toy_teacher(teacher or TOY_TEACHER_DIR, compute_dtype="float32")
     if students is None:  # the shipped students, those present (a checkout may lack them)
         students = {name: folder for name, folder in SHIPPED_STUDENTS.items() if (folder / STUDENT_FILE).is_file()}
+    for folder in students.values():  # every row is sampled and scored in the teacher's world
+        world_for(folder, world.name)
     settings = default_settings(model, steps, guidance, students)
     load_s = time.perf_counter() - t0
     specs = heldout(world, prompts)

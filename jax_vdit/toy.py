@@ -28,6 +28,32 @@ TOY_TEACHER_DIR = ASSETS / "toy_teacher"
 TOY_STUDENT_MLCD_DIR = ASSETS / "toy_student_mlcd"  # 4-step consistency student of the shipped teacher
 TOY_STUDENT_SPARSE_DIR = ASSETS / "toy_student_sparse"  # the same after mask search + KD into tile attention
 STUDENT_FILE = "student.json"  # how a distilled student samples: {"sampler": "consistency", "edges": [...], ...}
+WORLD_FILE = "toy_world.json"  # {"world": <ToyWorldConfig preset>}: the world a toy model's weights were trained on
+DEFAULT_WORLD = "toy-9x24x24"
+
+
+def write_world_record(folder: str | Path, world: str) -> None:
+    """Record in a teacher or student folder the toy-world preset its weights were trained on."""
+    get_config(world)  # an unknown preset raises here, not when the folder is read back
+    (Path(folder) / WORLD_FILE).write_text(json.dumps({"world": world}) + "\n")
+
+
+def recorded_world(folder: str | Path) -> str | None:
+    """The toy-world preset recorded in ``folder`` (None for folders written before worlds were recorded)."""
+    path = Path(folder) / WORLD_FILE
+    return json.loads(path.read_text())["world"] if path.is_file() else None
+
+
+def world_for(folder: str | Path, requested: str | None = None) -> ToyWorldConfig:
+    """The toy world in which to sample and score the model in ``folder``: the recorded one. ``requested`` (e.g. a
+    ``--world`` flag) must agree with the record: a model scored in another world than its own gets wrong scores
+    (e.g. the first-frame mark of ``toy-9x24x24-anchored`` read as content). Unrecorded folders use ``requested``,
+    else the default world."""
+    recorded = recorded_world(folder)
+    if recorded is not None and requested is not None and requested != recorded:
+        raise ValueError(f"{folder} was trained on the toy world {recorded!r} ({WORLD_FILE}), not {requested!r}: "
+                         f"drop --world or pass --world {recorded}")
+    return get_config(recorded or requested or DEFAULT_WORLD)
 
 
 @dataclass(frozen=True)
@@ -98,7 +124,7 @@ def _teacher_check_fn(check: TeacherCheck, world: ToyWorldConfig, run_dir: Path)
         if is_best:
             best[0] = scores["alignment"]
             with atomic_directory(run_dir / BEST_EMA, overwrite=True) as tmp:
-                export_release_folder(model, tmp, dtype="bfloat16")
+                export_release_folder(model, tmp, dtype="bfloat16", world=world.name)
                 (tmp / "check.json").write_text(json.dumps({"step": step, **scores}, indent=2, default=float))
         return {"alignment": scores["alignment"], "direction_acc": scores["direction_acc"],
                 "overall": scores["overall"], "is_best": float(is_best),
@@ -128,6 +154,8 @@ def train_teacher(recipe: TeacherRecipe, run_dir: str | Path, *, stop_after: int
     if init_from is not None:
         from jax_vdit.weights import load_model
 
+        world_for(init_from, recipe.world)  # raises if those weights were trained on another toy world
+
         model = load_model(init_from, param_dtype=cfg.param_dtype, compute_dtype=cfg.compute_dtype)
         if model.cfg.replace(compute_dtype=cfg.compute_dtype) != cfg:
             raise ValueError(f"{init_from} holds a {model.cfg} model, the recipe asks for {cfg}")
@@ -144,8 +172,9 @@ def train_teacher(recipe: TeacherRecipe, run_dir: str | Path, *, stop_after: int
     return result
 
 
-def export_release_folder(model, folder: str | Path, *, dtype: str = "bfloat16") -> Path:
-    """Write ``model`` as a release-format folder (config.json + diffusion_pytorch_model.safetensors)."""
+def export_release_folder(model, folder: str | Path, *, dtype: str = "bfloat16", world: str | None = None) -> Path:
+    """Write ``model`` as a release-format folder (config.json + diffusion_pytorch_model.safetensors), plus the
+    toy world it was trained on (``toy_world.json``) when ``world`` is given."""
     import ml_dtypes
     from safetensors.numpy import save_file
 
@@ -157,6 +186,8 @@ def export_release_folder(model, folder: str | Path, *, dtype: str = "bfloat16")
     np_dtype = {"bfloat16": ml_dtypes.bfloat16, "float32": np.float32, "float16": np.float16}[dtype]
     save_file({k: v.astype(np_dtype) for k, v in tensors.items()}, str(folder / "diffusion_pytorch_model.safetensors"))
     write_release_config(model.cfg, folder)
+    if world is not None:
+        write_world_record(folder, world)
     return folder
 
 

@@ -21,32 +21,23 @@ def _embeddings(path, channels=64, batch=1):
     return path
 
 
-def test_sample_command_writes_latents(golden_dir, tmp_path, capsys):
+def test_sample_command_writes_latents_and_decodes_to_mp4_with_a_vae(golden_dir, tmp_path, capsys):
+    """One CLI run (3 CFG steps, then the CausalVAE decode): latents file, report, and the mp4 beside it. One run
+    instead of two keeps the suite short: each costs ~1 minute of CPU compilation."""
     emb = _embeddings(tmp_path / "emb.safetensors")
     out = tmp_path / "out" / "lat.safetensors"
-    code = main(["sample", str(golden_dir / "opensora_v12" / "tiny_a"), "--embeddings", str(emb), "--frames", "9", "--compile-cache", "",
-                 "--height", "64", "--width", "80", "--steps", "3", "--guidance", "4", "--out", str(out),
-                 "--param-dtype", "float32", "--compute-dtype", "float32", "--quiet"])
-    assert code == 0
-    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert report["latent_shape"] == [1, 4, 3, 8, 10]
-    latents = load_file(str(out))["latents"]
-    assert latents.shape == (1, 4, 3, 8, 10) and np.isfinite(latents).all()
-
-
-def test_sample_command_decodes_to_mp4_with_a_vae(golden_dir, tmp_path, capsys):
-    emb = _embeddings(tmp_path / "emb.safetensors")
-    out = tmp_path / "video.safetensors"
-    code = main(["sample", str(golden_dir / "opensora_v12" / "tiny_a"), "--embeddings", str(emb), "--frames", "9", "--compile-cache", "",
-                 "--height", "64", "--width", "80", "--steps", "2", "--guidance", "1", "--out", str(out),
-                 "--param-dtype", "float32", "--compute-dtype", "float32", "--quiet",
+    code = main(["sample", str(golden_dir / "opensora_v12" / "tiny_a"), "--embeddings", str(emb), "--frames", "9",
+                 "--compile-cache", "", "--height", "64", "--width", "80", "--steps", "3", "--guidance", "4",
+                 "--out", str(out), "--param-dtype", "float32", "--compute-dtype", "float32", "--quiet",
                  "--vae", str(golden_dir / "causalvae_v12" / "tiny_a")])
     assert code == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert "decode_s" in report
+    assert report["latent_shape"] == [1, 4, 3, 8, 10] and "decode_s" in report
+    latents = load_file(str(out))["latents"]
+    assert latents.shape == (1, 4, 3, 8, 10) and np.isfinite(latents).all()
     import imageio.v3 as iio
 
-    frames = iio.imread(tmp_path / "video.mp4")
+    frames = iio.imread(out.with_suffix(".mp4"))
     assert frames.shape[0] == 9 and frames.shape[1:3] == (64, 80)
 
 

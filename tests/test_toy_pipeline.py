@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jax_vdit.config import get_preset
 from jax_vdit.demo import run_demo
 from jax_vdit.model import random_model
-from jax_vdit.toy import TOY_TEACHER_DIR, TeacherRecipe, load_toy_teacher, train_teacher
+from jax_vdit.toy import (
+    TOY_STUDENT_MLCD_DIR,
+    TOY_STUDENT_SPARSE_DIR,
+    TOY_TEACHER_DIR,
+    TeacherRecipe,
+    load_toy_teacher,
+    recorded_world,
+    train_teacher,
+    world_for,
+    write_world_record,
+)
 from jax_vdit.toyworld import get_config
 from jax_vdit.toyworld.training_set import ToyTrainingSet
 
@@ -48,9 +61,7 @@ def test_shipped_students_load_with_their_sampler_and_masks():
 
 
 def test_student_folder_errors_name_the_problem(tmp_path):
-    import pytest
-
-    from jax_vdit.toy import TOY_STUDENT_SPARSE_DIR, load_toy_student, write_student_info
+    from jax_vdit.toy import load_toy_student, write_student_info
 
     with pytest.raises(FileNotFoundError, match="student.json"):
         load_toy_student(TOY_TEACHER_DIR)
@@ -98,11 +109,40 @@ def test_teacher_recipe_trains_and_continues_from_exported_weights(tmp_path):
                            log_every=3, checkpoint_every=3, warmup_steps=0)
     result = train_teacher(recipe, tmp_path / "run", data=data, show_progress=False)
     assert int(result.state.step) == 6 and (tmp_path / "run" / "metrics.png").is_file()
-    export_release_folder(result.model("ema"), tmp_path / "export", dtype="float32")
+    export_release_folder(result.model("ema"), tmp_path / "export", dtype="float32", world=recipe.world)
     again = train_teacher(recipe, tmp_path / "run2", data=data, show_progress=False, init_from=tmp_path / "export",
                           stop_after=1)
     first = again.history[0]
     assert np.isfinite(first["loss"])
+    # the export records its world; continuing it in another world is refused before any training
+    assert world_for(tmp_path / "export").name == "toy-tiny-5x16x16"
+    other = dataclasses.replace(recipe, world="toy-9x24x24")
+    with pytest.raises(ValueError, match="trained on the toy world 'toy-tiny-5x16x16'"):
+        train_teacher(other, tmp_path / "run3", data=data, show_progress=False, init_from=tmp_path / "export")
+
+
+def test_models_are_scored_in_the_world_they_were_trained_on(tmp_path):
+    """toy_world.json: the shipped models record the default world; --world must agree with a record; folders
+    without one use the requested or the default world."""
+    for folder in (TOY_TEACHER_DIR, TOY_STUDENT_MLCD_DIR, TOY_STUDENT_SPARSE_DIR):
+        assert recorded_world(folder) == "toy-9x24x24"
+    assert world_for(TOY_TEACHER_DIR, "toy-9x24x24").name == "toy-9x24x24"
+    with pytest.raises(ValueError, match="not 'toy-9x24x24-anchored'"):
+        world_for(TOY_TEACHER_DIR, "toy-9x24x24-anchored")
+    assert recorded_world(tmp_path) is None
+    assert world_for(tmp_path).name == "toy-9x24x24"
+    assert world_for(tmp_path, "toy-9x24x24-anchored").first_frame_offset > 0
+    write_world_record(tmp_path, "toy-9x24x24-anchored")
+    with pytest.raises(ValueError, match="drop --world or pass --world toy-9x24x24-anchored"):
+        world_for(tmp_path, "toy-9x24x24")
+    with pytest.raises(ValueError, match="unknown toy-world preset"):
+        write_world_record(tmp_path, "no-such-world")
+    # the demo refuses a student of another world than its teacher's
+    student = tmp_path / "student"
+    shutil.copytree(TOY_STUDENT_MLCD_DIR, student)
+    write_world_record(student, "toy-9x24x24-anchored")
+    with pytest.raises(ValueError, match="trained on the toy world 'toy-9x24x24-anchored'"):
+        run_demo(tmp_path / "demo", prompts=1, steps=1, students={"other": student})
 
 
 def test_random_model_for_benchmarks():

@@ -15,7 +15,16 @@ import math
 import numpy as np
 import pytest
 
-from jax_vdit.toyworld import direction_confusion, evaluate, format_table, get_config, make_sample, teacher_error
+from jax_vdit.toyworld import (
+    direction_confusion,
+    evaluate,
+    format_table,
+    get_config,
+    latent_to_raw,
+    make_sample,
+    raw_to_latent,
+    teacher_error,
+)
 from jax_vdit.toyworld.toybench import SUMMARY_KEYS
 
 DEFAULT = get_config("toy-9x24x24")
@@ -65,6 +74,29 @@ def test_direction_confusion_of_ground_truth_and_time_reversed_videos(gt):
     assert flipped["opposite"] >= 0.9 * len(rev["directions"]) and flipped["correct"] == 0, flipped
     assert direction_confusion([("left", "up-left"), ("left", "up"), ("up", "down-right"), ("up", None)]) == {
         "correct": 0, "45 deg": 1, "90 deg": 1, "135 deg": 1, "opposite": 0, "not moving": 1}
+
+
+def test_anchored_world_marks_only_the_first_frame_and_scores_like_the_plain_one():
+    """``first_frame_offset``: the same scenes, with channel 3 of time index 0 raised by offset / std; decoding
+    removes the mark, so ToyBench reads ground truth as well as in the plain world (a teacher of either world can
+    be judged)."""
+    anchored = get_config("toy-9x24x24-anchored")
+    assert anchored.first_frame_offset > 0
+    x, specs = _batch(DEFAULT, 40)
+    xa, specs_a = _batch(anchored, 40)
+    assert [s.caption for s in specs] == [s.caption for s in specs_a]
+    diff = xa - x
+    np.testing.assert_allclose(diff[:, 3, 0], anchored.first_frame_offset / anchored.channel_std[3], rtol=1e-5)
+    assert np.abs(diff[:, :3]).max() == 0 and np.abs(diff[:, :, 1:]).max() == 0
+    np.testing.assert_allclose(latent_to_raw(xa, anchored), latent_to_raw(x, DEFAULT), atol=1e-6)
+    np.testing.assert_allclose(raw_to_latent(latent_to_raw(xa, anchored), anchored), xa, atol=1e-5)
+    m = evaluate(xa, specs_a, anchored)["mean"]
+    assert m["alignment"] >= 0.97 and m["direction_acc"] >= 0.97, m
+    # read with the wrong world, the marked first frame is taken for an object-filled frame: a real difference
+    wrong = evaluate(xa, specs_a, DEFAULT)["mean"]
+    assert wrong["consistency"] < m["consistency"] - 0.05, (wrong, m)
+    with pytest.raises(ValueError, match="first_frame_offset"):
+        get_config("toy-9x24x24", first_frame_offset=float("nan"))
 
 
 def test_tiny_preset_ground_truth():

@@ -89,6 +89,10 @@ class ToyWorldConfig:
     texture_x: float = 0.25  # amplitude of the static texture in the objectness channel
     background_x: float = -0.5  # objectness level of the background
     object_x: float = 1.0  # objectness level of an object
+    # raw objectness offset of latent frame 0 (0 = off). Like the first latent frame of the v1.2 CausalVAE, which
+    # encodes one pixel frame alone, it makes the start of the clip visible in the content, so "left" vs "right"
+    # needs no absolute time from RoPE (relative positions only); see experiments/results/toy_teacher/README.md
+    first_frame_offset: float = 0.0
     # latent normalisation (raw -> latent), measured per preset
     channel_mean: tuple[float, float, float, float] = (0.2609, 0.0089, 0.0028, -0.3458)
     channel_std: tuple[float, float, float, float] = (0.1347, 0.1432, 0.1620, 0.4311)
@@ -144,6 +148,8 @@ class ToyWorldConfig:
         a, b = self.bounce_window
         if not 0.0 < a < b < 1.0:
             bad(f"bounce_window must satisfy 0 < a < b < 1 (got {self.bounce_window})")
+        if not math.isfinite(self.first_frame_offset):
+            bad(f"first_frame_offset must be finite (got {self.first_frame_offset})")
         if len(self.channel_mean) != 4 or len(self.channel_std) != 4 or min(self.channel_std) <= 0:
             bad("channel_mean / channel_std must have 4 entries, std > 0")
         if self.object_x - (self.background_x + self.texture_x) < 0.75:
@@ -188,6 +194,8 @@ class ToyWorldConfig:
 
 PRESETS: dict[str, ToyWorldConfig] = {
     "toy-9x24x24": ToyWorldConfig(),
+    # the same world with a marked first latent frame (first_frame_offset): same scenes, layouts and held-out set
+    "toy-9x24x24-anchored": ToyWorldConfig(name="toy-9x24x24-anchored", first_frame_offset=0.5),
     "toy-tiny-5x16x16": ToyWorldConfig(
         name="toy-tiny-5x16x16",
         num_frames=5,

@@ -15,6 +15,9 @@ Channels 0-2 are an opponent colour space (exactly invertible to RGB); channel 3
 luminance/texture-like detail channel that marks where objects are. Objects are opaque and alpha-composited over
 the background, so every raw channel is ``(1 - alpha) * background + alpha * object``.
 
+With ``config.first_frame_offset`` != 0, channel 3 of time index 0 carries that extra raw offset in the latent (a
+marked first frame, like the CausalVAE's separately encoded first frame); :func:`latent_to_raw` removes it again.
+
 The latent is ``(raw - config.channel_mean) / config.channel_std`` per channel, which makes a video roughly
 zero-mean and unit-variance per channel (like Open-Sora-Plan latents times the VAE scale factor). The channel axis
 is axis -4 of any ``(..., 4, T, H, W)`` array.
@@ -60,19 +63,33 @@ def _stat_shape(x: np.ndarray) -> tuple[int, ...]:
     return (4, 1, 1, 1)
 
 
+def _first_frame_mark(config: ToyWorldConfig, ndim: int) -> np.ndarray:
+    """(4, T=1, 1, 1)-broadcastable raw offset of the first frame, padded to ``ndim`` dims."""
+    mark = np.zeros((4, 1, 1, 1))
+    mark[3] = config.first_frame_offset
+    return mark.reshape((1,) * (ndim - 4) + mark.shape)
+
+
 def raw_to_latent(raw: np.ndarray, config: ToyWorldConfig) -> np.ndarray:
-    """(..., 4, T, H, W) raw channels -> normalised latents, float32."""
-    raw = np.asarray(raw)
+    """(..., 4, T, H, W) raw channels -> normalised latents, float32 (time index 0 marked if
+    ``config.first_frame_offset``)."""
+    raw = np.asarray(raw, dtype=np.float64)
     s = _stat_shape(raw)
+    if config.first_frame_offset:
+        raw = raw.copy()
+        raw[..., :1, :, :] += _first_frame_mark(config, raw.ndim)
     mean = np.asarray(config.channel_mean, dtype=np.float64).reshape(s)
     std = np.asarray(config.channel_std, dtype=np.float64).reshape(s)
     return ((raw - mean) / std).astype(np.float32)
 
 
 def latent_to_raw(latents: np.ndarray, config: ToyWorldConfig) -> np.ndarray:
-    """(..., 4, T, H, W) normalised latents -> raw channels, float64."""
+    """(..., 4, T, H, W) normalised latents -> raw channels, float64 (the first-frame mark removed)."""
     lat = np.asarray(latents, dtype=np.float64)
     s = _stat_shape(lat)
     mean = np.asarray(config.channel_mean, dtype=np.float64).reshape(s)
     std = np.asarray(config.channel_std, dtype=np.float64).reshape(s)
-    return lat * std + mean
+    raw = lat * std + mean
+    if config.first_frame_offset:
+        raw[..., :1, :, :] -= _first_frame_mark(config, raw.ndim)
+    return raw

@@ -1,0 +1,118 @@
+"""How close is a toy teacher to being symmetric under time reversal? Equivariance errors of its noise prediction.
+
+For a model f and a reversal R (of the frame order, or of the order of the patches along x or y, keeping the
+pixels inside each patch), the error is ``||R f(R x) - f(x)|| / ||f(x)||`` on noised ground-truth videos of the
+held-out prompts with their captions. With relative (RoPE) positions only, R changes nothing but the sign of the
+positional offsets, so a small time-reversal error means the model barely tells earlier frames from later ones
+(and so cannot tell "left" from "right"). ``--random`` adds a randomly initialised (perturbed) model of the same
+config as a baseline.
+
+Usage::
+
+    python experiments/toy_symmetry.py --teacher jax_vdit/assets/toy_teacher --random \
+        --out experiments/results/toy_teacher/symmetry
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from jax_vdit import schedules  # noqa: E402
+from jax_vdit.toy import load_toy_teacher  # noqa: E402
+from jax_vdit.toyworld import get_config, heldout_batch  # noqa: E402
+
+
+def reverse_time(v: jax.Array) -> jax.Array:
+    """(B, C, T, H, W) -> frames in reverse order."""
+    return v[:, :, ::-1]
+
+
+def reverse_patches(v: jax.Array, axis: int, patch: int) -> jax.Array:
+    """Reverse the order of the ``patch``-wide blocks along ``axis`` (-1: x, -2: y), keeping each block's pixels."""
+    v = jnp.moveaxis(v, axis, -1)
+    s = v.shape
+    v = v.reshape(s[:-1] + (s[-1] // patch, patch))[..., ::-1, :].reshape(s)
+    return jnp.moveaxis(v, -1, axis)
+
+
+def perturbed_random_model(cfg, seed: int = 1, scale: float = 0.05):
+    """A fresh model of ``cfg`` with every float parameter perturbed by N(0, scale^2), so the zero-initialised
+    output layers do not hide the attention's behaviour."""
+    from flax import nnx
+
+    from jax_vdit.model import init_model
+
+    model = init_model(cfg, seed=seed)
+    graphdef, state = nnx.split(model)
+    leaves, tree = jax.tree.flatten(state)
+    keys = jax.random.split(jax.random.key(seed + 100), len(leaves))
+    leaves = [x + scale * jax.random.normal(k, x.shape, x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+              for x, k in zip(leaves, keys)]
+    return nnx.merge(graphdef, jax.tree.unflatten(tree, leaves))
+
+
+def equivariance_errors(model, latents, text, mask, t: int, patch: int) -> dict[str, float]:
+    noise = jax.random.normal(jax.random.key(t), latents.shape)
+    tt = jnp.full((latents.shape[0],), t, jnp.int32)
+    x_t = schedules.add_noise(latents, noise, tt)
+    f = lambda v: model(v, tt, text, mask)  # noqa: E731
+    y = f(x_t)
+    reversals = {"time": reverse_time, "x patches": lambda v: reverse_patches(v, -1, patch),
+                 "y patches": lambda v: reverse_patches(v, -2, patch)}
+    return {name: float(jnp.linalg.norm(r(f(r(x_t))) - y) / jnp.linalg.norm(y)) for name, r in reversals.items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--teacher", action="append", default=None, help="NAME=PATH (default: the shipped toy teacher)")
+    p.add_argument("--random", action="store_true", help="also a perturbed random model of the first teacher's config")
+    p.add_argument("--timesteps", default="300,700")
+    p.add_argument("--videos", type=int, default=8, help="held-out videos used")
+    p.add_argument("--world", default="toy-9x24x24")
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+
+    world = get_config(args.world)
+    batch = heldout_batch(world)
+    latents = jnp.asarray(batch["latents"][: args.videos])
+    text, mask = jnp.asarray(batch["text_emb"][: args.videos]), jnp.asarray(batch["text_mask"][: args.videos])
+    models = {}
+    for entry in args.teacher or ["shipped=" + str(ROOT / "jax_vdit" / "assets" / "toy_teacher")]:
+        name, _, path = entry.rpartition("=")
+        models[name or path] = load_toy_teacher(path)
+    if args.random:
+        models["random (perturbed init)"] = perturbed_random_model(next(iter(models.values())).cfg)
+    timesteps = [int(t) for t in args.timesteps.split(",")]
+    rows = []
+    for name, model in models.items():
+        for t in timesteps:
+            errs = equivariance_errors(model, latents, text, mask, t, model.cfg.patch_size)
+            rows.append({"model": name, "t": t, **errs})
+            print(rows[-1], flush=True)
+    command = "python experiments/toy_symmetry.py " + " ".join(sys.argv[1:])
+    lines = ["| model | t | time reversal | x-patch reversal | y-patch reversal |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {r['model']} | {r['t']} | {r['time']:.4f} | {r['x patches']:.4f} | {r['y patches']:.4f} |"
+              for r in rows]
+    text_md = "\n".join(["# Equivariance errors of toy teachers", "",
+                         f"Command: `{command}` ({jax.devices()[0].device_kind}, jax {jax.__version__})", "",
+                         f"`||R f(R x) - f(x)|| / ||f(x)||` for noised ground-truth videos ({args.videos} held-out "
+                         "prompts, their captions):", "", *lines, ""])
+    print(text_md)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "symmetry.md").write_text(text_md)
+        (out / "symmetry.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

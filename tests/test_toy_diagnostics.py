@@ -1,0 +1,58 @@
+"""The toy-teacher diagnostics in experiments/: caption swaps, patch-order reversal, guidance-sweep bookkeeping."""
+
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+
+from toy_caption_sensitivity import OPPOSITE, OTHER_AXIS, swapped_spec  # noqa: E402
+from toy_guidance_sweep import parse_teachers, summarise  # noqa: E402
+from toy_symmetry import reverse_patches, reverse_time  # noqa: E402
+
+from jax_vdit.toyworld import DIRECTION_VECTORS, get_config, parse_caption  # noqa: E402
+
+WORLD = get_config("toy-9x24x24")
+
+
+def test_direction_swaps_flip_the_sign_or_turn_the_axis():
+    for word, (dx, dy) in DIRECTION_VECTORS.items():
+        ox, oy = DIRECTION_VECTORS[OPPOSITE[word]]
+        assert np.allclose((ox, oy), (-dx, -dy)), word
+        ax, ay = DIRECTION_VECTORS[OTHER_AXIS[word]]
+        assert abs(dx * ax + dy * ay) < 1e-9, word  # perpendicular: the axis changes, not only the sign
+
+
+def test_swapped_spec_changes_one_attribute_of_every_object():
+    spec = parse_caption("a red circle moving left quickly and a blue square standing still", WORLD)
+    sign = swapped_spec(spec, "direction-sign", WORLD)
+    assert sign.caption == "a red circle moving right quickly and a blue square standing still"
+    assert swapped_spec(spec, "direction-axis", WORLD).objects[0].direction == "up"
+    assert swapped_spec(spec, "speed", WORLD).objects[0].speed == "slowly"
+    colours = [o.colour for o in swapped_spec(spec, "colour", WORLD).objects]
+    assert len(set(colours)) == 2 and not {"red", "blue"} & set(colours)
+    still = parse_caption("a green triangle standing still", WORLD)
+    assert swapped_spec(still, "direction-sign", WORLD) is None and swapped_spec(still, "speed", WORLD) is None
+
+
+def test_reversals_are_involutions_that_keep_the_pixels_inside_a_patch():
+    x = jnp.arange(2 * 1 * 3 * 4 * 6, dtype=jnp.float32).reshape(2, 1, 3, 4, 6)
+    rx = reverse_patches(x, -1, 2)
+    np.testing.assert_array_equal(rx[..., 0:2], x[..., 4:6])  # the last patch comes first, in its own order
+    np.testing.assert_array_equal(reverse_patches(rx, -1, 2), x)
+    ry = reverse_patches(x, -2, 2)
+    np.testing.assert_array_equal(ry[..., 0:2, :], x[..., 2:4, :])
+    np.testing.assert_array_equal(reverse_time(x)[:, :, 0], x[:, :, -1])
+
+
+def test_guidance_sweep_names_teachers_and_averages_over_seeds():
+    assert parse_teachers(["a=/x/t", "/runs/deep/toy_teacher"]) == {"a": "/x/t", "deep": "/runs/deep/toy_teacher"}
+    with pytest.raises(ValueError, match="twice"):
+        parse_teachers(["a=/x", "a=/y"])
+    attrs = {k: 0.5 for k in ("colour_acc", "shape_acc", "direction_acc", "speed_acc", "bounce_acc", "count_acc")}
+    runs = [{"teacher": "a", "guidance": 4.0, "toybench": dict(attrs, alignment=v)} for v in (0.7, 0.9)]
+    mean, std = summarise(runs)[("a", 4.0)]["alignment"]
+    assert mean == pytest.approx(0.8) and std == pytest.approx(0.1)
