@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from jax_vdit import schedules  # noqa: E402
-from jax_vdit.toy import load_toy_teacher  # noqa: E402
-from jax_vdit.toyworld import encode_captions, get_config, heldout_batch  # noqa: E402
+from jax_vdit.toy import TOY_TEACHER_DIR, load_toy_teacher, world_for  # noqa: E402
+from jax_vdit.toyworld import encode_captions, heldout_batch  # noqa: E402
 
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up", "up-left": "down-right",
             "down-right": "up-left", "up-right": "down-left", "down-left": "up-right"}
@@ -72,11 +72,11 @@ def main() -> None:
     p.add_argument("--teacher", default=None, help="release-format folder (default: the shipped toy teacher)")
     p.add_argument("--timesteps", default="100,300,500,700,900")
     p.add_argument("--noise-draws", type=int, default=4, help="noise draws per video and timestep")
-    p.add_argument("--world", default="toy-9x24x24")
+    p.add_argument("--world", default=None, help="default: the world recorded with the teacher")
     p.add_argument("--out", default=None)
     args = p.parse_args()
 
-    world = get_config(args.world)
+    world = world_for(args.teacher or TOY_TEACHER_DIR, args.world)
     model = load_toy_teacher(args.teacher)
     batch = heldout_batch(world)
     latents = jnp.asarray(batch["latents"])

@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from jax_vdit import sampling  # noqa: E402
-from jax_vdit.toy import heldout, load_toy_teacher, sample_specs  # noqa: E402
-from jax_vdit.toyworld import direction_confusion, evaluate, get_config  # noqa: E402
+from jax_vdit.toy import heldout, load_toy_teacher, sample_specs, world_for  # noqa: E402
+from jax_vdit.toyworld import direction_confusion, evaluate  # noqa: E402
 
 ATTRIBUTES = ("alignment", "colour_acc", "shape_acc", "direction_acc", "speed_acc", "bounce_acc", "count_acc")
 
@@ -85,12 +85,10 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2", help="comma-separated sampling seeds")
     p.add_argument("--steps", type=int, default=100, help="Euler-ancestral steps")
     p.add_argument("--prompts", type=int, default=32)
-    p.add_argument("--world", default="toy-9x24x24")
+    p.add_argument("--world", default=None, help="default: the world recorded with each teacher")
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
-    world = get_config(args.world)
-    specs = heldout(world, args.prompts)
     teachers = parse_teachers(args.teacher)
     scales = [float(g) for g in args.guidance.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -98,6 +96,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     runs = []
     for name, path in teachers.items():
+        world = world_for(path, args.world)
+        specs = heldout(world, args.prompts)
         model = load_toy_teacher(path)
         for g in scales:
             for seed in seeds:

@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from jax_vdit import schedules  # noqa: E402
-from jax_vdit.toy import load_toy_teacher  # noqa: E402
-from jax_vdit.toyworld import get_config, heldout_batch  # noqa: E402
+from jax_vdit.toy import TOY_TEACHER_DIR, load_toy_teacher, world_for  # noqa: E402
+from jax_vdit.toyworld import heldout_batch  # noqa: E402
 
 
 def reverse_time(v: jax.Array) -> jax.Array:
@@ -77,17 +77,19 @@ def main() -> None:
     p.add_argument("--random", action="store_true", help="also a perturbed random model of the first teacher's config")
     p.add_argument("--timesteps", default="300,700")
     p.add_argument("--videos", type=int, default=8, help="held-out videos used")
-    p.add_argument("--world", default="toy-9x24x24")
+    p.add_argument("--world", default=None, help="default: the world recorded with the (first) teacher")
     p.add_argument("--out", default=None)
     args = p.parse_args()
 
-    world = get_config(args.world)
+    entries = args.teacher or ["shipped=" + str(TOY_TEACHER_DIR)]
+    world = world_for(entries[0].rpartition("=")[2], args.world)
     batch = heldout_batch(world)
     latents = jnp.asarray(batch["latents"][: args.videos])
     text, mask = jnp.asarray(batch["text_emb"][: args.videos]), jnp.asarray(batch["text_mask"][: args.videos])
     models = {}
-    for entry in args.teacher or ["shipped=" + str(ROOT / "jax_vdit" / "assets" / "toy_teacher")]:
+    for entry in entries:
         name, _, path = entry.rpartition("=")
+        world_for(path, world.name)  # every model is run on videos of its own world
         models[name or path] = load_toy_teacher(path)
     if args.random:
         models["random (perturbed init)"] = perturbed_random_model(next(iter(models.values())).cfg)
