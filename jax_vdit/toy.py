@@ -147,14 +147,14 @@ def train_teacher(recipe: TeacherRecipe, run_dir: str | Path, *, stop_after: int
     cfg = recipe.model_config()
     if cfg.caption_channels != world.caption_channels:
         raise ValueError(f"model caption_channels={cfg.caption_channels} != world's {world.caption_channels}")
+    if init_from is not None:
+        world_for(init_from, recipe.world)  # weights of another toy world are refused before data is generated
     t0 = time.perf_counter()
     data = data or ToyTrainingSet.generate(world, recipe.num_samples, seed=recipe.seed)
     gen_s = time.perf_counter() - t0
     frozen = jax.tree.map(jnp.asarray, data.unconditional())
     if init_from is not None:
         from jax_vdit.weights import load_model
-
-        world_for(init_from, recipe.world)  # raises if those weights were trained on another toy world
 
         model = load_model(init_from, param_dtype=cfg.param_dtype, compute_dtype=cfg.compute_dtype)
         if model.cfg.replace(compute_dtype=cfg.compute_dtype) != cfg:
