@@ -57,39 +57,26 @@ def colour_table(config: ToyWorldConfig) -> np.ndarray:
     return np.stack([colour_raw(c, config)[:3] for c in config.colours])
 
 
-def _stat_shape(x: np.ndarray) -> tuple[int, ...]:
+def _normalisation(x: np.ndarray, config: ToyWorldConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(shift (4, T, 1, 1), std (4, 1, 1, 1)) float64 with latent = (raw - shift) / std for a (..., 4, T, H, W)
+    array: shift is the channel mean, less the first-frame mark at time index 0 of channel 3."""
     if x.ndim < 4 or x.shape[-4] != 4:
         raise ValueError(f"expected a (..., 4, T, H, W) array with 4 channels on axis -4, got shape {x.shape}")
-    return (4, 1, 1, 1)
-
-
-def _first_frame_mark(config: ToyWorldConfig, ndim: int) -> np.ndarray:
-    """(4, T=1, 1, 1)-broadcastable raw offset of the first frame, padded to ``ndim`` dims."""
-    mark = np.zeros((4, 1, 1, 1))
-    mark[3] = config.first_frame_offset
-    return mark.reshape((1,) * (ndim - 4) + mark.shape)
+    shift = np.repeat(np.asarray(config.channel_mean, dtype=np.float64).reshape(4, 1, 1, 1), x.shape[-3], axis=1)
+    shift[3, 0] -= config.first_frame_offset
+    return shift, np.asarray(config.channel_std, dtype=np.float64).reshape(4, 1, 1, 1)
 
 
 def raw_to_latent(raw: np.ndarray, config: ToyWorldConfig) -> np.ndarray:
     """(..., 4, T, H, W) raw channels -> normalised latents, float32 (time index 0 marked if
     ``config.first_frame_offset``)."""
-    raw = np.asarray(raw, dtype=np.float64)
-    s = _stat_shape(raw)
-    if config.first_frame_offset:
-        raw = raw.copy()
-        raw[..., :1, :, :] += _first_frame_mark(config, raw.ndim)
-    mean = np.asarray(config.channel_mean, dtype=np.float64).reshape(s)
-    std = np.asarray(config.channel_std, dtype=np.float64).reshape(s)
-    return ((raw - mean) / std).astype(np.float32)
+    raw = np.asarray(raw)
+    shift, std = _normalisation(raw, config)
+    return ((raw - shift) / std).astype(np.float32)
 
 
 def latent_to_raw(latents: np.ndarray, config: ToyWorldConfig) -> np.ndarray:
     """(..., 4, T, H, W) normalised latents -> raw channels, float64 (the first-frame mark removed)."""
     lat = np.asarray(latents, dtype=np.float64)
-    s = _stat_shape(lat)
-    mean = np.asarray(config.channel_mean, dtype=np.float64).reshape(s)
-    std = np.asarray(config.channel_std, dtype=np.float64).reshape(s)
-    raw = lat * std + mean
-    if config.first_frame_offset:
-        raw[..., :1, :, :] -= _first_frame_mark(config, raw.ndim)
-    return raw
+    shift, std = _normalisation(lat, config)
+    return lat * std + shift
