@@ -4,8 +4,8 @@ For a model f and a reversal R (of the frame order, or of the order of the patch
 pixels inside each patch), the error is ``||R f(R x) - f(x)|| / ||f(x)||`` on noised ground-truth videos of the
 held-out prompts with their captions. With relative (RoPE) positions only, R changes nothing but the sign of the
 positional offsets, so a small time-reversal error means the model barely tells earlier frames from later ones
-(and so cannot tell "left" from "right"). ``--random`` adds a randomly initialised (perturbed) model of the same
-config as a baseline.
+(and so cannot tell "left" from "right"). ``--random`` adds a model of the same config with i.i.d. random weights
+(:func:`jax_vdit.model.random_model`; no zero-initialised output layers) as a baseline.
 
 Usage::
 
@@ -27,7 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from jax_vdit import schedules  # noqa: E402
+from jax_vdit.model import random_model  # noqa: E402
 from jax_vdit.toy import TOY_TEACHER_DIR, load_toy_teacher, world_for  # noqa: E402
+from toy_guidance_sweep import parse_teachers  # noqa: E402
 from jax_vdit.toyworld import heldout_batch  # noqa: E402
 
 
@@ -44,22 +46,6 @@ def reverse_patches(v: jax.Array, axis: int, patch: int) -> jax.Array:
     return jnp.moveaxis(v, -1, axis)
 
 
-def perturbed_random_model(cfg, seed: int = 1, scale: float = 0.05):
-    """A fresh model of ``cfg`` with every float parameter perturbed by N(0, scale^2), so the zero-initialised
-    output layers do not hide the attention's behaviour."""
-    from flax import nnx
-
-    from jax_vdit.model import init_model
-
-    model = init_model(cfg, seed=seed)
-    graphdef, state = nnx.split(model)
-    leaves, tree = jax.tree.flatten(state)
-    keys = jax.random.split(jax.random.key(seed + 100), len(leaves))
-    leaves = [x + scale * jax.random.normal(k, x.shape, x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
-              for x, k in zip(leaves, keys)]
-    return nnx.merge(graphdef, jax.tree.unflatten(tree, leaves))
-
-
 def equivariance_errors(model, latents, text, mask, t: int, patch: int) -> dict[str, float]:
     noise = jax.random.normal(jax.random.key(t), latents.shape)
     tt = jnp.full((latents.shape[0],), t, jnp.int32)
@@ -74,25 +60,25 @@ def equivariance_errors(model, latents, text, mask, t: int, patch: int) -> dict[
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--teacher", action="append", default=None, help="NAME=PATH (default: the shipped toy teacher)")
-    p.add_argument("--random", action="store_true", help="also a perturbed random model of the first teacher's config")
+    p.add_argument("--random", action="store_true",
+                   help="also a model of the first teacher's config with i.i.d. N(0, 0.05^2) weights")
     p.add_argument("--timesteps", default="300,700")
     p.add_argument("--videos", type=int, default=8, help="held-out videos used")
     p.add_argument("--world", default=None, help="default: the world recorded with the (first) teacher")
     p.add_argument("--out", default=None)
     args = p.parse_args()
 
-    entries = args.teacher or ["shipped=" + str(TOY_TEACHER_DIR)]
-    world = world_for(entries[0].rpartition("=")[2], args.world)
+    teachers = parse_teachers(args.teacher or ["shipped=" + str(TOY_TEACHER_DIR)])
+    world = world_for(next(iter(teachers.values())), args.world)
     batch = heldout_batch(world)
     latents = jnp.asarray(batch["latents"][: args.videos])
     text, mask = jnp.asarray(batch["text_emb"][: args.videos]), jnp.asarray(batch["text_mask"][: args.videos])
     models = {}
-    for entry in entries:
-        name, _, path = entry.rpartition("=")
+    for name, path in teachers.items():
         world_for(path, world.name)  # every model is run on videos of its own world
-        models[name or path] = load_toy_teacher(path)
+        models[name] = load_toy_teacher(path)
     if args.random:
-        models["random (perturbed init)"] = perturbed_random_model(next(iter(models.values())).cfg)
+        models["random (N(0, 0.05^2) weights)"] = random_model(next(iter(models.values())).cfg, seed=1, scale=0.05)
     timesteps = [int(t) for t in args.timesteps.split(",")]
     rows = []
     for name, model in models.items():
