@@ -35,7 +35,7 @@ from jax_vdit.toy import (  # noqa: E402
     DistillRecipe, calibration_batches, distill_mlcd, distill_sparse, export_release_folder, heldout,
     TOY_TEACHER_DIR, load_toy_teacher, sample_specs, toybench, world_for, write_student_info,
 )
-from jax_vdit.toyworld import format_table, get_config, save_grid_gif  # noqa: E402
+from jax_vdit.toyworld import format_table, save_grid_gif  # noqa: E402
 from jax_vdit.toyworld.training_set import ToyTrainingSet  # noqa: E402
 
 
@@ -60,11 +60,13 @@ def main() -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    recipe = DistillRecipe(world=world_for(args.teacher or TOY_TEACHER_DIR, args.world).name, mlcd_steps=args.mlcd_steps, kd_steps=args.kd_steps, num_samples=args.samples,
+    teacher_dir = Path(args.teacher) if args.teacher else TOY_TEACHER_DIR
+    world = world_for(teacher_dir, args.world)
+    recipe = DistillRecipe(world=world.name, mlcd_steps=args.mlcd_steps,
+                           kd_steps=args.kd_steps, num_samples=args.samples,
                            batch_size=args.batch, threshold=args.threshold, compute_dtype=args.compute_dtype)
-    world = get_config(recipe.world)
     specs = heldout(world, args.prompts)
-    teacher = load_toy_teacher(args.teacher, compute_dtype=args.compute_dtype)
+    teacher = load_toy_teacher(teacher_dir, compute_dtype=args.compute_dtype)
     data = ToyTrainingSet.generate(world, recipe.num_samples, seed=recipe.seed)
     key = jax.random.key(2024)
     edges = segment_edges(recipe.segments)
@@ -136,7 +138,7 @@ def main() -> None:
     for name, vids in videos.items():
         results[name] = toybench(vids, specs, world, reference=reference) | {
             "s_per_video": round(timings[name] / len(specs), 4)}
-    teacher_name = str(args.teacher or TOY_TEACHER_DIR.relative_to(ROOT))
+    teacher_name = args.teacher or str(TOY_TEACHER_DIR.relative_to(ROOT))
     for name, model, sparse in (("toy_student_mlcd", student, False), ("toy_student_sparse", sparse_student, True)):
         export_release_folder(model, out / name, dtype="bfloat16", world=recipe.world)
         if sparse:
