@@ -87,6 +87,9 @@ def main() -> None:
     p.add_argument("--model", default="toy-teacher")
     p.add_argument("--eval-prompts", type=int, default=32)
     p.add_argument("--init-from", default=None, help="continue from these weights (e.g. jax_vdit/assets/toy_teacher)")
+    p.add_argument("--adapt-to-world", action="store_true",
+                   help="--init-from weights recorded in another toy world: fine-tune them on --world (the export "
+                        "records --world); without it such weights are refused")
     p.add_argument("--check-every", type=int, default=0,
                    help="ToyBench the EMA teacher every N steps (Euler-a --check-steps, g = first --guidance) and "
                         "keep the best in <run>/best_ema; 0: off")
@@ -108,7 +111,8 @@ def main() -> None:
     if args.check_every:
         check = TeacherCheck(every=args.check_every, prompts=args.eval_prompts, steps=args.check_steps,
                              guidance=guidance[0])
-    result = train_teacher(recipe, args.run, time_limit_s=args.time_limit, init_from=args.init_from, check=check)
+    result = train_teacher(recipe, args.run, time_limit_s=args.time_limit, init_from=args.init_from, check=check,
+                           adapt_to_world=args.adapt_to_world)
     train_s = time.perf_counter() - t0
     steps_done = int(result.state.step)
     run = Path(args.run)
@@ -135,7 +139,8 @@ def main() -> None:
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "device": jax.devices()[0].device_kind, "jax": jax.__version__,
         "command": "python experiments/train_toy_teacher.py " + " ".join(sys.argv[1:]),
-        "recipe": recipe.__dict__, "init_from": args.init_from, "steps_done": steps_done,
+        "recipe": recipe.__dict__, "init_from": args.init_from, "adapt_to_world": args.adapt_to_world,
+        "steps_done": steps_done,
         "exported": args.export, "exported_step": exported_step, "train_wall_s": round(train_s, 1),
         "final_loss": result.history[-1] if result.history else None,
     }

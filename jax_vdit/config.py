@@ -159,6 +159,11 @@ PRESETS: dict[str, ModelConfig] = {
 # way" for the direction attribute that the 6-layer teacher misses (experiments/results/toy_teacher/README.md)
 PRESETS["toy-teacher-deep"] = PRESETS["toy-teacher"].replace(num_layers=10)
 
+# the release's head dim (96) at the toy teacher's width (2 heads x 96 = 192): 16 rotary frequencies per axis
+# instead of 8, for sharper space-time attention at a lower q/k gain (experiments/results/toy_teacher/README.md,
+# session 6: the sign of motion needs a head that peaks at one (dt, dx) offset)
+PRESETS["toy-teacher-hd96"] = PRESETS["toy-teacher"].replace(num_attention_heads=2, attention_head_dim=96)
+
 PRESETS["toy-tiny"] = PRESETS["toy-teacher"].replace(
     num_layers=2, num_attention_heads=2, attention_head_dim=24, sample_size=(16, 16), sample_size_t=5
 )
@@ -172,6 +177,7 @@ PRESET_LATENT_SHAPES: dict[str, tuple[int, int, int]] = {
     "tiny": (3, 8, 8),
     "toy-teacher": (9, 24, 24),
     "toy-teacher-deep": (9, 24, 24),
+    "toy-teacher-hd96": (9, 24, 24),
     "toy-tiny": (5, 16, 16),
 }
 

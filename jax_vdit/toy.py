@@ -136,18 +136,20 @@ def _teacher_check_fn(check: TeacherCheck, world: ToyWorldConfig, run_dir: Path)
 def train_teacher(recipe: TeacherRecipe, run_dir: str | Path, *, stop_after: int | None = None,
                   show_progress: bool = True, data: ToyTrainingSet | None = None,
                   time_limit_s: float | None = None, init_from: str | Path | None = None,
-                  check: TeacherCheck | None = None) -> RunResult:
+                  check: TeacherCheck | None = None, adapt_to_world: bool = False) -> RunResult:
     """Train (or resume) a toy teacher in ``run_dir``; writes metrics.jsonl, metrics.png and checkpoints.
 
     ``init_from``: start from these weights (e.g. the shipped teacher) instead of a random init; a checkpoint
-    already in ``run_dir`` still takes precedence (resume). ``check``: periodic ToyBench of the EMA teacher
+    already in ``run_dir`` still takes precedence (resume). Weights recorded in another toy world are refused
+    unless ``adapt_to_world`` (a deliberate fine-tune onto ``recipe.world``, e.g. the anchored variant of the
+    same world; the model config must still match). ``check``: periodic ToyBench of the EMA teacher
     (``run_dir/evals.jsonl``) keeping the best one in ``run_dir/best_ema``."""
     run_dir = Path(run_dir)
     world = get_config(recipe.world)
     cfg = recipe.model_config()
     if cfg.caption_channels != world.caption_channels:
         raise ValueError(f"model caption_channels={cfg.caption_channels} != world's {world.caption_channels}")
-    if init_from is not None:
+    if init_from is not None and not adapt_to_world:
         world_for(init_from, recipe.world)  # weights of another toy world are refused before data is generated
     t0 = time.perf_counter()
     data = data or ToyTrainingSet.generate(world, recipe.num_samples, seed=recipe.seed)
@@ -168,7 +170,7 @@ def train_teacher(recipe: TeacherRecipe, run_dir: str | Path, *, stop_after: int
         evaluate=None if check is None else _teacher_check_fn(check, world, run_dir),
         evaluate_every=None if check is None else check.every,
     )
-    plot_metrics(run_dir, keys=("loss", "mse", "mse_t*", "grad_norm", "qk_gain_max"))
+    plot_metrics(run_dir, keys=("loss", "mse", "mse_t*", "grad_norm", "qk_gain_max", "rope_odd_t"))
     return result
 
 

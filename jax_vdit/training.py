@@ -404,13 +404,27 @@ def read_evals(run_dir: str | Path) -> list[dict]:
 
 
 def _model_health_fn(parts: ModelParts, model: nnx.Module):
-    """A jitted ``params -> {"qk_gain_max": ...}`` for models with self-attention blocks (see
-    :mod:`jax_vdit.diagnostics`: it warns of attention-logit blow-up); None for other models."""
-    from jax_vdit.diagnostics import has_self_attention_blocks, self_attention_qk_gain
+    """A jitted ``params -> {"qk_gain_max": ..., "rope_odd_t": ...}`` for models with self-attention blocks (see
+    :mod:`jax_vdit.diagnostics`: the first warns of attention-logit blow-up; the second, the mean share of the
+    heads' rotary forms that can tell forwards from backwards in time, 0.5 at init, falls when training makes the
+    model time-symmetric); None for other models."""
+    from jax_vdit.diagnostics import has_self_attention_blocks, rope_odd_fraction, self_attention_qk_gain
 
     if not has_self_attention_blocks(model):
         return None
-    return jax.jit(lambda params: {"qk_gain_max": jnp.max(self_attention_qk_gain(parts.merge(params)))})
+    cfg = getattr(model, "cfg", None)
+    grid = None
+    if cfg is not None and hasattr(cfg, "sample_size_t"):
+        grid = (cfg.sample_size_t, cfg.sample_size[0] // cfg.patch_size, cfg.sample_size[1] // cfg.patch_size)
+
+    def health(params):
+        m = parts.merge(params)
+        out = {"qk_gain_max": jnp.max(self_attention_qk_gain(m))}
+        if grid is not None:
+            out["rope_odd_t"] = jnp.mean(rope_odd_fraction(m, grid)[..., 0])
+        return out
+
+    return jax.jit(health)
 
 
 def _raise_if_diverged(rows: list[dict], last_checkpoint: int | None) -> None:

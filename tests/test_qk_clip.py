@@ -98,3 +98,4 @@ def test_training_run_respects_the_cap(tmp_path):
     gains = np.asarray(self_attention_qk_gain(result.model()))
     assert gains.max() <= 0.3 * (1 + 1e-4)
     assert all("qk_gain_max" in row for row in result.history)
+    assert all(0.0 < row["rope_odd_t"] < 1.0 for row in result.history)

@@ -11,9 +11,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 
 from toy_caption_sensitivity import OPPOSITE, OTHER_AXIS, swapped_spec  # noqa: E402
 from toy_guidance_sweep import parse_teachers, summarise  # noqa: E402
+from toy_prior_contrast import BASE, contrast, renders, spec_of, x_centroid  # noqa: E402
 from toy_symmetry import reverse_patches, reverse_time  # noqa: E402
 
-from jax_vdit.toyworld import DIRECTION_VECTORS, get_config, parse_caption  # noqa: E402
+from jax_vdit import schedules  # noqa: E402
+from jax_vdit.toyworld import DIRECTION_VECTORS, encode_captions, get_config, parse_caption  # noqa: E402
 
 WORLD = get_config("toy-9x24x24")
 
@@ -56,3 +58,36 @@ def test_guidance_sweep_names_teachers_and_averages_over_seeds():
     runs = [{"teacher": "a", "guidance": 4.0, "toybench": dict(attrs, alignment=v)} for v in (0.7, 0.9)]
     mean, std = summarise(runs)[("a", 4.0)]["alignment"]
     assert mean == pytest.approx(0.8) and std == pytest.approx(0.1)
+
+
+def test_x_centroid_follows_an_object_across_frames():
+    video = np.zeros((4, 3, 8, 10), np.float32)
+    for f, x in enumerate((2, 5, 7)):
+        video[3, f, 3:5, x] = 1.0
+    np.testing.assert_allclose(x_centroid(video), [2.0, 5.0, 7.0])
+
+
+def test_prior_contrast_is_one_for_an_exact_prior_and_zero_for_a_caption_blind_model():
+    """An oracle whose x0-prediction is the data's conditional mean captures everything; a model that ignores the
+    caption captures nothing."""
+    a, b = BASE, {**BASE, "direction": "right"}
+    count = 4
+    means = {}
+    for fields in (a, b):
+        text, _ = encode_captions([spec_of(fields).caption], WORLD)
+        means[text.tobytes()] = jnp.asarray(renders(fields, WORLD, count).mean(0))
+
+    def oracle(x_t, t, text, mask):
+        m = means[np.asarray(text[:1]).tobytes()]
+        a_t, s_t = schedules.vp_coefficients(t)
+        return (x_t - a_t[:, None, None, None, None] * m[None]) / s_t[:, None, None, None, None]
+
+    def blind(x_t, t, text, mask):
+        return jnp.zeros_like(x_t)
+
+    import jax
+
+    exact = contrast(oracle, WORLD, a, b, 999, count, 2, jax.random.key(0))
+    assert exact["captured"] == pytest.approx(1.0, abs=1e-3) and exact["data_energy"] > 0.1
+    assert exact["data_x_centroid_a"][0] > exact["data_x_centroid_a"][-1]  # "left": from right to left
+    assert contrast(blind, WORLD, a, b, 999, count, 2, jax.random.key(0))["captured"] == pytest.approx(0.0, abs=1e-6)

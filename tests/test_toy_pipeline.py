@@ -119,6 +119,15 @@ def test_teacher_recipe_trains_and_continues_from_exported_weights(tmp_path):
     other = dataclasses.replace(recipe, world="toy-9x24x24")
     with pytest.raises(ValueError, match="trained on the toy world 'toy-tiny-5x16x16'"):
         train_teacher(other, tmp_path / "run3", data=data, show_progress=False, init_from=tmp_path / "export")
+    # ... unless asked for: a fine-tune onto the anchored variant of the same world trains and records the new world
+    anchored = dataclasses.replace(recipe, world="toy-tiny-5x16x16-anchored")
+    anchored_data = ToyTrainingSet.generate(get_config(anchored.world), 64, workers=1)
+    assert anchored_data.latents[:, 3, 0].mean() > data.latents[:, 3, 0].mean() + 0.5  # the marked first frame
+    adapted = train_teacher(anchored, tmp_path / "run4", data=anchored_data, show_progress=False,
+                            init_from=tmp_path / "export", adapt_to_world=True, stop_after=1)
+    assert np.isfinite(adapted.history[0]["loss"])
+    export_release_folder(adapted.model("ema"), tmp_path / "adapted", dtype="float32", world=anchored.world)
+    assert world_for(tmp_path / "adapted").name == "toy-tiny-5x16x16-anchored"
 
 
 def test_models_are_scored_in_the_world_they_were_trained_on(tmp_path):

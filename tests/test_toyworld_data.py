@@ -244,3 +244,29 @@ def test_config_is_hashable_and_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         DEFAULT.seed = 3  # type: ignore[misc]
     assert isinstance(DEFAULT, ToyWorldConfig)
+
+
+def test_subframe_world_shows_the_direction_of_motion_inside_each_frame():
+    """``objectness_lead``: channel 3 shows each object half a frame later than the colour channels, so one frame
+    tells which way the object moves (and a time-reversed clip is not a clip of this world); same scenes."""
+    from jax_vdit.toyworld.data import render_raw, sample_layout
+    from jax_vdit.toyworld.spec import ObjectSpec, SceneSpec
+
+    spec = SceneSpec((ObjectSpec("circle", "red", "right", "quickly"),), "plain")
+    leads = {}
+    for name in ("toy-9x24x24", "toy-9x24x24-subframe"):
+        world = get_config(name)
+        layout = sample_layout(spec, np.random.default_rng(5), world)
+        raw = render_raw(spec, layout, world)
+        xs = np.arange(world.width, dtype=np.float64)
+
+        def centroid(channel):
+            wgt = np.abs(raw[channel] - layout.background[channel][None])
+            return (wgt * xs).sum(axis=(1, 2)) / wgt.sum(axis=(1, 2))
+
+        leads[name] = centroid(3) - centroid(1)  # objectness centre minus red-green centre, per frame
+    np.testing.assert_allclose(leads["toy-9x24x24"], 0.0, atol=1e-6)
+    speed = dict(get_config("toy-9x24x24-subframe").speeds)["quickly"]
+    np.testing.assert_allclose(leads["toy-9x24x24-subframe"], 0.5 * speed, atol=0.05)
+    with pytest.raises(ValueError, match="objectness_lead"):
+        get_config("toy-9x24x24", objectness_lead=1.5)

@@ -76,11 +76,19 @@ def test_direction_confusion_of_ground_truth_and_time_reversed_videos(gt):
         "correct": 0, "45 deg": 1, "90 deg": 1, "135 deg": 1, "opposite": 0, "not moving": 1}
 
 
-def test_anchored_world_marks_only_the_first_frame_and_scores_like_the_plain_one():
+def test_subframe_world_ground_truth_scores_like_the_plain_world():
+    world = get_config("toy-9x24x24-subframe")
+    x, specs = _batch(world, 40)
+    m = evaluate(x, specs, world)["mean"]
+    assert m["alignment"] >= 0.97 and m["direction_acc"] >= 0.97 and m["consistency"] > 0.9, m
+
+
+@pytest.mark.parametrize("name", ["toy-9x24x24-anchored", "toy-9x24x24-anchored-strong"])
+def test_anchored_world_marks_only_the_first_frame_and_scores_like_the_plain_one(name):
     """``first_frame_offset``: the same scenes, with channel 3 of time index 0 raised by offset / std; decoding
     removes the mark, so ToyBench reads ground truth as well as in the plain world (a teacher of either world can
     be judged)."""
-    anchored = get_config("toy-9x24x24-anchored")
+    anchored = get_config(name)
     assert anchored.first_frame_offset > 0
     x, specs = _batch(DEFAULT, 40)
     xa, specs_a = _batch(anchored, 40)

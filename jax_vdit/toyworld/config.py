@@ -6,7 +6,11 @@ A config is a frozen (hashable) dataclass, so derived tables (held-out specs, wo
 config. Presets:
 
 * ``"toy-9x24x24"`` (default): 9 latent frames of 24 x 24 (patch 2 -> 9 x 12 x 12 = 144 tokens per frame).
-* ``"toy-tiny-5x16x16"``: 5 frames of 16 x 16 for unit tests.
+* ``"toy-9x24x24-anchored"``, ``"toy-9x24x24-anchored-strong"``: the same scenes with latent frame 0 marked
+  (``first_frame_offset``).
+* ``"toy-9x24x24-subframe"``: the same scenes with the objectness channel half a frame ahead of the colour
+  channels (``objectness_lead``), so each latent frame shows which way its objects move.
+* ``"toy-tiny-5x16x16"`` (and ``-anchored``): 5 frames of 16 x 16 for unit tests.
 
 Coordinates: pixel centres sit at integers ``0 .. W-1`` (x, to the right) and ``0 .. H-1`` (y, downwards), so
 "up" is ``-y``. Speeds are in pixels per latent frame.
@@ -93,6 +97,11 @@ class ToyWorldConfig:
     # encodes one pixel frame alone, it makes the start of the clip visible in the content, so "left" vs "right"
     # needs no absolute time from RoPE (relative positions only); see experiments/results/toy_teacher/README.md
     first_frame_offset: float = 0.0
+    # the objectness channel (3) shows each object this fraction of a frame *later* than the colour channels (0 =
+    # off). Like a latent frame of the v1.2 CausalVAE, which summarises 4 consecutive pixel frames in order, a
+    # single latent frame then shows which way its objects move: time reversal is no longer a symmetry of the
+    # token sequence (experiments/results/toy_teacher/README.md, session 6)
+    objectness_lead: float = 0.0
     # latent normalisation (raw -> latent), measured per preset
     channel_mean: tuple[float, float, float, float] = (0.2609, 0.0089, 0.0028, -0.3458)
     channel_std: tuple[float, float, float, float] = (0.1347, 0.1432, 0.1620, 0.4311)
@@ -148,6 +157,8 @@ class ToyWorldConfig:
         a, b = self.bounce_window
         if not 0.0 < a < b < 1.0:
             bad(f"bounce_window must satisfy 0 < a < b < 1 (got {self.bounce_window})")
+        if not 0.0 <= self.objectness_lead <= 1.0:
+            bad(f"objectness_lead must be in [0, 1] (a fraction of a frame), got {self.objectness_lead}")
         if not math.isfinite(self.first_frame_offset):
             bad(f"first_frame_offset must be finite (got {self.first_frame_offset})")
         if len(self.channel_mean) != 4 or len(self.channel_std) != 4 or min(self.channel_std) <= 0:
@@ -196,6 +207,12 @@ PRESETS: dict[str, ToyWorldConfig] = {
     "toy-9x24x24": ToyWorldConfig(),
     # the same world with a marked first latent frame (first_frame_offset): same scenes, layouts and held-out set
     "toy-9x24x24-anchored": ToyWorldConfig(name="toy-9x24x24-anchored", first_frame_offset=0.5),
+    # a mark of 4.6 latent std: the mean over a frame's 144 tokens shows it at 2 sigma up to t = 800 (signal scale
+    # 0.039) and at 4.6 sigma at t = 700 (0.083); the 1.16-std mark above reaches 2 sigma only below t ~ 600 and
+    # 4.6 sigma below t ~ 480 (session 6, experiments/results/toy_teacher/README.md)
+    "toy-9x24x24-anchored-strong": ToyWorldConfig(name="toy-9x24x24-anchored-strong", first_frame_offset=2.0),
+    # the same scenes with channel 3 rendered half a frame later than channels 0-2 (objectness_lead)
+    "toy-9x24x24-subframe": ToyWorldConfig(name="toy-9x24x24-subframe", objectness_lead=0.5),
     "toy-tiny-5x16x16": ToyWorldConfig(
         name="toy-tiny-5x16x16",
         num_frames=5,
@@ -206,6 +223,9 @@ PRESETS: dict[str, ToyWorldConfig] = {
         channel_std=(0.1417, 0.1545, 0.1753, 0.4616),
     ),
 }
+PRESETS["toy-tiny-5x16x16-anchored"] = dataclasses.replace(
+    PRESETS["toy-tiny-5x16x16"], name="toy-tiny-5x16x16-anchored", first_frame_offset=0.5
+)
 
 DEFAULT_CONFIG_NAME = "toy-9x24x24"
 

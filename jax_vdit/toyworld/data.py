@@ -166,15 +166,29 @@ def sample_layout(spec: SceneSpec, rng: np.random.Generator, config: ToyWorldCon
     return None
 
 
+def positions_later(positions: np.ndarray, lead: float) -> np.ndarray:
+    """(..., T, 2) per-frame centres -> the centres ``lead`` of a frame later: linear between frames, the last
+    frame extrapolated with the last step."""
+    if lead == 0.0:
+        return positions
+    step = np.diff(positions, axis=-2)
+    step = np.concatenate([step, step[..., -1:, :]], axis=-2)
+    return positions + lead * step
+
+
 def render_raw(spec: SceneSpec, layout: SceneLayout, config: ToyWorldConfig) -> np.ndarray:
-    """Composite the scene: (4, T, H, W) float64 raw channels."""
+    """Composite the scene: (4, T, H, W) float64 raw channels (channel 3 ``config.objectness_lead`` of a frame
+    later than channels 0-2)."""
     t, h, w = config.num_frames, config.height, config.width
     raw = np.broadcast_to(layout.background[:, None], (4, t, h, w)).copy()
     for k, obj in enumerate(spec.objects):
-        alpha = shape_alpha(
-            obj.shape, layout.positions[k, :, 0], layout.positions[k, :, 1], h, w, config.object_size, config.edge_width
-        )  # (T, H, W)
+        pos = layout.positions[k]
+        alpha = shape_alpha(obj.shape, pos[:, 0], pos[:, 1], h, w, config.object_size, config.edge_width)  # (T,H,W)
         col = colour_raw(obj.colour, config).reshape(4, 1, 1, 1)
+        if config.objectness_lead:
+            later = positions_later(pos, config.objectness_lead)
+            alpha_x = shape_alpha(obj.shape, later[:, 0], later[:, 1], h, w, config.object_size, config.edge_width)
+            alpha = np.concatenate([np.broadcast_to(alpha, (3, t, h, w)), alpha_x[None]])
         raw = raw * (1.0 - alpha) + alpha * col
     return raw
 
