@@ -164,6 +164,12 @@ PRESETS["toy-teacher-deep"] = PRESETS["toy-teacher"].replace(num_layers=10)
 # session 6: the sign of motion needs a head that peaks at one (dt, dx) offset)
 PRESETS["toy-teacher-hd96"] = PRESETS["toy-teacher"].replace(num_attention_heads=2, attention_head_dim=96)
 
+# the sign study's model (experiments/results/toy_teacher/sign_study): 3 layers of 2 heads x 48 (the toy teacher's
+# head dim, half its width) on the 5 x 16 x 16 grid, small enough to train on a CPU
+PRESETS["toy-sign"] = PRESETS["toy-teacher"].replace(
+    num_layers=3, num_attention_heads=2, attention_head_dim=48, sample_size=(16, 16), sample_size_t=5
+)
+
 PRESETS["toy-tiny"] = PRESETS["toy-teacher"].replace(
     num_layers=2, num_attention_heads=2, attention_head_dim=24, sample_size=(16, 16), sample_size_t=5
 )
@@ -178,6 +184,7 @@ PRESET_LATENT_SHAPES: dict[str, tuple[int, int, int]] = {
     "toy-teacher": (9, 24, 24),
     "toy-teacher-deep": (9, 24, 24),
     "toy-teacher-hd96": (9, 24, 24),
+    "toy-sign": (5, 16, 16),
     "toy-tiny": (5, 16, 16),
 }
 

@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 from toy_caption_sensitivity import OPPOSITE, OTHER_AXIS, swapped_spec  # noqa: E402
 from toy_guidance_sweep import parse_teachers, summarise  # noqa: E402
 from toy_prior_contrast import BASE, contrast, renders, spec_of, x_centroid  # noqa: E402
+from toy_sign_study import study_rows, table  # noqa: E402
 from toy_symmetry import reverse_patches, reverse_time  # noqa: E402
 
 from jax_vdit import schedules  # noqa: E402
@@ -91,3 +92,18 @@ def test_prior_contrast_is_one_for_an_exact_prior_and_zero_for_a_caption_blind_m
     assert exact["captured"] == pytest.approx(1.0, abs=1e-3) and exact["data_energy"] > 0.1
     assert exact["data_x_centroid_a"][0] > exact["data_x_centroid_a"][-1]  # "left": from right to left
     assert contrast(blind, WORLD, a, b, 999, count, 2, jax.random.key(0))["captured"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_sign_study_pairs_each_check_with_the_rope_share_logged_last_before_it(tmp_path):
+    import json
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (
+        {"step": 50, "loss": 1.0, "rope_odd_t": 0.5}, {"step": 100, "loss": 0.5, "rope_odd_t": 0.4})))
+    (run / "evals.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (
+        {"step": 75, "alignment": 0.6, "direction_acc": 0.5, "overall": 0.7},
+        {"step": 100, "alignment": 0.8, "direction_acc": 0.9, "overall": 0.85})))
+    rows = study_rows({"subframe": run})
+    assert [(r["step"], r["rope_odd_t"], r["direction_acc"]) for r in rows] == [(75, 0.5, 0.5), (100, 0.4, 0.9)]
+    assert "| subframe | 100 | 0.800 | 0.900 | 0.850 | 0.400 |" in table(rows)

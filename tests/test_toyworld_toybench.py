@@ -76,11 +76,15 @@ def test_direction_confusion_of_ground_truth_and_time_reversed_videos(gt):
         "correct": 0, "45 deg": 1, "90 deg": 1, "135 deg": 1, "opposite": 0, "not moving": 1}
 
 
-def test_subframe_world_ground_truth_scores_like_the_plain_world():
-    world = get_config("toy-9x24x24-subframe")
+@pytest.mark.parametrize("name", ["toy-9x24x24-subframe", "toy-sign-5x16x16", "toy-sign-5x16x16-subframe"])
+def test_world_variants_ground_truth_scores_like_the_plain_world_and_reversal_flips_every_direction(name):
+    world = get_config(name)
     x, specs = _batch(world, 40)
     m = evaluate(x, specs, world)["mean"]
     assert m["alignment"] >= 0.97 and m["direction_acc"] >= 0.97 and m["consistency"] > 0.9, m
+    if name.startswith("toy-sign"):  # one object, always moving: a time-reversed clip has every direction wrong
+        assert {s.objects[0].direction for s in specs} == {"left", "right", "up", "down"}
+        assert evaluate(x[:, :, ::-1], specs, world)["mean"]["direction_acc"] == 0.0
 
 
 @pytest.mark.parametrize("name", ["toy-9x24x24-anchored", "toy-9x24x24-anchored-strong"])

@@ -227,6 +227,17 @@ PRESETS["toy-tiny-5x16x16-anchored"] = dataclasses.replace(
     PRESETS["toy-tiny-5x16x16"], name="toy-tiny-5x16x16-anchored", first_frame_offset=0.5
 )
 
+# the sign study (experiments/results/toy_teacher/sign_study): one object at one speed on a plain background,
+# 4 directions, so a small model on a CPU meets the teacher's open problem, "left" vs "right", in minutes
+PRESETS["toy-sign-5x16x16"] = dataclasses.replace(
+    PRESETS["toy-tiny-5x16x16"], name="toy-sign-5x16x16", speeds=(("quickly", 1.25),), backgrounds=("plain",),
+    directions=("left", "right", "up", "down"), max_objects=1, p_two_objects=0.0, p_static=0.0, p_bounce=0.0,
+    channel_mean=(0.2587, 0.0061, 0.0044, -0.3538), channel_std=(0.1265, 0.1404, 0.1556, 0.4062),
+)
+PRESETS["toy-sign-5x16x16-subframe"] = dataclasses.replace(
+    PRESETS["toy-sign-5x16x16"], name="toy-sign-5x16x16-subframe", objectness_lead=0.5
+)
+
 DEFAULT_CONFIG_NAME = "toy-9x24x24"
 
 

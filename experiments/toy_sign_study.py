@@ -1,0 +1,106 @@
+"""Compare toy teacher runs on the sign of motion: direction accuracy and time-odd RoPE share against steps.
+
+Reads each run folder written by ``experiments/train_toy_teacher.py --check-every N`` (``evals.jsonl``: ToyBench of
+the EMA teacher at each check; ``metrics.jsonl``: ``rope_odd_t``, the mean share of the self-attention heads'
+rotary forms that is odd in the time offset, see :func:`jax_vdit.diagnostics.rope_odd_fraction`), prints one table
+and saves a plot. A run that learns "left" vs "right" shows ``direction_acc`` well above 0.5 in a 4-direction world
+(0.5 is "right axis, random sign").
+
+Usage::
+
+    python experiments/toy_sign_study.py --run plain=runs/sign/run_toy-sign-5x16x16 \
+        --run subframe=runs/sign/run_toy-sign-5x16x16-subframe --out experiments/results/toy_teacher/sign_study
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from toy_guidance_sweep import parse_teachers  # noqa: E402
+
+from jax_vdit.training import read_evals, read_metrics  # noqa: E402
+
+ATTRIBUTES = ("alignment", "direction_acc", "overall")  # what a training check records (evals.jsonl)
+
+
+def rope_odd_at(metrics: list[dict], step: int) -> float:
+    """``rope_odd_t`` of the last logged row at or before ``step`` (NaN if none logged it)."""
+    rows = [r for r in metrics if r.get("step", 0) <= step and "rope_odd_t" in r]
+    return float(rows[-1]["rope_odd_t"]) if rows else float("nan")
+
+
+def study_rows(runs: dict[str, Path]) -> list[dict]:
+    """One row per (run, check): the run's name, the step, ToyBench means and ``rope_odd_t`` at that step."""
+    rows = []
+    for name, folder in runs.items():
+        metrics = read_metrics(folder)
+        for ev in read_evals(folder):
+            scores = ev.get("toybench", ev)
+            rows.append({"run": name, "step": int(ev["step"]), **{a: float(scores[a]) for a in ATTRIBUTES},
+                         "rope_odd_t": rope_odd_at(metrics, int(ev["step"]))})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| run | step | " + " | ".join(ATTRIBUTES) + " | rope_odd_t |",
+             "|---|---:|" + "---:|" * (len(ATTRIBUTES) + 1)]
+    for r in rows:
+        cells = " | ".join(f"{r[a]:.3f}" for a in (*ATTRIBUTES, "rope_odd_t"))
+        lines.append(f"| {r['run']} | {r['step']} | {cells} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for name in dict.fromkeys(r["run"] for r in rows):
+        mine = [r for r in rows if r["run"] == name]
+        steps = np.array([r["step"] for r in mine])
+        for ax, key in zip(axes, ("alignment", "direction_acc", "rope_odd_t")):
+            ax.plot(steps, [r[key] for r in mine], marker="o", label=name)
+            ax.set_title(key)
+            ax.set_xlabel("step")
+    axes[1].axhline(0.5, color="grey", lw=0.8, ls="--")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", action="append", default=[], help="NAME=RUN_FOLDER (repeatable)")
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    runs = parse_teachers(args.run)
+    if not runs:
+        raise SystemExit("nothing to compare: pass --run NAME=RUN_FOLDER")
+    rows = study_rows({k: Path(v) for k, v in runs.items()})
+    if not rows:
+        raise SystemExit("no checks found: were the runs trained with --check-every?")
+    command = "python experiments/toy_sign_study.py " + " ".join(sys.argv[1:])
+    text = "\n".join(["# Sign study: direction accuracy against steps", "", f"Command: `{command}`", "",
+                      table(rows), ""])
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "sign_study.md").write_text(text)
+        (out / "sign_study.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2))
+        plot(rows, out / "sign_study.png")
+
+
+if __name__ == "__main__":
+    main()
