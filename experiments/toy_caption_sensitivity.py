@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -26,6 +25,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from toy_report import command_line, save_report  # noqa: E402
 
 from jax_vdit import schedules  # noqa: E402
 from jax_vdit.toy import TOY_TEACHER_DIR, load_toy_teacher, world_for  # noqa: E402
@@ -114,19 +115,15 @@ def main() -> None:
     for attribute in attributes:
         cells = " | ".join(f"{rows[(attribute, t)]['relative_increase']:+.3f}" for t in timesteps)
         lines.append(f"| {attribute} | {rows[(attribute, timesteps[0])]['videos']} | {cells} |")
-    command = "python experiments/toy_caption_sensitivity.py " + " ".join(sys.argv[1:])
+    command = command_line()
     text = "\n".join([f"# Caption sensitivity of {args.teacher or 'the shipped toy teacher'}", "",
                       f"Command: `{command}` ({jax.devices()[0].device_kind}, jax {jax.__version__})", "",
                       "Relative increase of the epsilon error when one caption word is swapped (ground-truth videos "
                       f"of the held-out prompts, {args.noise_draws} noise draws per timestep):", "", *lines, ""])
     print(text)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "caption_sensitivity.md").write_text(text)
-        (out / "caption_sensitivity.json").write_text(json.dumps(
-            {"command": command, "teacher": args.teacher,
-             "rows": [{"attribute": a, "t": t, **r} for (a, t), r in rows.items()]}, indent=2))
+    save_report(args.out, "caption_sensitivity", text, {
+        "command": command, "teacher": args.teacher,
+        "rows": [{"attribute": a, "t": t, **r} for (a, t), r in rows.items()]})
 
 
 if __name__ == "__main__":

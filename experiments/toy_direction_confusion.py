@@ -14,7 +14,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from toy_report import save_report  # noqa: E402
 
 from jax_vdit import sampling  # noqa: E402
 from jax_vdit.toy import heldout, load_toy_teacher, sample_specs  # noqa: E402
@@ -74,11 +75,7 @@ def main() -> None:
                                                 "bounce_acc")),
                       "", *table, "", *lines, ""])
     print(text)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "direction_confusion.json").write_text(json.dumps(summary, indent=2))
-        (out / "direction_confusion.md").write_text(text)
+    save_report(args.out, "direction_confusion", text, summary)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -35,6 +34,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from toy_report import command_line, save_report  # noqa: E402
 
 from jax_vdit import schedules  # noqa: E402
 from jax_vdit.toy import TOY_TEACHER_DIR, load_toy_teacher, world_for  # noqa: E402
@@ -140,19 +141,15 @@ def main() -> None:
               "| data mean | " + " | ".join(f"{v:.1f}" for v in first[0]["data_x_centroid_a"]) + " |"]
     lines += [f"| teacher mean prediction, t={r['t']} | " + " | ".join(f"{v:.1f}" for v in r["model_x_centroid_a"])
               + " |" for r in first]
-    command = "python experiments/toy_prior_contrast.py " + " ".join(sys.argv[1:])
+    command = command_line()
     text = "\n".join([f"# High-noise caption contrasts of {args.teacher or 'the shipped toy teacher'}", "",
                       f"Command: `{command}` ({jax.devices()[0].device_kind}, jax {jax.__version__}); world "
                       f"{world.name}; {args.renders} renders per caption", "",
                       "captured = projection of the teacher's mean x0-prediction change onto the data's mean-video "
                       "difference (1 = an exact denoiser at t -> T, 0 = the word is ignored).", "", *lines, ""])
     print(text)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "prior_contrast.md").write_text(text)
-        (out / "prior_contrast.json").write_text(json.dumps({"command": command, "teacher": args.teacher,
-                                                             "world": world.name, "rows": rows}, indent=2))
+    save_report(args.out, "prior_contrast", text,
+                {"command": command, "teacher": args.teacher, "world": world.name, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from toy_guidance_sweep import parse_teachers  # noqa: E402
+from toy_report import command_line, save_report  # noqa: E402
 
 from jax_vdit.config import get_preset  # noqa: E402
 from jax_vdit.diagnostics import rope_odd_fraction  # noqa: E402
@@ -62,17 +62,12 @@ def main() -> None:
     for name, r in rows.items():
         cells = " | ".join(f"{r['mean'][a]:.3f} ({r['min'][a]:.3f})" for a in AXES)
         lines.append(f"| {name} | {cells} | {', '.join(f'{v:.2f}' for v in r['per_layer_mean']['t'])} |")
-    command = "python experiments/toy_rope_direction.py " + " ".join(sys.argv[1:])
+    command = command_line()
     text = "\n".join(["# Odd share of the self-attention RoPE forms, per axis", "",
                       f"Command: `{command}` ({jax.devices()[0].device_kind}, jax {jax.__version__}); grid {grid}", "",
                       "0.5: as random weights; 0: the heads cannot tell +d from -d along that axis.", "", *lines, ""])
     print(text)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "rope_direction.md").write_text(text)
-        (out / "rope_direction.json").write_text(json.dumps({"command": command, "grid": grid, "rows": rows},
-                                                            indent=2))
+    save_report(args.out, "rope_direction", text, {"command": command, "grid": grid, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -25,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from toy_guidance_sweep import parse_teachers  # noqa: E402
+from toy_report import command_line, save_report  # noqa: E402
 
 from jax_vdit.training import read_evals, read_metrics  # noqa: E402
 
@@ -90,15 +90,12 @@ def main() -> None:
     rows = study_rows({k: Path(v) for k, v in runs.items()})
     if not rows:
         raise SystemExit("no checks found: were the runs trained with --check-every?")
-    command = "python experiments/toy_sign_study.py " + " ".join(sys.argv[1:])
+    command = command_line()
     text = "\n".join(["# Sign study: direction accuracy against steps", "", f"Command: `{command}`", "",
                       table(rows), ""])
     print(text)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "sign_study.md").write_text(text)
-        (out / "sign_study.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2))
+    out = save_report(args.out, "sign_study", text, {"command": command, "rows": rows})
+    if out is not None:
         plot(rows, out / "sign_study.png")
 
 

@@ -16,7 +16,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -26,10 +25,12 @@ import jax.numpy as jnp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from toy_guidance_sweep import parse_teachers  # noqa: E402
+from toy_report import command_line, save_report  # noqa: E402
+
 from jax_vdit import schedules  # noqa: E402
 from jax_vdit.model import random_model  # noqa: E402
 from jax_vdit.toy import TOY_TEACHER_DIR, load_toy_teacher, world_for  # noqa: E402
-from toy_guidance_sweep import parse_teachers  # noqa: E402
 from jax_vdit.toyworld import heldout_batch  # noqa: E402
 
 
@@ -86,7 +87,7 @@ def main() -> None:
             errs = equivariance_errors(model, latents, text, mask, t, model.cfg.patch_size)
             rows.append({"model": name, "t": t, **errs})
             print(rows[-1], flush=True)
-    command = "python experiments/toy_symmetry.py " + " ".join(sys.argv[1:])
+    command = command_line()
     lines = ["| model | t | time reversal | x-patch reversal | y-patch reversal |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {r['model']} | {r['t']} | {r['time']:.4f} | {r['x patches']:.4f} | {r['y patches']:.4f} |"
               for r in rows]
@@ -95,11 +96,7 @@ def main() -> None:
                          f"`||R f(R x) - f(x)|| / ||f(x)||` for noised ground-truth videos ({args.videos} held-out "
                          "prompts, their captions):", "", *lines, ""])
     print(text_md)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "symmetry.md").write_text(text_md)
-        (out / "symmetry.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2))
+    save_report(args.out, "symmetry", text_md, {"command": command, "rows": rows})
 
 
 if __name__ == "__main__":
