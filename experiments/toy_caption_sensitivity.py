@@ -40,7 +40,8 @@ OTHER_AXIS = {"left": "up", "right": "down", "up": "left", "down": "right", "up-
 
 def swapped_spec(spec, attribute: str, world):
     """``spec`` with ``attribute`` (colour / speed / direction-axis / direction-sign) of every object changed;
-    None if no object has that attribute (static objects have no speed or direction)."""
+    None if no object has that attribute (static objects have no speed or direction) or ``world`` offers no other
+    value for it (a one-speed world, a direction whose opposite the world lacks)."""
     objects, changed = [], False
     speeds = [n for n, _ in world.speeds]
     used_colours = {o.colour for o in spec.objects}
@@ -49,11 +50,11 @@ def swapped_spec(spec, attribute: str, world):
             new = next(c for c in world.colours if c not in used_colours)
             used_colours.add(new)
             o, changed = dataclasses.replace(o, colour=new), True
-        elif o.moving and attribute == "speed":
+        elif o.moving and attribute == "speed" and len(speeds) > 1:
             o, changed = dataclasses.replace(o, speed=speeds[(speeds.index(o.speed) + 1) % len(speeds)]), True
-        elif o.moving and attribute == "direction-sign":
+        elif o.moving and attribute == "direction-sign" and OPPOSITE[o.direction] in world.directions:
             o, changed = dataclasses.replace(o, direction=OPPOSITE[o.direction]), True
-        elif o.moving and attribute == "direction-axis":
+        elif o.moving and attribute == "direction-axis" and OTHER_AXIS[o.direction] in world.directions:
             o, changed = dataclasses.replace(o, direction=OTHER_AXIS[o.direction]), True
         objects.append(o)
     return dataclasses.replace(spec, objects=tuple(objects)) if changed else None
@@ -102,6 +103,8 @@ def main() -> None:
     for attribute in attributes:
         pairs = [(i, swapped_spec(s, attribute, world)) for i, s in enumerate(batch["specs"])]
         pairs = [(i, s) for i, s in pairs if s is not None]
+        if not pairs:
+            continue  # the world has nothing to swap this word for
         idx = np.array([i for i, _ in pairs])
         alt_text, alt_mask = (jnp.asarray(a) for a in encode_captions([s.caption for _, s in pairs], world))
         for t in timesteps:
@@ -112,7 +115,7 @@ def main() -> None:
                                     "relative_increase": (e_alt - e_true) / e_true}
     lines = ["| swapped word | videos | " + " | ".join(f"t={t}" for t in timesteps) + " |",
              "|---|---:|" + "---:|" * len(timesteps)]
-    for attribute in attributes:
+    for attribute in [a for a in attributes if (a, timesteps[0]) in rows]:
         cells = " | ".join(f"{rows[(attribute, t)]['relative_increase']:+.3f}" for t in timesteps)
         lines.append(f"| {attribute} | {rows[(attribute, timesteps[0])]['videos']} | {cells} |")
     command = command_line()

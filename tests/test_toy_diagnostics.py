@@ -1,5 +1,6 @@
 """The toy-teacher diagnostics in experiments/: caption swaps, patch-order reversal, guidance-sweep bookkeeping."""
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -39,6 +40,13 @@ def test_swapped_spec_changes_one_attribute_of_every_object():
     assert len(set(colours)) == 2 and not {"red", "blue"} & set(colours)
     still = parse_caption("a green triangle standing still", WORLD)
     assert swapped_spec(still, "direction-sign", WORLD) is None and swapped_spec(still, "speed", WORLD) is None
+    # a world without another value for the word: nothing to swap (no row of +0.000 from an unchanged caption)
+    one_speed = get_config("toy-sign-5x16x16")
+    moving = parse_caption("a red circle moving left quickly", one_speed)
+    assert swapped_spec(moving, "speed", one_speed) is None
+    assert swapped_spec(moving, "direction-sign", one_speed).objects[0].direction == "right"
+    two_directions = dataclasses.replace(one_speed, directions=("left", "right"))
+    assert swapped_spec(moving, "direction-axis", two_directions) is None
 
 
 def test_reversals_are_involutions_that_keep_the_pixels_inside_a_patch():
