@@ -18,8 +18,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -58,20 +56,23 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], runs: dict[str, Path], path: Path) -> None:
+    """Alignment and direction accuracy at the checks, ``rope_odd_t`` at every logged step."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for name in dict.fromkeys(r["run"] for r in rows):
+    for name, folder in runs.items():
         mine = [r for r in rows if r["run"] == name]
-        steps = np.array([r["step"] for r in mine])
-        for ax, key in zip(axes, ("alignment", "direction_acc", "rope_odd_t")):
-            ax.plot(steps, [r[key] for r in mine], marker="o", label=name)
-            ax.set_title(key)
-            ax.set_xlabel("step")
+        for ax, key in zip(axes, ("alignment", "direction_acc")):
+            ax.plot([r["step"] for r in mine], [r[key] for r in mine], marker="o", label=name)
+        logged = [r for r in read_metrics(folder) if "rope_odd_t" in r]
+        axes[2].plot([r["step"] for r in logged], [r["rope_odd_t"] for r in logged], label=name)
+    for ax, key in zip(axes, ("alignment", "direction_acc", "rope_odd_t (mean over heads and layers)")):
+        ax.set_title(key)
+        ax.set_xlabel("step")
     axes[1].axhline(0.5, color="grey", lw=0.8, ls="--")
     axes[0].legend()
     fig.tight_layout()
@@ -87,7 +88,8 @@ def main() -> None:
     runs = parse_teachers(args.run)
     if not runs:
         raise SystemExit("nothing to compare: pass --run NAME=RUN_FOLDER")
-    rows = study_rows({k: Path(v) for k, v in runs.items()})
+    runs = {k: Path(v) for k, v in runs.items()}
+    rows = study_rows(runs)
     if not rows:
         raise SystemExit("no checks found: were the runs trained with --check-every?")
     command = command_line()
@@ -96,7 +98,7 @@ def main() -> None:
     print(text)
     out = save_report(args.out, "sign_study", text, {"command": command, "rows": rows})
     if out is not None:
-        plot(rows, out / "sign_study.png")
+        plot(rows, runs, out / "sign_study.png")
 
 
 if __name__ == "__main__":
