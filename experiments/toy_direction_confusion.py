@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from toy_report import save_report  # noqa: E402
 
 from jax_vdit import sampling  # noqa: E402
-from jax_vdit.toy import heldout, load_toy_teacher, sample_specs  # noqa: E402
+from jax_vdit.toy import TOY_TEACHER_DIR, heldout, load_toy_teacher, sample_specs, world_for  # noqa: E402
 from jax_vdit.toyworld import direction_confusion, evaluate, get_config  # noqa: E402
 
 
@@ -40,11 +40,15 @@ def main() -> None:
     p.add_argument("--guidance", type=float, default=4.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prompts", type=int, default=32)
-    p.add_argument("--world", default="toy-9x24x24")
+    p.add_argument("--world", default=None,
+                   help="default: the world recorded with --teacher (with --videos alone: toy-9x24x24)")
     p.add_argument("--out", default=None, help="folder for direction_confusion.{json,md}")
     args = p.parse_args()
 
-    world = get_config(args.world)
+    if args.videos and args.teacher is None:
+        world = get_config(args.world or "toy-9x24x24")
+    else:  # the teacher's own world; a --world that disagrees is refused
+        world = world_for(args.teacher or TOY_TEACHER_DIR, args.world)
     specs = heldout(world, args.prompts)
     if args.videos:
         videos = np.load(args.videos)

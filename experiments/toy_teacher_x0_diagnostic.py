@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from jax_vdit import schedules  # noqa: E402
-from jax_vdit.toy import heldout, load_toy_teacher  # noqa: E402
-from jax_vdit.toyworld import encode_captions, evaluate, format_table, get_config, render_spec  # noqa: E402
+from jax_vdit.toy import TOY_TEACHER_DIR, heldout, load_toy_teacher, world_for  # noqa: E402
+from jax_vdit.toyworld import encode_captions, evaluate, format_table, render_spec  # noqa: E402
 
 KEYS = ["alignment", "colour_acc", "shape_acc", "direction_acc", "speed_acc", "dynamic_degree"]
 
@@ -39,7 +39,7 @@ def main() -> None:
     p.add_argument("--timesteps", default="200,500,700,850,950")
     p.add_argument("--out", default=str(ROOT / "experiments" / "results" / "toy_teacher"))
     args = p.parse_args()
-    world = get_config()
+    world = world_for(args.teacher or TOY_TEACHER_DIR)  # the world the teacher was trained on
     model = load_toy_teacher(args.teacher)
     specs = list(heldout(world))
     x0 = np.stack([render_spec(s, world, seed=i)[0] for i, s in enumerate(specs)])

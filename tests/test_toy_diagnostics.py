@@ -115,3 +115,17 @@ def test_sign_study_pairs_each_check_with_the_rope_share_logged_last_before_it(t
     rows = study_rows({"subframe": run})
     assert [(r["step"], r["rope_odd_t"], r["direction_acc"]) for r in rows] == [(75, 0.5, 0.5), (100, 0.4, 0.9)]
     assert "| subframe | 100 | 0.800 | 0.900 | 0.850 | 0.400 |" in table(rows)
+
+
+def test_direction_confusion_scores_a_teacher_in_its_recorded_world(tmp_path, monkeypatch):
+    """A teacher recorded in one world is never sampled with another world's prompts: a disagreeing --world is
+    refused before any model is loaded (before session 7 the script silently used toy-9x24x24)."""
+    import toy_direction_confusion
+
+    from jax_vdit.toy import write_world_record
+
+    write_world_record(tmp_path, "toy-sign-5x16x16")
+    monkeypatch.setattr(sys, "argv", ["toy_direction_confusion.py", "--teacher", str(tmp_path),
+                                      "--world", "toy-9x24x24"])
+    with pytest.raises(ValueError, match="trained on the toy world 'toy-sign-5x16x16'"):
+        toy_direction_confusion.main()
