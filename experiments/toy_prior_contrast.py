@@ -25,6 +25,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -62,8 +63,14 @@ def spec_of(fields: dict) -> SceneSpec:
 
 
 def renders(fields: dict, world, count: int) -> np.ndarray:
-    """(count, 4, T, H, W) float32 latents of one caption; nuisance seed i is shared by every caption."""
-    spec = spec_of(fields)
+    """(count, 4, T, H, W) float32 latents of one caption; nuisance seed i is shared by every caption. Rendered
+    once per caption and world (every timestep and contrast reuses them; do not modify the array)."""
+    return _renders(tuple(sorted(fields.items())), world, count)
+
+
+@functools.lru_cache(maxsize=32)
+def _renders(fields: tuple, world, count: int) -> np.ndarray:
+    spec = spec_of(dict(fields))
     return np.stack([render_spec(spec, world, seed=[23, i])[0] for i in range(count)])
 
 

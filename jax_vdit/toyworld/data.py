@@ -169,8 +169,6 @@ def sample_layout(spec: SceneSpec, rng: np.random.Generator, config: ToyWorldCon
 def positions_later(positions: np.ndarray, lead: float) -> np.ndarray:
     """(..., T, 2) per-frame centres -> the centres ``lead`` of a frame later: linear between frames, the last
     frame extrapolated with the last step."""
-    if lead == 0.0:
-        return positions
     step = np.diff(positions, axis=-2)
     step = np.concatenate([step, step[..., -1:, :]], axis=-2)
     return positions + lead * step
