@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 from toy_caption_sensitivity import OPPOSITE, OTHER_AXIS, swapped_spec  # noqa: E402
 from toy_guidance_sweep import parse_teachers, summarise  # noqa: E402
 from toy_prior_contrast import BASE, contrast, renders, spec_of, x_centroid  # noqa: E402
-from toy_sign_study import study_rows, table  # noqa: E402
+from toy_sign_study import parse_offsets, study_rows, table  # noqa: E402
 from toy_symmetry import reverse_patches, reverse_time  # noqa: E402
 
 from jax_vdit import schedules  # noqa: E402
@@ -115,6 +115,15 @@ def test_sign_study_pairs_each_check_with_the_rope_share_logged_last_before_it(t
     rows = study_rows({"subframe": run})
     assert [(r["step"], r["rope_odd_t"], r["direction_acc"]) for r in rows] == [(75, 0.5, 0.5), (100, 0.4, 0.9)]
     assert "| subframe | 100 | 0.800 | 0.900 | 0.850 | 0.400 |" in table(rows)
+    # a run continued from another run's 9,000-step export: its checks move to 9,075 and 9,100, while the rope
+    # share is still looked up at the run's own steps
+    shifted = study_rows({"subframe": run}, {"subframe": 9000})
+    assert [(r["step"], r["rope_odd_t"]) for r in shifted] == [(9075, 0.5), (9100, 0.4)]
+    assert parse_offsets(["subframe=9000"], {"subframe": run}) == {"subframe": 9000}
+    with pytest.raises(SystemExit, match="NAME one of"):
+        parse_offsets(["plain=9000"], {"subframe": run})
+    with pytest.raises(SystemExit, match="integer"):
+        parse_offsets(["subframe=9k"], {"subframe": run})
 
 
 def test_direction_confusion_scores_a_teacher_in_its_recorded_world(tmp_path, monkeypatch):
