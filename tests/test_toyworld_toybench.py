@@ -76,7 +76,9 @@ def test_direction_confusion_of_ground_truth_and_time_reversed_videos(gt):
         "correct": 0, "45 deg": 1, "90 deg": 1, "135 deg": 1, "opposite": 0, "not moving": 1}
 
 
-@pytest.mark.parametrize("name", ["toy-9x24x24-subframe", "toy-sign-5x16x16", "toy-sign-5x16x16-subframe"])
+@pytest.mark.parametrize(
+    "name", ["toy-9x24x24-subframe", "toy-tiny-5x16x16-subframe", "toy-sign-5x16x16", "toy-sign-5x16x16-subframe"]
+)
 def test_world_variants_ground_truth_scores_like_the_plain_world_and_reversal_flips_every_direction(name):
     world = get_config(name)
     x, specs = _batch(world, 40)

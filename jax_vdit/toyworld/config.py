@@ -226,6 +226,11 @@ PRESETS: dict[str, ToyWorldConfig] = {
 PRESETS["toy-tiny-5x16x16-anchored"] = dataclasses.replace(
     PRESETS["toy-tiny-5x16x16"], name="toy-tiny-5x16x16-anchored", first_frame_offset=0.5
 )
+# the small world at full complexity (two objects, bounce, textures, 8 directions, 2 speeds) with the subframe cue:
+# does complexity alone keep a small model from the sign of motion? (session 8, sign_study/complexity)
+PRESETS["toy-tiny-5x16x16-subframe"] = dataclasses.replace(
+    PRESETS["toy-tiny-5x16x16"], name="toy-tiny-5x16x16-subframe", objectness_lead=0.5
+)
 
 # the sign study (experiments/results/toy_teacher/sign_study): one object at one speed on a plain background,
 # 4 directions, so a small model on a CPU meets the teacher's open problem, "left" vs "right", in minutes
