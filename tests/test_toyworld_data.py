@@ -145,7 +145,10 @@ def test_shapes_are_placed_by_centroid_and_move_smoothly():
         assert a.sum((1, 2)).std() / a.sum((1, 2)).mean() < 0.01
 
 
-@pytest.mark.parametrize("config", [DEFAULT, TINY], ids=lambda c: c.name)
+@pytest.mark.parametrize(
+    "config", [DEFAULT, TINY, get_config("toy-sign-5x16x16"), get_config("toy-sign-9x24x24-subframe")],
+    ids=lambda c: c.name,
+)
 def test_latents_are_roughly_standardised(config):
     x = np.stack([make_sample(config, i, seed=1)[0] for i in range(300)])
     mean = x.mean(axis=(0, 2, 3, 4))

@@ -77,7 +77,9 @@ def test_direction_confusion_of_ground_truth_and_time_reversed_videos(gt):
 
 
 @pytest.mark.parametrize(
-    "name", ["toy-9x24x24-subframe", "toy-tiny-5x16x16-subframe", "toy-sign-5x16x16", "toy-sign-5x16x16-subframe"]
+    "name",
+    ["toy-9x24x24-subframe", "toy-tiny-5x16x16-subframe", "toy-sign-5x16x16", "toy-sign-5x16x16-subframe",
+     "toy-sign-9x24x24", "toy-sign-9x24x24-subframe"],
 )
 def test_world_variants_ground_truth_scores_like_the_plain_world_and_reversal_flips_every_direction(name):
     world = get_config(name)

@@ -242,6 +242,16 @@ PRESETS["toy-sign-5x16x16"] = dataclasses.replace(
 PRESETS["toy-sign-5x16x16-subframe"] = dataclasses.replace(
     PRESETS["toy-sign-5x16x16"], name="toy-sign-5x16x16-subframe", objectness_lead=0.5
 )
+# the same cut at the teacher's size (9 x 24 x 24): the first stage of a curriculum (sign world, then the full
+# world) for the full-size teacher (docs/NEXT_GPU_SESSION.md, session 8)
+PRESETS["toy-sign-9x24x24"] = dataclasses.replace(
+    PRESETS["toy-9x24x24"], name="toy-sign-9x24x24", speeds=(("quickly", 1.25),), backgrounds=("plain",),
+    directions=("left", "right", "up", "down"), max_objects=1, p_two_objects=0.0, p_static=0.0, p_bounce=0.0,
+    channel_mean=(0.2517, 0.0046, 0.0034, -0.385), channel_std=(0.1196, 0.1297, 0.1432, 0.3738),
+)
+PRESETS["toy-sign-9x24x24-subframe"] = dataclasses.replace(
+    PRESETS["toy-sign-9x24x24"], name="toy-sign-9x24x24-subframe", objectness_lead=0.5
+)
 
 DEFAULT_CONFIG_NAME = "toy-9x24x24"
 
