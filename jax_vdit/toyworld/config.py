@@ -227,31 +227,32 @@ PRESETS["toy-tiny-5x16x16-anchored"] = dataclasses.replace(
     PRESETS["toy-tiny-5x16x16"], name="toy-tiny-5x16x16-anchored", first_frame_offset=0.5
 )
 # the small world at full complexity (two objects, bounce, textures, 8 directions, 2 speeds) with the subframe cue:
-# does complexity alone keep a small model from the sign of motion? (session 8, sign_study/complexity)
+# does complexity alone keep a small model from the sign of motion? (session 8, sign_study/curriculum)
 PRESETS["toy-tiny-5x16x16-subframe"] = dataclasses.replace(
     PRESETS["toy-tiny-5x16x16"], name="toy-tiny-5x16x16-subframe", objectness_lead=0.5
 )
 
-# the sign study (experiments/results/toy_teacher/sign_study): one object at one speed on a plain background,
-# 4 directions, so a small model on a CPU meets the teacher's open problem, "left" vs "right", in minutes
-PRESETS["toy-sign-5x16x16"] = dataclasses.replace(
-    PRESETS["toy-tiny-5x16x16"], name="toy-sign-5x16x16", speeds=(("quickly", 1.25),), backgrounds=("plain",),
-    directions=("left", "right", "up", "down"), max_objects=1, p_two_objects=0.0, p_static=0.0, p_bounce=0.0,
-    channel_mean=(0.2587, 0.0061, 0.0044, -0.3538), channel_std=(0.1265, 0.1404, 0.1556, 0.4062),
-)
-PRESETS["toy-sign-5x16x16-subframe"] = dataclasses.replace(
-    PRESETS["toy-sign-5x16x16"], name="toy-sign-5x16x16-subframe", objectness_lead=0.5
-)
-# the same cut at the teacher's size (9 x 24 x 24): the first stage of a curriculum (sign world, then the full
-# world) for the full-size teacher (docs/NEXT_GPU_SESSION.md, session 8)
-PRESETS["toy-sign-9x24x24"] = dataclasses.replace(
-    PRESETS["toy-9x24x24"], name="toy-sign-9x24x24", speeds=(("quickly", 1.25),), backgrounds=("plain",),
-    directions=("left", "right", "up", "down"), max_objects=1, p_two_objects=0.0, p_static=0.0, p_bounce=0.0,
-    channel_mean=(0.2517, 0.0046, 0.0034, -0.385), channel_std=(0.1196, 0.1297, 0.1432, 0.3738),
-)
-PRESETS["toy-sign-9x24x24-subframe"] = dataclasses.replace(
-    PRESETS["toy-sign-9x24x24"], name="toy-sign-9x24x24-subframe", objectness_lead=0.5
-)
+
+
+def _sign_world(base: str, name: str, mean: tuple[float, ...], std: tuple[float, ...]) -> ToyWorldConfig:
+    """``base`` cut down to the sign study's world: one object at one speed (1.25 px per frame) on a plain
+    background, 4 directions, never static or bouncing; ``mean``/``std`` measured with ``calibrate.calibrated``."""
+    return dataclasses.replace(
+        PRESETS[base], name=name, speeds=(("quickly", 1.25),), backgrounds=("plain",),
+        directions=("left", "right", "up", "down"), max_objects=1, p_two_objects=0.0, p_static=0.0, p_bounce=0.0,
+        channel_mean=mean, channel_std=std,
+    )
+
+
+# the sign study (experiments/results/toy_teacher/sign_study): a small model on a CPU meets the teacher's open
+# problem, "left" vs "right", in minutes. The same cut at the teacher's size (9 x 24 x 24) is the first stage of a
+# curriculum for the full-size teacher (docs/NEXT_GPU_SESSION.md, session 8). Each has a subframe twin.
+PRESETS["toy-sign-5x16x16"] = _sign_world(
+    "toy-tiny-5x16x16", "toy-sign-5x16x16", (0.2587, 0.0061, 0.0044, -0.3538), (0.1265, 0.1404, 0.1556, 0.4062))
+PRESETS["toy-sign-9x24x24"] = _sign_world(
+    "toy-9x24x24", "toy-sign-9x24x24", (0.2517, 0.0046, 0.0034, -0.385), (0.1196, 0.1297, 0.1432, 0.3738))
+for _name in ("toy-sign-5x16x16", "toy-sign-9x24x24"):
+    PRESETS[f"{_name}-subframe"] = dataclasses.replace(PRESETS[_name], name=f"{_name}-subframe", objectness_lead=0.5)
 
 DEFAULT_CONFIG_NAME = "toy-9x24x24"
 
