@@ -90,6 +90,10 @@ def main() -> None:
     p.add_argument("--adapt-to-world", action="store_true",
                    help="--init-from weights recorded in another toy world: fine-tune them on --world (the export "
                         "records --world); without it such weights are refused")
+    p.add_argument("--mix-world", default=None,
+                   help="a curriculum world whose samples make up --mix-fraction of every batch (e.g. "
+                        "toy-sign-9x24x24-subframe, so the sign of motion it teaches is kept)")
+    p.add_argument("--mix-fraction", type=float, default=0.0)
     p.add_argument("--check-every", type=int, default=0,
                    help="ToyBench the EMA teacher every N steps (Euler-a --check-steps, g = first --guidance) and "
                         "keep the best in <run>/best_ema; 0: off")
@@ -104,7 +108,8 @@ def main() -> None:
                            warmup_steps=args.warmup, lr_schedule=args.lr_schedule,
                            final_lr_fraction=args.final_lr_fraction, adam_b2=args.b2,
                            qk_clip_max_gain=args.qk_clip, num_samples=args.samples,
-                           compute_dtype=args.compute_dtype)
+                           compute_dtype=args.compute_dtype, mix_world=args.mix_world,
+                           mix_fraction=args.mix_fraction)
     t0 = time.perf_counter()
     guidance = [float(g) for g in args.guidance.split(",")]
     check = None

@@ -115,11 +115,13 @@ def _cmd_train_teacher(args: argparse.Namespace) -> int:
     from jax_vdit.toy import BEST_EMA, TeacherCheck, TeacherRecipe, export_release_folder, train_teacher
 
     recipe = TeacherRecipe(world=args.world, model=args.model, steps=args.steps, batch_size=args.batch,
-                           learning_rate=args.lr, num_samples=args.samples, compute_dtype=args.compute_dtype,
-                           seed=args.seed, checkpoint_every=args.checkpoint_every)
+                           learning_rate=args.lr, warmup_steps=args.warmup, num_samples=args.samples,
+                           compute_dtype=args.compute_dtype, seed=args.seed, checkpoint_every=args.checkpoint_every,
+                           mix_world=args.mix_world, mix_fraction=args.mix_fraction)
     check = (TeacherCheck(every=args.check_every, steps=args.check_steps, prompts=args.check_prompts)
              if args.check_every else None)
-    result = train_teacher(recipe, args.run, time_limit_s=args.time_limit, init_from=args.init_from, check=check)
+    result = train_teacher(recipe, args.run, time_limit_s=args.time_limit, init_from=args.init_from, check=check,
+                           adapt_to_world=args.adapt_to_world)
     if check is not None:
         print(f"ToyBench checks in {Path(args.run) / 'evals.jsonl'}; best EMA teacher in {Path(args.run) / BEST_EMA}")
     if int(result.state.step) >= recipe.steps and args.export:
@@ -146,7 +148,13 @@ def _cmd_toybench(args: argparse.Namespace) -> int:
         plan = plan_from_name(sampler, int(steps))
         videos = sample_specs(model, specs, world, plan=plan, guidance_scale=g, key=jax.random.key(args.seed))
         results[setting] = toybench(videos, specs, world)
-    print(format_table(results, keys=["alignment", "overall", "smoothness", "consistency", "dynamic_degree"]))
+    print(format_table(results, keys=["alignment", "overall", "smoothness", "consistency", "dynamic_degree",
+                                      "direction_acc"]))
+    if args.json:
+        header = {"command": "vdit toybench " + " ".join(args.argv), "device": jax.devices()[0].device_kind,
+                  "jax": jax.__version__, "world": world.name, "prompts": args.prompts, "seed": args.seed}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"header": header, "results": results}, indent=2, default=float))
     return 0
 
 
@@ -207,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, default=8000)
     t.add_argument("--batch", type=int, default=64)
     t.add_argument("--lr", type=float, default=3e-4)
+    t.add_argument("--warmup", type=int, default=300, help="linear warmup steps (keep them when --init-from)")
     t.add_argument("--samples", type=int, default=100_000)
     t.add_argument("--compute-dtype", default="bfloat16")
     t.add_argument("--seed", type=int, default=0)
@@ -214,6 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--time-limit", type=float, default=None, help="stop (with a checkpoint) after this many seconds")
     t.add_argument("--export", default=None, help="write the EMA teacher here (release format) when done")
     t.add_argument("--init-from", default=None, help="start from these weights (e.g. jax_vdit/assets/toy_teacher)")
+    t.add_argument("--adapt-to-world", action="store_true",
+                   help="--init-from weights recorded in another toy world: fine-tune them on --world")
+    t.add_argument("--mix-world", default=None,
+                   help="a world whose samples make up --mix-fraction of every batch. The shipped teacher: stage 1 "
+                        "on toy-sign-9x24x24-subframe, then --world toy-9x24x24-subframe --adapt-to-world "
+                        "--mix-world toy-sign-9x24x24-subframe --mix-fraction 0.25")
+    t.add_argument("--mix-fraction", type=float, default=0.0)
     t.add_argument("--check-every", type=int, default=0,
                    help="ToyBench the EMA teacher every N steps and keep the best in <run>/best_ema (0: off)")
     t.add_argument("--check-steps", type=int, default=100, help="Euler-ancestral steps of those checks")
@@ -228,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--prompts", type=int, default=32)
     b.add_argument("--compute-dtype", default="float32")
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--json", default=None, help="also write every score (per attribute) and the command here")
     b.set_defaults(func=_cmd_toybench)
 
     c = sub.add_parser("convert", help="convert a release checkpoint (see vdit-convert --help)", add_help=False)
@@ -238,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[2:] if argv is None else argv[1:])  # the subcommand's own arguments, for records
     if getattr(args, "setting", "unset") is None:
         args.setting = ["euler_ancestral:100:4", "euler_ancestral:4:4"]
     try:

@@ -20,7 +20,7 @@ from jax_vdit.config import get_preset
 from jax_vdit.model import DENSE, AttentionConfig, init_model
 from jax_vdit.objectives import DiffusionObjective
 from jax_vdit.toyworld import ToyWorldConfig, encode_captions, evaluate, get_config, heldout_specs
-from jax_vdit.toyworld.training_set import ToyTrainingSet
+from jax_vdit.toyworld.training_set import MixedTrainingSet, ToyTrainingSet
 from jax_vdit.training import RunResult, TrainConfig, plot_metrics, train
 
 ASSETS = Path(__file__).parent / "assets"
@@ -76,6 +76,20 @@ class TeacherRecipe:
     seed: int = 0
     checkpoint_every: int = 1000
     log_every: int = 50
+    mix_world: str | None = None  # a curriculum world kept in every batch (e.g. "toy-sign-9x24x24-subframe")
+    mix_fraction: float = 0.0  # its share of each batch
+
+    def __post_init__(self) -> None:
+        if (self.mix_world is None) != (self.mix_fraction == 0.0):
+            raise ValueError(f"mix_world and mix_fraction go together (got {self.mix_world!r}, {self.mix_fraction})")
+
+    def training_data(self, workers: int | None = None) -> ToyTrainingSet | MixedTrainingSet:
+        """The pre-rendered training set of ``world`` (with ``mix_world`` mixed in when set)."""
+        world = get_config(self.world)
+        if self.mix_world is None:
+            return ToyTrainingSet.generate(world, self.num_samples, seed=self.seed, workers=workers)
+        return MixedTrainingSet.generate(world, get_config(self.mix_world), self.mix_fraction, self.num_samples,
+                                         seed=self.seed, workers=workers)
 
     def model_config(self):
         return get_preset(self.model, compute_dtype=self.compute_dtype)
@@ -134,7 +148,7 @@ def _teacher_check_fn(check: TeacherCheck, world: ToyWorldConfig, run_dir: Path)
 
 
 def train_teacher(recipe: TeacherRecipe, run_dir: str | Path, *, stop_after: int | None = None,
-                  show_progress: bool = True, data: ToyTrainingSet | None = None,
+                  show_progress: bool = True, data: ToyTrainingSet | MixedTrainingSet | None = None,
                   time_limit_s: float | None = None, init_from: str | Path | None = None,
                   check: TeacherCheck | None = None, adapt_to_world: bool = False) -> RunResult:
     """Train (or resume) a toy teacher in ``run_dir``; writes metrics.jsonl, metrics.png and checkpoints.
@@ -152,7 +166,7 @@ def train_teacher(recipe: TeacherRecipe, run_dir: str | Path, *, stop_after: int
     if init_from is not None and not adapt_to_world:
         world_for(init_from, recipe.world)  # weights of another toy world are refused before data is generated
     t0 = time.perf_counter()
-    data = data or ToyTrainingSet.generate(world, recipe.num_samples, seed=recipe.seed)
+    data = data or recipe.training_data()
     gen_s = time.perf_counter() - t0
     frozen = jax.tree.map(jnp.asarray, data.unconditional())
     if init_from is not None:

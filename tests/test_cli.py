@@ -115,3 +115,28 @@ def test_train_teacher_command_keeps_the_best_checked_teacher(tmp_path, capsys):
     assert sorted(p.name for p in run.glob(f"{BEST_EMA}*")) == [BEST_EMA]  # no partial or old export left
     assert load_toy_teacher(run / BEST_EMA).cfg.num_layers == 2
     assert (tmp_path / "t" / "config.json").is_file()
+
+
+def test_train_teacher_command_mixes_a_world_and_toybench_writes_every_score(tmp_path, capsys):
+    """`vdit train-teacher --mix-world ... --adapt-to-world` (the shipped teacher's stage 2) records the mix;
+    `vdit toybench --json` writes per-attribute scores with the command."""
+    stage1 = tmp_path / "stage1"
+    assert main(["train-teacher", "--run", str(tmp_path / "r1"), "--world", "toy-sign-5x16x16-subframe",
+                 "--model", "toy-tiny", "--steps", "2", "--batch", "2", "--samples", "8", "--warmup", "0",
+                 "--compute-dtype", "float32", "--export", str(stage1)]) == 0
+    run = tmp_path / "r2"
+    args = ["train-teacher", "--run", str(run), "--world", "toy-tiny-5x16x16-subframe", "--model", "toy-tiny",
+            "--steps", "2", "--batch", "4", "--samples", "8", "--compute-dtype", "float32", "--init-from", str(stage1),
+            "--mix-world", "toy-sign-5x16x16-subframe", "--mix-fraction", "0.25", "--export", str(tmp_path / "t")]
+    assert main(args) == 2  # weights of another world, without --adapt-to-world
+    assert "trained on the toy world 'toy-sign-5x16x16-subframe'" in capsys.readouterr().err
+    assert main(args + ["--adapt-to-world"]) == 0
+    meta = json.loads((run / "train_config.json").read_text())
+    recipe = meta.get("recipe") or meta["extra"]["recipe"]
+    assert recipe["mix_world"] == "toy-sign-5x16x16-subframe" and recipe["mix_fraction"] == 0.25
+    out = tmp_path / "tb.json"
+    assert main(["toybench", str(tmp_path / "t"), "--setting", "ddim:2:none", "--prompts", "2", "--json", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["header"]["world"] == "toy-tiny-5x16x16-subframe" and "--json" in saved["header"]["command"]
+    row = saved["results"]["ddim:2:none"]
+    assert {"alignment", "direction_acc", "colour_acc"} <= set(row) and 0.0 <= row["alignment"] <= 1.0

@@ -131,13 +131,14 @@ def test_teacher_recipe_trains_and_continues_from_exported_weights(tmp_path):
 
 
 def test_models_are_scored_in_the_world_they_were_trained_on(tmp_path):
-    """toy_world.json: the shipped models record the default world; --world must agree with a record; folders
-    without one use the requested or the default world."""
+    """toy_world.json: the shipped models record their world (the subframe world, session 9); --world must agree
+    with a record; folders without one use the requested or the default world."""
     for folder in (TOY_TEACHER_DIR, TOY_STUDENT_MLCD_DIR, TOY_STUDENT_SPARSE_DIR):
-        assert recorded_world(folder) == "toy-9x24x24"
-    assert world_for(TOY_TEACHER_DIR, "toy-9x24x24").name == "toy-9x24x24"
-    with pytest.raises(ValueError, match="not 'toy-9x24x24-anchored'"):
-        world_for(TOY_TEACHER_DIR, "toy-9x24x24-anchored")
+        assert recorded_world(folder) == "toy-9x24x24-subframe"
+    assert world_for(TOY_TEACHER_DIR).objectness_lead == 0.5
+    assert world_for(TOY_TEACHER_DIR, "toy-9x24x24-subframe").name == "toy-9x24x24-subframe"
+    with pytest.raises(ValueError, match="not 'toy-9x24x24'"):
+        world_for(TOY_TEACHER_DIR, "toy-9x24x24")
     assert recorded_world(tmp_path) is None
     assert world_for(tmp_path).name == "toy-9x24x24"
     assert world_for(tmp_path, "toy-9x24x24-anchored").first_frame_offset > 0

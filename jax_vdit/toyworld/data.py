@@ -274,14 +274,16 @@ def heldout_batch(config: ToyWorldConfig) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def make_sample(config: ToyWorldConfig, index: int, seed: int | None = None) -> tuple[np.ndarray, SceneSpec]:
+def make_sample(config: ToyWorldConfig, index: int, seed: int | None = None,
+                exclude_keys: frozenset = frozenset()) -> tuple[np.ndarray, SceneSpec]:
     """Training-stream sample ``index``: ((4, T, H, W) float32 latents, spec). Pure function of (seed, index);
-    ``seed`` defaults to ``config.seed``. Held-out scenes are excluded."""
+    ``seed`` defaults to ``config.seed``. Held-out scenes are excluded, and so are specs with a key in
+    ``exclude_keys`` (another world's held-out set, when this world's samples are mixed into its training)."""
     if index < 0:
         raise ValueError(f"sample index must be >= 0, got {index}")
     s = config.seed if seed is None else seed
     rng = np.random.default_rng(np.random.SeedSequence([s, _STREAM_TAG, int(index)]))
-    spec, layout = sample_scene(rng, config, heldout_keys(config))
+    spec, layout = sample_scene(rng, config, heldout_keys(config) | exclude_keys)
     return raw_to_latent(render_raw(spec, layout, config), config), spec
 
 

@@ -9,6 +9,7 @@ sees exactly the batches an uninterrupted one would.
 from __future__ import annotations
 
 import multiprocessing
+import dataclasses
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -16,13 +17,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import ToyWorldConfig
-from .data import make_sample
+from .data import heldout_keys, make_sample
+from .spec import caption_vocabulary
 from .text import encode_captions
 
 
-def _render_range(args: tuple[ToyWorldConfig, int, int]) -> tuple[np.ndarray, list[str]]:
-    config, start, stop = args
-    samples = [make_sample(config, i) for i in range(start, stop)]
+def _render_range(args: tuple[ToyWorldConfig, int, int, frozenset]) -> tuple[np.ndarray, list[str]]:
+    config, start, stop, exclude = args
+    samples = [make_sample(config, i, exclude_keys=exclude) for i in range(start, stop)]
     return np.stack([x for x, _ in samples]), [s.caption for _, s in samples]
 
 
@@ -38,13 +40,15 @@ class ToyTrainingSet:
     seed: int = 0
 
     @classmethod
-    def generate(cls, config: ToyWorldConfig, num_samples: int, *, seed: int = 0, workers: int | None = None):
-        """Render training-stream samples 0..num_samples-1 (held-out scenes are never among them)."""
+    def generate(cls, config: ToyWorldConfig, num_samples: int, *, seed: int = 0, workers: int | None = None,
+                 exclude_keys: frozenset = frozenset()):
+        """Render training-stream samples 0..num_samples-1 (held-out scenes, and specs keyed in
+        ``exclude_keys``, are never among them)."""
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         workers = workers or max(1, min(os.cpu_count() or 1, 32))
         chunk = -(-num_samples // (workers * 4))
-        ranges = [(config, s, min(s + chunk, num_samples)) for s in range(0, num_samples, chunk)]
+        ranges = [(config, s, min(s + chunk, num_samples), exclude_keys) for s in range(0, num_samples, chunk)]
         if workers == 1 or num_samples < 2000:
             parts = [_render_range(r) for r in ranges]
         else:
@@ -79,3 +83,84 @@ class ToyTrainingSet:
         """The encoding of the empty caption: ``uncond_text`` (L, C) and ``uncond_mask`` (L,)."""
         text, mask = encode_captions([""], self.config)
         return {"uncond_text": text[0], "uncond_mask": mask[0]}
+
+
+# fields that must agree between a world and a world mixed into its training: the latent layout and its meaning
+_MIX_MUST_MATCH = ("num_frames", "height", "width", "caption_channels", "max_text_len", "text_seed",
+                   "objectness_lead", "first_frame_offset")
+
+
+def side_world(main: ToyWorldConfig, side: ToyWorldConfig) -> ToyWorldConfig:
+    """``side``'s scenes expressed in ``main``'s latent coordinates (``main``'s channel normalisation), for mixing
+    into ``main``'s training. Raises ValueError naming the field if the two worlds' latents or captions do not
+    mean the same thing (frame layout, text encoder, subframe lead, first-frame mark) or if ``side`` uses a word
+    ``main`` does not know."""
+    for name in _MIX_MUST_MATCH:
+        a, b = getattr(main, name), getattr(side, name)
+        if a != b:
+            raise ValueError(f"cannot mix toy world {side.name!r} into {main.name!r}: {name} differs ({b} vs {a})")
+    unknown = sorted(set(caption_vocabulary(side)) - set(caption_vocabulary(main)))
+    if unknown:
+        raise ValueError(f"cannot mix toy world {side.name!r} into {main.name!r}: words {unknown} are not in "
+                         f"{main.name!r}'s vocabulary")
+    speeds = dict(main.speeds)
+    for name, value in side.speeds:
+        if speeds.get(name, value) != value:
+            raise ValueError(f"cannot mix toy world {side.name!r} into {main.name!r}: speed {name!r} is {value} px "
+                             f"per frame there and {speeds[name]} in {main.name!r}")
+    return dataclasses.replace(side, channel_mean=main.channel_mean, channel_std=main.channel_std)
+
+
+@dataclass
+class MixedTrainingSet:
+    """Batches of ``main`` with a fixed share from ``side`` (a curriculum world kept in the mix, e.g. the sign
+    world that teaches "left" vs "right", so that what it taught is not forgotten).
+
+    Batch ``step`` of size B holds ``B - round(side_fraction * B)`` samples of ``main``'s batch ``step`` followed
+    by the rest from ``side``'s batch ``step``: still a pure function of the step, so resume is exact. ``side``'s
+    captions are encoded with ``main``'s text encoder (the same word has the same embedding in both)."""
+
+    main: ToyTrainingSet
+    side: ToyTrainingSet
+    side_fraction: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.side_fraction < 1.0:
+            raise ValueError(f"side_fraction must be in (0, 1), got {self.side_fraction}")
+        if self.side.latents.shape[1:] != self.main.latents.shape[1:]:
+            raise ValueError(f"side latents {self.side.latents.shape[1:]} != main {self.main.latents.shape[1:]}")
+        if self.side.text.shape[1:] != self.main.text.shape[1:]:
+            raise ValueError(f"side text {self.side.text.shape[1:]} != main {self.main.text.shape[1:]}")
+
+    @classmethod
+    def generate(cls, main: ToyWorldConfig, side: ToyWorldConfig, side_fraction: float, num_samples: int, *,
+                 seed: int = 0, workers: int | None = None) -> "MixedTrainingSet":
+        """``num_samples`` of ``main`` and ``max(1024, round(side_fraction * num_samples))`` of ``side`` (in
+        ``main``'s normalisation, never one of ``main``'s held-out prompts)."""
+        side_cfg = side_world(main, side)
+        main_set = ToyTrainingSet.generate(main, num_samples, seed=seed, workers=workers)
+        side_set = ToyTrainingSet.generate(side_cfg, max(1024, round(side_fraction * num_samples)), seed=seed + 1,
+                                           workers=workers, exclude_keys=heldout_keys(main))
+        side_set.text, side_set.text_mask = encode_captions(side_set.captions, main)
+        return cls(main_set, side_set, side_fraction)
+
+    @property
+    def config(self) -> ToyWorldConfig:
+        return self.main.config
+
+    def side_count(self, batch_size: int) -> int:
+        n = round(self.side_fraction * batch_size)
+        if not 0 < n < batch_size:
+            raise ValueError(f"side_fraction {self.side_fraction} of a batch of {batch_size} leaves no sample of one "
+                             f"of the two worlds")
+        return n
+
+    def batch_at(self, step: int, batch_size: int) -> dict[str, np.ndarray]:
+        """Same keys and shapes as :meth:`ToyTrainingSet.batch_at`."""
+        n_side = self.side_count(batch_size)
+        a = self.main.batch_at(step, batch_size - n_side)
+        b = self.side.batch_at(step, n_side)
+        return {k: np.concatenate([a[k], b[k]]) for k in a}
+
+    def unconditional(self) -> dict[str, np.ndarray]:
+        return self.main.unconditional()
