@@ -135,18 +135,34 @@ def _cmd_toybench(args: argparse.Namespace) -> int:
     import jax
 
     from jax_vdit.generate import plan_from_name
-    from jax_vdit.toy import TOY_TEACHER_DIR, heldout, load_toy_teacher, sample_specs, toybench, world_for
+    from jax_vdit.model import DENSE
+    from jax_vdit.toy import (STUDENT_FILE, TOY_TEACHER_DIR, heldout, load_toy_student, load_toy_teacher,
+                              sample_specs, toybench, world_for)
     from jax_vdit.toyworld import format_table
 
-    world = world_for(args.checkpoint or TOY_TEACHER_DIR, args.world)
-    model = load_toy_teacher(args.checkpoint, compute_dtype=args.compute_dtype)
+    folder = Path(args.checkpoint) if args.checkpoint else TOY_TEACHER_DIR
+    world = world_for(folder, args.world)
+    attention, own_plan = DENSE, None
+    if (folder / STUDENT_FILE).is_file():
+        # a distilled student samples the way it was distilled: its tile masks (sparse students) and its
+        # consistency edges; scoring it dense or on other edges would be a silent wrong answer
+        student = load_toy_student(folder, compute_dtype=args.compute_dtype, num_frames=world.num_frames)
+        model, attention, own_plan = student.model, student.attention, student.plan
+        args.setting = args.setting or [f"consistency:{student.plan.num_steps}:none"]
+    else:
+        model = load_toy_teacher(args.checkpoint, compute_dtype=args.compute_dtype)
+    args.setting = args.setting or ["euler_ancestral:100:4", "euler_ancestral:4:4"]
     specs = heldout(world, args.prompts)
     results = {}
     for setting in args.setting:
         sampler, steps, guidance = setting.split(":")
         g = None if guidance in ("none", "") else float(guidance)
-        plan = plan_from_name(sampler, int(steps))
-        videos = sample_specs(model, specs, world, plan=plan, guidance_scale=g, key=jax.random.key(args.seed))
+        if own_plan is not None and sampler == "consistency" and int(steps) == own_plan.num_steps:
+            plan = own_plan
+        else:
+            plan = plan_from_name(sampler, int(steps))
+        videos = sample_specs(model, specs, world, plan=plan, guidance_scale=g, key=jax.random.key(args.seed),
+                              attention=attention)
         results[setting] = toybench(videos, specs, world)
     print(format_table(results, keys=["alignment", "overall", "smoothness", "consistency", "dynamic_degree",
                                       "direction_acc"]))
@@ -240,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("checkpoint", nargs="?", default=None, help="default: the shipped toy teacher")
     b.add_argument("--world", default=None, help="default: the world recorded with the checkpoint (toy_world.json)")
     b.add_argument("--setting", action="append", default=None,
-                   help="sampler:steps:guidance, e.g. euler_ancestral:100:4 or consistency:4:none (repeatable)")
+                   help="sampler:steps:guidance, e.g. euler_ancestral:100:4 or consistency:4:none (repeatable; "
+                        "default: Euler-a 100 and 4 at guidance 4 for a teacher, its own plan for a student)")
     b.add_argument("--prompts", type=int, default=32)
     b.add_argument("--compute-dtype", default="float32")
     b.add_argument("--seed", type=int, default=0)
@@ -256,8 +273,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[2:] if argv is None else argv[1:])  # the subcommand's own arguments, for records
-    if getattr(args, "setting", "unset") is None:
-        args.setting = ["euler_ancestral:100:4", "euler_ancestral:4:4"]
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError) as err:

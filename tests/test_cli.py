@@ -140,3 +140,27 @@ def test_train_teacher_command_mixes_a_world_and_toybench_writes_every_score(tmp
     assert saved["header"]["world"] == "toy-tiny-5x16x16-subframe" and "--json" in saved["header"]["command"]
     row = saved["results"]["ddim:2:none"]
     assert {"alignment", "direction_acc", "colour_acc"} <= set(row) and 0.0 <= row["alignment"] <= 1.0
+
+
+def test_toybench_samples_a_student_with_its_own_masks_and_edges(monkeypatch, tmp_path):
+    """`vdit toybench <sparse student>` must not score it with dense attention or uniform edges."""
+    import jax_vdit.toy as toy
+
+    seen = []
+    real = toy.sample_specs
+
+    def spy(model, specs, world, **kw):
+        seen.append(kw)
+        return real(model, specs, world, **kw)
+
+    monkeypatch.setattr(toy, "sample_specs", spy)
+    out = tmp_path / "tb.json"
+    assert main(["toybench", str(toy.TOY_STUDENT_SPARSE_DIR), "--prompts", "1", "--json", str(out)]) == 0
+    student = toy.load_toy_student(toy.TOY_STUDENT_SPARSE_DIR)
+    (kw,) = seen
+    assert kw["attention"].masks is not None and len(kw["attention"].masks) == len(student.attention.masks)
+    assert [m.label() for m in kw["attention"].masks] == [m.label() for m in student.attention.masks]
+    assert kw["plan"].method == student.plan.method and kw["guidance_scale"] is None
+    np.testing.assert_array_equal(kw["plan"].t_model, student.plan.t_model)
+    np.testing.assert_array_equal(kw["plan"].t_to, student.plan.t_to)
+    assert list(json.loads(out.read_text())["results"]) == ["consistency:4:none"]
