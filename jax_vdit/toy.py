@@ -82,6 +82,10 @@ class TeacherRecipe:
     def __post_init__(self) -> None:
         if (self.mix_world is None) != (self.mix_fraction == 0.0):
             raise ValueError(f"mix_world and mix_fraction go together (got {self.mix_world!r}, {self.mix_fraction})")
+        if not 0.0 <= self.mix_fraction < 1.0:
+            raise ValueError(f"mix_fraction must be in [0, 1), got {self.mix_fraction}")
+        if self.mix_world is not None:
+            get_config(self.mix_world)  # an unknown preset is named now, not after the main world is rendered
 
     def training_data(self, workers: int | None = None) -> ToyTrainingSet | MixedTrainingSet:
         """The pre-rendered training set of ``world`` (with ``mix_world`` mixed in when set)."""

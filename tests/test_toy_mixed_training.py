@@ -89,6 +89,10 @@ def test_worlds_that_cannot_be_mixed_are_refused_naming_the_field():
         MixedTrainingSet.generate(MAIN, SIGN, 1.0, 8, workers=1)
     with pytest.raises(ValueError, match="go together"):
         TeacherRecipe(mix_world="toy-sign-9x24x24-subframe")
+    with pytest.raises(ValueError, match=r"mix_fraction must be in \[0, 1\)"):
+        TeacherRecipe(mix_world="toy-sign-9x24x24-subframe", mix_fraction=1.5)
+    with pytest.raises(ValueError, match="unknown toy-world preset 'toy-sign'"):
+        TeacherRecipe(mix_world="toy-sign", mix_fraction=0.25)
 
 
 def test_recipe_with_a_mix_world_trains_and_records_it(tmp_path):
