@@ -137,7 +137,7 @@ def _cmd_toybench(args: argparse.Namespace) -> int:
     from jax_vdit.generate import plan_from_name
     from jax_vdit.model import DENSE
     from jax_vdit.toy import (STUDENT_FILE, TOY_TEACHER_DIR, heldout, load_toy_student, load_toy_teacher,
-                              sample_specs, toybench, world_for)
+                              sample_specs, toybench, world_for, write_json)
     from jax_vdit.toyworld import format_table
 
     folder = Path(args.checkpoint) if args.checkpoint else TOY_TEACHER_DIR
@@ -169,8 +169,7 @@ def _cmd_toybench(args: argparse.Namespace) -> int:
     if args.json:
         header = {"command": "vdit toybench " + " ".join(args.argv), "device": jax.devices()[0].device_kind,
                   "jax": jax.__version__, "world": world.name, "prompts": args.prompts, "seed": args.seed}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"header": header, "results": results}, indent=2, default=float))
+        write_json(args.json, {"header": header, "results": results})
     return 0
 
 

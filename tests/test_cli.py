@@ -144,7 +144,7 @@ def test_train_teacher_command_mixes_a_world_and_toybench_writes_every_score(tmp
 
 def test_toybench_samples_a_student_with_its_own_masks_and_edges(monkeypatch, tmp_path):
     """`vdit toybench <sparse student>` must not score it with dense attention or uniform edges."""
-    import jax_vdit.toy as toy
+    from jax_vdit import toy
 
     seen = []
     real = toy.sample_specs

@@ -233,7 +233,6 @@ PRESETS["toy-tiny-5x16x16-subframe"] = dataclasses.replace(
 )
 
 
-
 def _sign_world(base: str, name: str, mean: tuple[float, ...], std: tuple[float, ...]) -> ToyWorldConfig:
     """``base`` cut down to the sign study's world: one object at one speed (1.25 px per frame) on a plain
     background, 4 directions, never static or bouncing; ``mean``/``std`` measured with ``calibrate.calibrated``."""

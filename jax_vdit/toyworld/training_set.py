@@ -9,10 +9,9 @@ sees exactly the batches an uninterrupted one would.
 from __future__ import annotations
 
 import multiprocessing
-import dataclasses
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -41,9 +40,10 @@ class ToyTrainingSet:
 
     @classmethod
     def generate(cls, config: ToyWorldConfig, num_samples: int, *, seed: int = 0, workers: int | None = None,
-                 exclude_keys: frozenset = frozenset()):
+                 exclude_keys: frozenset = frozenset(), text_world: ToyWorldConfig | None = None):
         """Render training-stream samples 0..num_samples-1 (held-out scenes, and specs keyed in
-        ``exclude_keys``, are never among them)."""
+        ``exclude_keys``, are never among them). Captions are encoded with ``text_world``'s text encoder
+        (default: ``config``'s), e.g. the main world's when these samples are mixed into its training."""
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         workers = workers or max(1, min(os.cpu_count() or 1, 32))
@@ -58,7 +58,7 @@ class ToyTrainingSet:
                 parts = list(pool.map(_render_range, ranges))
         latents = np.concatenate([p[0] for p in parts])
         captions = [c for p in parts for c in p[1]]
-        text, mask = encode_captions(captions, config)
+        text, mask = encode_captions(captions, text_world or config)
         return cls(config, latents, text, mask, captions, seed)
 
     def __len__(self) -> int:
@@ -108,7 +108,7 @@ def side_world(main: ToyWorldConfig, side: ToyWorldConfig) -> ToyWorldConfig:
         if speeds.get(name, value) != value:
             raise ValueError(f"cannot mix toy world {side.name!r} into {main.name!r}: speed {name!r} is {value} px "
                              f"per frame there and {speeds[name]} in {main.name!r}")
-    return dataclasses.replace(side, channel_mean=main.channel_mean, channel_std=main.channel_std)
+    return replace(side, channel_mean=main.channel_mean, channel_std=main.channel_std)
 
 
 @dataclass
@@ -134,14 +134,13 @@ class MixedTrainingSet:
 
     @classmethod
     def generate(cls, main: ToyWorldConfig, side: ToyWorldConfig, side_fraction: float, num_samples: int, *,
-                 seed: int = 0, workers: int | None = None) -> "MixedTrainingSet":
+                 seed: int = 0, workers: int | None = None) -> MixedTrainingSet:
         """``num_samples`` of ``main`` and ``max(1024, round(side_fraction * num_samples))`` of ``side`` (in
         ``main``'s normalisation, never one of ``main``'s held-out prompts)."""
         side_cfg = side_world(main, side)
         main_set = ToyTrainingSet.generate(main, num_samples, seed=seed, workers=workers)
         side_set = ToyTrainingSet.generate(side_cfg, max(1024, round(side_fraction * num_samples)), seed=seed + 1,
-                                           workers=workers, exclude_keys=heldout_keys(main))
-        side_set.text, side_set.text_mask = encode_captions(side_set.captions, main)
+                                           workers=workers, exclude_keys=heldout_keys(main), text_world=main)
         return cls(main_set, side_set, side_fraction)
 
     @property
