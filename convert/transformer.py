@@ -11,10 +11,10 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from jax_vdit.checkpoints import MODEL_CONFIG_NAME, atomic_directory, save_param_group
+from jax_vdit.io.checkpoints import MODEL_CONFIG_NAME, atomic_directory, save_param_group
 from jax_vdit.config import ModelConfig
-from jax_vdit.tensor_io import open_tensors
-from jax_vdit.weights import resolve_config, release_key_map, stream_release_groups
+from jax_vdit.io.tensors import open_tensors
+from jax_vdit.io.release import resolve_config, release_key_map, stream_release_groups
 
 
 @dataclass(frozen=True)

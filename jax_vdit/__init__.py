@@ -3,8 +3,8 @@ multi-step consistency distillation."""
 
 from jax_vdit.config import PRESETS, ModelConfig, get_preset
 from jax_vdit.model import AttentionConfig, OpenSoraT2V, init_model
-from jax_vdit.weights import load_model
+from jax_vdit.io import load_model, load_vae
 
 __version__ = "0.1.0"
 
-__all__ = ["PRESETS", "AttentionConfig", "ModelConfig", "OpenSoraT2V", "get_preset", "init_model", "load_model"]
+__all__ = ["PRESETS", "AttentionConfig", "ModelConfig", "OpenSoraT2V", "get_preset", "init_model", "load_model", "load_vae"]

@@ -155,16 +155,7 @@ PRESETS: dict[str, ModelConfig] = {
     ),
 }
 
-# a deeper toy teacher (10 layers instead of 6, same width): more layers to compose "which frame" with "which
-# way" for the direction attribute that the 6-layer teacher misses (experiments/results/toy_teacher/README.md)
-PRESETS["toy-teacher-deep"] = PRESETS["toy-teacher"].replace(num_layers=10)
-
-# the release's head dim (96) at the toy teacher's width (2 heads x 96 = 192): 16 rotary frequencies per axis
-# instead of 8, for sharper space-time attention at a lower q/k gain (experiments/results/toy_teacher/README.md,
-# session 6: the sign of motion needs a head that peaks at one (dt, dx) offset)
-PRESETS["toy-teacher-hd96"] = PRESETS["toy-teacher"].replace(num_attention_heads=2, attention_head_dim=96)
-
-# the sign study's model (experiments/results/toy_teacher/sign_study): 3 layers of 2 heads x 48 (the toy teacher's
+# the sign study's model (experiments/studies/README.md): 3 layers of 2 heads x 48 (the toy teacher's
 # head dim, half its width) on the 5 x 16 x 16 grid, small enough to train on a CPU
 PRESETS["toy-sign"] = PRESETS["toy-teacher"].replace(
     num_layers=3, num_attention_heads=2, attention_head_dim=48, sample_size=(16, 16), sample_size_t=5
@@ -182,8 +173,6 @@ PRESET_LATENT_SHAPES: dict[str, tuple[int, int, int]] = {
     "osp-v1.2-93x480p": (24, 60, 80),
     "tiny": (3, 8, 8),
     "toy-teacher": (9, 24, 24),
-    "toy-teacher-deep": (9, 24, 24),
-    "toy-teacher-hd96": (9, 24, 24),
     "toy-sign": (5, 16, 16),
     "toy-tiny": (5, 16, 16),
 }
@@ -285,3 +274,37 @@ def load_release_config(path: str | Path, **policy: Any) -> ModelConfig:
     if not path.is_file():
         raise FileNotFoundError(f"release config not found: {path}")
     return config_from_release(json.loads(path.read_text()), **policy)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# video sizes
+
+VAE_TEMPORAL, VAE_SPATIAL = 4, 8
+
+
+class VideoSizeError(ValueError):
+    """Frames, height or width the model cannot generate."""
+
+
+@dataclass(frozen=True)
+class VideoSize:
+    """A pixel-space video size and its latent grid (C=4, T, H, W)."""
+
+    frames: int
+    height: int
+    width: int
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.frames < 1 or (self.frames - 1) % VAE_TEMPORAL:
+            problems.append(f"frames={self.frames} is not 4k+1 (e.g. 1, 29, 93): the causal VAE maps 4k+1 frames "
+                            "to k+1 latent frames")
+        for name, value in (("height", self.height), ("width", self.width)):
+            if value < 16 or value % 16:
+                problems.append(f"{name}={value} is not a positive multiple of 16 (VAE factor 8 x patch size 2)")
+        if problems:
+            raise VideoSizeError("; ".join(problems))
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        return (4, (self.frames - 1) // VAE_TEMPORAL + 1, self.height // VAE_SPATIAL, self.width // VAE_SPATIAL)

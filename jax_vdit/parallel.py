@@ -25,12 +25,12 @@ gradients are reduced over both mesh axes by XLA, so the training step is the si
 
 Entry points: ``sampling.sample(..., mesh=mesh)``, ``training.train(..., mesh=mesh)`` /
 ``training.make_train_step(..., mesh=mesh)``; or by hand: ``AttentionConfig(sequence_axis="seq",
-batch_axis="data")`` (see :func:`sequence_parallel`) with the call made under ``jax.set_mesh(mesh)``.
+batch_axis="data")`` (see ``jax_vdit.model.attention.sequence_parallel``) with the call made under
+``jax.set_mesh(mesh)``. This module is a leaf: it imports nothing from the model; the model asks it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -46,8 +46,8 @@ LOGICAL_AXES = ("batch", "tokens", "heads", "embed", "mlp")
 
 __all__ = [
     "DATA_AXIS", "DEFAULT_RULES", "LOGICAL_AXES", "SEQ_AXIS", "ShardingRules", "as_auto_mesh", "constrain_batch",
-    "context_mesh", "local_query_attention", "make_mesh", "objective_for_mesh", "param_logical_axes", "place",
-    "replicate", "replicate_tree", "sequence_parallel", "shard_batch", "shard_model", "shard_tree", "tree_shardings",
+    "context_mesh", "local_query_attention", "make_mesh", "param_logical_axes", "place",
+    "replicate", "replicate_tree", "shard_batch", "shard_model", "shard_tree", "tree_shardings",
     "ulysses_attention",
 ]
 
@@ -248,37 +248,6 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh, rules: ShardingRules = DEF
         spec = rules.spec(("batch",) + (None,) * (len(shape) - 1), shape, mesh) if shape else P()
         out[name] = place(value, NamedSharding(mesh, spec))
     return out
-
-
-# ------------------------------------------------------------------------------------------------------------
-# attention config and objectives
-
-
-def sequence_parallel(attention, mesh: Mesh, rules: ShardingRules = DEFAULT_RULES):
-    """``attention`` (an ``AttentionConfig``) with ``sequence_axis``/``batch_axis`` taken from ``rules``, checked
-    against ``mesh``. Fields the caller already set are kept."""
-    seq, batch = rules.axis("tokens"), rules.axis("batch")
-    names = tuple(mesh.axis_names)
-    seq = attention.sequence_axis or (seq if seq in names else None)
-    batch = attention.batch_axis or (batch if batch in names else None)
-    for field_name, axis in (("sequence_axis", seq), ("batch_axis", batch)):
-        if axis is not None and axis not in names:
-            raise ValueError(f"AttentionConfig.{field_name}={axis!r} is not an axis of the mesh {names}")
-    if seq is not None and seq == batch:
-        raise ValueError(f"sequence_axis and batch_axis must differ, both are {seq!r}")
-    return dataclasses.replace(attention, sequence_axis=seq, batch_axis=batch)
-
-
-def objective_for_mesh(objective: Any, mesh: Mesh, rules: ShardingRules = DEFAULT_RULES) -> Any:
-    """A dataclass objective with every ``AttentionConfig`` field passed through :func:`sequence_parallel`
-    (other objectives are returned unchanged)."""
-    from jax_vdit.model.attention import AttentionConfig
-
-    if not dataclasses.is_dataclass(objective) or isinstance(objective, type):
-        return objective
-    changes = {f.name: sequence_parallel(getattr(objective, f.name), mesh, rules)
-               for f in dataclasses.fields(objective) if isinstance(getattr(objective, f.name), AttentionConfig)}
-    return dataclasses.replace(objective, **changes) if changes else objective
 
 
 # ------------------------------------------------------------------------------------------------------------

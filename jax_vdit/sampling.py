@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from jax_vdit import parallel, schedules
-from jax_vdit.model.attention import DENSE, AttentionConfig
+from jax_vdit.model.attention import DENSE, AttentionConfig, sequence_parallel
 
 MAX_PLAN_STEPS = 1000
 METHODS = ("euler_ancestral", "jump")
@@ -236,7 +236,7 @@ def sample(
             None if latents is None else jnp.asarray(latents))
     if mesh is not None:
         mesh = parallel.as_auto_mesh(mesh)
-        attention = parallel.sequence_parallel(attention, mesh, sharding_rules)
+        attention = sequence_parallel(attention, mesh, sharding_rules)
         state = parallel.shard_tree(state, mesh, sharding_rules)
         args = parallel.replicate_tree(args, mesh)
     with contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh):
@@ -262,3 +262,18 @@ class StepTimer:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def plan_from_name(sampler: str, steps: int, edges: str | None = None) -> SamplingPlan:
+    """"euler_ancestral" (the release), "ddim", or "consistency" (with comma-separated segment edges)."""
+    if sampler in ("euler_ancestral", "euler-a", "euler"):
+        return euler_ancestral(steps)
+    if sampler == "ddim":
+        return ddim(steps)
+    if sampler == "consistency":
+        if edges is None:
+            edges_list = [round(i * 1000 / steps) for i in range(steps)]
+        else:
+            edges_list = [int(e) for e in edges.split(",")]
+        return consistency(edges_list)
+    raise ValueError(f"unknown sampler {sampler!r}: use euler_ancestral, ddim or consistency")

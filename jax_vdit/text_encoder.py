@@ -112,7 +112,7 @@ def encode_prompts(
 ) -> dict[str, np.ndarray]:
     """Embeddings for ``prompts`` (and the negative prompt) from ``encoder`` = "toy" or a local mT5 folder."""
     if encoder == "toy":
-        from jax_vdit.toyworld import encode_captions, get_config
+        from jax_vdit.toy.world import encode_captions, get_config
 
         world = get_config()
         text, mask = encode_captions(prompts, world, on_unknown="unk")

@@ -24,6 +24,9 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jax_vdit import parallel
+from jax_vdit.model.attention import AttentionConfig, sequence_parallel
+
 PyTree = Any
 
 
@@ -320,11 +323,10 @@ def train(
     tx = make_optimizer(cfg, head_dim=head_dim)
     state = init_state(parts.params(), cfg, tx)
     if mesh is not None:
-        from jax_vdit import parallel
 
         rules = sharding_rules or parallel.DEFAULT_RULES
         mesh = parallel.as_auto_mesh(mesh)
-        objective = parallel.objective_for_mesh(objective, mesh, rules)
+        objective = objective_for_mesh(objective, mesh, rules)
         state = parallel.shard_tree(state, mesh, rules)
         frozen = parallel.shard_tree(frozen, mesh, rules)  # e.g. teacher parameters: placed like parameters
         place_batch = place_batch or (lambda b: parallel.shard_batch(b, mesh, rules))
@@ -482,3 +484,13 @@ __all__ = [
     "ModelParts", "Objective", "RunResult", "StateCheckpoints", "TrainConfig", "TrainState", "init_state",
     "make_optimizer", "make_train_step", "plot_metrics", "read_evals", "read_metrics", "train",
 ]
+
+
+def objective_for_mesh(objective: Any, mesh: jax.sharding.Mesh, rules: Any = None) -> Any:
+    """A dataclass objective with every ``AttentionConfig`` field passed through :func:`sequence_parallel`
+    (other objectives are returned unchanged)."""
+    if not dataclasses.is_dataclass(objective) or isinstance(objective, type):
+        return objective
+    changes = {f.name: sequence_parallel(getattr(objective, f.name), mesh, rules or parallel.DEFAULT_RULES)
+               for f in dataclasses.fields(objective) if isinstance(getattr(objective, f.name), AttentionConfig)}
+    return dataclasses.replace(objective, **changes) if changes else objective

@@ -32,8 +32,9 @@ import pallas_kernels  # noqa: E402
 from jax_vdit import parallel, sampling  # noqa: E402
 from jax_vdit.config import ModelConfig  # noqa: E402
 from jax_vdit.model import AttentionConfig, init_model  # noqa: E402
+from jax_vdit.model.attention import sequence_parallel  # noqa: E402
 from jax_vdit.objectives import DiffusionObjective  # noqa: E402
-from jax_vdit.training import ModelParts, TrainConfig  # noqa: E402
+from jax_vdit.training import ModelParts, TrainConfig, objective_for_mesh  # noqa: E402
 
 # 8 heads x 12 dims (RoPE chunks of 4), 2 layers, fp32; latents (4, 4, 8, 8) -> 4 frames x 16 tokens = 64 tokens
 CFG = ModelConfig(num_layers=2, num_attention_heads=8, attention_head_dim=12, caption_channels=16,
@@ -156,7 +157,7 @@ def check_grads(meshes, attentions, rules_name: str = "default") -> None:
         for mesh_name in meshes:
             t0 = time.perf_counter()
             mesh = mesh_of(mesh_name)
-            obj = parallel.objective_for_mesh(objective, mesh, rules)
+            obj = objective_for_mesh(objective, mesh, rules)
             params = parallel.shard_tree(parts.params(), mesh, rules)
             with jax.set_mesh(mesh):
                 loss, grads = jax.jit(functools.partial(loss_and_grads, objective=obj))(
@@ -212,7 +213,7 @@ def check_hlo(mesh_name: str = "1x4") -> None:
 
     graphdef, state = nnx.split(m)
     mesh = mesh_of(mesh_name)
-    att = parallel.sequence_parallel(AttentionConfig(dense_backend="xla"), mesh)
+    att = sequence_parallel(AttentionConfig(dense_backend="xla"), mesh)
     x = jnp.zeros((2,) + SHAPE)
     emb, mask = text(2, 1)
 

@@ -9,7 +9,9 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from jax_vdit.cli import main
-from jax_vdit.generate import VideoSize, VideoSizeError, attention_from_spec, plan_from_name
+from jax_vdit.config import VideoSize, VideoSizeError
+from jax_vdit.model.attention import attention_from_spec
+from jax_vdit.sampling import plan_from_name
 
 
 def _embeddings(path, channels=64, batch=1):

@@ -51,7 +51,7 @@ def test_convert_then_load_orbax_equals_direct_load(golden_dir, tmp_path):
     assert report.num_params == jax_vdit.load_model(folder).cfg.num_params()
     direct = jax_vdit.load_model(folder, compute_dtype="float32")
     via_orbax = jax_vdit.load_model(tmp_path / "ckpt", compute_dtype="float32")
-    from jax_vdit.weights import pure_params
+    from jax_vdit.io.params import pure_params
     import jax
 
     for a, b in zip(jax.tree.leaves(pure_params(direct)), jax.tree.leaves(pure_params(via_orbax))):

@@ -22,6 +22,7 @@ from jax.sharding import PartitionSpec as P
 from jax_vdit import parallel, sampling
 from jax_vdit.config import get_preset
 from jax_vdit.model import AttentionConfig, init_model
+from jax_vdit.model.attention import sequence_parallel
 
 ROOT = Path(__file__).resolve().parents[1]
 FP32_TOL = 5e-6  # relative; observed ~2e-7 .. 8e-7 (different reduction orders per shard shape)
@@ -146,7 +147,7 @@ def test_rules_table_and_parameter_axes():
     assert parallel.param_logical_axes(("proj_out", "kernel"), 2) == (None, None)  # the final layer
     with pytest.raises(ValueError, match="unknown logical axes"):
         parallel.ShardingRules((("vocab", "data"),))
-    att = parallel.sequence_parallel(AttentionConfig(), mesh)
+    att = sequence_parallel(AttentionConfig(), mesh)
     assert (att.sequence_axis, att.batch_axis) == ("seq", "data")
     with pytest.raises(ValueError, match="needs 16 devices"):
         parallel.make_mesh(seq=8, data=2, devices=jax.devices()[:1])

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from jax_vdit.toy import TeacherRecipe, train_teacher
-from jax_vdit.toyworld import encode_captions, get_config
-from jax_vdit.toyworld.data import heldout_keys, heldout_specs
-from jax_vdit.toyworld.spec import parse_caption
-from jax_vdit.toyworld.training_set import MixedTrainingSet, ToyTrainingSet, side_world
+from jax_vdit.toy.world import encode_captions, get_config
+from jax_vdit.toy.world.data import heldout_keys, heldout_specs
+from jax_vdit.toy.world.spec import parse_caption
+from jax_vdit.toy.world.training_set import MixedTrainingSet, ToyTrainingSet, side_world
 
 MAIN = get_config("toy-tiny-5x16x16-subframe")
 SIGN = get_config("toy-sign-5x16x16-subframe")

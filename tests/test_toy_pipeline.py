@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from jax_vdit.config import get_preset
-from jax_vdit.demo import run_demo
+from jax_vdit.toy.demo import run_demo
 from jax_vdit.model import random_model
 from jax_vdit.toy import (
     TOY_STUDENT_MLCD_DIR,
@@ -24,8 +24,8 @@ from jax_vdit.toy import (
     world_for,
     write_world_record,
 )
-from jax_vdit.toyworld import get_config
-from jax_vdit.toyworld.training_set import ToyTrainingSet
+from jax_vdit.toy.world import get_config
+from jax_vdit.toy.world.training_set import ToyTrainingSet
 
 
 def test_shipped_teacher_is_a_release_format_folder():
@@ -131,7 +131,7 @@ def test_teacher_recipe_trains_and_continues_from_exported_weights(tmp_path):
 
 
 def test_models_are_scored_in_the_world_they_were_trained_on(tmp_path):
-    """toy_world.json: the shipped models record their world (the subframe world, session 9); --world must agree
+    """toy_world.json: the shipped models record their world (the subframe world); --world must agree
     with a record; folders without one use the requested or the default world."""
     for folder in (TOY_TEACHER_DIR, TOY_STUDENT_MLCD_DIR, TOY_STUDENT_SPARSE_DIR):
         assert recorded_world(folder) == "toy-9x24x24-subframe"

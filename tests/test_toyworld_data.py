@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from jax_vdit.toyworld import (
+from jax_vdit.toy.world import (
     ObjectSpec,
     SceneSpec,
     ToyWorldConfig,
@@ -21,8 +21,8 @@ from jax_vdit.toyworld import (
     render_spec,
     sample_spec,
 )
-from jax_vdit.toyworld.data import _STREAM_TAG, sample_scene
-from jax_vdit.toyworld.shapes import shape_alpha
+from jax_vdit.toy.world.data import _STREAM_TAG, sample_scene
+from jax_vdit.toy.world.shapes import shape_alpha
 
 DEFAULT = get_config("toy-9x24x24")
 TINY = get_config("toy-tiny-5x16x16")
@@ -252,8 +252,8 @@ def test_config_is_hashable_and_frozen():
 def test_subframe_world_shows_the_direction_of_motion_inside_each_frame():
     """``objectness_lead``: channel 3 shows each object half a frame later than the colour channels, so one frame
     tells which way the object moves (and a time-reversed clip is not a clip of this world); same scenes."""
-    from jax_vdit.toyworld.data import render_raw, sample_layout
-    from jax_vdit.toyworld.spec import ObjectSpec, SceneSpec
+    from jax_vdit.toy.world.data import render_raw, sample_layout
+    from jax_vdit.toy.world.spec import ObjectSpec, SceneSpec
 
     spec = SceneSpec((ObjectSpec("circle", "red", "right", "quickly"),), "plain")
     leads = {}

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jax_vdit.toyworld import COLOUR_RGB, get_config, heldout_batch, latents_to_rgb, save_grid_gif, video_grid
-from jax_vdit.toyworld.data import render_raw, sample_scene
-from jax_vdit.toyworld.encoding import opponent_to_rgb, raw_to_latent, rgb_to_opponent
-from jax_vdit.toyworld.shapes import shape_alpha
+from jax_vdit.toy.world import COLOUR_RGB, get_config, heldout_batch, latents_to_rgb, save_grid_gif, video_grid
+from jax_vdit.toy.world.data import render_raw, sample_scene
+from jax_vdit.toy.world.encoding import opponent_to_rgb, raw_to_latent, rgb_to_opponent
+from jax_vdit.toy.world.shapes import shape_alpha
 
 CFG = get_config("toy-9x24x24")
 

@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from jax_vdit.toyworld import ToyTextEncoder, caption_vocabulary, encode_captions, get_config, tokenize, vocabulary
-from jax_vdit.toyworld.text import EOS_ID, PAD_ID, embedding_table, position_code
+from jax_vdit.toy.world import ToyTextEncoder, caption_vocabulary, encode_captions, get_config, tokenize, vocabulary
+from jax_vdit.toy.world.text import EOS_ID, PAD_ID, embedding_table, position_code
 
 CFG = get_config("toy-9x24x24")
 CAPS = [

@@ -22,13 +22,13 @@ from jax_vdit.vae import (
     decode_latents_to_video,
     encode,
     encode_video_to_latents,
-    load_vae,
     random_vae,
     write_video,
 )
+from jax_vdit.io import load_vae
 from jax_vdit.vae import pipeline as vae_pipeline
 from jax_vdit.vae.runtime import decode_nthwc, encode_moments_nthwc, tile_runner, tiled_apply
-from jax_vdit.weight_mapping import NonFiniteWeightError, WeightMismatchError
+from jax_vdit.io.key_map import NonFiniteWeightError, WeightMismatchError
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "causalvae_v12" / "tiny_a"  # = ../shared/golden
 GOLDEN_TILING = TilingConfig(32, 4, 5, 2, 0.25)

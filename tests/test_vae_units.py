@@ -13,7 +13,8 @@ import pytest
 from jax import lax
 
 from jax_vdit.vae import ComputeConfig, TilingConfig, TilingConfigError, VAEConfig, VAEConfigError, ops
-from jax_vdit.vae.convert import abstract_vae, param_count, vae_key_map
+from jax_vdit.io.vae_weights import vae_key_map
+from jax_vdit.vae import abstract_vae, param_count
 from jax_vdit.vae.runtime import tiled_apply
 from jax_vdit.vae.tiling import assemble_tiles, tile_starts, time_chunks
 

@@ -14,9 +14,9 @@ import jax_vdit
 from jax_vdit.config import (
     PRESETS, config_from_release, get_preset, load_release_config,
 )
-from jax_vdit.tensor_io import open_tensors
-from jax_vdit.weight_mapping import NonFiniteWeightError, WeightMismatchError
-from jax_vdit.weights import release_key_map
+from jax_vdit.io.tensors import open_tensors
+from jax_vdit.io.key_map import NonFiniteWeightError, WeightMismatchError
+from jax_vdit.io.release import release_key_map
 
 DATA = Path(__file__).parent / "data"
 
@@ -164,7 +164,7 @@ def test_release_config_mapping(golden_dir):
     cfg = load_release_config(golden_dir / "opensora_v12" / "tiny_a")
     assert (cfg.num_layers, cfg.num_attention_heads, cfg.attention_head_dim, cfg.caption_channels) == (2, 2, 96, 64)
     assert (cfg.interpolation_scale_t, cfg.interpolation_scale_h, cfg.interpolation_scale_w) == (1.0, 1.5, 2.0)
-    from jax_vdit.weights import release_config_dict
+    from jax_vdit.io.release import release_config_dict
 
     assert config_from_release(release_config_dict(get_preset("osp-v1.2-93x720p"))) == get_preset("osp-v1.2-93x720p")
 
@@ -177,7 +177,7 @@ def test_missing_path_and_empty_folder(tmp_path):
 
 
 def test_config_can_be_a_preset_or_a_release_json(golden_dir, tmp_path):
-    from jax_vdit.weights import resolve_config
+    from jax_vdit.io.release import resolve_config
 
     folder = golden_dir / "opensora_v12" / "tiny_a"
     lone = tmp_path / "w.safetensors"

@@ -19,11 +19,15 @@ q, k, v are ``(batch, tokens, heads, head_dim)`` as in ``jax.nn.dot_product_atte
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+
+from jax_vdit import parallel
 
 DENSE_BACKENDS = ("auto", "reference", "xla", "cudnn", "einsum")
 
@@ -40,7 +44,7 @@ class AttentionConfig:
     Ulysses sequence-parallel and cross-attention stays local per token shard; ``None`` (default): no sequence
     parallelism. ``batch_axis``: the mesh axis the batch is split over inside those attention regions (e.g.
     ``"data"``; ignored when the batch is not divisible by its size). Both need the call to run under
-    ``jax.set_mesh(mesh)``; ``jax_vdit.parallel.sequence_parallel(config, mesh)`` fills them from the rule table.
+    ``jax.set_mesh(mesh)``; :func:`sequence_parallel` (config, mesh) fills them from the rule table.
     """
 
     dense_backend: str = "auto"
@@ -163,9 +167,7 @@ def self_attention(
 
     if config.sequence_axis is None:
         return attend(q, k, v)
-    from jax_vdit.parallel import ulysses_attention
-
-    return ulysses_attention(attend, q, k, v, sequence_axis=config.sequence_axis, batch_axis=config.batch_axis)
+    return parallel.ulysses_attention(attend, q, k, v, sequence_axis=config.sequence_axis, batch_axis=config.batch_axis)
 
 
 def cross_attention(
@@ -182,7 +184,42 @@ def cross_attention(
 
     if config.sequence_axis is None:
         return attend(q, k, v, key_mask)
-    from jax_vdit.parallel import local_query_attention
-
-    return local_query_attention(attend, q, k, v, key_mask, sequence_axis=config.sequence_axis,
+    return parallel.local_query_attention(attend, q, k, v, key_mask, sequence_axis=config.sequence_axis,
                                  batch_axis=config.batch_axis)
+
+
+def attention_from_spec(spec: str | None, num_layers: int, num_frames: int, *, tile_backend: str = "auto",
+                        dense_backend: str = "auto") -> AttentionConfig:
+    """``None``/"dense" -> dense; "k:m" (e.g. "1:7") -> that mask on every layer; a path -> a mask schedule JSON."""
+    if spec is None or spec == "dense":
+        return AttentionConfig(dense_backend=dense_backend, tile_backend=tile_backend)
+    import pallas_kernels
+
+    if Path(spec).suffix == ".json" or Path(spec).is_file():
+        schedule = pallas_kernels.MaskSchedule.load(spec)
+        masks = tuple(schedule)
+        if len(masks) != num_layers:
+            raise ValueError(f"mask schedule {spec} has {len(masks)} layers, the model has {num_layers}")
+        for i, m in enumerate(masks):
+            if m is not None and m.num_frames != num_frames:
+                raise ValueError(f"mask schedule layer {i} is for {m.num_frames} latent frames, video has {num_frames}")
+    else:
+        mask = pallas_kernels.TileMask.from_string(spec, num_frames)
+        masks = (mask,) * num_layers
+    return AttentionConfig(dense_backend=dense_backend, tile_backend=tile_backend, masks=masks)
+
+
+def sequence_parallel(attention: AttentionConfig, mesh: jax.sharding.Mesh,
+                      rules: parallel.ShardingRules = parallel.DEFAULT_RULES) -> AttentionConfig:
+    """``attention`` (an ``AttentionConfig``) with ``sequence_axis``/``batch_axis`` taken from ``rules``, checked
+    against ``mesh``. Fields the caller already set are kept."""
+    seq, batch = rules.axis("tokens"), rules.axis("batch")
+    names = tuple(mesh.axis_names)
+    seq = attention.sequence_axis or (seq if seq in names else None)
+    batch = attention.batch_axis or (batch if batch in names else None)
+    for field_name, axis in (("sequence_axis", seq), ("batch_axis", batch)):
+        if axis is not None and axis not in names:
+            raise ValueError(f"AttentionConfig.{field_name}={axis!r} is not an axis of the mesh {names}")
+    if seq is not None and seq == batch:
+        raise ValueError(f"sequence_axis and batch_axis must differ, both are {seq!r}")
+    return dataclasses.replace(attention, sequence_axis=seq, batch_axis=batch)

@@ -2,7 +2,8 @@
 
 Public API::
 
-    from jax_vdit.vae import load_vae, decode_latents_to_video, write_video, TilingConfig
+    from jax_vdit.io import load_vae                                       # release weights
+    from jax_vdit.vae import decode_latents_to_video, write_video, TilingConfig
     vae = load_vae("Open-Sora-Plan-v1.2.0/vae", dtype=jnp.bfloat16)      # config.json + checkpoint.ckpt
     frames = decode_latents_to_video(vae, latents)                         # (B, F, H, W, 3) uint8, release tiling
     write_video(frames[0], "out.mp4", fps=24)
@@ -12,8 +13,7 @@ Lower level: :func:`decode` / :func:`encode` on (B, C, T, H, W) arrays, with ``t
 """
 
 from jax_vdit.vae.config import SCALING_FACTOR, ComputeConfig, VAEConfig, VAEConfigError
-from jax_vdit.vae.convert import abstract_vae, load_vae, load_vae_weights, param_count, random_vae, vae_key_map
-from jax_vdit.vae.model import CausalVAE
+from jax_vdit.vae.model import CausalVAE, abstract_vae, param_count, random_vae
 from jax_vdit.vae.pipeline import decode_latents_to_video, encode_video_to_latents, write_video
 from jax_vdit.vae.runtime import (
     DiagonalGaussian,
@@ -48,12 +48,9 @@ __all__ = [
     "encode",
     "encode_moments_nthwc",
     "encode_video_to_latents",
-    "load_vae",
-    "load_vae_weights",
     "param_count",
     "random_vae",
     "tile_runner",
     "tiled_apply",
-    "vae_key_map",
     "write_video",
 ]

@@ -11,6 +11,8 @@ rounded once to ``dtype`` -- also when ``dtype`` is bfloat16.
 
 from __future__ import annotations
 
+import numpy as np
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -384,3 +386,30 @@ class CausalVAE(nnx.Module):
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
         return self.decoder(z, taps=taps)
+
+
+def abstract_vae(
+    config: VAEConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, compute: ComputeConfig = ComputeConfig()
+) -> CausalVAE:
+    """A :class:`CausalVAE` whose parameters are shape/dtype placeholders (nothing allocated)."""
+    return nnx.eval_shape(
+        lambda: CausalVAE(config, dtype=dtype, param_dtype=param_dtype, compute=compute, rngs=nnx.Rngs(0))
+    )
+
+
+def random_vae(
+    config: VAEConfig,
+    *,
+    seed: int = 0,
+    dtype=jnp.float32,
+    param_dtype=None,
+    compute: ComputeConfig = ComputeConfig(),
+) -> CausalVAE:
+    """A VAE with PyTorch-default random weights (for tests and full-size benchmarks)."""
+    param_dtype = dtype if param_dtype is None else param_dtype
+    return CausalVAE(config, dtype=dtype, param_dtype=param_dtype, compute=compute, rngs=nnx.Rngs(seed))
+
+
+def param_count(vae: CausalVAE) -> int:
+    """Number of parameters of ``vae``."""
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.state(vae, nnx.Param))))

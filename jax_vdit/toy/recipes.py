@@ -1,8 +1,6 @@
-"""The toy world end to end: train a teacher with the release objective, export it in the release format,
-sample held-out prompts with any sampler, and score the samples with ToyBench.
-
-Same code path as full-size training (model config and data are the only differences).
-"""
+"""Toy-world recipes: teacher pre-training with the release objective (with periodic ToyBench checks), and the
+three-stage efficiency pipeline (MLCD, mask-search calibration, sparse KD). Same code path as full size: the model
+config and the data are the only differences."""
 
 from __future__ import annotations
 
@@ -13,47 +11,16 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jax_vdit import sampling
 from jax_vdit.config import get_preset
-from jax_vdit.model import DENSE, AttentionConfig, init_model
+from jax_vdit.model import AttentionConfig, init_model
 from jax_vdit.objectives import DiffusionObjective
-from jax_vdit.toyworld import ToyWorldConfig, encode_captions, evaluate, get_config, heldout_specs
-from jax_vdit.toyworld.training_set import MixedTrainingSet, ToyTrainingSet
+from jax_vdit.toy.bench import heldout, sample_specs, toybench
+from jax_vdit.toy.models import export_release_folder, world_for
+from jax_vdit.toy.world import ToyWorldConfig, get_config
+from jax_vdit.toy.world.training_set import MixedTrainingSet, ToyTrainingSet
 from jax_vdit.training import RunResult, TrainConfig, plot_metrics, train
-
-ASSETS = Path(__file__).parent / "assets"
-TOY_TEACHER_DIR = ASSETS / "toy_teacher"
-TOY_STUDENT_MLCD_DIR = ASSETS / "toy_student_mlcd"  # 4-step consistency student of the shipped teacher
-TOY_STUDENT_SPARSE_DIR = ASSETS / "toy_student_sparse"  # the same after mask search + KD into tile attention
-STUDENT_FILE = "student.json"  # how a distilled student samples: {"sampler": "consistency", "edges": [...], ...}
-WORLD_FILE = "toy_world.json"  # {"world": <ToyWorldConfig preset>}: the world a toy model's weights were trained on
-DEFAULT_WORLD = "toy-9x24x24"
-
-
-def write_world_record(folder: str | Path, world: str) -> None:
-    """Record in a teacher or student folder the toy-world preset its weights were trained on."""
-    get_config(world)  # an unknown preset raises here, not when the folder is read back
-    (Path(folder) / WORLD_FILE).write_text(json.dumps({"world": world}) + "\n")
-
-
-def recorded_world(folder: str | Path) -> str | None:
-    """The toy-world preset recorded in ``folder`` (None for folders written before worlds were recorded)."""
-    path = Path(folder) / WORLD_FILE
-    return json.loads(path.read_text())["world"] if path.is_file() else None
-
-
-def world_for(folder: str | Path, requested: str | None = None) -> ToyWorldConfig:
-    """The toy world in which to sample and score the model in ``folder``: the recorded one. ``requested`` (e.g. a
-    ``--world`` flag) must agree with the record: a model scored in another world than its own gets wrong scores
-    (e.g. the first-frame mark of ``toy-9x24x24-anchored`` read as content). Unrecorded folders use ``requested``,
-    else the default world."""
-    recorded = recorded_world(folder)
-    if recorded is not None and requested is not None and requested != recorded:
-        raise ValueError(f"{folder} was trained on the toy world {recorded!r} ({WORLD_FILE}), not {requested!r}: "
-                         f"drop --world or pass --world {recorded}")
-    return get_config(recorded or requested or DEFAULT_WORLD)
 
 
 @dataclass(frozen=True)
@@ -125,7 +92,7 @@ BEST_EMA = "best_ema"
 
 
 def _teacher_check_fn(check: TeacherCheck, world: ToyWorldConfig, run_dir: Path):
-    from jax_vdit.checkpoints import atomic_directory
+    from jax_vdit.io.checkpoints import atomic_directory
     from jax_vdit.training import read_evals
 
     specs = heldout(world, check.prompts)
@@ -174,7 +141,7 @@ def train_teacher(recipe: TeacherRecipe, run_dir: str | Path, *, stop_after: int
     gen_s = time.perf_counter() - t0
     frozen = jax.tree.map(jnp.asarray, data.unconditional())
     if init_from is not None:
-        from jax_vdit.weights import load_model
+        from jax_vdit.io import load_model
 
         model = load_model(init_from, param_dtype=cfg.param_dtype, compute_dtype=cfg.compute_dtype)
         if model.cfg.replace(compute_dtype=cfg.compute_dtype) != cfg:
@@ -191,136 +158,6 @@ def train_teacher(recipe: TeacherRecipe, run_dir: str | Path, *, stop_after: int
     plot_metrics(run_dir, keys=("loss", "mse", "mse_t*", "grad_norm", "qk_gain_max", "rope_odd_t"))
     return result
 
-
-def export_release_folder(model, folder: str | Path, *, dtype: str = "bfloat16", world: str | None = None) -> Path:
-    """Write ``model`` as a release-format folder (config.json + diffusion_pytorch_model.safetensors), plus the
-    toy world it was trained on (``toy_world.json``) when ``world`` is given."""
-    import ml_dtypes
-    from safetensors.numpy import save_file
-
-    from jax_vdit.weights import params_to_release_tensors, pure_params, write_release_config
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = params_to_release_tensors(model.cfg, pure_params(model))
-    np_dtype = {"bfloat16": ml_dtypes.bfloat16, "float32": np.float32, "float16": np.float16}[dtype]
-    save_file({k: v.astype(np_dtype) for k, v in tensors.items()}, str(folder / "diffusion_pytorch_model.safetensors"))
-    write_release_config(model.cfg, folder)
-    if world is not None:
-        write_world_record(folder, world)
-    return folder
-
-
-def load_toy_teacher(path: str | Path | None = None, compute_dtype: str = "float32"):
-    """The shipped toy teacher (or another checkpoint trained by :func:`train_teacher`)."""
-    from jax_vdit.weights import load_model
-
-    path = Path(path) if path else TOY_TEACHER_DIR
-    if not path.exists():
-        raise FileNotFoundError(
-            f"no toy teacher at {path}; train one with `vdit train-teacher` (see README) or pass --teacher"
-        )
-    return load_model(path, param_dtype="float32", compute_dtype=compute_dtype)
-
-
-@dataclass(frozen=True)
-class ToyStudent:
-    """A distilled student ready to sample: its model, its consistency plan (no CFG) and its attention."""
-
-    model: object
-    plan: sampling.SamplingPlan
-    attention: AttentionConfig
-    info: dict
-
-
-def write_student_info(folder: str | Path, *, edges, guidance_distilled: float | None, teacher: str,
-                       mask_schedule: bool, extra: dict | None = None) -> Path:
-    """``student.json`` beside an exported student: the sampler it was distilled for (consistency jumps at the
-    segment ``edges``; sampled without CFG because the teacher's guidance ``guidance_distilled`` is baked in)."""
-    info = {"sampler": "consistency", "edges": [int(e) for e in edges], "guidance": None,
-            "guidance_distilled": guidance_distilled, "teacher": teacher, "mask_schedule": bool(mask_schedule)}
-    path = Path(folder) / STUDENT_FILE
-    path.write_text(json.dumps(info | (extra or {}), indent=2) + "\n")
-    return path
-
-
-def load_toy_student(path: str | Path, compute_dtype: str = "float32", tile_backend: str = "auto",
-                     num_frames: int | None = None) -> ToyStudent:
-    """A student folder written by ``experiments/distill_toy.py``: release-format weights, ``student.json``, and
-    for a sparse student ``mask_schedule.json`` (one tile mask per layer, run through ``tile_backend``, checked
-    against ``num_frames`` latent frames, default the model's ``sample_size_t``)."""
-    from jax_vdit.generate import attention_from_spec
-    from jax_vdit.weights import load_model
-
-    path = Path(path)
-    info_path = path / STUDENT_FILE
-    if not info_path.is_file():
-        raise FileNotFoundError(f"{path} has no {STUDENT_FILE}: not a distilled student folder (see distill_toy.py)")
-    info = json.loads(info_path.read_text())
-    if info.get("sampler") != "consistency" or not info.get("edges"):
-        raise ValueError(f"{info_path}: expected a consistency sampler with segment edges, got {info}")
-    model = load_model(path, param_dtype="float32", compute_dtype=compute_dtype)
-    attention = DENSE
-    if info.get("mask_schedule"):
-        schedule = path / "mask_schedule.json"
-        if not schedule.is_file():
-            raise FileNotFoundError(f"{info_path} says the student is sparse but {schedule} is missing")
-        frames = num_frames or model.cfg.sample_size_t
-        attention = attention_from_spec(str(schedule), model.cfg.num_layers, frames, tile_backend=tile_backend)
-    return ToyStudent(model, sampling.consistency(info["edges"]), attention, info)
-
-
-def encode_specs(specs, world: ToyWorldConfig) -> tuple[np.ndarray, np.ndarray]:
-    return encode_captions([s.caption for s in specs], world)
-
-
-def sample_specs(
-    model,
-    specs,
-    world: ToyWorldConfig,
-    *,
-    plan: sampling.SamplingPlan,
-    guidance_scale: float | None,
-    key: jax.Array,
-    attention: AttentionConfig = DENSE,
-    batch_size: int = 32,
-    latent_dtype=jnp.float32,
-) -> np.ndarray:
-    """Latents (N, 4, T, H, W) float32 for the captions of ``specs``. ``guidance_scale=None``: no CFG (one
-    forward per step, as consistency students sample); otherwise CFG against the empty caption."""
-    text, mask = encode_specs(specs, world)
-    neg_text, neg_mask = encode_captions([""], world)
-    out = []
-    for i in range(0, len(specs), batch_size):
-        kw = {}
-        if guidance_scale is not None:
-            kw = dict(negative_text=jnp.asarray(neg_text), negative_mask=jnp.asarray(neg_mask),
-                      guidance_scale=guidance_scale)
-        lat = sampling.sample(model, jnp.asarray(text[i:i + batch_size]), jnp.asarray(mask[i:i + batch_size]),
-                              key=jax.random.fold_in(key, i), latent_shape=world.latent_shape, plan=plan,
-                              attention=attention, latent_dtype=latent_dtype, **kw)
-        out.append(np.asarray(jax.device_get(lat), np.float32))
-    return np.concatenate(out)
-
-
-def toybench(videos: np.ndarray, specs, world: ToyWorldConfig, reference: np.ndarray | None = None) -> dict:
-    """ToyBench means (plus ``teacher_rel_err`` against ``reference`` videos from the same noise)."""
-    from jax_vdit.toyworld import teacher_error
-
-    scores = {k: float(v) for k, v in evaluate(videos, list(specs), world)["mean"].items()}
-    if reference is not None:
-        scores.update(teacher_error(videos, reference)["mean"])
-    return scores
-
-
-def heldout(world: ToyWorldConfig, count: int | None = None):
-    specs = heldout_specs(world)
-    return specs if count is None else specs[:count]
-
-
-def write_json(path: str | Path, payload: dict) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(payload, indent=2, default=float))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,12 +1,14 @@
-"""Load OpenSoraT2V weights: release folders, safetensors files, PyTorch pickles and our orbax checkpoints.
+"""Release-format transformer weights: the key map, streaming reads of release folders, safetensors files and PyTorch
+pickles, and writing release-format folders (config.json + tensors).
 
-``load_model(path)`` is the one-call API. Release tensors are checked against an explicit key map (every key and
+``jax_vdit.io.load_model(path)`` is the one-call API. Release tensors are checked against an explicit key map (every key and
 shape, in one pass, before any data is read), then streamed one tensor at a time into the model's parameters.
 """
 
 from __future__ import annotations
 
 import json
+
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,12 +16,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from jax_vdit.config import ModelConfig, get_preset, load_release_config
-from jax_vdit.model.transformer import OpenSoraT2V, abstract_model
-from jax_vdit.tensor_io import TensorSource, find_weight_files, open_tensors
-from jax_vdit.weight_mapping import KeyMap, check_finite, check_keys, check_tree_shapes, set_path
+from jax_vdit.io.key_map import KeyMap, check_finite, check_keys, set_path
+from jax_vdit.io.params import model_from_pure_params
+from jax_vdit.io.tensors import TensorSource, open_tensors
+from jax_vdit.model.transformer import OpenSoraT2V
 
 # non-persistent sin-cos buffers of the release's PatchEmbed2D; unused with RoPE
 IGNORED_RELEASE_PREFIXES = ("pos_embed.pos_embed", "pos_embed.temp_pos_embed")
@@ -108,14 +110,6 @@ def stream_release_groups(
         yield group, tree
 
 
-def model_from_pure_params(cfg: ModelConfig, params: dict) -> OpenSoraT2V:
-    """Build the model and fill its parameters from a nested pure dict (shapes are checked)."""
-    graphdef, abstract_state = nnx.split(abstract_model(cfg))
-    check_tree_shapes(nnx.to_pure_dict(abstract_state), params, what="parameter tree")
-    nnx.replace_by_pure_dict(abstract_state, params)  # fills the abstract state in place
-    return nnx.merge(graphdef, abstract_state)
-
-
 def _flatten(tree: dict, prefix: tuple = ()) -> dict[tuple, Any]:
     out: dict[tuple, Any] = {}
     for k, v in tree.items():
@@ -162,35 +156,6 @@ def load_release(
     return model_from_pure_params(cfg, params)
 
 
-def is_orbax_model_dir(path: Path) -> bool:
-    from jax_vdit.checkpoints import MODEL_CONFIG_NAME
-
-    return path.is_dir() and (path / MODEL_CONFIG_NAME).is_file()
-
-
-def load_model(
-    path: str | Path,
-    *,
-    config: ModelConfig | str | None = None,
-    param_dtype: str | None = None,
-    compute_dtype: str | None = None,
-) -> OpenSoraT2V:
-    """Load an OpenSoraT2V from a release folder, a safetensors/PyTorch file, or our orbax model checkpoint.
-
-    ``param_dtype`` / ``compute_dtype`` override the dtype policy ("float32", "bfloat16", "float16").
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    if is_orbax_model_dir(path):
-        from jax_vdit.checkpoints import load_model_checkpoint
-
-        return load_model_checkpoint(path, param_dtype=param_dtype, compute_dtype=compute_dtype)
-    if path.is_dir():
-        find_weight_files(path)  # clear error if the folder holds no weights
-    return load_release(path, config=config, param_dtype=param_dtype, compute_dtype=compute_dtype)
-
-
 def release_config_dict(cfg: ModelConfig) -> dict[str, Any]:
     """A release-style ``config.json`` for ``cfg`` (used to write synthetic release folders in tests)."""
     return {
@@ -212,11 +177,6 @@ def release_config_dict(cfg: ModelConfig) -> dict[str, Any]:
 def write_release_config(cfg: ModelConfig, folder: str | Path) -> None:
     Path(folder).mkdir(parents=True, exist_ok=True)
     (Path(folder) / "config.json").write_text(json.dumps(release_config_dict(cfg), indent=2, sort_keys=True))
-
-
-def pure_params(model: OpenSoraT2V) -> dict:
-    """The model's parameters as a nested pure dict of arrays."""
-    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 
 def params_to_release_tensors(cfg: ModelConfig, params: dict) -> dict[str, np.ndarray]:

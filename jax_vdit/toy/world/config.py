@@ -100,7 +100,7 @@ class ToyWorldConfig:
     # the objectness channel (3) shows each object this fraction of a frame *later* than the colour channels (0 =
     # off). Like a latent frame of the v1.2 CausalVAE, which summarises 4 consecutive pixel frames in order, a
     # single latent frame then shows which way its objects move: time reversal is no longer a symmetry of the
-    # token sequence (experiments/results/toy_teacher/README.md, session 6)
+    # token sequence (experiments/studies/README.md)
     objectness_lead: float = 0.0
     # latent normalisation (raw -> latent), measured per preset
     channel_mean: tuple[float, float, float, float] = (0.2609, 0.0089, 0.0028, -0.3458)
@@ -205,12 +205,6 @@ class ToyWorldConfig:
 
 PRESETS: dict[str, ToyWorldConfig] = {
     "toy-9x24x24": ToyWorldConfig(),
-    # the same world with a marked first latent frame (first_frame_offset): same scenes, layouts and held-out set
-    "toy-9x24x24-anchored": ToyWorldConfig(name="toy-9x24x24-anchored", first_frame_offset=0.5),
-    # a mark of 4.6 latent std: the mean over a frame's 144 tokens shows it at 2 sigma up to t = 800 (signal scale
-    # 0.039) and at 4.6 sigma at t = 700 (0.083); the 1.16-std mark above reaches 2 sigma only below t ~ 600 and
-    # 4.6 sigma below t ~ 480 (session 6, experiments/results/toy_teacher/README.md)
-    "toy-9x24x24-anchored-strong": ToyWorldConfig(name="toy-9x24x24-anchored-strong", first_frame_offset=2.0),
     # the same scenes with channel 3 rendered half a frame later than channels 0-2 (objectness_lead)
     "toy-9x24x24-subframe": ToyWorldConfig(name="toy-9x24x24-subframe", objectness_lead=0.5),
     "toy-tiny-5x16x16": ToyWorldConfig(
@@ -223,11 +217,8 @@ PRESETS: dict[str, ToyWorldConfig] = {
         channel_std=(0.1417, 0.1545, 0.1753, 0.4616),
     ),
 }
-PRESETS["toy-tiny-5x16x16-anchored"] = dataclasses.replace(
-    PRESETS["toy-tiny-5x16x16"], name="toy-tiny-5x16x16-anchored", first_frame_offset=0.5
-)
 # the small world at full complexity (two objects, bounce, textures, 8 directions, 2 speeds) with the subframe cue:
-# does complexity alone keep a small model from the sign of motion? (session 8, sign_study/curriculum)
+# does complexity alone keep a small model from the sign of motion? (experiments/studies/README.md)
 PRESETS["toy-tiny-5x16x16-subframe"] = dataclasses.replace(
     PRESETS["toy-tiny-5x16x16"], name="toy-tiny-5x16x16-subframe", objectness_lead=0.5
 )
@@ -243,9 +234,9 @@ def _sign_world(base: str, name: str, mean: tuple[float, ...], std: tuple[float,
     )
 
 
-# the sign study (experiments/results/toy_teacher/sign_study): a small model on a CPU meets the teacher's open
-# problem, "left" vs "right", in minutes. The same cut at the teacher's size (9 x 24 x 24) is the first stage of a
-# curriculum for the full-size teacher (docs/NEXT_GPU_SESSION.md, session 8). Each has a subframe twin.
+# the sign worlds: one object, four directions. The small one lets a CPU-sized model meet "left" vs "right" in
+# minutes (experiments/studies/README.md); the one at the teacher's size (9 x 24 x 24) is the first stage of the
+# shipped teacher's curriculum. Each has a subframe twin.
 PRESETS["toy-sign-5x16x16"] = _sign_world(
     "toy-tiny-5x16x16", "toy-sign-5x16x16", (0.2587, 0.0061, 0.0044, -0.3538), (0.1265, 0.1404, 0.1556, 0.4062))
 PRESETS["toy-sign-9x24x24"] = _sign_world(

@@ -15,14 +15,15 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jax_vdit.generate import plan_from_name
 from jax_vdit.model import DENSE, AttentionConfig
-from jax_vdit.sampling import SamplingPlan
-from jax_vdit.toy import (
-    STUDENT_FILE, TOY_STUDENT_MLCD_DIR, TOY_STUDENT_SPARSE_DIR, TOY_TEACHER_DIR, heldout, load_toy_student,
-    load_toy_teacher, sample_specs, toybench, world_for, write_json,
+from jax_vdit.records import write_json
+from jax_vdit.sampling import SamplingPlan, plan_from_name
+from jax_vdit.student import STUDENT_FILE
+from jax_vdit.toy.bench import heldout, sample_specs, toybench
+from jax_vdit.toy.models import (
+    TOY_STUDENT_MLCD_DIR, TOY_STUDENT_SPARSE_DIR, TOY_TEACHER_DIR, load_toy_student, load_toy_teacher, world_for,
 )
-from jax_vdit.toyworld import format_table, save_grid_gif
+from jax_vdit.toy.world import format_table, save_grid_gif
 
 
 @dataclass(frozen=True)

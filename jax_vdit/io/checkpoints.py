@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 
 from jax_vdit.config import ModelConfig
-from jax_vdit.weight_mapping import check_tree_shapes
+from jax_vdit.io.key_map import check_tree_shapes
+from jax_vdit.io.params import model_from_pure_params
 
 MODEL_CONFIG_NAME = "jax_vdit_model.json"
 PARAMS_DIR = "params"
@@ -117,6 +118,11 @@ def save_model_checkpoint(path: str | Path, cfg: ModelConfig, params: dict, *, o
     return Path(path)
 
 
+def is_orbax_model_dir(path: Path) -> bool:
+    """True when ``path`` is a model checkpoint written by :func:`save_model_checkpoint`."""
+    return path.is_dir() and (path / MODEL_CONFIG_NAME).is_file()
+
+
 def read_model_config(path: str | Path) -> ModelConfig:
     file = Path(path) / MODEL_CONFIG_NAME
     if not file.is_file():
@@ -150,8 +156,6 @@ def restore_params(path: str | Path, cfg: ModelConfig) -> dict:
 
 def load_model_checkpoint(path: str | Path, *, param_dtype: str | None = None, compute_dtype: str | None = None):
     """Load a model written by :func:`save_model_checkpoint` (or the converter)."""
-    from jax_vdit.weights import model_from_pure_params
-
     cfg = read_model_config(path)
     policy = {k: v for k, v in (("param_dtype", param_dtype), ("compute_dtype", compute_dtype)) if v is not None}
     if policy:

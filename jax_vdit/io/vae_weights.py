@@ -3,7 +3,7 @@
 The key map is explicit: :func:`vae_key_map` walks the config and lists, for every release tensor name, the NNX
 parameter path, the release shape and the layout transform (torch ``Conv3d`` (Cout, Cin, kt, kh, kw) and
 ``Conv2d`` (Cout, Cin, kh, kw) -> kernel (kt, kh, kw, Cin, Cout); GroupNorm ``weight`` -> ``scale``). Before any
-tensor is read the checkpoint's listing is compared with the map (:func:`jax_vdit.weight_mapping.check_keys`:
+tensor is read the checkpoint's listing is compared with the map (:func:`jax_vdit.io.key_map.check_keys`:
 one error lists every missing, unexpected and wrongly shaped key); every tensor is checked for NaN/Inf as it is
 read. Keys containing ``loss`` (training-only loss modules) are ignored, as the release loader does.
 """
@@ -13,15 +13,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jax_vdit.tensor_io import TensorSource, open_tensors
+from jax_vdit.io.tensors import TensorSource, open_tensors
 from jax_vdit.vae.config import ComputeConfig, VAEConfig, VAEConfigError
-from jax_vdit.vae.model import CausalVAE
-from jax_vdit.weight_mapping import KeyMap, check_finite, check_keys, set_path
+from jax_vdit.vae.model import CausalVAE, abstract_vae
+from jax_vdit.io.key_map import KeyMap, check_finite, check_keys, set_path
 
 StatePath = tuple[str | int, ...]
 
@@ -135,15 +134,6 @@ def _with_loss_ignored(km: KeyMap) -> KeyMap:
     return out
 
 
-def abstract_vae(
-    config: VAEConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, compute: ComputeConfig = ComputeConfig()
-) -> CausalVAE:
-    """A :class:`CausalVAE` whose parameters are shape/dtype placeholders (nothing allocated)."""
-    return nnx.eval_shape(
-        lambda: CausalVAE(config, dtype=dtype, param_dtype=param_dtype, compute=compute, rngs=nnx.Rngs(0))
-    )
-
-
 def _check_map_matches_model(km: KeyMap, state) -> None:
     """Internal consistency: the key map fills every model parameter exactly once, with matching shapes."""
     flat = {tuple(path): leaf for path, leaf in nnx.to_flat_state(state)}
@@ -166,8 +156,8 @@ def _check_map_matches_model(km: KeyMap, state) -> None:
 def load_vae_weights(vae: CausalVAE, source: TensorSource, *, what: str = "checkpoint") -> CausalVAE:
     """Fill ``vae`` (concrete or abstract) from a tensor source; returns the loaded model.
 
-    Raises :class:`~jax_vdit.weight_mapping.WeightMismatchError` (every missing/unexpected/mis-shaped key at
-    once) before reading, and :class:`~jax_vdit.weight_mapping.NonFiniteWeightError` naming a NaN/Inf tensor.
+    Raises :class:`~jax_vdit.io.key_map.WeightMismatchError` (every missing/unexpected/mis-shaped key at
+    once) before reading, and :class:`~jax_vdit.io.key_map.NonFiniteWeightError` naming a NaN/Inf tensor.
     """
     graphdef, state = nnx.split(vae)
     km = _with_loss_ignored(vae_key_map(vae.config))
@@ -231,20 +221,3 @@ def load_vae(
         return load_vae_weights(vae, source, what=str(path))
     finally:
         source.close()
-
-
-def random_vae(
-    config: VAEConfig,
-    *,
-    seed: int = 0,
-    dtype=jnp.float32,
-    param_dtype=None,
-    compute: ComputeConfig = ComputeConfig(),
-) -> CausalVAE:
-    """A VAE with PyTorch-default random weights (for tests and full-size benchmarks)."""
-    param_dtype = dtype if param_dtype is None else param_dtype
-    return CausalVAE(config, dtype=dtype, param_dtype=param_dtype, compute=compute, rngs=nnx.Rngs(seed))
-
-
-def param_count(vae: CausalVAE) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.state(vae, nnx.Param))))

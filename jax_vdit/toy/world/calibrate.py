@@ -8,7 +8,7 @@
   blur, shuffled / frozen / flickering frames, too little motion, washed-out colour, wrong prompts, pure noise),
   to judge what differences the metrics can resolve.
 
-Run ``python -m jax_vdit.toyworld.calibrate [preset] [num_samples]`` to print both.
+Run ``python -m jax_vdit.toy.world.calibrate [preset] [num_samples]`` to print both.
 """
 
 from __future__ import annotations

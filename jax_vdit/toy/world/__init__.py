@@ -8,7 +8,7 @@ distillation, sparse attention) can be trained and judged end to end on a CPU-si
 * ``text``: deterministic mT5 stand-in (word table + position code, EOS, padding mask).
 * ``toybench``: metrics parsed back from generated latent videos; ``teacher_error``; ``format_table``.
 * ``render``: latents -> RGB frames, animated GIF grids.
-* ``calibrate``: latent statistics and metric-resolution report (``python -m jax_vdit.toyworld.calibrate``).
+* ``calibrate``: latent statistics and metric-resolution report (``python -m jax_vdit.toy.world.calibrate``).
 
 Pure NumPy; no JAX needed.
 """

@@ -38,7 +38,7 @@ Scores (per video; batch means are plain means, NaN-aware where an attribute doe
   spec speed for moving objects (1 = right amount of motion; few-step students often move too little).
 * ``overall``: mean of alignment, smoothness, consistency and dynamic_degree.
 
-Resolution (``python -m jax_vdit.toyworld.calibrate``): the attribute scores are deliberately robust (the parser
+Resolution (``python -m jax_vdit.toy.world.calibrate``): the attribute scores are deliberately robust (the parser
 averages over pixels and frames): ground truth plus N(0, 1) latent noise still reaches alignment ~0.98, while
 smoothness and consistency fall steadily with the noise level (0.95 / 0.98 on ground truth, 0.67 / 0.75 at
 sigma = 1). Pure noise and all-zero videos contain no objects and score 0. Use alignment for "does it follow the

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from jax_vdit.tensor_io import TensorInfo
+from jax_vdit.io.tensors import TensorInfo
 
 StatePath = tuple[str | int, ...]
 Transform = Callable[[np.ndarray], np.ndarray]

@@ -1,0 +1,139 @@
+"""The toy-world commands: ``vdit demo``, ``vdit train-teacher``, ``vdit toybench``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from jax_vdit.toy.demo import run_demo
+
+    students = None  # the shipped students
+    if args.no_students:
+        students = {}
+    elif args.student:
+        students = {Path(f).name: Path(f) for f in args.student}
+    summary = run_demo(args.out, prompts=args.prompts, steps=args.steps, guidance=args.guidance,
+                       teacher=args.teacher, students=students, seed=args.seed)
+    print(summary["table"])
+    print(f"\nwrote {Path(args.out) / 'grid.gif'} and toybench.json; device {summary['device']}; "
+          f"model load {summary['load_s']} s; total {summary['total_s']} s")
+    return 0
+
+
+def _cmd_train_teacher(args: argparse.Namespace) -> int:
+    from jax_vdit.toy import BEST_EMA, TeacherCheck, TeacherRecipe, export_release_folder, train_teacher
+
+    recipe = TeacherRecipe(world=args.world, model=args.model, steps=args.steps, batch_size=args.batch,
+                           learning_rate=args.lr, warmup_steps=args.warmup, num_samples=args.samples,
+                           compute_dtype=args.compute_dtype, seed=args.seed, checkpoint_every=args.checkpoint_every,
+                           mix_world=args.mix_world, mix_fraction=args.mix_fraction)
+    check = (TeacherCheck(every=args.check_every, steps=args.check_steps, prompts=args.check_prompts)
+             if args.check_every else None)
+    result = train_teacher(recipe, args.run, time_limit_s=args.time_limit, init_from=args.init_from, check=check,
+                           adapt_to_world=args.adapt_to_world)
+    if check is not None:
+        print(f"ToyBench checks in {Path(args.run) / 'evals.jsonl'}; best EMA teacher in {Path(args.run) / BEST_EMA}")
+    if int(result.state.step) >= recipe.steps and args.export:
+        export_release_folder(result.model("ema"), args.export, world=recipe.world)
+        print(f"exported the EMA teacher to {args.export}")
+    print(f"step {int(result.state.step)}/{recipe.steps}; metrics in {Path(args.run) / 'metrics.jsonl'}")
+    return 0
+
+
+def _cmd_toybench(args: argparse.Namespace) -> int:
+    import jax
+
+    from jax_vdit.sampling import plan_from_name
+    from jax_vdit.model import DENSE
+    from jax_vdit.toy import (STUDENT_FILE, TOY_TEACHER_DIR, heldout, load_toy_student, load_toy_teacher,
+                              sample_specs, toybench, world_for)
+    from jax_vdit.records import write_json
+    from jax_vdit.toy.world import format_table
+
+    folder = Path(args.checkpoint) if args.checkpoint else TOY_TEACHER_DIR
+    world = world_for(folder, args.world)
+    attention, own_plan = DENSE, None
+    if (folder / STUDENT_FILE).is_file():
+        # a distilled student samples the way it was distilled: its tile masks (sparse students) and its
+        # consistency edges; scoring it dense or on other edges would be a silent wrong answer
+        student = load_toy_student(folder, compute_dtype=args.compute_dtype, num_frames=world.num_frames)
+        model, attention, own_plan = student.model, student.attention, student.plan
+        args.setting = args.setting or [f"consistency:{student.plan.num_steps}:none"]
+    else:
+        model = load_toy_teacher(args.checkpoint, compute_dtype=args.compute_dtype)
+    args.setting = args.setting or ["euler_ancestral:100:4", "euler_ancestral:4:4"]
+    specs = heldout(world, args.prompts)
+    results = {}
+    for setting in args.setting:
+        sampler, steps, guidance = setting.split(":")
+        g = None if guidance in ("none", "") else float(guidance)
+        if own_plan is not None and sampler == "consistency" and int(steps) == own_plan.num_steps:
+            plan = own_plan
+        else:
+            plan = plan_from_name(sampler, int(steps))
+        videos = sample_specs(model, specs, world, plan=plan, guidance_scale=g, key=jax.random.key(args.seed),
+                              attention=attention)
+        results[setting] = toybench(videos, specs, world)
+    print(format_table(results, keys=["alignment", "overall", "smoothness", "consistency", "dynamic_degree",
+                                      "direction_acc"]))
+    if args.json:
+        header = {"command": "vdit toybench " + " ".join(args.argv), "device": jax.devices()[0].device_kind,
+                  "jax": jax.__version__, "world": world.name, "prompts": args.prompts, "seed": args.seed}
+        write_json(args.json, {"header": header, "results": results})
+    return 0
+
+
+def register(sub) -> None:
+    d = sub.add_parser("demo", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="toy-world demo: the shipped teacher and its distilled students (CPU friendly)")
+    d.add_argument("--out", default="outputs/demo")
+    d.add_argument("--prompts", type=int, default=8, help="number of held-out prompts (max 32)")
+    d.add_argument("--steps", type=int, default=10, help="Euler-ancestral steps for the teacher row")
+    d.add_argument("--guidance", type=float, default=4.0)
+    d.add_argument("--teacher", default=None, help="a toy teacher folder (default: the shipped one)")
+    d.add_argument("--student", action="append", default=None,
+                   help="a distilled student folder (with student.json; repeatable); default: the shipped students")
+    d.add_argument("--no-students", action="store_true", help="teacher rows only")
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=_cmd_demo)
+
+    t = sub.add_parser("train-teacher", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="train a toy-world teacher (release objective, resumable)")
+    t.add_argument("--run", default="runs/toy_teacher")
+    t.add_argument("--world", default="toy-9x24x24")
+    t.add_argument("--model", default="toy-teacher")
+    t.add_argument("--steps", type=int, default=8000)
+    t.add_argument("--batch", type=int, default=64)
+    t.add_argument("--lr", type=float, default=3e-4)
+    t.add_argument("--warmup", type=int, default=300, help="linear warmup steps (keep them when --init-from)")
+    t.add_argument("--samples", type=int, default=100_000)
+    t.add_argument("--compute-dtype", default="bfloat16")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--checkpoint-every", type=int, default=1000)
+    t.add_argument("--time-limit", type=float, default=None, help="stop (with a checkpoint) after this many seconds")
+    t.add_argument("--export", default=None, help="write the EMA teacher here (release format) when done")
+    t.add_argument("--init-from", default=None, help="start from these weights (e.g. jax_vdit/toy/assets/toy_teacher)")
+    t.add_argument("--adapt-to-world", action="store_true",
+                   help="--init-from weights recorded in another toy world: fine-tune them on --world")
+    t.add_argument("--mix-world", default=None,
+                   help="a world whose samples make up --mix-fraction of every batch. The shipped teacher: stage 1 "
+                        "on toy-sign-9x24x24-subframe, then --world toy-9x24x24-subframe --adapt-to-world "
+                        "--mix-world toy-sign-9x24x24-subframe --mix-fraction 0.25")
+    t.add_argument("--mix-fraction", type=float, default=0.0)
+    t.add_argument("--check-every", type=int, default=0,
+                   help="ToyBench the EMA teacher every N steps and keep the best in <run>/best_ema (0: off)")
+    t.add_argument("--check-steps", type=int, default=100, help="Euler-ancestral steps of those checks")
+    t.add_argument("--check-prompts", type=int, default=32, help="held-out prompts of those checks")
+    t.set_defaults(func=_cmd_train_teacher)
+
+    b = sub.add_parser("toybench", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="ToyBench of a toy checkpoint for sampler settings")
+    b.add_argument("checkpoint", nargs="?", default=None, help="default: the shipped toy teacher")
+    b.add_argument("--world", default=None, help="default: the world recorded with the checkpoint (toy_world.json)")
+    b.add_argument("--setting", action="append", default=None,
+                   help="sampler:steps:guidance, e.g. euler_ancestral:100:4 or consistency:4:none (repeatable; "
+                        "default: Euler-a 100 and 4 at guidance 4 for a teacher, its own plan for a student)")
+    b.add_argument("--prompts", type=int, default=32)
+    b.add_argument("--compute-dtype", default="float32")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--json", default=None, help="also write every score (per attribute) and the command here")
+    b.set_defaults(func=_cmd_toybench)

@@ -1,0 +1,33 @@
+"""``load_model``: one entry for every model file we read (release folder, lone safetensors or PyTorch pickle, our
+orbax model checkpoint)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jax_vdit.config import ModelConfig
+from jax_vdit.io.checkpoints import is_orbax_model_dir, load_model_checkpoint
+from jax_vdit.io.release import load_release
+from jax_vdit.io.tensors import find_weight_files
+from jax_vdit.model.transformer import OpenSoraT2V
+
+
+def load_model(
+    path: str | Path,
+    *,
+    config: ModelConfig | str | None = None,
+    param_dtype: str | None = None,
+    compute_dtype: str | None = None,
+) -> OpenSoraT2V:
+    """Load an OpenSoraT2V from a release folder, a safetensors/PyTorch file, or our orbax model checkpoint.
+
+    ``param_dtype`` / ``compute_dtype`` override the dtype policy ("float32", "bfloat16", "float16").
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    if is_orbax_model_dir(path):
+        return load_model_checkpoint(path, param_dtype=param_dtype, compute_dtype=compute_dtype)
+    if path.is_dir():
+        find_weight_files(path)  # clear error if the folder holds no weights
+    return load_release(path, config=config, param_dtype=param_dtype, compute_dtype=compute_dtype)
