@@ -15,7 +15,7 @@ Measures, per size (29x720p, 93x720p):
 
 Usage (GPU machine)::
 
-    python experiments/bench_model.py --sizes 29x720p,93x720p --out experiments/results/model_speed
+    python -m experiments.bench_model --sizes 29x720p,93x720p --out experiments/results/model_speed
 """
 
 from __future__ import annotations
@@ -32,15 +32,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flax import nnx
+
+from jax_vdit import sampling
+from jax_vdit.config import PRESET_LATENT_SHAPES, get_preset
+from jax_vdit.flops import forward_flops
+from jax_vdit.model import AttentionConfig, random_model
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from flax import nnx  # noqa: E402
-
-from jax_vdit import sampling  # noqa: E402
-from jax_vdit.config import PRESET_LATENT_SHAPES, get_preset  # noqa: E402
-from jax_vdit.flops import forward_flops  # noqa: E402
-from jax_vdit.model import AttentionConfig, random_model  # noqa: E402
 
 SIZES = {"29x720p": "osp-v1.2-29x720p", "93x720p": "osp-v1.2-93x720p", "29x480p": "osp-v1.2-29x480p",
          "93x480p": "osp-v1.2-93x480p", "toy": "toy-teacher"}
@@ -121,7 +120,7 @@ def main() -> None:
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "device": getattr(device, "device_kind", str(device)),
         "jax": jax.__version__, "host": platform.node(),
-        "command": "python experiments/bench_model.py " + " ".join(sys.argv[1:]),
+        "command": "python -m experiments.bench_model " + " ".join(sys.argv[1:]),
         "weights": "random (release architecture, 2.77B params), bf16 params and compute",
     }
     print(json.dumps(header))

@@ -14,12 +14,12 @@ paper's uniform masks 1:7 at T=8, 3:21 at T=24 on every layer) and mesh (data x 
 
 Usage (a machine with N GPUs; the paper reports 3.68x / 3.91x on 4 GPUs at 29 / 93 frames)::
 
-    python experiments/bench_parallel.py --sizes 29x720p,93x720p --meshes 1,1x2,1x4,2x2 --attention dense,paper \\
+    python -m experiments.bench_parallel --sizes 29x720p,93x720p --meshes 1,1x2,1x4,2x2 --attention dense,paper \\
         --profile
 
 CPU check of the script itself (8 fake devices, a tiny model, seconds)::
 
-    python experiments/bench_parallel.py --tiny --fake-devices 8 --meshes 1,1x2,1x4,1x8,2x4 --tag cpu_tiny
+    python -m experiments.bench_parallel --tiny --fake-devices 8 --meshes 1,1x2,1x4,1x8,2x4 --tag cpu_tiny
 """
 
 from __future__ import annotations
@@ -52,14 +52,12 @@ from pathlib import Path  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-
 import pallas_kernels  # noqa: E402
 from jax_vdit import parallel, sampling  # noqa: E402
 from jax_vdit.config import PRESET_LATENT_SHAPES, ModelConfig, get_preset  # noqa: E402
 from jax_vdit.model import AttentionConfig, random_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SIZES = {"29x720p": "osp-v1.2-29x720p", "93x720p": "osp-v1.2-93x720p", "29x480p": "osp-v1.2-29x480p",
          "93x480p": "osp-v1.2-93x480p"}
@@ -179,7 +177,7 @@ def main() -> None:
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "device": f"{n_dev} x {getattr(device, 'device_kind', str(device))} ({jax.process_count()} host(s))",
         "platform": jax.default_backend(), "jax": jax.__version__, "host": platform.node(),
-        "command": "python experiments/bench_parallel.py " + " ".join(sys.argv[1:]),
+        "command": "python -m experiments.bench_parallel " + " ".join(sys.argv[1:]),
         "weights": ("random, TINY test model (not the release size)" if args.tiny else
                     "random (release architecture, 2.77B params), bf16 params and compute"),
     }

@@ -14,16 +14,16 @@ mask. Max errors are printed and stored.
 
 Usage (GPU; the runs behind experiments/results/tile_attention/, one command each, wrapped here)::
 
-    PYTHONUNBUFFERED=1 python experiments/bench_tile_attention.py --out $OUT --frames 29,93 --batches 1,2
+    PYTHONUNBUFFERED=1 python -m experiments.bench_tile_attention --out $OUT --frames 29,93 --batches 1,2
         --checks small,big --variants --reps 5 --tag fwd
-    PYTHONUNBUFFERED=1 python experiments/bench_tile_attention.py --out $OUT --frames 29,93 --batches 1
+    PYTHONUNBUFFERED=1 python -m experiments.bench_tile_attention --out $OUT --frames 29,93 --batches 1
         --no-fwd --bwd --bwd-batches 1 --variants --checks none --reps 4 --tag bwd
 
 CPU smoke test of this script (tiny shapes, XLA instead of cuDNN): ``BENCH_DRYRUN=1 python ... --backends gather``.
 
 Report only (rebuild the table and plot from raw JSON files, any machine)::
 
-    python experiments/bench_tile_attention.py --report experiments/results/tile_attention/raw_*.json \
+    python -m experiments.bench_tile_attention --report experiments/results/tile_attention/raw_*.json \
         --out experiments/results/tile_attention
 """
 
@@ -40,8 +40,6 @@ import time
 import traceback
 
 import numpy as np
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 HEADS, HEAD_DIM, F_720P = 24, 96, 3600
 DRYRUN = os.environ.get("BENCH_DRYRUN") == "1"  # CPU smoke test of this script: tiny shapes, XLA for cuDNN
@@ -381,7 +379,7 @@ def main(argv=None) -> None:
     import jax
     from pallas_kernels.mosaic_gpu import MosaicConfig
 
-    meta = dict(command="PYTHONUNBUFFERED=1 python " + " ".join([os.path.relpath(__file__)] + sys.argv[1:]),
+    meta = dict(command="PYTHONUNBUFFERED=1 python -m experiments.bench_tile_attention " + " ".join(sys.argv[1:]),
                 device=device_name(), jax=jax.__version__, date=datetime.datetime.now().isoformat(timespec="seconds"),
                 python=platform.python_version(), backend_devices=str(jax.devices()))
     print(json.dumps(meta), flush=True)

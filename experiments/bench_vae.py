@@ -11,7 +11,7 @@ breakdown of one 8x64x64 tile, and single-conv micro-benchmarks of the conv impl
 Reference (H100, real v1.2.0 PyTorch code, same config, random weights, bf16, release tiling):
 29x720p 4.53 s / 5.4 GiB peak, 93x720p 11.29 s / 10.8 GiB. Goal: <= 0.7x the time (3.2 s, 7.9 s).
 
-    python experiments/bench_vae.py --out experiments/results/vae
+    python -m experiments.bench_vae --out experiments/results/vae
 """
 
 from __future__ import annotations
@@ -27,16 +27,14 @@ import sys
 import time
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_vdit.vae import ComputeConfig, TilingConfig, VAEConfig, ops, random_vae
+from jax_vdit.vae import runtime
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from jax_vdit.vae import ComputeConfig, TilingConfig, VAEConfig, ops, random_vae  # noqa: E402
-from jax_vdit.vae import runtime  # noqa: E402
 
 TORCH_REF = {"29x720p": {"seconds": 4.53, "peak_gib": 5.4}, "93x720p": {"seconds": 11.29, "peak_gib": 10.8}}
 CASES = {"29x720p": (8, 90, 160), "93x720p": (24, 90, 160)}
@@ -74,7 +72,7 @@ class Bench:
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.result: dict = {
-            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "command": " ".join(["python", "-m", "experiments.bench_vae", *sys.argv[1:]]),
             "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "device": jax.devices()[0].device_kind,
             "backend": jax.default_backend(),
@@ -154,7 +152,7 @@ class Bench:
 
         from flax import nnx
 
-        from jax_vdit.vae.convert import abstract_vae
+        from jax_vdit.vae import abstract_vae
 
         compute = replace(vae.compute, fuse_upsample=False)
         g, _ = nnx.split(abstract_vae(vae.config, dtype=vae.dtype, param_dtype=vae.param_dtype, compute=compute))
@@ -210,7 +208,7 @@ class Bench:
         """bf16 vs fp32 and conv implementations on a small latent, real widths, same weights."""
         from flax import nnx
 
-        from jax_vdit.vae.convert import abstract_vae
+        from jax_vdit.vae import abstract_vae
 
         cfg = RELEASE_CFG
         v32 = random_vae(cfg, seed=0, dtype=jnp.float32)
@@ -254,10 +252,11 @@ class Bench:
         """The same in a subprocess with ``--xla_gpu_force_conv_nhwc`` (XLA lays 3-D convs out NCDHW on Hopper)."""
         env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_gpu_force_conv_nhwc=true"),
                    XLA_PYTHON_CLIENT_MEM_FRACTION="0.15")  # the parent process holds the default 75% pool
-        cmd = [sys.executable, __file__, "--micro-child", "--micro-frames", str(self.args.micro_frames)]
+        cmd = [sys.executable, "-m", "experiments.bench_vae", "--micro-child",
+               "--micro-frames", str(self.args.micro_frames)]
         cmd += ["--smoke"] if self.args.smoke else []
         try:
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150)
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150, cwd=ROOT)
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("MICRO_JSON ")]
             self.result["micro_force_nhwc"] = json.loads(line[-1][11:]) if line else {"error": proc.stderr[-2000:]}
         except Exception as err:  # noqa: BLE001 - report and go on

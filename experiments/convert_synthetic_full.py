@@ -7,7 +7,7 @@ resident memory. Finally it spot-checks converted tensors against the source.
 
 Usage::
 
-    python experiments/convert_synthetic_full.py --workdir /tmp/synth --dtype float32
+    python -m experiments.convert_synthetic_full --workdir /tmp/synth --dtype float32
 """
 
 from __future__ import annotations
@@ -75,9 +75,8 @@ def main() -> None:
     t0 = time.perf_counter()
     size = write_streaming_safetensors(weights, keys)
     write_s = time.perf_counter() - t0
-    sys.path.insert(0, str(ROOT))
     from jax_vdit.config import get_preset
-    from jax_vdit.weights import write_release_config
+    from jax_vdit.io.release import write_release_config
 
     write_release_config(get_preset("osp-v1.2-29x720p"), src)
 
@@ -91,10 +90,10 @@ def main() -> None:
         raise SystemExit(proc.returncode)
 
     # spot check: a few converted tensors equal the source (transposed, cast)
-    from jax_vdit.checkpoints import restore_params
-    from jax_vdit.checkpoints import read_model_config
-    from jax_vdit.tensor_io import open_tensors
-    from jax_vdit.weights import release_key_map
+    from jax_vdit.io.checkpoints import restore_params
+    from jax_vdit.io.checkpoints import read_model_config
+    from jax_vdit.io.tensors import open_tensors
+    from jax_vdit.io.release import release_key_map
 
     cfg = read_model_config(dst)
     source = open_tensors(weights)
@@ -117,7 +116,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     result = {
         "command": " ".join(cmd),
-        "script": "python experiments/convert_synthetic_full.py " + " ".join(sys.argv[1:]),
+        "script": "python -m experiments.convert_synthetic_full " + " ".join(sys.argv[1:]),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": f"{platform.node()} ({platform.machine()}, CPU only, {__import__('os').cpu_count()} cores)",
         "checkpoint_bytes": size,

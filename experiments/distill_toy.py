@@ -6,7 +6,7 @@ under thresholds r, distills the sparse student, and scores every stage with Toy
 
 Usage (GPU)::
 
-    python experiments/distill_toy.py --out $OUT/distill --mlcd-steps 3000 --kd-steps 800
+    python -m experiments.distill_toy --out $OUT/distill --mlcd-steps 3000 --kd-steps 800
 
 Cut off (e.g. by a job time limit)? Rerun with the same ``--run``: the teacher's samples are cached there, and MLCD
 and KD resume from their checkpoints (with ``--mlcd-time`` / ``--kd-time`` each call trains at most that long more).
@@ -25,18 +25,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from jax_vdit import sampling  # noqa: E402
-from jax_vdit.distill import search_masks_over_thresholds, segment_edges  # noqa: E402
-from jax_vdit.model import AttentionConfig  # noqa: E402
-from jax_vdit.toy import (  # noqa: E402
+from jax_vdit import sampling
+from jax_vdit.distill import search_masks_over_thresholds, segment_edges
+from jax_vdit.model import AttentionConfig
+from jax_vdit.toy import (
     DistillRecipe, calibration_batches, distill_mlcd, distill_sparse, export_release_folder, heldout,
     TOY_TEACHER_DIR, load_toy_teacher, sample_specs, toybench, world_for, write_student_info,
 )
-from jax_vdit.toyworld import format_table, save_grid_gif  # noqa: E402
-from jax_vdit.toyworld.training_set import ToyTrainingSet  # noqa: E402
+from jax_vdit.toy.world import format_table, save_grid_gif
+from jax_vdit.toy.world.training_set import ToyTrainingSet
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -152,7 +151,7 @@ def main() -> None:
     save_grid_gif(grid.reshape((-1,) + grid.shape[2:]), out / "teacher_vs_students.gif",
                   captions=[c for c in captions for _ in range(4)], config=world, scale=4, ncols=4)
     header = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "device": jax.devices()[0].device_kind,
-              "jax": jax.__version__, "command": "python experiments/distill_toy.py " + " ".join(sys.argv[1:]),
+              "jax": jax.__version__, "command": "python -m experiments.distill_toy " + " ".join(sys.argv[1:]),
               "recipe": recipe.__dict__, "mlcd_steps_done": int(mlcd.state.step), "mlcd_s": round(mlcd_s, 1),
               "mask_search_s": round(search_s, 1),
               "kd_steps_done": int(kd.state.step), "kd_s": round(kd_s, 1)}

@@ -3,7 +3,7 @@
 
 Usage::
 
-    python experiments/summarize_model_speed.py experiments/results/model_speed
+    python -m experiments.summarize_model_speed experiments/results/model_speed
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_model (its size table)
 
 # PyTorch release on an H100 (torch 2.11, SDPA, bf16, random weights, batch 2), per forward = per CFG step (s)
 TORCH_RELEASE_S = {"29x720p": 1.80, "93x720p": 11.53}
@@ -57,7 +55,7 @@ def mask_check(rows: list[dict]) -> str:
 
 def attention_gflop(size: str) -> float:
     """Dense self-attention GFLOP of one batch-2 forward, all layers."""
-    from bench_model import SIZES
+    from experiments.bench_model import SIZES
 
     from jax_vdit.config import PRESET_LATENT_SHAPES, get_preset
     from jax_vdit.flops import self_attention_flops

@@ -9,7 +9,7 @@ Outputs (under --out):
 
 Usage::
 
-    python experiments/train_toy_teacher.py --steps 8000 --out $OUT/teacher --time-limit 420
+    python -m experiments.train_toy_teacher --steps 8000 --out $OUT/teacher --time-limit 420
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ from pathlib import Path
 
 import jax
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from jax_vdit import sampling  # noqa: E402
-from jax_vdit.toy import (  # noqa: E402
+from experiments.studies.presets import register
+from jax_vdit import sampling
+from jax_vdit.toy import (
     BEST_EMA, TeacherCheck, TeacherRecipe, export_release_folder, heldout, sample_specs, toybench, train_teacher,
 )
-from jax_vdit.toyworld import format_table, get_config, save_grid_gif  # noqa: E402
+from jax_vdit.toy.world import format_table, get_config, save_grid_gif
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def evaluate_teacher(model, world, out: Path, guidance: list[float], key, prompts: int, quick: bool = False) -> dict:
@@ -65,6 +65,7 @@ def evaluate_teacher(model, world, out: Path, guidance: list[float], key, prompt
 
 
 def main() -> None:
+    register()  # the research presets (anchored worlds, deeper teachers) that recorded teachers may name
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=8000)
     p.add_argument("--batch", type=int, default=64)
@@ -86,7 +87,7 @@ def main() -> None:
     p.add_argument("--world", default="toy-9x24x24")
     p.add_argument("--model", default="toy-teacher")
     p.add_argument("--eval-prompts", type=int, default=32)
-    p.add_argument("--init-from", default=None, help="continue from these weights (e.g. jax_vdit/assets/toy_teacher)")
+    p.add_argument("--init-from", default=None, help="continue from these weights (e.g. jax_vdit/toy/assets/toy_teacher)")
     p.add_argument("--adapt-to-world", action="store_true",
                    help="--init-from weights recorded in another toy world: fine-tune them on --world (the export "
                         "records --world); without it such weights are refused")
@@ -143,7 +144,7 @@ def main() -> None:
     header = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "device": jax.devices()[0].device_kind, "jax": jax.__version__,
-        "command": "python experiments/train_toy_teacher.py " + " ".join(sys.argv[1:]),
+        "command": "python -m experiments.train_toy_teacher " + " ".join(sys.argv[1:]),
         "recipe": recipe.__dict__, "init_from": args.init_from, "adapt_to_world": args.adapt_to_world,
         "steps_done": steps_done,
         "exported": args.export, "exported_step": exported_step, "train_wall_s": round(train_s, 1),

@@ -7,7 +7,7 @@ assembled video come on top. Use it to choose ``ComputeConfig.chunk_bytes`` befo
 
 Usage::
 
-    python experiments/vae_memory_plan.py --tile 8x64x64 --chunk-mib 1024,512,256 --out experiments/results/vae
+    python -m experiments.vae_memory_plan --tile 8x64x64 --chunk-mib 1024,512,256 --out experiments/results/vae
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from jax_vdit.vae import ComputeConfig, VAEConfig, random_vae
+from jax_vdit.vae import runtime
 
-from jax_vdit.vae import ComputeConfig, VAEConfig, random_vae  # noqa: E402
-from jax_vdit.vae import runtime  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 GIB = 2**30
 
@@ -74,7 +73,7 @@ def main() -> None:
     args = p.parse_args()
     tile = tuple(int(s) for s in args.tile.split("x"))
     header = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "backend": jax.default_backend(),
-              "jax": jax.__version__, "command": "python experiments/vae_memory_plan.py " + " ".join(sys.argv[1:]),
+              "jax": jax.__version__, "command": "python -m experiments.vae_memory_plan " + " ".join(sys.argv[1:]),
               "weights": "random, release widths, bf16 (compile only: nothing is executed)"}
     plans = {}
     for mib in (int(s) for s in args.chunk_mib.split(",")):

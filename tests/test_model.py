@@ -176,13 +176,3 @@ def test_config_validation_and_json_roundtrip():
     cfg = get_preset("osp-v1.2-93x480p")
     assert ModelConfig.from_json(cfg.to_json()) == cfg
     assert cfg.num_params() == 2_771_907_856
-
-
-def test_toy_teacher_hd96_has_the_release_head_dim_at_the_toy_width():
-    from jax_vdit.config import PRESET_LATENT_SHAPES
-    from jax_vdit.model.rope import rope_angles
-
-    base, hd96 = get_preset("toy-teacher"), get_preset("toy-teacher-hd96")
-    assert hd96.inner_dim == base.inner_dim == 192 and hd96.attention_head_dim == 96
-    assert rope_angles((9, 12, 12), hd96.attention_head_dim, (1.0, 1.0, 1.0)).shape == (9 * 12 * 12, 48)  # 16/axis
-    assert PRESET_LATENT_SHAPES["toy-teacher-hd96"] == PRESET_LATENT_SHAPES["toy-teacher"]

@@ -28,6 +28,18 @@ from jax_vdit.toy.world import get_config
 from jax_vdit.toy.world.training_set import ToyTrainingSet
 
 
+
+@pytest.fixture
+def anchored_worlds(monkeypatch):
+    """Worlds that differ from the product's presets only by a first-frame mark (a world change a model's record
+    must catch), registered for one test."""
+    from jax_vdit.toy.world import config as world_config
+
+    for base in ("toy-9x24x24", "toy-tiny-5x16x16"):
+        name = f"{base}-anchored"
+        monkeypatch.setitem(world_config.PRESETS, name,
+                            dataclasses.replace(world_config.PRESETS[base], name=name, first_frame_offset=0.5))
+
 def test_shipped_teacher_is_a_release_format_folder():
     assert (TOY_TEACHER_DIR / "config.json").is_file()
     assert (TOY_TEACHER_DIR / "diffusion_pytorch_model.safetensors").is_file()
@@ -100,7 +112,7 @@ def test_training_set_parallel_render_equals_serial_after_jax_started():
     assert parallel.captions == serial.captions
 
 
-def test_teacher_recipe_trains_and_continues_from_exported_weights(tmp_path):
+def test_teacher_recipe_trains_and_continues_from_exported_weights(tmp_path, anchored_worlds):
     from jax_vdit.toy import export_release_folder
 
     world = get_config("toy-tiny-5x16x16")
@@ -130,7 +142,7 @@ def test_teacher_recipe_trains_and_continues_from_exported_weights(tmp_path):
     assert world_for(tmp_path / "adapted").name == "toy-tiny-5x16x16-anchored"
 
 
-def test_models_are_scored_in_the_world_they_were_trained_on(tmp_path):
+def test_models_are_scored_in_the_world_they_were_trained_on(tmp_path, anchored_worlds):
     """toy_world.json: the shipped models record their world (the subframe world); --world must agree
     with a record; folders without one use the requested or the default world."""
     for folder in (TOY_TEACHER_DIR, TOY_STUDENT_MLCD_DIR, TOY_STUDENT_SPARSE_DIR):

@@ -96,7 +96,7 @@ def test_anchored_world_marks_only_the_first_frame_and_scores_like_the_plain_one
     """``first_frame_offset``: the same scenes, with channel 3 of time index 0 raised by offset / std; decoding
     removes the mark, so ToyBench reads ground truth as well as in the plain world (a teacher of either world can
     be judged)."""
-    anchored = get_config("toy-9x24x24", name=f"toy-9x24x24-anchored-{offset}", first_frame_offset=offset)
+    anchored = dataclasses.replace(DEFAULT, name=f"toy-9x24x24-anchored-{offset}", first_frame_offset=offset)
     assert anchored.first_frame_offset > 0
     x, specs = _batch(DEFAULT, 40)
     xa, specs_a = _batch(anchored, 40)

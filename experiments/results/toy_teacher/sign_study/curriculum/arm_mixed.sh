@@ -1,5 +1,5 @@
 #!/bin/bash
-# the session-8 CPU curriculum arm "from_subframe", with 25% of each batch from the sign world; core $1
+# the CPU curriculum arm "from_subframe" (arm.sh), with 25% of each batch from the sign world; core $1
 cd /work/main && . .venv/bin/activate
 export TQDM_MININTERVAL=60 PYTHONUNBUFFERED=1
 R=/work/runs_s9
