@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import huggingface_hub
@@ -19,35 +18,9 @@ from jax_vdit import sampling
 from jax_vdit.io.hub import RELEASE_REPO, PretrainedNotFoundError
 from jax_vdit.pipeline import NonFiniteSampleError, OpenSoraPipeline, PipelineInputError, TextEmbeddings
 
-GOLDEN = Path(__file__).parent / "data" / "golden"
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
+from fake_hub import COMMIT, build_fake_hub_cache, embeddings  # tests/fake_hub.py
+
 F32 = dict(param_dtype="float32", compute_dtype="float32")
-
-
-def build_fake_hub_cache(cache: Path, *, with_vae: bool = True) -> Path:
-    """The release repo's layout in a Hugging Face cache, with the tiny golden transformer and VAE."""
-    repo = cache / "models--LanguageBind--Open-Sora-Plan-v1.2.0"
-    snapshot = repo / "snapshots" / COMMIT
-    parts = {"29x720p": GOLDEN / "opensora_v12" / "tiny_a"}
-    if with_vae:
-        parts["vae"] = GOLDEN / "causalvae_v12" / "tiny_a"
-    for sub, src in parts.items():
-        (snapshot / sub).mkdir(parents=True)
-        for name in ("config.json", "diffusion_pytorch_model.safetensors"):
-            shutil.copy(src / name, snapshot / sub / name)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(COMMIT)
-    return snapshot
-
-
-def embeddings(batch: int = 2, *, negative: bool = True, seed: int = 0) -> dict:
-    rng = np.random.default_rng(seed)
-    out = {"text": rng.standard_normal((batch, 7, 64)).astype(np.float32), "text_mask": np.ones((batch, 7), np.int32)}
-    out["text_mask"][-1, 5:] = 0
-    if negative:
-        out |= {"negative_text": rng.standard_normal((1, 7, 64)).astype(np.float32),
-                "negative_mask": np.ones((1, 7), np.int32)}
-    return out
 
 
 @pytest.fixture(scope="module")
