@@ -7,4 +7,14 @@ from jax_vdit.io import load_model, load_vae
 
 __version__ = "0.1.0"
 
-__all__ = ["PRESETS", "AttentionConfig", "ModelConfig", "OpenSoraT2V", "get_preset", "init_model", "load_model", "load_vae"]
+
+
+def __getattr__(name: str):
+    if name == "OpenSoraPipeline":  # imported on first use: ``import jax_vdit`` stays light
+        from jax_vdit.pipeline import OpenSoraPipeline
+
+        return OpenSoraPipeline
+    raise AttributeError(f"module 'jax_vdit' has no attribute {name!r}")
+
+
+__all__ = ["OpenSoraPipeline", "PRESETS", "AttentionConfig", "ModelConfig", "OpenSoraT2V", "get_preset", "init_model", "load_model", "load_vae"]

@@ -69,6 +69,85 @@ def clean_caption(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
+def _check_encoder_dir(encoder_dir: Path) -> None:
+    if not encoder_dir.is_dir():
+        raise TextConditioningError(
+            f"mT5 encoder folder not found: {encoder_dir}. Provide a local copy of google/mt5-xxl (tokenizer + "
+            "MT5EncoderModel weights) or precomputed embeddings with --embeddings"
+        )
+
+
+class TextEncoder:
+    """Prompts -> embeddings, loaded once and reused: ``"toy"`` (the toy world's stand-in) or a local
+    ``google/mt5-xxl`` folder (``transformers``' ``MT5EncoderModel``, bf16, loaded on the first :meth:`encode`).
+
+    ``default_negative_prompt``: the release's negative prompt for mT5, "" for the toy stand-in.
+    """
+
+    def __init__(self, source: str | Path, *, max_length: int = MAX_LENGTH, template: bool = True):
+        self.source = str(source)
+        self.is_toy = self.source == "toy"
+        if not self.is_toy:
+            _check_encoder_dir(Path(source))
+        self.max_length = max_length
+        self.template = template
+        self._loaded = None
+
+    def __repr__(self) -> str:
+        return f"TextEncoder({self.source!r})"
+
+    @property
+    def default_negative_prompt(self) -> str:
+        return "" if self.is_toy else NEGATIVE_PROMPT
+
+    def _mt5(self):
+        if self._loaded is None:
+            try:
+                import torch
+                from transformers import AutoTokenizer, MT5EncoderModel
+            except ImportError as err:
+                raise TextConditioningError(
+                    "encoding prompts needs transformers and torch (pip install 'jax-vdit[text]'), or pass "
+                    "precomputed embeddings"
+                ) from err
+            tokenizer = AutoTokenizer.from_pretrained(self.source, local_files_only=True)
+            model = MT5EncoderModel.from_pretrained(self.source, local_files_only=True, torch_dtype=torch.bfloat16)
+            self._loaded = (tokenizer, model)
+        return self._loaded
+
+    def _encode_mt5(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        tokenizer, model = self._mt5()
+        tokens = tokenizer(texts, max_length=self.max_length, padding="max_length", truncation=True,
+                           add_special_tokens=True, return_tensors="pt")
+        with torch.no_grad():
+            hidden = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
+        return hidden.float().numpy(), tokens.attention_mask.numpy().astype(np.int32)
+
+    def encode_texts(self, texts: list[str], *, template: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(B, L, C) float32 embeddings and (B, L) int32 masks; prompts get the release template (mT5 only)."""
+        if self.is_toy:
+            from jax_vdit.toy.world import encode_captions, get_config
+
+            text, mask = encode_captions(list(texts), get_config(), on_unknown="unk")
+            return np.asarray(text, np.float32), np.asarray(mask, np.int32)
+        template = self.template if template is None else template
+        return self._encode_mt5([PROMPT_TEMPLATE.format(clean_caption(t)) if template else clean_caption(t)
+                                 for t in texts])
+
+    def encode(self, prompts: list[str], *, negative_prompt: str | None = None) -> dict[str, np.ndarray]:
+        """``text`` (B, L, C), ``text_mask`` (B, L) and, with ``negative_prompt`` (encoded without the template,
+        as the release does), ``negative_text`` (1, L, C) and ``negative_mask`` (1, L)."""
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a list of strings, not one string")
+        text, mask = self.encode_texts(list(prompts))
+        out = {"text": text, "text_mask": mask}
+        if negative_prompt is not None:
+            out["negative_text"], out["negative_mask"] = self.encode_texts([negative_prompt], template=False)
+        return out
+
+
 def encode_with_mt5(
     prompts: list[str], encoder_dir: str | Path, *, template: bool = True, max_length: int = MAX_LENGTH,
     negative_prompt: str | None = None,
@@ -78,50 +157,24 @@ def encode_with_mt5(
     With ``negative_prompt`` (encoded without the template, as the release does) the same loaded encoder also
     returns its (1, L, 4096) embedding and (1, L) mask after the prompts'.
     """
-    encoder_dir = Path(encoder_dir)
-    if not encoder_dir.is_dir():
-        raise TextConditioningError(
-            f"mT5 encoder folder not found: {encoder_dir}. Provide a local copy of google/mt5-xxl (tokenizer + "
-            "MT5EncoderModel weights) or precomputed embeddings with --embeddings"
-        )
-    try:
-        import torch
-        from transformers import AutoTokenizer, MT5EncoderModel
-    except ImportError as err:
-        raise TextConditioningError(
-            "encoding prompts needs transformers and torch (pip install 'jax-vdit[text]'), or pass --embeddings"
-        ) from err
-    tokenizer = AutoTokenizer.from_pretrained(str(encoder_dir), local_files_only=True)
-    model = MT5EncoderModel.from_pretrained(str(encoder_dir), local_files_only=True, torch_dtype=torch.bfloat16)
-
-    def encode(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        tokens = tokenizer(texts, max_length=max_length, padding="max_length", truncation=True,
-                           add_special_tokens=True, return_tensors="pt")
-        with torch.no_grad():
-            hidden = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
-        return hidden.float().numpy(), tokens.attention_mask.numpy().astype(np.int32)
-
-    text, mask = encode([PROMPT_TEMPLATE.format(clean_caption(p)) if template else clean_caption(p) for p in prompts])
+    encoder = TextEncoder(encoder_dir, max_length=max_length, template=template)
+    data = encoder.encode(prompts, negative_prompt=negative_prompt)
     if negative_prompt is None:
-        return text, mask
-    return (text, mask, *encode([clean_caption(negative_prompt)]))
+        return data["text"], data["text_mask"]
+    return data["text"], data["text_mask"], data["negative_text"], data["negative_mask"]
 
 
 def encode_prompts(
     prompts: list[str], encoder: str, *, negative_prompt: str | None = None, caption_channels: int | None = None
 ) -> dict[str, np.ndarray]:
-    """Embeddings for ``prompts`` (and the negative prompt) from ``encoder`` = "toy" or a local mT5 folder."""
-    if encoder == "toy":
-        from jax_vdit.toy.world import encode_captions, get_config
-
-        world = get_config()
-        text, mask = encode_captions(prompts, world, on_unknown="unk")
-        neg_text, neg_mask = encode_captions([negative_prompt or ""], world, on_unknown="unk")
-    else:  # one load of the (large) encoder for both
-        text, mask, neg_text, neg_mask = encode_with_mt5(
-            prompts, encoder, negative_prompt=NEGATIVE_PROMPT if negative_prompt is None else negative_prompt)
-    if caption_channels is not None and text.shape[-1] != caption_channels:
+    """Embeddings for ``prompts`` (and the negative prompt: default the release's for mT5, "" for the toy
+    stand-in) from ``encoder`` = "toy" or a local mT5 folder."""
+    text_encoder = TextEncoder(encoder)
+    negative = text_encoder.default_negative_prompt if negative_prompt is None else negative_prompt
+    data = text_encoder.encode(prompts, negative_prompt=negative)
+    if caption_channels is not None and data["text"].shape[-1] != caption_channels:
         raise TextConditioningError(
-            f"the text encoder gives {text.shape[-1]}-channel embeddings but the model expects {caption_channels}"
+            f"the text encoder gives {data['text'].shape[-1]}-channel embeddings but the model expects "
+            f"{caption_channels}"
         )
-    return {"text": text, "text_mask": mask, "negative_text": neg_text, "negative_mask": neg_mask}
+    return data

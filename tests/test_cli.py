@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import numpy as np
@@ -24,23 +25,137 @@ def _embeddings(path, channels=64, batch=1):
 
 
 def test_sample_command_writes_latents_and_decodes_to_mp4_with_a_vae(golden_dir, tmp_path, capsys):
-    """One CLI run (3 CFG steps, then the CausalVAE decode): latents file, report, and the mp4 beside it. One run
-    instead of two keeps the suite short: each costs ~1 minute of CPU compilation."""
+    """One CLI run (3 CFG steps, then the CausalVAE decode): latents file, report, the mp4 beside it and the
+    sidecars. One run instead of two keeps the suite short: each costs ~1 minute of CPU compilation. The size
+    comes from the checkpoint (9x64x80 for tiny_a), not a fixed 29x720x1280."""
     emb = _embeddings(tmp_path / "emb.safetensors")
     out = tmp_path / "out" / "lat.safetensors"
-    code = main(["sample", str(golden_dir / "opensora_v12" / "tiny_a"), "--embeddings", str(emb), "--frames", "9",
-                 "--compile-cache", "", "--height", "64", "--width", "80", "--steps", "3", "--guidance", "4",
+    code = main(["sample", str(golden_dir / "opensora_v12" / "tiny_a"), "--embeddings", str(emb),
+                 "--no-compile-cache", "--steps", "3", "--guidance", "4", "--seed", "7", "--fps", "8",
                  "--out", str(out), "--param-dtype", "float32", "--compute-dtype", "float32", "--quiet",
                  "--vae", str(golden_dir / "causalvae_v12" / "tiny_a")])
     assert code == 0
-    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    captured = capsys.readouterr()
+    report = json.loads(captured.out.strip().splitlines()[-1])
     assert report["latent_shape"] == [1, 4, 3, 8, 10] and "decode_s" in report
+    assert report["compile_s"] >= 0 and report["sampling_s"] > 0 and report["compile_cache"] is None
+    assert "euler_ancestral, 3 steps, CFG 4" in captured.err  # what ran is printed
     latents = load_file(str(out))["latents"]
     assert latents.shape == (1, 4, 3, 8, 10) and np.isfinite(latents).all()
     import imageio.v3 as iio
 
     frames = iio.imread(out.with_suffix(".mp4"))
     assert frames.shape[0] == 9 and frames.shape[1:3] == (64, 80)
+    meta = json.loads(out.with_name("lat.mp4.json").read_text())
+    assert meta["seed"] == 7 and meta["steps"] == 3 and meta["guidance_scale"] == 4.0 and meta["fps"] == 8
+    assert meta["negative_prompt"] == "<from the embeddings>" and meta["masks"] == ["dense", "dense"]
+    assert "jax" in meta["versions"]
+    latent_meta = json.loads(out.with_name("lat.safetensors.json").read_text())
+    assert latent_meta["videos"][0]["seed"] == 7 and "--seed" in latent_meta["command"]
+
+
+def _no_model_work(monkeypatch):
+    from jax_vdit.pipeline import OpenSoraPipeline
+
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(OpenSoraPipeline, "from_pretrained", refuse)
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--guidance", "nan"], "--guidance must be a finite number, got nan"),
+    (["--guidance", "inf"], "--guidance must be a finite number, got inf"),
+    (["--vae", "/no/such/vae"], "--vae not found: /no/such/vae"),
+    (["--num-videos-per-prompt", "0"], "--num-videos-per-prompt must be >= 1"),
+    (["--prompt", "a cat"], "not both"),
+    (["--sp-size", "2", "--mesh", "1x2"], "--sp-size or --mesh, not both"),
+    (["--text-encoder", "/no/mt5"], "--text-encoder not found"),
+    (["--edges", "0,a"], "--edges must be comma-separated integers"),
+])
+def test_sample_command_checks_inputs_before_loading_anything(golden_dir, tmp_path, capsys, monkeypatch, extra,
+                                                               match):
+    _no_model_work(monkeypatch)
+    emb = _embeddings(tmp_path / "emb.safetensors")
+    code = main(["sample", str(golden_dir / "opensora_v12" / "tiny_a"), "--embeddings", str(emb), *extra])
+    assert code == 2
+    assert match in capsys.readouterr().err
+
+
+def test_sample_command_refuses_nan_embeddings_before_loading(golden_dir, tmp_path, capsys, monkeypatch):
+    _no_model_work(monkeypatch)
+    emb = tmp_path / "nan.safetensors"
+    save_file({"text": np.full((1, 7, 64), np.nan, np.float32), "text_mask": np.ones((1, 7), np.int32)}, str(emb))
+    assert main(["sample", str(golden_dir / "opensora_v12" / "tiny_a"), "--embeddings", str(emb)]) == 2
+    assert "text holds NaN or infinite values" in capsys.readouterr().err
+
+
+def test_sample_command_refuses_guidance_without_negatives_or_text_encoder(golden_dir, tmp_path, capsys):
+    emb = tmp_path / "pos.safetensors"
+    save_file({"text": np.ones((1, 7, 64), np.float32), "text_mask": np.ones((1, 7), np.int32)}, str(emb))
+    code = main(["sample", str(golden_dir / "opensora_v12" / "tiny_a"), "--embeddings", str(emb), "--guidance",
+                 "4", "--no-compile-cache", "--param-dtype", "float32", "--compute-dtype", "float32"])
+    assert code == 2
+    assert "guidance_scale=4 needs negative embeddings" in capsys.readouterr().err
+
+
+def test_sample_command_on_a_student_uses_student_json(tmp_path, capsys, monkeypatch):
+    """`vdit sample STUDENT_DIR`: its sampler, edges, no CFG and its masks; contradicting flags need --force; a
+    prompt file, several videos per prompt and their seeds are recorded. (The sampler itself is replaced by a
+    recorder: the wiring is under test here, the sampling in test_pipeline.py.)"""
+    from jax_vdit.pipeline import OpenSoraPipeline
+    from jax_vdit.toy import TOY_STUDENT_SPARSE_DIR, load_toy_student
+
+    ran = []
+    monkeypatch.setattr(OpenSoraPipeline, "warm_up", lambda self, job, **k: None)
+
+    def record_run(self, job, **k):
+        ran.append(job)
+        return np.zeros((len(job.videos), *job.latent_shape), np.float32)
+
+    monkeypatch.setattr(OpenSoraPipeline, "run", record_run)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# two prompts\na red circle moves left\n\na blue square moves up\n")
+    base = ["sample", str(TOY_STUDENT_SPARSE_DIR), "--prompt-file", str(prompts), "--no-compile-cache", "--quiet",
+            "--param-dtype", "float32", "--compute-dtype", "float32"]
+    assert main(base + ["--guidance", "4"]) == 2
+    assert "guidance_scale=4.0 (student.json: None) contradicts" in capsys.readouterr().err and not ran
+    out = tmp_path / "s.safetensors"
+    assert main(base + ["--num-videos-per-prompt", "2", "--seed", "10", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "consistency, 4 steps, edges 0,250,500,750, no CFG" in err and "student.json" in err
+    (job,) = ran
+    student = load_toy_student(TOY_STUDENT_SPARSE_DIR)
+    np.testing.assert_array_equal(job.plan.t_model, student.plan.t_model)
+    assert [m.label() for m in job.attention.masks] == [m.label() for m in student.attention.masks]
+    records = json.loads(out.with_name("s.safetensors.json").read_text())["videos"]
+    assert [(r["prompt"], r["seed"]) for r in records] == [
+        ("a red circle moves left", 10), ("a red circle moves left", 11),
+        ("a blue square moves up", 12), ("a blue square moves up", 13)]
+    assert records[0]["sampler"] == "consistency" and records[0]["edges"] == [0, 250, 500, 750]
+    assert records[0]["guidance_scale"] is None and records[0]["student"]["guidance_distilled"] == 4.0
+    assert records[0]["masks"] == [m.label() for m in student.attention.masks]
+    assert main(base + ["--steps", "2", "--force", "--out", str(out)]) == 0
+    forced = json.loads(out.with_name("s.safetensors.json").read_text())["videos"][0]
+    assert forced["steps"] == 2 and forced["notes"] == ["forced num_inference_steps=2 (student.json: 4)"]
+
+
+def test_help_lists_every_flag_with_help_and_defaults(capsys):
+    from jax_vdit.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name in ("sample", "convert"):
+        for action in sub.choices[name]._actions:
+            assert action.help and action.help.strip(), f"vdit {name} {action.option_strings or action.dest}"
+    for argv in (["sample", "--help"], ["convert", "--help"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # help lines wrap at the terminal width
+    assert "--sp-size" in text and "(default: 24)" in text and "(default: outputs/sample.safetensors)" in text
+    assert "usage: vdit convert" in text and "--dtype" in text and "(default: float32)" in text
+    assert "(default: None)" not in text and "(default: False)" not in text
 
 
 @pytest.mark.parametrize("frames, height, width, match", [
@@ -67,9 +182,9 @@ def test_sample_command_rejects_bad_frames_before_loading(tmp_path, capsys):
 
 def test_sample_command_needs_text(golden_dir, capsys):
     code = main(["sample", str(golden_dir / "opensora_v12" / "tiny_a"), "--frames", "9", "--height", "64",
-                 "--width", "80", "--prompt", "a cat"])
+                 "--width", "80", "--prompt", "a cat", "--no-compile-cache"])
     assert code == 2
-    assert "--text-encoder" in capsys.readouterr().err
+    assert "this pipeline has no text encoder" in capsys.readouterr().err
 
 
 def test_attention_specs(tmp_path):

@@ -1,10 +1,12 @@
 """``vdit``: one console entry with subcommands.
 
   vdit demo            sample held-out toy-world prompts with the shipped toy teacher and students (CPU, < 2 min)
-  vdit sample          generate latents (and an mp4 when a VAE is given) from a checkpoint and a prompt
+  vdit sample          videos (mp4 + JSON sidecar) and latents from a checkpoint or repo id and prompts
   vdit train-teacher   train a toy-world teacher with the release objective (resumable)
   vdit toybench        score a toy checkpoint with ToyBench for sampler settings
   vdit convert         convert a release checkpoint to our orbax format (same as ``vdit-convert``)
+
+``vdit COMMAND --help`` lists every flag of a command with its default.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from jax_vdit.cli import convert, sample, toy
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vdit", description="jax-vdit: efficient video DiTs in JAX")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="vdit", description=__doc__.split("\n\n")[0].strip(),
+                                epilog="`vdit COMMAND --help` lists every flag of a command with its default.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in (toy, sample, convert):
         command.register(sub)
     return p
@@ -28,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[2:] if argv is None else argv[1:])  # the subcommand's own arguments, for records
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, FloatingPointError) as err:
         print(f"vdit {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -1,120 +1,272 @@
-"""``vdit sample``: latents (and an mp4 with a VAE) from a checkpoint and prompts or embeddings."""
+"""``vdit sample``: videos (mp4 + JSON sidecar each) and latents from a checkpoint and prompts or embeddings.
+
+A thin front end over :class:`jax_vdit.pipeline.OpenSoraPipeline`: every input is checked before any model is
+loaded (sizes, steps, finite guidance, paths, finite embeddings, the mesh), then the pipeline loads, the sampler
+compiles once (a one-step warm-up of the same program the timed run uses) and every video is sampled with its own
+seed. The JSON report on stdout gives load, compile and sampling times separately.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import sys
 import time
 from pathlib import Path
 
+DEFAULT_COMPILE_CACHE = "~/.cache/jax-vdit/xla"  # JAX's persistent compilation cache (compiled sampler, VAE stages)
+COMPILE_CACHE_ENV = "JAX_VDIT_COMPILE_CACHE"
 
-def _load_text(args, caption_channels: int):
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` after every flag whose default is not None/False (those say it in their help)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def read_prompts(args: argparse.Namespace) -> list[str] | None:
+    """``--prompt`` values then the lines of ``--prompt-file`` (blank lines and lines starting with # skipped)."""
+    prompts = list(args.prompt or [])
+    if args.prompt_file:
+        path = Path(args.prompt_file).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"--prompt-file not found: {path}")
+        lines = [line.strip() for line in path.read_text().splitlines()]
+        from_file = [line for line in lines if line and not line.startswith("#")]
+        if not from_file:
+            raise ValueError(f"--prompt-file {path} holds no prompts (one per line)")
+        prompts += from_file
+    return prompts or None
+
+
+def check_inputs(args: argparse.Namespace) -> tuple[list[str] | None, object | None]:
+    """Everything that can be checked without loading a model; returns (prompts, embeddings or None)."""
     import numpy as np
 
-    from jax_vdit.text_encoder import encode_prompts, load_embeddings
+    from jax_vdit.config import VideoSize
+    from jax_vdit.io.hub import looks_like_repo_id
+    from jax_vdit.pipeline import SEED_LIMIT, TextEmbeddings
 
+    VideoSize(args.frames or 1, args.height or 16, args.width or 16)  # the values given; the rest from the model
+    if args.guidance is not None and not math.isfinite(args.guidance):
+        raise ValueError(f"--guidance must be a finite number, got {args.guidance}")
+    for flag, value in (("--steps", args.steps), ("--num-videos-per-prompt", args.num_videos_per_prompt),
+                        ("--fps", args.fps), ("--sp-size", args.sp_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    if not 0 <= args.seed < SEED_LIMIT:
+        raise ValueError(f"--seed must be in [0, 2**32), got {args.seed}")
+    if args.edges is not None:
+        try:
+            [int(e) for e in args.edges.split(",")]
+        except ValueError as err:
+            raise ValueError(f"--edges must be comma-separated integers, got {args.edges!r}") from err
+    if not Path(args.checkpoint).expanduser().exists() and not looks_like_repo_id(args.checkpoint):
+        raise FileNotFoundError(f"no checkpoint at {args.checkpoint} (a local folder, or a Hugging Face repo id "
+                                "such as LanguageBind/Open-Sora-Plan-v1.2.0)")
+    if args.vae and not Path(args.vae).expanduser().exists():
+        raise FileNotFoundError(f"--vae not found: {args.vae} (the release's vae/ folder: config.json + weights)")
+    encoder = args.text_encoder
+    if encoder not in ("auto", "none", "toy") and not Path(encoder).expanduser().is_dir() \
+            and not looks_like_repo_id(encoder):
+        raise FileNotFoundError(f"--text-encoder not found: {encoder} (a local google/mt5-xxl folder, a repo id, "
+                                "'toy', 'auto' or 'none')")
+    attention = args.attention
+    if attention and (attention.endswith(".json") or os.sep in attention) and not Path(attention).is_file():
+        raise FileNotFoundError(f"--attention mask schedule not found: {attention}")
+    prompts = read_prompts(args)
+    if prompts is not None and args.embeddings:
+        raise ValueError("give prompts (--prompt/--prompt-file) or --embeddings, not both")
+    if prompts is None and not args.embeddings:
+        raise ValueError("give --prompt/--prompt-file (with a text encoder: --text-encoder) or --embeddings")
+    embeds = None
     if args.embeddings:
-        data = load_embeddings(args.embeddings)
-        if data["text"].shape[-1] != caption_channels:
-            raise ValueError(f"embeddings have {data['text'].shape[-1]} channels, the model expects {caption_channels}")
-        return data
-    if not args.prompt:
-        raise ValueError("give --prompt (with --text-encoder) or --embeddings")
-    if not args.text_encoder:
-        raise ValueError("--prompt needs --text-encoder: a local google/mt5-xxl folder, or 'toy' for toy-world "
-                         "models; or pass precomputed --embeddings (no download happens at run time)")
-    data = encode_prompts(list(args.prompt), args.text_encoder, negative_prompt=args.negative_prompt,
-                          caption_channels=caption_channels)
-    return {k: np.asarray(v) for k, v in data.items()}
+        embeds = TextEmbeddings.from_any(args.embeddings)  # reads the file: a missing one is named
+        for name in ("text", "negative_text"):  # finite before any model work (the channels are checked later)
+            value = getattr(embeds, name)
+            if value is not None and not np.isfinite(value).all():
+                raise ValueError(f"--embeddings {args.embeddings}: {name} holds NaN or infinite values")
+    if args.sp_size and args.mesh:
+        raise ValueError("give --sp-size or --mesh, not both")
+    return prompts, embeds
+
+
+def make_cli_mesh(args: argparse.Namespace):
+    """``--sp-size N``: tokens over N devices; ``--mesh DxS``: D-way data (the CFG pair) x S-way sequence."""
+    if not args.sp_size and not args.mesh:
+        return None
+    import jax
+
+    from jax_vdit.parallel import make_mesh
+
+    if args.sp_size:
+        data, seq = 1, args.sp_size
+    else:
+        try:
+            data, seq = (int(v) for v in args.mesh.lower().split("x"))
+        except ValueError as err:
+            raise ValueError(f"--mesh must be DATAxSEQ (e.g. 2x4), got {args.mesh!r}") from err
+    available = len(jax.devices())
+    if data * seq > available:
+        raise ValueError(f"a {data}x{seq} mesh needs {data * seq} devices; {available} visible "
+                         f"({jax.default_backend()})")
+    return make_mesh(seq=seq, data=data)
+
+
+def setup_compile_cache(args: argparse.Namespace) -> str | None:
+    """Turn on JAX's persistent compilation cache (unless ``--no-compile-cache`` or an empty directory)."""
+    if args.no_compile_cache or not args.compile_cache:
+        return None
+    import jax
+
+    path = Path(args.compile_cache).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    return str(path)
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
+    prompts, embeds = check_inputs(args)  # no model work before this passes
+    mesh = make_cli_mesh(args)
+    cache = setup_compile_cache(args)
+
     import jax
     import jax.numpy as jnp
     from safetensors.numpy import save_file
 
-    from jax_vdit.config import VideoSize
-    from jax_vdit.model.attention import attention_from_spec
-    from jax_vdit.sampling import plan_from_name
-    from jax_vdit.sampling import StepTimer, sample
-    from jax_vdit.io import load_model
+    from jax_vdit.pipeline import OpenSoraPipeline, PipelineOutput, save_outputs, write_sidecar
+    from jax_vdit.sampling import StepTimer
 
-    size = VideoSize(args.frames, args.height, args.width)  # validates before anything slow happens
-    if args.compile_cache:
-        # compiled sampler and VAE stages are reused across runs (the first VAE decode compiles for ~2 minutes)
-        jax.config.update("jax_compilation_cache_dir", str(Path(args.compile_cache).expanduser()))
-    plan = plan_from_name(args.sampler, args.steps, args.edges)
     t0 = time.perf_counter()
-    model = load_model(args.checkpoint, param_dtype=args.param_dtype, compute_dtype=args.compute_dtype,
-                       config=args.config)
+    pipe = OpenSoraPipeline.from_pretrained(
+        args.checkpoint, args.variant or None, config=args.config,
+        vae=None if args.latents_only else (args.vae or "auto"),
+        text_encoder=None if args.text_encoder == "none" else args.text_encoder,
+        param_dtype=args.param_dtype, compute_dtype=args.compute_dtype, tile_backend=args.tile_backend,
+        revision=args.revision, local_files_only=True if args.offline else None)
     load_s = time.perf_counter() - t0
-    text = _load_text(args, model.cfg.caption_channels)
-    attention = attention_from_spec(args.attention, model.cfg.num_layers, size.latent_shape[1],
-                                    tile_backend=args.tile_backend)
-    use_cfg = args.guidance is not None and args.guidance != 1.0 and "negative_text" in text
-    kwargs = dict(key=jax.random.key(args.seed), latent_shape=size.latent_shape, plan=plan, attention=attention,
-                  latent_dtype=jnp.float32 if args.fp32_latents else jnp.bfloat16)
-    if use_cfg:
-        kwargs.update(negative_text=jnp.asarray(text["negative_text"]), negative_mask=jnp.asarray(text["negative_mask"]),
-                      guidance_scale=args.guidance)
-    pos, mask = jnp.asarray(text["text"]), jnp.asarray(text["text_mask"])
-    # compile (one step) separately so that sampling time and per-step times are clean
+    edges = None if args.edges is None else [int(e) for e in args.edges.split(",")]
+    job = pipe.prepare(prompts, args.negative_prompt, prompt_embeds=embeds, num_frames=args.frames,
+                       height=args.height, width=args.width, num_inference_steps=args.steps,
+                       guidance_scale=args.guidance, sampler=args.sampler, edges=edges, seed=args.seed,
+                       num_videos_per_prompt=args.num_videos_per_prompt, attention=args.attention,
+                       latent_dtype=jnp.float32 if args.fp32_latents else jnp.bfloat16, force=args.force)
+    source = "student.json" if pipe.student is not None else "checkpoint defaults"
+    print(f"vdit sample: {job.describe()} ({source}; seeds {job.videos[0].seed}..{job.videos[-1].seed})",
+          file=sys.stderr)
+
+    # compile: a one-step run of the very program the timed run uses (same progress setting, same shapes)
     t0 = time.perf_counter()
-    jax.block_until_ready(sample(model, pos, mask, **dict(kwargs, plan=plan.truncated(1))))
-    compile_s = time.perf_counter() - t0
-    timer = StepTimer(plan.num_steps, disable=args.quiet)
+    pipe.warm_up(job, mesh=mesh, progress=True)
+    warmup_s = time.perf_counter() - t0
+    timer = StepTimer(job.plan.num_steps * len(job.videos), disable=args.quiet)
     t0 = time.perf_counter()
-    latents = jax.block_until_ready(sample(model, pos, mask, progress=timer, **kwargs))
+    latents = pipe.run(job, mesh=mesh, progress=timer)
     jax.effects_barrier()
     sample_s = time.perf_counter() - t0
     timer.close()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"latents": jax.device_get(latents).astype("float32")}, str(out))
     steps = timer.times[1:] or timer.times
-    report = {"load_s": round(load_s, 2), "compile_s": round(compile_s, 2), "sampling_s": round(sample_s, 2),
-              "s_per_step_median": round(sorted(steps)[len(steps) // 2], 4) if steps else None,
-              "latent_shape": list(latents.shape), "out": str(out)}
-    if args.vae:
-        from jax_vdit.io import load_vae
-        from jax_vdit.vae import decode_latents_to_video, write_video
+    step_median = sorted(steps)[len(steps) // 2] if steps else 0.0
 
+    out = Path(args.out).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    records = pipe.records(job, fps=None if pipe.vae is None else args.fps)
+    latents_file = out if out.suffix == ".safetensors" else out.with_suffix(".safetensors")
+    save_file({"latents": latents}, str(latents_file))
+    write_sidecar(latents_file, {"videos": records, "command": ["vdit", "sample", *getattr(args, "argv", [])]})
+    report = {"load_s": round(load_s, 2), "compile_s": round(max(warmup_s - step_median, 0.0), 2),
+              "warmup_s": round(warmup_s, 2), "sampling_s": round(sample_s, 2),
+              "s_per_step_median": round(step_median, 4), "videos": len(job.videos),
+              "latent_shape": list(latents.shape), "out": str(latents_file), "compile_cache": cache,
+              "sampler": job.settings.describe(), "attention": job.attention_spec}
+    if pipe.vae is not None:
         t0 = time.perf_counter()
-        vae = load_vae(args.vae, dtype=jnp.bfloat16 if args.compute_dtype == "bfloat16" else jnp.float32)
-        frames = decode_latents_to_video(vae, latents)
-        for i, video in enumerate(frames):
-            path = out.with_suffix("") if len(frames) == 1 else out.with_name(f"{out.stem}_{i}")
-            write_video(video, path.with_suffix(".mp4"), fps=24)
+        frames = pipe.decode(latents)
+        paths = save_outputs(PipelineOutput(latents, frames, records), out, fps=args.fps)
         report["decode_s"] = round(time.perf_counter() - t0, 2)
+        report["videos_written"] = [str(p) for p in paths]
     print(json.dumps(report))
     return 0
 
 
 def register(sub) -> None:
-    s = sub.add_parser("sample", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="generate latents / video from a prompt")
-    s.add_argument("checkpoint", help="orbax model checkpoint, release folder, or weights file (with --config)")
-    s.add_argument("--config", default=None, help="preset name when the checkpoint has no config")
-    s.add_argument("--prompt", action="append", help="text prompt (repeat for a batch)")
-    s.add_argument("--negative-prompt", default=None, help="default: the release's negative prompt")
-    s.add_argument("--embeddings", default=None, help="precomputed text embeddings (.safetensors)")
-    s.add_argument("--text-encoder", default=None, help="local google/mt5-xxl folder, or 'toy'")
-    s.add_argument("--frames", type=int, default=29, help="pixel frames, 4k+1")
-    s.add_argument("--height", type=int, default=720)
-    s.add_argument("--width", type=int, default=1280)
-    s.add_argument("--sampler", default="euler_ancestral", choices=["euler_ancestral", "ddim", "consistency"])
-    s.add_argument("--steps", type=int, default=100)
-    s.add_argument("--edges", default=None, help="consistency sampler: comma-separated segment edges, e.g. 0,250,500,750")
-    s.add_argument("--guidance", type=float, default=7.5, help="CFG scale (1 disables CFG)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--attention", default="dense", help="dense (cuDNN) | full (dense through the tile kernel: the fastest dense path on H100) | "
-                   "k:m (e.g. 1:7) on every layer | mask schedule JSON")
-    s.add_argument("--tile-backend", default="auto")
-    s.add_argument("--param-dtype", default="bfloat16")
-    s.add_argument("--compute-dtype", default="bfloat16")
-    s.add_argument("--fp32-latents", action="store_true", help="keep latents in fp32 between steps")
-    s.add_argument("--vae", default=None, help="CausalVAE folder: decode to mp4 next to --out")
-    s.add_argument("--out", default="outputs/sample.safetensors")
-    s.add_argument("--compile-cache", default="~/.cache/jax-vdit/xla",
-                   help="persistent XLA compilation cache directory ('' to disable)")
-    s.add_argument("--quiet", action="store_true")
+    s = sub.add_parser(
+        "sample", formatter_class=HelpFormatter, help="generate videos / latents from prompts or embeddings",
+        description="Sample videos from an Open-Sora-Plan v1.2 checkpoint (release folder or repo id, orbax "
+                    "checkpoint, or a distilled student folder). Writes the latents (--out), one mp4 per video "
+                    "when a VAE is found, and a JSON sidecar (<file>.json) beside each output.")
+    g = s.add_argument_group("model")
+    g.add_argument("checkpoint", help="local folder (release layout with 29x720p/ ... and vae/, one transformer "
+                   "folder, our orbax checkpoint, or a student folder with student.json), a Hugging Face cache "
+                   "folder, or a repo id such as LanguageBind/Open-Sora-Plan-v1.2.0")
+    g.add_argument("--variant", default="29x720p", help="transformer subfolder of a release-layout folder or repo "
+                   "(29x480p, 29x720p, 93x480p, 93x720p); unused when the folder holds the transformer itself")
+    g.add_argument("--config", default=None, help="preset name for a weights folder without config.json "
+                   "(default: the folder's config.json)")
+    g.add_argument("--vae", default=None, help="CausalVAE folder (default: the vae/ folder beside the transformer, "
+                   "if any; without a VAE only latents are written)")
+    g.add_argument("--latents-only", action="store_true", help="do not load or run the VAE; write latents only")
+    g.add_argument("--text-encoder", default="auto", help="local google/mt5-xxl folder or repo id, 'toy' (toy-world "
+                   "models), 'none', or 'auto': a text_encoder/ folder, the toy stand-in for toy models, or "
+                   "google/mt5-xxl if already in the local Hugging Face cache")
+    g.add_argument("--revision", default=None, help="Hub revision of a repo id (default: main)")
+    g.add_argument("--offline", action="store_true", help="never download: read repo ids from the local Hugging "
+                   "Face cache only (as HF_HUB_OFFLINE=1)")
+    g.add_argument("--param-dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
+                   help="storage dtype of the transformer weights")
+    g.add_argument("--compute-dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
+                   help="activation / matmul dtype (the VAE runs in bf16 when this is bfloat16, else fp32)")
+
+    g = s.add_argument_group("text")
+    g.add_argument("--prompt", action="append", help="text prompt (repeat for several)")
+    g.add_argument("--prompt-file", default=None, help="text file with one prompt per line (# comments and blank "
+                   "lines skipped), after any --prompt")
+    g.add_argument("--negative-prompt", default=None, help="negative prompt for CFG (default: the release's "
+                   "negative prompt with an mT5 encoder, '' with the toy stand-in)")
+    g.add_argument("--embeddings", default=None, help="precomputed text embeddings (.safetensors with text, "
+                   "text_mask and optionally negative_text, negative_mask) instead of prompts")
+
+    g = s.add_argument_group("sampling (defaults: the checkpoint's; for a student, its student.json)")
+    g.add_argument("--frames", type=int, default=None, help="pixel frames, 4k+1 (default: the checkpoint's "
+                   "sample size, e.g. 29 for 29x720p)")
+    g.add_argument("--height", type=int, default=None, help="pixel height, a multiple of 16 (default: the "
+                   "checkpoint's, e.g. 720)")
+    g.add_argument("--width", type=int, default=None, help="pixel width, a multiple of 16 (default: the "
+                   "checkpoint's, e.g. 1280)")
+    g.add_argument("--sampler", default=None, choices=["euler_ancestral", "ddim", "consistency"],
+                   help="default: euler_ancestral (release), consistency for a student")
+    g.add_argument("--steps", type=int, default=None, help="sampling steps (default: 100; a student's own count)")
+    g.add_argument("--edges", default=None, help="consistency sampler segment edges, comma-separated, e.g. "
+                   "0,250,500,750 (default: uniform for --steps; a student's own edges)")
+    g.add_argument("--guidance", type=float, default=None, help="CFG scale; 1 disables CFG (default: 7.5; none "
+                   "for a distilled student). Without negative embeddings the default negative prompt is encoded")
+    g.add_argument("--seed", type=int, default=0, help="seed of the first video; video k uses seed + k, whatever "
+                   "the batch")
+    g.add_argument("--num-videos-per-prompt", type=int, default=1, help="videos per prompt (consecutive seeds)")
+    g.add_argument("--attention", default=None, help="dense | full (dense through the tile kernel) | k:m (e.g. "
+                   "1:7) on every layer | a mask schedule JSON (default: dense; a sparse student's schedule)")
+    g.add_argument("--tile-backend", default="auto", help="tile attention backend (auto, mosaic_gpu, triton, tpu, "
+                   "gather, cpu, reference)")
+    g.add_argument("--fp32-latents", action="store_true", help="keep latents in fp32 between steps (default bf16)")
+    g.add_argument("--force", action="store_true", help="allow flags that contradict a student's student.json "
+                   "(recorded in the sidecar)")
+
+    g = s.add_argument_group("devices")
+    g.add_argument("--sp-size", type=int, default=None, help="sequence parallel over this many visible devices "
+                   "(Ulysses; FastVideo's --sp_size); default: one device")
+    g.add_argument("--mesh", default=None, help="DATAxSEQ mesh, e.g. 2x4: the CFG pair over DATA, tokens over SEQ")
+
+    g = s.add_argument_group("output")
+    g.add_argument("--out", default="outputs/sample.safetensors", help="latents file; videos go beside it as "
+                   "<stem>.mp4 (or <stem>_<k>.mp4), each with a <file>.json sidecar")
+    g.add_argument("--fps", type=int, default=24, help="frames per second of the mp4s")
+    g.add_argument("--compile-cache", default=os.environ.get(COMPILE_CACHE_ENV, DEFAULT_COMPILE_CACHE),
+                   help=f"persistent XLA compilation cache directory (env {COMPILE_CACHE_ENV}); '' disables it")
+    g.add_argument("--no-compile-cache", action="store_true", help="do not use the persistent compilation cache")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_sample)

@@ -1,0 +1,643 @@
+"""``OpenSoraPipeline``: text encoder, transformer, VAE and sampler in one object that turns prompts into videos.
+
+::
+
+    import jax_vdit
+    pipe = jax_vdit.OpenSoraPipeline.from_pretrained("LanguageBind/Open-Sora-Plan-v1.2.0", variant="29x720p")
+    out = pipe("a red panda eating bamboo", seed=0, output_path="outputs/panda.mp4")
+    out.frames  # (1, 29, 720, 1280, 3) uint8; outputs/panda.mp4 and its sidecar outputs/panda.mp4.json
+
+Every video is sampled on its own (one prompt, or one [negative; positive] CFG pair) with the key
+``jax.random.key(seed)``: a video depends only on its prompt, its seed and the settings, never on the other prompts
+of the call (the same compiled program serves every video of a call). ``seed=s`` gives the k-th video of a call
+the seed ``s + k``; pass a list for explicit seeds.
+
+A distilled student folder (``student.json``, see :mod:`jax_vdit.student`) loads as a pipeline whose defaults are
+the student's: consistency jumps at its edges, no CFG (the teacher's guidance is distilled in), its mask schedule.
+Arguments that contradict ``student.json`` are refused unless ``force=True``.
+
+All inputs are checked (sizes, steps, finite guidance, finite embeddings, seeds, negative conditioning for CFG)
+before any text encoding or sampling; a sample that becomes non-finite raises :class:`NonFiniteSampleError`
+naming the first bad step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_vdit import sampling
+from jax_vdit.config import VAE_SPATIAL, VAE_TEMPORAL, VideoSize
+from jax_vdit.model.attention import AttentionConfig, attention_from_spec
+from jax_vdit.text_encoder import TextEncoder, load_embeddings
+
+SEED_LIMIT = 2**32
+DEFAULT_GUIDANCE = 7.5  # the release's sample scripts (the authors advise ~2.5 for 29x480p)
+DEFAULT_STEPS = 100
+
+
+class PipelineInputError(ValueError):
+    """An argument of a pipeline call is invalid or contradicts the checkpoint; the message names it."""
+
+
+class NonFiniteSampleError(FloatingPointError):
+    """A video's latents became NaN or infinite while sampling; the message names the first bad step."""
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """A sampler and its settings: ``sampler`` "euler_ancestral" | "ddim" | "consistency"; ``edges`` are the
+    consistency segment edges (None: uniform); ``guidance_scale`` None or 1 means no CFG."""
+
+    sampler: str = "euler_ancestral"
+    num_inference_steps: int = DEFAULT_STEPS
+    edges: tuple[int, ...] | None = None
+    guidance_scale: float | None = DEFAULT_GUIDANCE
+
+    @property
+    def uses_cfg(self) -> bool:
+        return self.guidance_scale is not None and self.guidance_scale != 1.0
+
+    def plan(self) -> sampling.SamplingPlan:
+        edges = None if self.edges is None else ",".join(str(e) for e in self.edges)
+        return sampling.plan_from_name(self.sampler, self.num_inference_steps, edges)
+
+    def describe(self) -> str:
+        plan = self.plan()
+        edges = f", edges {','.join(map(str, self.edges))}" if self.edges else ""
+        cfg = f"CFG {self.guidance_scale:g}" if self.uses_cfg else "no CFG"
+        return f"{self.sampler}, {plan.num_steps} steps{edges}, {cfg}"
+
+
+RELEASE_SETTINGS = SamplerSettings()
+
+
+@dataclass(frozen=True)
+class TextEmbeddings:
+    """Text conditioning: ``text`` (B, L, C) float32, ``text_mask`` (B, L) int32, optional ``negative_text``
+    (1 or B, L, C) and ``negative_mask``; ``prompts`` / ``negative_prompt`` are the strings when known."""
+
+    text: np.ndarray
+    text_mask: np.ndarray
+    negative_text: np.ndarray | None = None
+    negative_mask: np.ndarray | None = None
+    prompts: tuple[str | None, ...] = ()
+    negative_prompt: str | None = None
+
+    @classmethod
+    def from_any(cls, value: TextEmbeddings | Mapping[str, Any] | str | os.PathLike) -> TextEmbeddings:
+        """From a :class:`TextEmbeddings`, a dict with the keys of :func:`~jax_vdit.text_encoder.load_embeddings`,
+        or a ``.safetensors`` file of them."""
+        if isinstance(value, TextEmbeddings):
+            return value
+        if isinstance(value, (str, os.PathLike)):
+            value = load_embeddings(value)
+        text = np.asarray(value["text"], np.float32)
+        text = text[:, 0] if text.ndim == 4 else text
+        mask = value.get("text_mask")
+        mask = np.ones(text.shape[:2], np.int32) if mask is None else np.asarray(mask, np.int32)
+        mask = mask[:, 0] if mask.ndim == 3 else mask
+        neg = value.get("negative_text")
+        neg_mask = value.get("negative_mask")
+        if neg is not None:
+            neg = np.asarray(neg, np.float32)
+            neg = neg[:, 0] if neg.ndim == 4 else neg
+            neg_mask = np.ones(neg.shape[:2], np.int32) if neg_mask is None else np.asarray(neg_mask, np.int32)
+            neg_mask = neg_mask[:, 0] if neg_mask.ndim == 3 else neg_mask
+        prompts = tuple(value.get("prompts", (None,) * text.shape[0]))
+        return cls(text, mask, neg, neg_mask, prompts, value.get("negative_prompt"))
+
+    def check(self, caption_channels: int) -> None:
+        """Shapes agree with each other and the model; every value finite (names the tensor and row)."""
+        if self.text.ndim != 3 or self.text.shape[-1] != caption_channels:
+            raise PipelineInputError(f"text embeddings must be (B, L, {caption_channels}) for this model, got "
+                                     f"{self.text.shape}")
+        if self.text_mask.shape != self.text.shape[:2]:
+            raise PipelineInputError(f"text_mask {self.text_mask.shape} does not match text {self.text.shape}")
+        if self.negative_text is not None:
+            if self.negative_text.shape[0] not in (1, self.text.shape[0]) or \
+                    self.negative_text.shape[1:] != self.text.shape[1:]:
+                raise PipelineInputError(f"negative_text {self.negative_text.shape} does not match text "
+                                         f"{self.text.shape} (it may have batch 1)")
+            if self.negative_mask is None or self.negative_mask.shape != self.negative_text.shape[:2]:
+                raise PipelineInputError("negative_mask is missing or does not match negative_text")
+        for name in ("text", "negative_text"):
+            value = getattr(self, name)
+            if value is not None and not np.isfinite(value).all():
+                rows = sorted({int(r) for r in np.nonzero(~np.isfinite(value))[0]})
+                raise PipelineInputError(f"{name} embeddings hold NaN or infinite values (rows {rows})")
+
+    @property
+    def batch(self) -> int:
+        return self.text.shape[0]
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    """One video to sample: row ``prompt_index`` of the embeddings with ``seed``."""
+
+    index: int
+    prompt_index: int
+    seed: int
+    prompt: str | None
+
+
+@dataclass(frozen=True)
+class Job:
+    """A checked request: what will run (recorded in each video's sidecar)."""
+
+    size: VideoSize
+    settings: SamplerSettings
+    plan: sampling.SamplingPlan
+    attention: AttentionConfig
+    attention_spec: str
+    text: TextEmbeddings
+    videos: tuple[VideoJob, ...]
+    latent_dtype: Any = jnp.bfloat16
+    notes: tuple[str, ...] = ()
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        return self.size.latent_shape
+
+    def describe(self) -> str:
+        s = self.size
+        note = f" [{'; '.join(self.notes)}]" if self.notes else ""
+        return (f"{len(self.videos)} video(s) of {s.frames}x{s.height}x{s.width}: {self.settings.describe()}, "
+                f"attention {self.attention_spec}{note}")
+
+
+@dataclass
+class PipelineOutput:
+    """``latents`` (N, C, T, H, W) float32; ``frames`` (N, F, H, W, 3) uint8 or None (``output_type="latent"``);
+    ``records`` one dict per video (what the sidecar holds); ``paths`` the files written."""
+
+    latents: np.ndarray
+    frames: np.ndarray | None
+    records: list[dict]
+    paths: list[Path] = field(default_factory=list)
+
+
+def default_size(cfg) -> VideoSize:
+    """The pixel size a model was configured for: (4 (T-1) + 1) x 8 H x 8 W of its ``sample_size``."""
+    return VideoSize(VAE_TEMPORAL * (cfg.sample_size_t - 1) + 1, VAE_SPATIAL * cfg.sample_size[0],
+                     VAE_SPATIAL * cfg.sample_size[1])
+
+
+def package_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for name in ("jax-vdit", "jax", "jaxlib", "flax", "numpy", "huggingface_hub"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return out
+
+
+def _mask_labels(attention: AttentionConfig, num_layers: int) -> list[str]:
+    if attention.masks is None:
+        return ["dense"] * num_layers
+    return ["dense" if m is None else m.label() for m in attention.masks]
+
+
+@dataclass
+class OpenSoraPipeline:
+    """An Open-Sora-Plan v1.2 text-to-video pipeline: ``transformer`` (:class:`~jax_vdit.model.OpenSoraT2V`),
+    optional ``vae`` (:class:`~jax_vdit.vae.CausalVAE`), optional ``text_encoder``
+    (:class:`~jax_vdit.text_encoder.TextEncoder`), the default sampler ``settings`` and ``attention_spec``
+    ("dense", "k:m" or a mask schedule JSON), ``student`` (the ``student.json`` of a distilled student, or None)
+    and ``source`` (where each part came from; recorded in sidecars)."""
+
+    transformer: Any
+    vae: Any = None
+    text_encoder: TextEncoder | None = None
+    settings: SamplerSettings = RELEASE_SETTINGS
+    attention_spec: str = "dense"
+    tile_backend: str = "auto"
+    student: dict | None = None
+    source: dict = field(default_factory=dict)
+
+    # ---------------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_repo_id: str | os.PathLike,
+        variant: str | None = "29x720p",
+        *,
+        config: str | None = None,
+        vae: str | os.PathLike | bool | None = "auto",
+        text_encoder: str | os.PathLike | TextEncoder | None = "auto",
+        param_dtype: str = "bfloat16",
+        compute_dtype: str = "bfloat16",
+        tile_backend: str = "auto",
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool | None = None,
+        token: str | bool | None = None,
+    ) -> OpenSoraPipeline:
+        """Load a pipeline from a local folder, the local Hugging Face cache, or a Hub repo id.
+
+        ``config``: a preset name for a weights folder without ``config.json``.
+        ``path_or_repo_id``: a release-layout folder or repo (``29x720p/``, ``vae/``, ...; ``variant`` picks the
+        transformer subfolder), a folder that holds the transformer itself (release folder, our orbax checkpoint
+        or a distilled student with ``student.json``; ``variant`` is then unused), or a cache folder
+        ``models--OWNER--NAME``. Repo ids are downloaded (only the variant and ``vae/``) when online and read from
+        the cache when offline (``HF_HUB_OFFLINE=1`` or ``local_files_only=True``).
+
+        ``vae``: "auto" (the ``vae/`` folder beside the transformer, if any; required for a repo id), a path, or
+        None/False (latents only). ``text_encoder``: "auto" (a ``text_encoder/`` folder, the toy stand-in for
+        toy-world models, or ``google/mt5-xxl`` if it is already in the local Hugging Face cache; else none),
+        "toy", a local mT5 folder or repo id, a :class:`TextEncoder`, or None (embeddings only).
+        """
+        from jax_vdit.io import load_model, load_vae
+        from jax_vdit.io.hub import has_weights, looks_like_repo_id, resolve_pretrained
+        from jax_vdit.student import is_student_folder, read_student_info
+
+        name = os.fspath(path_or_repo_id)
+        hub = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
+        is_repo = not Path(name).expanduser().exists() and looks_like_repo_id(name)
+        want_vae = vae == "auto" or vae is True
+        subfolders = ([variant] if variant else [""]) + (["vae"] if is_repo and want_vae else [])
+        root = resolve_pretrained(name, subfolders=subfolders if is_repo else (), **hub)
+        if variant and (root / variant).is_dir():
+            model_dir = root / variant
+        elif has_weights(root) or is_student_folder(root):
+            model_dir = root
+        else:
+            raise FileNotFoundError(f"{root} holds no transformer: expected a {variant or '<variant>'}/ subfolder "
+                                    f"(release layout: {', '.join(_release_variants())}) or weights in the folder")
+        student = read_student_info(model_dir) if is_student_folder(model_dir) else None
+        transformer = load_model(model_dir, param_dtype=param_dtype, compute_dtype=compute_dtype, config=config)
+
+        vae_dir = None
+        if vae not in (None, False, "auto", True):
+            vae_dir = Path(vae).expanduser()
+            if not vae_dir.exists():
+                raise FileNotFoundError(f"VAE not found: {vae_dir}")
+        elif want_vae:
+            for candidate in (root / "vae", model_dir.parent / "vae"):
+                if candidate.is_dir():
+                    vae_dir = candidate
+                    break
+            if vae is True and vae_dir is None:
+                raise FileNotFoundError(f"no vae/ folder beside {model_dir}; pass vae=PATH")
+        vae_model = None
+        if vae_dir is not None:
+            vae_model = load_vae(vae_dir, dtype=jnp.bfloat16 if compute_dtype == "bfloat16" else jnp.float32)
+
+        encoder = _resolve_text_encoder(text_encoder, root, model_dir, hub)
+        if student is not None:
+            settings = SamplerSettings("consistency", len(student["edges"]), tuple(sorted(student["edges"])), None)
+            attention_spec = student["mask_schedule_file"] or "dense"
+        else:
+            settings, attention_spec = RELEASE_SETTINGS, "dense"
+        source = {"model": name, "variant": variant if model_dir != root else None, "transformer": str(model_dir),
+                  "vae": None if vae_dir is None else str(vae_dir),
+                  "text_encoder": None if encoder is None else encoder.source,
+                  "param_dtype": param_dtype, "compute_dtype": compute_dtype}
+        return cls(transformer, vae_model, encoder, settings, attention_spec, tile_backend, student, source)
+
+    # ---------------------------------------------------------------------------------------------------------
+    @property
+    def default_size(self) -> VideoSize:
+        return default_size(self.transformer.cfg)
+
+    def resolve_settings(self, *, sampler: str | None = None, num_inference_steps: int | None = None,
+                         edges: Sequence[int] | None = None, guidance_scale: float | None = None,
+                         attention: str | None = None, force: bool = False) -> tuple[SamplerSettings, str, list[str]]:
+        """The settings that will run: the checkpoint's defaults with the given values replaced. For a student,
+        values that contradict ``student.json`` raise unless ``force``; returns (settings, attention, notes)."""
+        if guidance_scale is not None and not math.isfinite(guidance_scale):
+            raise PipelineInputError(f"guidance_scale must be a finite number, got {guidance_scale}")
+        if num_inference_steps is not None and not 1 <= num_inference_steps <= sampling.MAX_PLAN_STEPS:
+            raise PipelineInputError(f"num_inference_steps must be in [1, {sampling.MAX_PLAN_STEPS}], got "
+                                     f"{num_inference_steps}")
+        base = self.settings
+        wanted = {"sampler": sampler, "num_inference_steps": num_inference_steps,
+                  "edges": None if edges is None else tuple(sorted(int(e) for e in edges)),
+                  "guidance_scale": guidance_scale}
+        final_sampler = sampler or base.sampler
+        if wanted["edges"] is not None and final_sampler != "consistency":
+            raise PipelineInputError(f"edges apply to the consistency sampler only, the sampler is {final_sampler!r}")
+        notes: list[str] = []
+        if self.student is not None:
+            contradictions = [f"{k}={v!r} (student.json: {getattr(base, k)!r})" for k, v in wanted.items()
+                              if v is not None and v != getattr(base, k)
+                              and not (k == "guidance_scale" and v == 1.0)]
+            if attention is not None and attention != self.attention_spec:
+                contradictions.append(f"attention={attention!r} (student.json: {self.attention_spec!r})")
+            if contradictions and not force:
+                raise PipelineInputError(
+                    f"{', '.join(contradictions)} contradict{'s' if len(contradictions) == 1 else ''} how this "
+                    f"distilled student samples ({base.describe()}, attention {self.attention_spec}); drop "
+                    "them or force them (force=True, vdit sample --force)")
+            notes += [f"forced {c}" for c in contradictions]
+        if wanted["num_inference_steps"] is not None and wanted["edges"] is None:
+            base = dataclasses.replace(base, edges=None)  # a step count of its own: uniform consistency edges
+        settings = dataclasses.replace(base, **{k: v for k, v in wanted.items() if v is not None})
+        if settings.sampler != "consistency":
+            settings = dataclasses.replace(settings, edges=None)
+        try:
+            settings = dataclasses.replace(settings, num_inference_steps=settings.plan().num_steps)
+        except ValueError as err:
+            raise PipelineInputError(str(err)) from err
+        return settings, attention or self.attention_spec, notes
+
+    def prepare(
+        self,
+        prompt: str | Sequence[str] | None = None,
+        negative_prompt: str | None = None,
+        *,
+        prompt_embeds: TextEmbeddings | Mapping | str | os.PathLike | None = None,
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        sampler: str | None = None,
+        edges: Sequence[int] | None = None,
+        seed: int | Sequence[int] = 0,
+        num_videos_per_prompt: int = 1,
+        attention: str | AttentionConfig | None = None,
+        latent_dtype=jnp.bfloat16,
+        force: bool = False,
+    ) -> Job:
+        """Check every input, then encode the text: a :class:`Job` for :meth:`run`. Nothing is sampled."""
+        cfg = self.transformer.cfg
+        base = self.default_size
+        size = VideoSize(num_frames or base.frames, height or base.height, width or base.width)
+        custom = isinstance(attention, AttentionConfig)
+        settings, spec, notes = self.resolve_settings(
+            sampler=sampler, num_inference_steps=num_inference_steps, edges=edges, guidance_scale=guidance_scale,
+            attention="custom" if custom else attention, force=force)
+        if custom:
+            attention_config = attention
+        else:
+            try:
+                attention_config = attention_from_spec(spec, cfg.num_layers, size.latent_shape[1],
+                                                       tile_backend=self.tile_backend)
+            except (ValueError, FileNotFoundError) as err:
+                raise PipelineInputError(f"attention {spec!r}: {err}") from err
+        if num_videos_per_prompt < 1:
+            raise PipelineInputError(f"num_videos_per_prompt must be >= 1, got {num_videos_per_prompt}")
+
+        # text: prompts xor embeddings; negatives for CFG
+        if (prompt is None) == (prompt_embeds is None):
+            raise PipelineInputError("give prompts or prompt_embeds (precomputed embeddings), exactly one of them")
+        prompts = [prompt] if isinstance(prompt, str) else None if prompt is None else list(prompt)
+        if prompts is not None:
+            if not prompts or not all(isinstance(p, str) for p in prompts):
+                raise PipelineInputError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}")
+            if self.text_encoder is None:
+                raise PipelineInputError(
+                    "this pipeline has no text encoder: pass prompt_embeds (precomputed embeddings), or load it "
+                    "with text_encoder= (a local google/mt5-xxl folder or repo id, or 'toy' for toy-world models)")
+        embeds = None if prompt_embeds is None else TextEmbeddings.from_any(prompt_embeds)
+        if embeds is not None:
+            embeds.check(cfg.caption_channels)
+            if negative_prompt is not None and embeds.negative_text is not None:
+                raise PipelineInputError("the embeddings already hold a negative prompt; drop negative_prompt")
+        n_prompts = len(prompts) if prompts is not None else embeds.batch
+        encode_negative = None
+        if settings.uses_cfg and (embeds is None or embeds.negative_text is None):
+            if self.text_encoder is None:
+                raise PipelineInputError(
+                    f"guidance_scale={settings.guidance_scale:g} needs negative embeddings: these embeddings have "
+                    "none and there is no text encoder to encode the default negative prompt; pass embeddings with "
+                    "negative_text/negative_mask, a text encoder, or guidance_scale=1 (no CFG)")
+            encode_negative = self.text_encoder.default_negative_prompt if negative_prompt is None else negative_prompt
+        elif not settings.uses_cfg and negative_prompt is not None:
+            raise PipelineInputError(f"negative_prompt is given but CFG is off ({settings.describe()}); "
+                                     "set guidance_scale > 1 or drop negative_prompt")
+        count = n_prompts * num_videos_per_prompt
+        seeds = _seeds(seed, count)
+
+        # model work starts here: text encoding
+        if prompts is not None:
+            data = self.text_encoder.encode(prompts, negative_prompt=encode_negative)
+            embeds = TextEmbeddings.from_any(data | {"prompts": prompts, "negative_prompt": encode_negative})
+        elif encode_negative is not None:
+            neg_text, neg_mask = self.text_encoder.encode_texts([encode_negative], template=False)
+            embeds = dataclasses.replace(embeds, negative_text=neg_text, negative_mask=neg_mask,
+                                         negative_prompt=encode_negative)
+        elif embeds.negative_text is not None and embeds.negative_prompt is None and settings.uses_cfg:
+            embeds = dataclasses.replace(embeds, negative_prompt="<from the embeddings>")
+        embeds.check(cfg.caption_channels)
+        if not settings.uses_cfg:
+            embeds = dataclasses.replace(embeds, negative_text=None, negative_mask=None, negative_prompt=None)
+        videos = tuple(VideoJob(k, k // num_videos_per_prompt, seeds[k], embeds.prompts[k // num_videos_per_prompt]
+                                if embeds.prompts else None) for k in range(count))
+        return Job(size, settings, settings.plan(), attention_config, spec, embeds, videos,
+                   jnp.dtype(latent_dtype), tuple(notes))
+
+    # ---------------------------------------------------------------------------------------------------------
+    def _sample_one(self, job: Job, video: VideoJob, *, plan: sampling.SamplingPlan | None = None,
+                    mesh=None, progress: Callable[[int], None] | None = None) -> jax.Array:
+        t = job.text
+        p = video.prompt_index
+        kwargs = {}
+        if job.settings.uses_cfg:
+            q = 0 if t.negative_text.shape[0] == 1 else p
+            kwargs = dict(negative_text=jnp.asarray(t.negative_text[q:q + 1]),
+                          negative_mask=jnp.asarray(t.negative_mask[q:q + 1]), guidance_scale=job.settings.guidance_scale)
+        return sampling.sample(self.transformer, jnp.asarray(t.text[p:p + 1]), jnp.asarray(t.text_mask[p:p + 1]),
+                               key=jax.random.key(video.seed), latent_shape=job.latent_shape,
+                               plan=job.plan if plan is None else plan, attention=job.attention,
+                               latent_dtype=job.latent_dtype, progress=progress, mesh=mesh, **kwargs)
+
+    def warm_up(self, job: Job, *, mesh=None, progress: bool = False) -> None:
+        """Compile the sampler for ``job`` by running one step of its first video with the same program as
+        :meth:`run` (``progress``: whether that run has a progress callback)."""
+        out = self._sample_one(job, job.videos[0], plan=job.plan.truncated(1), mesh=mesh,
+                               progress=(lambda step: None) if progress else None)
+        jax.block_until_ready(out)
+
+    def first_bad_step(self, job: Job, video: VideoJob, *, mesh=None) -> int:
+        """The first step (1-based) after which ``video``'s latents are non-finite (bisection on truncated plans,
+        each a run of the same compiled program)."""
+        lo, hi = 0, job.plan.num_steps  # finite after lo steps (the noise), non-finite after hi
+
+        def finite_after(k: int) -> bool:
+            return bool(jnp.isfinite(self._sample_one(job, video, plan=job.plan.truncated(k), mesh=mesh)).all())
+
+        if not finite_after(0):
+            return 0
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if finite_after(mid) else (lo, mid)
+        return hi
+
+    def run(self, job: Job, *, mesh=None, progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Sample every video of ``job``: latents (N, C, T, H, W) float32 on the host. Raises
+        :class:`NonFiniteSampleError` naming the first step whose result is NaN or infinite."""
+        out = []
+        for video in job.videos:
+            latents = jax.block_until_ready(self._sample_one(job, video, mesh=mesh, progress=progress))
+            latents = np.asarray(jax.device_get(latents), np.float32)
+            if not np.isfinite(latents).all():
+                step = self.first_bad_step(job, video, mesh=mesh)
+                t = float(job.plan.t_model[max(step - 1, 0)])
+                where = "in the initial noise" if step == 0 else f"at step {step} of {job.plan.num_steps} (model " \
+                        f"timestep {t:g})"
+                raise NonFiniteSampleError(f"video {video.index} (prompt {video.prompt!r}, seed {video.seed}): the "
+                                           f"latents became NaN or infinite {where}; {job.settings.describe()}")
+            out.append(latents[0])
+        return np.stack(out)
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        """Latents (N, C, T, H, W) -> uint8 frames (N, 4T-3, 8H, 8W, 3), one video at a time."""
+        if self.vae is None:
+            raise PipelineInputError("this pipeline has no VAE: load it with vae=PATH (the release's vae/ folder) "
+                                     "or ask for output_type='latent'")
+        from jax_vdit.vae import decode_latents_to_video
+
+        return np.concatenate([decode_latents_to_video(self.vae, latents[i:i + 1]) for i in range(len(latents))])
+
+    def records(self, job: Job, *, fps: int | None = None) -> list[dict]:
+        """One sidecar dict per video: prompt, negative prompt, seed, sampler, steps, guidance, masks, model
+        and package versions."""
+        s = job.settings
+        common = {
+            "negative_prompt": job.text.negative_prompt if s.uses_cfg else None,
+            "sampler": s.sampler, "steps": job.plan.num_steps, "edges": list(s.edges) if s.edges else None,
+            "guidance_scale": s.guidance_scale if s.uses_cfg else None, "cfg": s.uses_cfg,
+            "size": {"frames": job.size.frames, "height": job.size.height, "width": job.size.width},
+            "latent_shape": list(job.latent_shape), "latent_dtype": jnp.dtype(job.latent_dtype).name,
+            "attention": job.attention_spec, "masks": _mask_labels(job.attention, self.transformer.cfg.num_layers),
+            "model": dict(self.source), "student": None if self.student is None else
+            {k: v for k, v in self.student.items() if k != "mask_schedule_file"},
+            "notes": list(job.notes), "fps": fps, "versions": package_versions(),
+        }
+        return [{"index": v.index, "prompt": v.prompt, "prompt_index": v.prompt_index, "seed": v.seed} | common
+                for v in job.videos]
+
+    def __call__(
+        self,
+        prompt: str | Sequence[str] | None = None,
+        negative_prompt: str | None = None,
+        *,
+        output_type: str = "np",
+        output_path: str | os.PathLike | None = None,
+        fps: int = 24,
+        mesh=None,
+        progress: Callable[[int], None] | None = None,
+        **kwargs,
+    ) -> PipelineOutput:
+        """Prompts (or ``prompt_embeds=``) -> videos. Keyword arguments of :meth:`prepare` (``num_frames``,
+        ``height``, ``width``, ``num_inference_steps``, ``guidance_scale``, ``seed``, ``num_videos_per_prompt``,
+        ``attention``, ``force``, ...) set the request; ``mesh`` (``jax_vdit.parallel.make_mesh(seq=N)``) runs it
+        sequence-parallel. ``output_type``: "np" (decoded uint8 frames) or "latent". ``output_path``: write each
+        video there (``name.mp4``, or ``name_0.mp4``, ``name_1.mp4``, ... for several) at ``fps`` with a JSON
+        sidecar ``name.mp4.json``; with ``output_type="latent"`` a ``.safetensors`` of all latents instead."""
+        if output_type not in ("np", "latent"):
+            raise PipelineInputError(f"output_type must be 'np' or 'latent', got {output_type!r}")
+        if output_type == "np" and self.vae is None:
+            raise PipelineInputError("this pipeline has no VAE to decode frames: load it with vae=PATH or pass "
+                                     "output_type='latent'")
+        if not isinstance(fps, int) or fps < 1:
+            raise PipelineInputError(f"fps must be a positive integer, got {fps!r}")
+        job = self.prepare(prompt, negative_prompt, **kwargs)
+        latents = self.run(job, mesh=mesh, progress=progress)
+        frames = self.decode(latents) if output_type == "np" else None
+        records = self.records(job, fps=fps if frames is not None else None)
+        out = PipelineOutput(latents, frames, records)
+        if output_path is not None:
+            out.paths = save_outputs(out, output_path, fps=fps)
+        return out
+
+
+def _seeds(seed: int | Sequence[int], count: int) -> list[int]:
+    """Per-video seeds: ``seed + k`` for the k-th video, or one given seed per video, each in [0, 2**32)."""
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        seeds = [int(seed) + k for k in range(count)]
+    elif isinstance(seed, Sequence) and all(isinstance(s, (int, np.integer)) and not isinstance(s, bool)
+                                            for s in seed):
+        seeds = [int(s) for s in seed]
+        if len(seeds) != count:
+            raise PipelineInputError(f"{len(seeds)} seeds for {count} videos: give one int, or one seed per video")
+    else:
+        raise PipelineInputError(f"seed must be an int or a list of ints (one per video), got {seed!r}")
+    bad = [s for s in seeds if not 0 <= s < SEED_LIMIT]
+    if bad:
+        raise PipelineInputError(f"seeds must be in [0, 2**32), got {bad}")
+    return seeds
+
+
+def _release_variants() -> tuple[str, ...]:
+    from jax_vdit.io.hub import RELEASE_VARIANTS
+
+    return RELEASE_VARIANTS
+
+
+def _resolve_text_encoder(text_encoder, root: Path, model_dir: Path, hub: dict) -> TextEncoder | None:
+    from jax_vdit.io.hub import TEXT_ENCODER_REPO, PretrainedNotFoundError, looks_like_repo_id, resolve_pretrained
+
+    if text_encoder is None or text_encoder is False:
+        return None
+    if isinstance(text_encoder, TextEncoder):
+        return text_encoder
+    if text_encoder == "auto":
+        if (model_dir / "toy_world.json").is_file():
+            return TextEncoder("toy")
+        if (root / "text_encoder" / "config.json").is_file():
+            return TextEncoder(root / "text_encoder")
+        try:  # only what is already cached: never a 10 GB download nobody asked for
+            return TextEncoder(resolve_pretrained(TEXT_ENCODER_REPO, subfolders=[""],
+                                                  **(hub | {"local_files_only": True, "revision": None})))
+        except (PretrainedNotFoundError, OSError):
+            return None
+    name = os.fspath(text_encoder)
+    if name == "toy" or Path(name).expanduser().is_dir():
+        return TextEncoder(name if name == "toy" else Path(name).expanduser())
+    if looks_like_repo_id(name):
+        return TextEncoder(resolve_pretrained(name, subfolders=[""], **(hub | {"revision": None})))
+    raise FileNotFoundError(f"text encoder not found: {name} (a local google/mt5-xxl folder, a repo id, or 'toy')")
+
+
+def output_files(output_path: str | os.PathLike, count: int, suffix: str = ".mp4") -> list[Path]:
+    """``name.mp4`` for one video, ``name_0.mp4``, ``name_1.mp4``, ... for several."""
+    path = Path(output_path)
+    stem = path.with_suffix("") if path.suffix else path
+    if count == 1:
+        return [stem.with_suffix(suffix)]
+    return [stem.with_name(f"{stem.name}_{i}").with_suffix(suffix) for i in range(count)]
+
+
+def write_sidecar(path: Path, record: dict) -> Path:
+    """``<file>.json`` beside ``path``."""
+    sidecar = path.with_name(path.name + ".json")
+    sidecar.write_text(json.dumps(record | {"file": path.name}, indent=2) + "\n")
+    return sidecar
+
+
+def save_outputs(out: PipelineOutput, output_path: str | os.PathLike, *, fps: int = 24) -> list[Path]:
+    """Write each video (mp4; a GIF when ffmpeg is missing) or, without frames, one latents ``.safetensors``,
+    each with its JSON sidecar. Returns the files written (not the sidecars)."""
+    written = []
+    if out.frames is None:
+        from safetensors.numpy import save_file
+
+        (path,) = output_files(output_path, 1, ".safetensors")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"latents": out.latents.astype(np.float32)}, str(path))
+        write_sidecar(path, {"videos": out.records})
+        return [path]
+    from jax_vdit.vae import write_video
+
+    for path, video, record in zip(output_files(output_path, len(out.frames)), out.frames, out.records):
+        final = write_video(video, path, fps=fps)
+        write_sidecar(final, record | {"fps": fps})
+        written.append(final)
+    return written
