@@ -215,6 +215,16 @@ def test_resume_with_other_settings_is_refused_naming_the_fields(tmp_path, param
     check_resume_config(tmp_path / "new_run", same, {})  # a new run: nothing to compare
 
 
+def test_train_teacher_command_refuses_a_changed_resume_before_rendering_data(tmp_path, params, capsys):
+    from jax_vdit.cli import main
+
+    _saved_steps(tmp_path / "run" / "checkpoints", params, steps=(1,))
+    code = main(["train-teacher", "--run", str(tmp_path / "run"), "--world", "toy-tiny-5x16x16", "--model", "toy-tiny",
+                 "--steps", "4", "--batch", "16", "--samples", "8"])
+    assert code == 2 and "recipe.batch_size: 8 -> 16" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "train_config.json").exists()
+
+
 def test_train_resume_refuses_another_learning_rate_and_keeps_train_config(tmp_path):
     """End to end through ``train``: the stored train_config.json is not overwritten by a refused resume."""
     from jax_vdit.training import TrainConfig, train
