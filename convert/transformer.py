@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from jax_vdit.io.checkpoints import MODEL_CONFIG_NAME, atomic_directory, save_param_group
+from jax_vdit.io.checkpoints import atomic_directory, check_output_path, finish_model_checkpoint, save_param_group
 from jax_vdit.config import ModelConfig
 from jax_vdit.io.tensors import open_tensors
 from jax_vdit.io.release import resolve_config, release_key_map, stream_release_groups
@@ -47,21 +47,26 @@ def convert_transformer(
 
     Host memory holds one parameter group (one transformer block, ~340 MB in fp32 at full size) plus one source
     tensor at a time. The output directory appears only once complete (see ``checkpoints.atomic_directory``).
+    ``output`` must not be, contain or lie inside the source; ``overwrite`` replaces only a previous output of ours.
+    A source value that does not fit ``param_dtype`` (e.g. beyond float16's range) or two tensors sharing bytes
+    raise errors naming the tensor.
     """
     start = time.perf_counter()
     source_path = Path(source_path)
+    check_output_path(output, overwrite=overwrite, sources=(source_path,))  # before anything is read
     cfg = resolve_config(source_path, config, {"param_dtype": param_dtype})
     source = open_tensors(source_path)
     num_params = 0
     names = list(release_key_map(cfg).rules)
     try:
-        with atomic_directory(output, overwrite=overwrite) as tmp, \
+        records = {}
+        with atomic_directory(output, overwrite=overwrite, sources=(source_path,)) as tmp, \
                 tqdm(total=len(names), desc="convert", unit="tensor", disable=not show_progress) as bar:
             for group, subtree in stream_release_groups(cfg, source, progress=lambda _: bar.update()):
-                save_param_group(tmp, group, subtree)
+                records[group] = save_param_group(tmp, group, subtree)
                 num_params += int(sum(np.size(a) for a in jax.tree.leaves(subtree)))
                 del subtree
-            (tmp / MODEL_CONFIG_NAME).write_text(cfg.to_json())
+            finish_model_checkpoint(tmp, cfg, records)
     finally:
         source.close()
     return ConversionReport(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -217,12 +218,39 @@ _MAPPED = {
 }
 
 
+def _release_int(release: dict[str, Any], name: str, default: int | None) -> int:
+    value = release.get(name, default)
+    if value is None or isinstance(value, bool) or not isinstance(value, int):
+        raise UnsupportedConfigError(f"release config field {name!r} must be an integer, got {value!r}")
+    return value
+
+
+def _release_float(release: dict[str, Any], name: str, default: float) -> float:
+    value = release.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise UnsupportedConfigError(f"release config field {name!r} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def release_interpolation_scales(sample_size: tuple[int, int], sample_size_t: int) -> tuple[float, float, float]:
+    """The RoPE interpolation scales (t, h, w) the release derives when its config leaves them out (or null):
+    ``sample_size_t / 16`` for an even ``sample_size_t`` and ``(sample_size_t - 1) // 16 + 1`` for an odd one;
+    ``sample_size[0] / 30`` and ``sample_size[1] / 40`` (OpenSoraT2V._init_patched_inputs)."""
+    t = (sample_size_t - 1) // 16 + 1 if sample_size_t % 2 == 1 else sample_size_t / 16
+    return float(t), sample_size[0] / 30, sample_size[1] / 40
+
+
 def config_from_release(release: dict[str, Any], **policy: Any) -> ModelConfig:
     """Map a release ``config.json`` dict to a :class:`ModelConfig`.
 
     Raises :class:`UnsupportedConfigError` naming every field whose value we do not implement (e.g.
-    ``use_rope: false`` or a ``downsampler``) or that we do not know. ``policy`` sets dtype fields.
+    ``use_rope: false`` or a ``downsampler``) or that we do not know, and naming any field of the wrong type
+    (integers must be JSON integers, scales positive numbers). ``interpolation_scale_{t,h,w}`` left out or null are
+    derived from ``sample_size_t`` / ``sample_size`` as the release does (:func:`release_interpolation_scales`).
+    ``policy`` sets dtype fields.
     """
+    if not isinstance(release, dict):
+        raise UnsupportedConfigError(f"a release config must be a JSON object, got {type(release).__name__}")
     problems: list[str] = []
     for name, value in _REQUIRED_VALUES.items():
         if name in release and release[name] != value:
@@ -233,34 +261,44 @@ def config_from_release(release: dict[str, Any], **policy: Any) -> ModelConfig:
     unknown = sorted(set(release) - set(_REQUIRED_VALUES) - set(_MUST_BE_FALSY) - _IGNORED - _MAPPED)
     for name in unknown:
         problems.append(f"{name}={release[name]!r} (unknown field)")
-    heads = int(release.get("num_attention_heads", 24))
-    head_dim = int(release.get("attention_head_dim", 96))
-    cross = release.get("cross_attention_dim")
-    if cross is not None and int(cross) != heads * head_dim:
-        problems.append(
-            f"cross_attention_dim={cross} (supported: equal to num_attention_heads*attention_head_dim="
-            f"{heads * head_dim}, since text is projected to the inner dim first)"
-        )
     if problems:
         raise UnsupportedConfigError("unsupported OpenSoraT2V config: " + "; ".join(problems))
+    heads = _release_int(release, "num_attention_heads", 24)
+    head_dim = _release_int(release, "attention_head_dim", 96)
+    cross = release.get("cross_attention_dim")
+    if cross is not None and _release_int(release, "cross_attention_dim", None) != heads * head_dim:
+        raise UnsupportedConfigError(
+            f"unsupported OpenSoraT2V config: cross_attention_dim={cross} (supported: equal to "
+            f"num_attention_heads*attention_head_dim={heads * head_dim}, since text is projected to the inner dim "
+            "first)")
     sample_size = release.get("sample_size", [90, 160])
-    if isinstance(sample_size, int):
+    if isinstance(sample_size, int) and not isinstance(sample_size, bool):
         sample_size = [sample_size, sample_size]
+    if not (isinstance(sample_size, list) and len(sample_size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sample_size)):
+        raise UnsupportedConfigError(
+            f"release config field 'sample_size' must be a positive integer or a list of two, got {sample_size!r}")
+    sample_size_t = _release_int(release, "sample_size_t", 1)
+    in_channels = _release_int(release, "in_channels", 4)
+    out_channels = release.get("out_channels")
+    derived = release_interpolation_scales((sample_size[0], sample_size[1]), sample_size_t)
+    scales = {}
+    for axis, default in zip("thw", derived):
+        name = f"interpolation_scale_{axis}"
+        scales[name] = default if release.get(name) is None else _release_float(release, name, default)
     kwargs = dict(
-        num_layers=int(release.get("num_layers", 32)),
+        num_layers=_release_int(release, "num_layers", 32),
         num_attention_heads=heads,
         attention_head_dim=head_dim,
-        in_channels=int(release.get("in_channels", 4)),
-        out_channels=int(release.get("out_channels") or release.get("in_channels", 4)),
-        patch_size=int(release.get("patch_size", 2)),
-        patch_size_t=int(release.get("patch_size_t", 1)),
-        caption_channels=int(release.get("caption_channels", 4096)),
-        interpolation_scale_t=float(release.get("interpolation_scale_t", 1.0)),
-        interpolation_scale_h=float(release.get("interpolation_scale_h", 1.0)),
-        interpolation_scale_w=float(release.get("interpolation_scale_w", 1.0)),
-        norm_eps=float(release.get("norm_eps", 1e-6)),
-        sample_size=(int(sample_size[0]), int(sample_size[1])),
-        sample_size_t=int(release.get("sample_size_t", 1)),
+        in_channels=in_channels,
+        out_channels=in_channels if out_channels is None else _release_int(release, "out_channels", None),
+        patch_size=_release_int(release, "patch_size", 2),
+        patch_size_t=_release_int(release, "patch_size_t", 1),
+        caption_channels=_release_int(release, "caption_channels", 4096),
+        norm_eps=_release_float(release, "norm_eps", 1e-6),
+        sample_size=(sample_size[0], sample_size[1]),
+        sample_size_t=sample_size_t,
+        **scales,
     )
     kwargs.update(policy)
     return ModelConfig(**kwargs)
@@ -273,7 +311,14 @@ def load_release_config(path: str | Path, **policy: Any) -> ModelConfig:
         path = path / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"release config not found: {path}")
-    return config_from_release(json.loads(path.read_text()), **policy)
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UnsupportedConfigError(f"{path} is not valid JSON: {err}") from err
+    try:
+        return config_from_release(raw, **policy)
+    except UnsupportedConfigError as err:
+        raise UnsupportedConfigError(f"{path}: {err}") from err
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -35,7 +35,11 @@ def load_embeddings(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise TextConditioningError(f"embeddings file not found: {path}")
-    data = load_file(str(path))
+    try:
+        data = load_file(str(path))
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types for damaged files
+        raise TextConditioningError(
+            f"{path} is not a readable safetensors embeddings file ({err.__class__.__name__}: {err})") from err
     if "text" not in data:
         raise TextConditioningError(f"{path} has no 'text' tensor (found {sorted(data)})")
     out = {}

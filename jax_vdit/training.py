@@ -210,49 +210,214 @@ def _mesh_sharding(a):
     return sharding if isinstance(sharding, jax.sharding.NamedSharding) else None
 
 
+def _leaf_names(tree: PyTree) -> dict[str, str]:
+    """Flat storage key ("00012") -> readable path (".params['blocks'][0]['attn1']['to_q']['kernel']")."""
+    paths = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {f"{i:05d}": jax.tree_util.keystr(path) for i, (path, _) in enumerate(paths)}
+
+
+def _meta_digest(meta: Mapping[str, Any]) -> str:
+    from jax_vdit.io.integrity import text_digest
+
+    return text_digest(json.dumps({k: v for k, v in meta.items() if k != "meta_sha256"}, sort_keys=True, default=str))
+
+
 class StateCheckpoints:
-    """Orbax CheckpointManager over a flattened TrainState (atomic writes, keeps the newest N)."""
+    """Orbax CheckpointManager over a flattened TrainState (atomic writes, keeps the newest N).
+
+    Each checkpoint's ``meta`` records every array's shape, dtype, finiteness and checksum
+    (:mod:`jax_vdit.io.integrity`) and its own sha256; :meth:`restore` verifies them and raises
+    :class:`~jax_vdit.io.integrity.CheckpointIntegrityError` naming the array (or file) that differs. A state with
+    NaN or Inf anywhere is never written (:class:`~jax_vdit.io.integrity.NonFiniteStateError`).
+    """
 
     def __init__(self, directory: Path, keep: int):
         import orbax.checkpoint as ocp
 
         self._ocp = ocp
+        self._keep = keep
         self.directory = Path(directory).absolute()
-        self.manager = ocp.CheckpointManager(
+        self.manager = self._open()
+
+    def _open(self):
+        ocp = self._ocp
+        return ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            options=ocp.CheckpointManagerOptions(max_to_keep=self._keep, create=True),
             item_names=("state", "meta"),
         )
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        """Every step with a checkpoint folder, newest first."""
+        return sorted(self.manager.all_steps(), reverse=True)
+
     def save(self, state: TrainState, meta: dict) -> None:
+        from jax_vdit.io.integrity import NonFiniteStateError, checksums_jax, non_finite_names
+
         ocp = self._ocp
         step = int(state.step)
-        meta = dict(meta, structure=str(jax.tree.structure(state)), step=step)
+        leaves = _flat_leaves(state)
+        records = checksums_jax(leaves)
+        bad = non_finite_names(records)
+        if bad:
+            names = _leaf_names(state)
+            raise NonFiniteStateError(
+                f"train state at step {step} holds NaN or Inf in {len(bad)} arrays, e.g. "
+                f"{[names[b] for b in bad[:4]]}; not checkpointed (last good checkpoint: step {self.latest_step()}). "
+                "Lower the learning rate or set qk_clip_max_gain, then resume.")
+        meta = dict(meta, structure=str(jax.tree.structure(state)), step=step,
+                    integrity={n: r.to_json() for n, r in records.items()})
+        meta["meta_sha256"] = _meta_digest(meta)
         self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(_flat_leaves(state)), meta=ocp.args.JsonSave(meta)))
+            state=ocp.args.StandardSave(leaves), meta=ocp.args.JsonSave(meta)))
         self.manager.wait_until_finished()
 
+    def read_meta(self, step: int) -> dict:
+        """The verified ``meta`` of one checkpoint (CheckpointIntegrityError if unreadable or changed)."""
+        from jax_vdit.io.integrity import CheckpointIntegrityError
+
+        ocp = self._ocp
+        where = f"checkpoint at step {step} in {self.directory}"
+        try:
+            meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        except Exception as err:  # noqa: BLE001 - orbax raises many types for missing or damaged files
+            raise CheckpointIntegrityError(f"{where} is unreadable ({err.__class__.__name__}: {err})") from err
+        if not isinstance(meta, dict):
+            raise CheckpointIntegrityError(f"{where} has no metadata")
+        if "meta_sha256" in meta and meta["meta_sha256"] != _meta_digest(meta):
+            raise CheckpointIntegrityError(f"{where}: its metadata is corrupted (sha256 differs)")
+        return meta
+
     def restore(self, like: TrainState, step: int | None = None) -> tuple[TrainState, dict]:
-        """Restore into the structure of ``like`` (a freshly initialised state)."""
+        """Restore into the structure of ``like`` (a freshly initialised state), verifying every array."""
+        from jax_vdit.io.integrity import (ArrayRecord, CheckpointIntegrityError, checksums_jax, non_finite_names,
+                                           verify)
+
         ocp = self._ocp
         step = self.latest_step() if step is None else step
-        meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        where = f"checkpoint at step {step} in {self.directory}"
+        meta = self.read_meta(step)
         if meta.get("structure") != str(jax.tree.structure(like)):
             raise ValueError(
-                f"checkpoint at step {step} in {self.directory} holds a different train state structure "
+                f"{where} holds a different train state structure "
                 "(model or optimiser configuration changed since it was written)"
             )
         target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=_mesh_sharding(a)),
                               _flat_leaves(like))
-        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+        except Exception as err:  # noqa: BLE001 - tensorstore raises its own errors for damaged chunks
+            raise CheckpointIntegrityError(f"{where} is unreadable ({err.__class__.__name__}: {err})") from err
+        records = checksums_jax(restored["state"])
+        names = _leaf_names(like)
+        if "integrity" in meta:
+            expected = {n: ArrayRecord.from_json(r) for n, r in meta["integrity"].items()}
+            verify({names.get(n, n): r for n, r in expected.items()},
+                   {names.get(n, n): r for n, r in records.items()}, what=where)
+        bad = non_finite_names(records)
+        if bad:
+            raise CheckpointIntegrityError(f"{where} holds NaN or Inf in {[names.get(b, b) for b in bad[:4]]}")
         leaves = [restored["state"][k] for k in sorted(restored["state"])]
         return jax.tree.unflatten(jax.tree.structure(like), leaves), meta
 
+    def restore_newest_intact(self, like: TrainState) -> tuple[TrainState, dict, int] | None:
+        """Restore the newest checkpoint that reads back intact; None when there is none at all.
+
+        A damaged newer checkpoint is moved to ``<directory>_damaged/<step>`` (kept for inspection, out of orbax's
+        way) with a warning naming it and the step used instead. Raises CheckpointIntegrityError when every
+        checkpoint is damaged; a structure mismatch (another model or optimiser) raises ValueError at once.
+        """
+        import warnings
+
+        from jax_vdit.io.integrity import CheckpointIntegrityError
+
+        damaged: list[tuple[int, str]] = []
+        found = None
+        for step in self.all_steps():
+            try:
+                state, meta = self.restore(like, step)
+            except CheckpointIntegrityError as err:
+                damaged.append((step, str(err)))
+                continue
+            found = (state, meta, step)
+            break
+        if damaged:
+            self.manager.close()
+            aside = self.directory.with_name(self.directory.name + "_damaged")
+            aside.mkdir(parents=True, exist_ok=True)
+            for step, _ in damaged:
+                src = self.directory / str(step)
+                if src.exists():
+                    src.rename(aside / f"{step}-{int(time.time())}")
+            self.manager = self._open()
+            why = "; ".join(f"step {s}: {e}" for s, e in damaged)
+            if found is None:
+                raise CheckpointIntegrityError(
+                    f"no intact checkpoint in {self.directory} (moved to {aside}): {why}")
+            warnings.warn(f"resuming from step {found[2]}: newer checkpoint(s) are damaged and were moved to {aside} "
+                          f"({why})", stacklevel=2)
+        return found
+
     def close(self) -> None:
         self.manager.close()
+
+
+# fields that may change when a run resumes (bookkeeping; "steps" only with a constant learning rate after warmup)
+RESUMABLE_FIELDS = frozenset({"log_every", "checkpoint_every", "keep_checkpoints", "data_generation_s"})
+
+
+def _flat_dict(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flat_dict(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: list(d) if isinstance(d, tuple) else d}
+
+
+def run_config_mismatches(stored_meta: Mapping[str, Any], cfg: TrainConfig,
+                          extra_meta: Mapping[str, Any] | None = None) -> list[str]:
+    """``"field: stored -> now"`` for every run setting (``cfg`` and ``extra_meta``) that differs from the one a
+    checkpoint was written with. Bookkeeping fields (``RESUMABLE_FIELDS``) may change, and so may ``steps`` when
+    the schedule is constant (extending a run); fields absent on either side are not compared."""
+    now = json.loads(json.dumps({"train_config": cfg.to_dict(), **(extra_meta or {})}, default=str))
+    then = json.loads(json.dumps({k: stored_meta[k] for k in now if k in stored_meta}, default=str))
+    flat_now, flat_then = _flat_dict(now), _flat_dict(then)
+    free = set(RESUMABLE_FIELDS) | ({"steps"} if cfg.lr_schedule == "constant" else set())
+    return [f"{k}: {flat_then[k]!r} -> {flat_now[k]!r}" for k in sorted(flat_now)
+            if k in flat_then and k.rsplit(".", 1)[-1] not in free and flat_then[k] != flat_now[k]]
+
+
+def check_resume_config(run_dir: str | Path, cfg: TrainConfig, extra_meta: Mapping[str, Any] | None = None) -> None:
+    """Raise ValueError naming every field where ``cfg``/``extra_meta`` differ from the settings the newest readable
+    checkpoint in ``run_dir/checkpoints`` was written with (nothing to check for a new run). Cheap: reads JSON only,
+    so a command line can call it before preparing data."""
+    directory = Path(run_dir) / "checkpoints"
+    if not directory.is_dir():
+        return
+    ckpts = StateCheckpoints(directory, cfg.keep_checkpoints)
+    try:
+        for step in ckpts.all_steps():
+            try:
+                meta = ckpts.read_meta(step)
+            except ValueError:
+                continue  # a damaged checkpoint: train() reports it and falls back
+            _raise_on_mismatch(meta, cfg, extra_meta, f"{directory} (step {step})")
+            return
+    finally:
+        ckpts.close()
+
+
+def _raise_on_mismatch(meta: Mapping[str, Any], cfg: TrainConfig, extra_meta: Mapping[str, Any] | None,
+                       where: str) -> None:
+    diffs = run_config_mismatches(meta, cfg, extra_meta)
+    if diffs:
+        raise ValueError(
+            f"cannot resume from {where}: the run was started with other settings ({'; '.join(diffs)}). Use the "
+            "original settings, or a new run directory.")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -295,7 +460,9 @@ def train(
 ) -> RunResult:
     """Train ``model``'s parameters with ``objective`` on ``batch_at(step)`` batches for ``cfg.steps`` steps.
 
-    Resumes from the newest checkpoint in ``run_dir/checkpoints`` if one exists. ``stop_after`` ends the call
+    Resumes from the newest intact checkpoint in ``run_dir/checkpoints`` if one exists (a damaged newer one is
+    moved aside with a warning naming both); the run's settings (``cfg`` and ``extra_meta``) must match the ones
+    the checkpoint was written with, except bookkeeping (``RESUMABLE_FIELDS``; see :func:`run_config_mismatches`). ``stop_after`` ends the call
     early after that many steps of this call (a stand-in for an interrupted run in tests). ``frozen`` is passed
     to the objective unchanged (e.g. teacher parameters). ``place_batch`` moves a host batch to devices
     (default: ``jnp.asarray`` of every entry). ``time_limit_s``: stop (after writing a checkpoint) once this
@@ -331,11 +498,16 @@ def train(
         frozen = parallel.shard_tree(frozen, mesh, rules)  # e.g. teacher parameters: placed like parameters
         place_batch = place_batch or (lambda b: parallel.shard_batch(b, mesh, rules))
     ckpts = StateCheckpoints(run_dir / "checkpoints", cfg.keep_checkpoints)
-    resumed_from = ckpts.latest_step()
-    if resumed_from is not None:
-        state, meta = ckpts.restore(state)
-        if meta.get("train_config", {}).get("seed", cfg.seed) != cfg.seed:
-            raise ValueError("cannot resume: the checkpoint was written with another seed")
+    resumed_from = None
+    try:
+        found = ckpts.restore_newest_intact(state)
+        if found is not None:
+            stored_state, stored_meta, resumed_from = found
+            _raise_on_mismatch(stored_meta, cfg, extra_meta, f"{ckpts.directory} (step {resumed_from})")
+            state = stored_state
+    except BaseException:
+        ckpts.close()
+        raise
     meta = {"train_config": cfg.to_dict(), **(extra_meta or {})}
     (run_dir / "train_config.json").write_text(json.dumps(meta, indent=2, default=str))
 
@@ -374,11 +546,7 @@ def train(
                     pending.clear()
                 bar.update(1)
                 if done % cfg.checkpoint_every == 0 or done == cfg.steps or out_of_time:
-                    if not bool(jnp.isfinite(optax.tree.norm(state.params))):  # never checkpoint a broken state
-                        raise FloatingPointError(
-                            f"parameters are not finite after step {done}; not checkpointed (last good checkpoint: "
-                            f"step {ckpts.latest_step()}). Lower the learning rate or set qk_clip_max_gain, then resume.")
-                    ckpts.save(state, meta)
+                    ckpts.save(state, meta)  # refuses (NonFiniteStateError) a state with NaN/Inf anywhere
                 if evaluate is not None and done % evaluate_every == 0:
                     scores = evaluate(done, RunResult(state=state, parts=parts, resumed_from=resumed_from))
                     with open(run_dir / "evals.jsonl", "a") as f:
@@ -481,8 +649,8 @@ def plot_metrics(run_dir: str | Path, keys: tuple[str | tuple[str, ...], ...] = 
     return out
 
 __all__ = [
-    "ModelParts", "Objective", "RunResult", "StateCheckpoints", "TrainConfig", "TrainState", "init_state",
-    "make_optimizer", "make_train_step", "plot_metrics", "read_evals", "read_metrics", "train",
+    "ModelParts", "Objective", "RunResult", "StateCheckpoints", "TrainConfig", "TrainState", "check_resume_config",
+    "init_state", "make_optimizer", "run_config_mismatches", "make_train_step", "plot_metrics", "read_evals", "read_metrics", "train",
 ]
 
 

@@ -25,6 +25,7 @@ Measured on one H100 (bf16, 24 x 96 heads, 720p latents): ``experiments/results/
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -41,6 +42,7 @@ __all__ = [
     "TileMask",
     "as_tile_mask",
     "block_layout",
+    "check_scale",
     "dense_token_mask",
     "kept_tiles_k_m",
     "padded_length",
@@ -77,6 +79,19 @@ def resolve_backend(backend: str, *, tokens_per_frame: int | None = None, dtype:
     return "cpu"
 
 
+def check_scale(scale: Any) -> None:
+    """``scale`` must be None (1/sqrt(D)) or a finite positive number: a negative one flips the softmax (and the
+    masked-score trick of some backends then overflows to NaN), zero makes attention uniform."""
+    if scale is None:
+        return
+    try:
+        value = float(scale)
+    except (TypeError, jax.errors.ConcretizationTypeError) as err:
+        raise ValueError(f"scale must be None or a concrete positive float, got {scale!r}") from err
+    if not math.isfinite(value) or value <= 0.0:
+        raise ValueError(f"scale must be a finite positive number (or None for 1/sqrt(head_dim)), got {scale!r}")
+
+
 def _validate(q, k, v, mask: TileMask, tokens_per_frame: Any) -> None:
     for name, x in (("q", q), ("k", k), ("v", v)):
         if getattr(x, "ndim", None) != 4:
@@ -86,6 +101,8 @@ def _validate(q, k, v, mask: TileMask, tokens_per_frame: Any) -> None:
         raise ValueError(f"q, k and v must have the same shape, got q {q.shape}, k {k.shape}, v {v.shape}")
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"q, k and v must have the same dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if 0 in q.shape:
+        raise ValueError(f"q, k, v must not be empty, got shape {q.shape} (batch, tokens, heads, head_dim)")
     if jnp.dtype(q.dtype) not in _FLOAT_DTYPES:
         raise ValueError(f"q, k, v must be bfloat16, float16 or float32, got {q.dtype}")
     if isinstance(tokens_per_frame, bool) or not isinstance(tokens_per_frame, int) or tokens_per_frame < 1:
@@ -117,12 +134,14 @@ def tile_attention(q: jax.Array, k: jax.Array, v: jax.Array, tile_mask: TileMask
 
     Raises:
       ValueError naming the problem: wrong ranks, shape or dtype mismatch, N != T * tokens_per_frame, a mask that is
-      not square / not boolean / has an empty row, an unknown backend, or a backend that cannot run this problem.
+      not square / not boolean / has an empty row, empty inputs, a ``scale`` that is not a finite positive number,
+      an unknown backend, or a backend that cannot run this problem.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown tile attention backend {backend!r}; expected one of {BACKENDS}")
     mask = as_tile_mask(tile_mask)
     _validate(q, k, v, mask, tokens_per_frame)
+    check_scale(scale)
     backend = resolve_backend(backend, tokens_per_frame=tokens_per_frame, dtype=q.dtype, head_dim=q.shape[-1])
     if backend == "reference":
         from .reference import reference_attention

@@ -48,6 +48,10 @@ def chunked_attention(
     """
     b, nq, h, d = q.shape
     nk = k.shape[1]
+    if 0 in q.shape or 0 in k.shape:
+        raise ValueError(f"attention inputs must not be empty, got q {q.shape}, k {k.shape}")
+    if scale is not None and not (math.isfinite(float(scale)) and float(scale) > 0):
+        raise ValueError(f"scale must be a finite positive number (or None for 1/sqrt(head_dim)), got {scale!r}")
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     g = heads_per_chunk(b * h, nq, nk, max_score_bytes)
     n_chunks = b * h // g

@@ -31,6 +31,12 @@ def _cmd_train_teacher(args: argparse.Namespace) -> int:
                            mix_world=args.mix_world, mix_fraction=args.mix_fraction)
     check = (TeacherCheck(every=args.check_every, steps=args.check_steps, prompts=args.check_prompts)
              if args.check_every else None)
+    from dataclasses import asdict
+
+    from jax_vdit.training import check_resume_config
+
+    # a resumed run must use its original world, batch, learning rate, ...: refuse before rendering any data
+    check_resume_config(args.run, recipe.train_config(), {"recipe": asdict(recipe)})
     result = train_teacher(recipe, args.run, time_limit_s=args.time_limit, init_from=args.init_from, check=check,
                            adapt_to_world=args.adapt_to_world)
     if check is not None:

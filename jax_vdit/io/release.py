@@ -56,10 +56,21 @@ def release_key_map(cfg: ModelConfig) -> KeyMap:
     return km
 
 
+class CastRangeError(ValueError):
+    """A finite source tensor has values that the target dtype cannot hold (they would become Inf)."""
+
+
 def _read_rule(source: TensorSource, name: str, rule, dtype: np.dtype) -> np.ndarray:
     raw = source.read(name)
     check_finite(name, raw)
-    return np.ascontiguousarray(rule.transform(raw)).astype(dtype, copy=False)
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(rule.transform(raw)).astype(dtype, copy=False)
+    if out.dtype != raw.dtype and not np.isfinite(out.astype(np.float32, copy=False)).all():
+        peak = float(np.max(np.abs(raw.astype(np.float32))))
+        raise CastRangeError(
+            f"tensor {name!r} does not fit {np.dtype(dtype).name}: its largest magnitude {peak:.4g} exceeds the "
+            f"dtype's maximum {float(np.finfo(dtype).max):.4g}; convert to float32 or bfloat16 instead")
+    return out
 
 
 def stream_release_params(

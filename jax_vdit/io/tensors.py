@@ -91,8 +91,21 @@ class SafetensorsSource:
                     raise CheckpointFormatError(f"{file}: malformed header entry for {name!r}: {entry}") from err
                 if (end - begin) != int(np.prod(shape, dtype=np.int64)) * _numpy_dtype(dtype).itemsize:
                     raise CheckpointFormatError(f"{file}: byte size of {name!r} does not match its shape/dtype")
+                if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end):
+                    raise CheckpointFormatError(f"{file}: invalid data_offsets {entry['data_offsets']} for {name!r}")
                 self._where[name] = (file, data_start + begin, end - begin)
                 self._infos[name] = TensorInfo(shape, dtype)
+            self._check_no_overlap(file, header)
+
+    @staticmethod
+    def _check_no_overlap(file: Path, header: dict) -> None:
+        """Two tensors whose byte ranges overlap would alias each other's data: refuse, naming both."""
+        spans = sorted((tuple(e["data_offsets"]), n) for n, e in header.items() if n != "__metadata__")
+        for ((b0, e0), n0), ((b1, e1), n1) in zip(spans, spans[1:]):
+            if b1 < e0 and b1 < e1 and b0 < e0:
+                raise CheckpointFormatError(
+                    f"{file}: tensors {n0!r} (bytes {b0}-{e0}) and {n1!r} (bytes {b1}-{e1}) share data; "
+                    "the header is corrupt")
 
     @staticmethod
     def _read_header(file: Path) -> tuple[dict, int]:

@@ -10,6 +10,7 @@ diffusers' ``_class_name`` style metadata) are accepted and dropped.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -45,6 +46,34 @@ IGNORED_FIELDS = frozenset(
 
 class VAEConfigError(ValueError):
     """The VAE config names something this port does not implement, or is inconsistent."""
+
+
+_ELEMENT_TYPES = {"attn_resolutions": int}
+
+
+def _type_name(kind: type) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[kind]
+
+
+def _is_a(value: Any, kind: type) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if kind is float:
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, kind)
+
+
+def _check_field_type(name: str, value: Any, default: Any) -> None:
+    """Raise :class:`VAEConfigError` naming ``name`` when ``value`` has not the type of the field's ``default``
+    (ints must be JSON integers, lists lists of the right element type)."""
+    if isinstance(default, tuple):
+        kind = type(default[0]) if default else _ELEMENT_TYPES.get(name, int)
+        if not isinstance(value, (list, tuple)) or not all(_is_a(v, kind) for v in value):
+            raise VAEConfigError(f"VAE config field {name!r} must be a list of {_type_name(kind)}s, got {value!r}")
+    elif not _is_a(value, type(default)):
+        raise VAEConfigError(f"VAE config field {name!r} must be {_type_name(type(default))}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -200,11 +229,14 @@ class VAEConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "VAEConfig":
         """Build from a parsed ``config.json``; unknown fields raise, the release's unused fields are dropped."""
-        known = {f.name for f in fields(cls)}
+        if not isinstance(raw, dict):
+            raise VAEConfigError(f"a VAE config must be a JSON object, got {type(raw).__name__}")
+        known = {f.name: f for f in fields(cls)}
         kwargs: dict[str, Any] = {}
         unknown = []
         for key, value in raw.items():
             if key in known:
+                _check_field_type(key, value, known[key].default)
                 kwargs[key] = tuple(value) if isinstance(value, list) else value
             elif key.startswith("_") or key in IGNORED_FIELDS:
                 continue

@@ -297,6 +297,7 @@ def tiled_apply(
 def decode_nthwc(vae: CausalVAE, z: jax.Array, *, tiling: TilingConfig | None = None) -> jax.Array:
     """Raw latent (N, t, h, w, C) -> video (N, T, H, W, 3) in the compute dtype, tiled as the release when
     ``tiling`` is given and the latent exceeds its tile sizes."""
+    _check_nonempty("latent", z, "(N, t, h, w, C)")
     _, t, h, w, _ = z.shape
     if tiling is None or not tiling.decode_needs_tiling(t, h, w):
         return _run_batched("decode", vae, [z], 1)[0]
@@ -313,6 +314,7 @@ def decode_nthwc(vae: CausalVAE, z: jax.Array, *, tiling: TilingConfig | None = 
 
 def encode_moments_nthwc(vae: CausalVAE, x: jax.Array, *, tiling: TilingConfig | None = None) -> jax.Array:
     """Video (N, T, H, W, 3) in [-1, 1] -> float32 moments (N, t, h, w, 2C), tiled as the release if asked."""
+    _check_nonempty("video", x, "(N, T, H, W, 3)")
     _, t, h, w, _ = x.shape
     if tiling is None or not tiling.encode_needs_tiling(t, h, w):
         return _run_batched("encode", vae, [x], 1)[0]
@@ -325,6 +327,15 @@ def encode_moments_nthwc(vae: CausalVAE, x: jax.Array, *, tiling: TilingConfig |
         overlap=tiling.tile_overlap_factor,
         max_tile_batch=tiling.max_tile_batch,
     )
+
+
+def _check_nonempty(name: str, x, layout: str) -> None:
+    """Raise a ValueError naming the empty axis (e.g. 0 latent frames) before anything is compiled."""
+    if x.ndim != 5:
+        raise ValueError(f"{name} must have rank 5 {layout}; got shape {tuple(x.shape)}")
+    empty = [axis for axis, n in zip(layout.strip("()").split(", "), x.shape) if n == 0]
+    if empty:
+        raise ValueError(f"{name} of shape {tuple(x.shape)} {layout} is empty along {', '.join(empty)}")
 
 
 def _check_5d(name: str, x, channels: int) -> None:
