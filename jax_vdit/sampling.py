@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -119,13 +121,11 @@ def _guided_eps(model, x_in, t, text, mask, neg_text, neg_mask, guidance, attent
     return eps_u + guidance * (eps_c - eps_u)
 
 
-def _sample_fn(graphdef, state, noise, key, text, mask, neg_text, neg_mask, guidance, plan, start, resume, *,
-               method: str, attention: AttentionConfig, latent_dtype, report_progress: bool):
+def _sample_fn(graphdef, state, x, key, text, mask, neg_text, neg_mask, guidance, plan, start, stop, *,
+               method: str, attention: AttentionConfig, latent_dtype):
+    """Steps ``start .. stop - 1`` of ``plan`` from latents ``x`` (B, C, T, H, W); ``start``/``stop`` are traced, so one
+    executable runs a whole plan, one step of it (a progress bar's host loop) or any resumed segment."""
     model = nnx.merge(graphdef, state)
-    if resume is None:
-        x = (noise.astype(jnp.float32) * plan["init_scale"]).astype(latent_dtype)
-    else:  # latents after ``start`` steps of this plan (a resumed or segmented run)
-        x = resume.astype(latent_dtype)
 
     def body(i, x):
         if method == "euler_ancestral":
@@ -138,26 +138,19 @@ def _sample_fn(graphdef, state, noise, key, text, mask, neg_text, neg_mask, guid
             t, t_to = plan["t_model"][i], plan["t_to"][i]
             eps = _guided_eps(model, x, t, text, mask, neg_text, neg_mask, guidance, attention)
             x = schedules.jump(x, eps, t, t_to)
-        if report_progress:
-            jax.debug.callback(_report_progress, i)
         return x.astype(latent_dtype)
 
-    return parallel.replicate(jax.lax.fori_loop(start, plan["num_steps"], body, x))  # no-op without a mesh
+    return parallel.replicate(jax.lax.fori_loop(start, stop, body, x.astype(latent_dtype)))  # no-op without a mesh
 
 
-_PROGRESS_HOOK: list[Callable[[int], None] | None] = [None]
+_STATIC = ("graphdef", "method", "attention", "latent_dtype")
+_sample_jit = jax.jit(_sample_fn, static_argnames=_STATIC, donate_argnums=(2,))
 
 
-def _report_progress(step) -> None:
-    hook = _PROGRESS_HOOK[0]
-    if hook is not None:
-        hook(int(step))
-
-
-_sample_jit = jax.jit(
-    _sample_fn, static_argnames=("graphdef", "method", "attention", "latent_dtype", "report_progress"),
-    donate_argnums=(2,),
-)
+@functools.partial(jax.jit, static_argnames=("latent_dtype",))
+def _initial_latents(noise: jax.Array, init_scale: jax.Array, *, latent_dtype) -> jax.Array:
+    """N(0, I) noise (fp32) * the plan's ``init_scale``, stored in ``latent_dtype``."""
+    return (noise.astype(jnp.float32) * init_scale).astype(latent_dtype)
 
 
 def _as_3d(text: jax.Array | None, mask: jax.Array | None):
@@ -166,6 +159,91 @@ def _as_3d(text: jax.Array | None, mask: jax.Array | None):
     if mask is not None and mask.ndim == 3:
         mask = mask[:, 0]
     return text, mask
+
+
+@dataclass(frozen=True, eq=False)
+class _Program:
+    """A sampling call's inputs, checked and placed: everything but the step range, the key and the latents."""
+
+    graphdef: Any
+    state: Any
+    inputs: tuple  # text, mask, neg_text, neg_mask, guidance, plan arrays
+    statics: dict
+    batch_shape: tuple[int, int, int, int, int]
+    plan: SamplingPlan
+    mesh: jax.sharding.Mesh | None
+
+    def context(self):
+        return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
+
+    def place(self, tree):
+        return tree if self.mesh is None else parallel.replicate_tree(tree, self.mesh)
+
+    def first_latents(self, key: jax.Array, start_step: int, latents: jax.Array | None):
+        """(ancestral-noise key, latents after ``start_step`` steps in latent dtype) for ``key``."""
+        if not 0 <= start_step <= self.plan.num_steps:
+            raise ValueError(f"start_step must be in [0, {self.plan.num_steps}] for this plan, got {start_step}")
+        if (latents is None) != (start_step == 0):
+            raise ValueError("pass latents exactly when resuming (start_step > 0): the latents after start_step steps")
+        if latents is not None and tuple(latents.shape) != self.batch_shape:
+            raise ValueError(f"latents {tuple(latents.shape)} do not match (batch, *latent_shape) = {self.batch_shape}")
+        init_key, noise_key = jax.random.split(key)
+        dtype = self.statics["latent_dtype"]
+        if latents is None:
+            noise = jax.random.normal(init_key, self.batch_shape, jnp.float32)
+            x = _initial_latents(noise, jnp.asarray(self.plan.init_scale, jnp.float32), latent_dtype=dtype)
+        else:  # a copy: the sampler donates its latents buffer
+            x = jnp.array(latents, dtype=dtype, copy=True)
+        return self.place(noise_key), self.place(x)
+
+    def args(self, x, noise_key, start: int, stop: int) -> tuple:
+        steps = self.place((jnp.asarray(start, jnp.int32), jnp.asarray(stop, jnp.int32)))
+        return (self.state, x, noise_key, *self.inputs, *steps)
+
+    def run(self, runner: Callable, key: jax.Array, *, num_steps: int | None, start_step: int,
+            latents: jax.Array | None, progress: Callable[[int], None] | None) -> jax.Array:
+        stop = self.plan.num_steps if num_steps is None else num_steps
+        if not 0 <= stop <= self.plan.num_steps:
+            raise ValueError(f"num_steps must be in [0, {self.plan.num_steps}] for this plan, got {stop}")
+        noise_key, x = self.first_latents(key, start_step, latents)
+        if start_step > stop:
+            raise ValueError(f"start_step {start_step} is past num_steps {stop}")
+        with self.context():
+            if progress is None:
+                return runner(*self.args(x, noise_key, start_step, stop))
+            for i in range(start_step, stop):  # the same executable, one step per call
+                x = jax.block_until_ready(runner(*self.args(x, noise_key, i, i + 1)))
+                progress(i)
+            return x if start_step < stop else runner(*self.args(x, noise_key, start_step, stop))
+
+
+def _program(model, text, text_mask, *, latent_shape, plan: SamplingPlan, negative_text, negative_mask,
+             guidance_scale, attention: AttentionConfig, latent_dtype, mesh, sharding_rules) -> _Program:
+    if plan.method not in METHODS:
+        raise ValueError(f"unknown sampling method {plan.method!r}")
+    if len(latent_shape) != 4:
+        raise ValueError(f"latent_shape must be (C, T, H, W), got {latent_shape}")
+    text, text_mask = _as_3d(text, text_mask)
+    negative_text, negative_mask = _as_3d(negative_text, negative_mask)
+    b = text.shape[0]
+    if negative_text is not None:
+        if negative_text.shape[0] == 1 and b > 1:
+            negative_text = jnp.broadcast_to(negative_text, (b,) + negative_text.shape[1:])
+            if negative_mask is not None:
+                negative_mask = jnp.broadcast_to(negative_mask, (b,) + negative_mask.shape[1:])
+        if negative_text.shape != text.shape:
+            raise ValueError(f"negative text {negative_text.shape} does not match text {text.shape}")
+        if (negative_mask is None) != (text_mask is None):
+            raise ValueError("pass text masks for both the prompt and the negative prompt, or for neither")
+    graphdef, state = nnx.split(model)
+    inputs = (text, text_mask, negative_text, negative_mask, jnp.asarray(guidance_scale, jnp.float32), plan.arrays())
+    if mesh is not None:
+        mesh = parallel.as_auto_mesh(mesh)
+        attention = sequence_parallel(attention, mesh, sharding_rules)
+        state = parallel.shard_tree(state, mesh, sharding_rules)
+        inputs = parallel.replicate_tree(inputs, mesh)
+    statics = dict(method=plan.method, attention=attention, latent_dtype=jnp.dtype(latent_dtype))
+    return _Program(graphdef, state, inputs, statics, (b, *latent_shape), plan, mesh)
 
 
 def sample(
@@ -191,8 +269,9 @@ def sample(
 
     With ``negative_text`` the model runs on the batch [negative; positive] and applies CFG with
     ``guidance_scale`` (a traced value: changing it does not recompile); without it, one forward per step.
-    ``key`` draws the initial noise and the ancestral noise. ``progress`` is called (on the host) with the step
-    index after each step; leave it None for benchmarks.
+    ``key`` draws the initial noise and the ancestral noise. ``progress`` is called on the host with the step
+    index after each step: the host then runs the same compiled program one step per call (waiting for each), so
+    a progress bar changes neither what is compiled nor the result.
 
     ``mesh`` (e.g. ``jax_vdit.parallel.make_mesh(seq=4, data=2)``): run sequence-parallel on it: parameters are
     placed by ``sharding_rules`` (replicated by default), the CFG batch is split over ``"data"``, tokens over
@@ -203,45 +282,77 @@ def sample(
     with ``plan.truncated(start_step)`` and the same ``key`` returned). Steps ``start_step .. plan.num_steps - 1``
     then run exactly as in one uninterrupted call (the ancestral noise of step i depends only on ``key`` and i),
     so a long sampling job can be split into segments, e.g. across preemptions or job time limits.
+
+    One executable per (model structure, shapes, dtypes, sampler method, attention): the step count, the step
+    range, ``guidance_scale``, the key and the progress callback are all runtime values. See
+    :func:`compile_sampler` to compile it ahead of time and time compilation separately.
     """
-    if plan.method not in METHODS:
-        raise ValueError(f"unknown sampling method {plan.method!r}")
-    if len(latent_shape) != 4:
-        raise ValueError(f"latent_shape must be (C, T, H, W), got {latent_shape}")
-    c, t, h, w = latent_shape
-    text, text_mask = _as_3d(text, text_mask)
-    negative_text, negative_mask = _as_3d(negative_text, negative_mask)
-    b = text.shape[0]
-    if negative_text is not None:
-        if negative_text.shape[0] == 1 and b > 1:
-            negative_text = jnp.broadcast_to(negative_text, (b,) + negative_text.shape[1:])
-            if negative_mask is not None:
-                negative_mask = jnp.broadcast_to(negative_mask, (b,) + negative_mask.shape[1:])
-        if negative_text.shape != text.shape:
-            raise ValueError(f"negative text {negative_text.shape} does not match text {text.shape}")
-        if (negative_mask is None) != (text_mask is None):
-            raise ValueError("pass text masks for both the prompt and the negative prompt, or for neither")
-    if not 0 <= start_step <= plan.num_steps:
-        raise ValueError(f"start_step must be in [0, {plan.num_steps}] for this plan, got {start_step}")
-    if (latents is None) != (start_step == 0):
-        raise ValueError("pass latents exactly when resuming (start_step > 0): the latents after start_step steps")
-    if latents is not None and tuple(latents.shape) != (b, c, t, h, w):
-        raise ValueError(f"latents {tuple(latents.shape)} do not match (batch, *latent_shape) = {(b, c, t, h, w)}")
-    init_key, noise_key = jax.random.split(key)
-    noise = jax.random.normal(init_key, (b, c, t, h, w), jnp.float32)
-    graphdef, state = nnx.split(model)
-    _PROGRESS_HOOK[0] = progress  # read on the host by the step callbacks, which may run after we return
-    args = (noise, noise_key, text, text_mask, negative_text, negative_mask,
-            jnp.asarray(guidance_scale, jnp.float32), plan.arrays(), jnp.asarray(start_step, jnp.int32),
-            None if latents is None else jnp.asarray(latents))
-    if mesh is not None:
-        mesh = parallel.as_auto_mesh(mesh)
-        attention = sequence_parallel(attention, mesh, sharding_rules)
-        state = parallel.shard_tree(state, mesh, sharding_rules)
-        args = parallel.replicate_tree(args, mesh)
-    with contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh):
-        return _sample_jit(graphdef, state, *args, method=plan.method, attention=attention,
-                           latent_dtype=jnp.dtype(latent_dtype), report_progress=progress is not None)
+    prog = _program(model, text, text_mask, latent_shape=latent_shape, plan=plan, negative_text=negative_text,
+                    negative_mask=negative_mask, guidance_scale=guidance_scale, attention=attention,
+                    latent_dtype=latent_dtype, mesh=mesh, sharding_rules=sharding_rules)
+    runner = functools.partial(_sample_jit, prog.graphdef, **prog.statics)
+    return prog.run(runner, key, num_steps=None, start_step=start_step, latents=latents, progress=progress)
+
+
+@dataclass(frozen=True, eq=False)
+class CompiledSampler:
+    """A sampling program compiled ahead of time for one (model, inputs' shapes, plan method, attention).
+
+    ``lower_s``: seconds to trace and lower it to StableHLO; ``compile_s``: seconds XLA took to compile it (or to
+    read it from the persistent compilation cache); the first call runs without compiling anything. Call it as
+    ``sampler(key, num_steps=None, start_step=0, latents=None, progress=None)`` -> latents (B, C, T, H, W) in the
+    latent dtype: ``num_steps`` (default: the plan's) runs a prefix of the plan (e.g. 1 for a warm-up), the other
+    arguments as in :func:`sample`. Every call uses this same executable.
+    """
+
+    executable: jax.stages.Compiled
+    lower_s: float
+    compile_s: float
+    program: _Program
+
+    def __call__(self, key: jax.Array, *, num_steps: int | None = None, start_step: int = 0,
+                 latents: jax.Array | None = None, progress: Callable[[int], None] | None = None) -> jax.Array:
+        return self.program.run(self.executable, key, num_steps=num_steps, start_step=start_step, latents=latents,
+                                progress=progress)
+
+    def hlo_text(self) -> str:
+        """The compiled program's HLO text (for inspection: e.g. count ``while`` loops)."""
+        return self.executable.as_text()
+
+
+def compile_sampler(
+    model,
+    text: jax.Array,
+    text_mask: jax.Array | None,
+    *,
+    latent_shape: tuple[int, int, int, int],
+    plan: SamplingPlan,
+    negative_text: jax.Array | None = None,
+    negative_mask: jax.Array | None = None,
+    guidance_scale: float = 7.5,
+    attention: AttentionConfig = DENSE,
+    latent_dtype=jnp.bfloat16,
+    mesh: jax.sharding.Mesh | None = None,
+    sharding_rules: parallel.ShardingRules = parallel.DEFAULT_RULES,
+) -> CompiledSampler:
+    """Compile the sampling program for these inputs now (``jit(...).lower(...).compile()``, timed) and return it
+    as a :class:`CompiledSampler`. Arguments as in :func:`sample`. With ``jax_compilation_cache_dir`` set, a later
+    process with the same model structure, shapes and settings reads the executable from the persistent cache
+    (the program has no host callbacks, so its cache key is stable across processes)."""
+    prog = _program(model, text, text_mask, latent_shape=latent_shape, plan=plan, negative_text=negative_text,
+                    negative_mask=negative_mask, guidance_scale=guidance_scale, attention=attention,
+                    latent_dtype=latent_dtype, mesh=mesh, sharding_rules=sharding_rules)
+    dtype = prog.statics["latent_dtype"]
+    with prog.context():
+        sharding = None if prog.mesh is None else jax.sharding.NamedSharding(prog.mesh, jax.sharding.PartitionSpec())
+        x = jax.ShapeDtypeStruct(prog.batch_shape, dtype, sharding=sharding)
+        key = prog.place(jax.random.split(jax.random.key(0))[1])
+        t0 = time.perf_counter()
+        lowered = _sample_jit.lower(prog.graphdef, *prog.args(x, key, 0, plan.num_steps), **prog.statics)
+        t1 = time.perf_counter()
+        executable = lowered.compile()
+        t2 = time.perf_counter()
+    return CompiledSampler(executable, t1 - t0, t2 - t1, prog)
 
 
 class StepTimer:

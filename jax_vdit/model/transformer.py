@@ -3,6 +3,11 @@
 Call: ``model(latents (B,C,T,H,W), timestep (B,), text (B,1,L,Ct) or (B,L,Ct), text_mask (B,1,L) or (B,L))``
 -> epsilon prediction (B, C_out, T, H, W) in the compute dtype. Self-attention goes through
 :mod:`jax_vdit.model.attention`, chosen per call by an :class:`AttentionConfig` (dense or per-layer tile masks).
+
+The blocks are kept as a list (one parameter subtree per layer: checkpoints, key maps and sharding rules see
+``blocks.<i>``). With ``AttentionConfig.scan_layers`` (the default) the forward stacks the weights of each run of
+consecutive layers sharing one tile mask and runs that run as one ``jax.lax.scan``, so a 32-layer forward compiles
+one block body per run instead of 32 (:meth:`OpenSoraT2V.run_blocks`).
 """
 
 from __future__ import annotations
@@ -140,6 +145,40 @@ class OpenSoraT2V(nnx.Module):
             step = nnx.remat(step)
         return step(self.blocks[i], x, ctx.text, ctx.text_mask, ctx.t6, ctx.rope_cos, ctx.rope_sin)
 
+    def run_blocks(self, start: int, stop: int, ctx: ForwardContext, x: jax.Array,
+                   attention: AttentionConfig) -> jax.Array:
+        """Blocks ``start .. stop - 1``, which must share one tile mask, as one ``jax.lax.scan`` over their stacked
+        weights (a run of one layer is called directly). x: (B, N, D) -> (B, N, D).
+
+        The weights of the run are stacked along a new leading axis (a copy of the run's weights inside the traced
+        program); the scan body merges one layer's weights into the block's graph and calls the block, under
+        ``jax.checkpoint`` per block when ``cfg.remat``.
+        """
+        if not 0 <= start < stop <= self.cfg.num_layers:
+            raise ValueError(f"layer run [{start}, {stop}) is not inside [0, {self.cfg.num_layers})")
+        tile_mask = attention.layer_mask(start)
+        if any(attention.layer_mask(i) != tile_mask for i in range(start + 1, stop)):
+            raise ValueError(f"layers {start}..{stop - 1} do not share one tile mask; scan only runs of equal masks")
+        if stop - start == 1:
+            return self.run_block(start, ctx, x, attention)
+        graphdef, first = nnx.split(self.blocks[start])
+        states = [first]
+        for i in range(start + 1, stop):
+            gd, st = nnx.split(self.blocks[i])
+            if gd != graphdef:
+                raise ValueError(f"block {i} has another structure than block {start}; it cannot be scanned with it")
+            states.append(st)
+        stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+        step = _block_step(tile_mask, ctx.tokens_per_frame, attention)
+
+        def body(x, state):
+            return step(nnx.merge(graphdef, state), x, ctx.text, ctx.text_mask, ctx.t6, ctx.rope_cos, ctx.rope_sin)
+
+        if self.cfg.remat:
+            body = jax.checkpoint(body)
+        x, _ = jax.lax.scan(lambda x, state: (body(x, state), None), x, stacked)
+        return x
+
     def finish(self, ctx: ForwardContext, x: jax.Array) -> jax.Array:
         """Final modulated LayerNorm, projection and unpatchify: (B, N, D) -> (B, C_out, T, H, W)."""
         cfg = self.cfg
@@ -160,8 +199,12 @@ class OpenSoraT2V(nnx.Module):
         attention.check_num_layers(self.cfg.num_layers)
         ctx = self.prepare(latents, timestep, text, text_mask)
         x = ctx.x
-        for i in range(self.cfg.num_layers):
-            x = self.run_block(i, ctx, x, attention)
+        if attention.scan_layers:
+            for start, stop in attention.layer_runs(self.cfg.num_layers):
+                x = self.run_blocks(start, stop, ctx, x, attention)
+        else:
+            for i in range(self.cfg.num_layers):
+                x = self.run_block(i, ctx, x, attention)
         return self.finish(ctx, x)
 
 

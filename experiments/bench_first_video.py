@@ -1,0 +1,223 @@
+"""Benchmark: time to first video, from a fresh process to an mp4 on disk, with a cold and a warm compilation cache.
+
+Cases (random weights, bf16 parameters and compute at full size):
+
+* ``student``: the 4-step consistency student (edges 0, 250, 500, 750; no CFG) with the 1:7 tile mask on every
+  layer, 29x720p (latents 4x8x90x160), decoded by the CausalVAE (release widths and tiling) to mp4;
+* ``teacher``: the release sampler, Euler-ancestral 100 steps with CFG (batch 2), dense attention, same size.
+
+Each case runs in two child processes sharing one fresh ``jax_compilation_cache_dir``: "cold" (empty cache) and
+"warm" (the cache the cold run filled). A child reports, from its own start: imports, weight init, the sampler's
+trace+lower and compile seconds (``sampling.compile_sampler``), sampling, the VAE decode (with its stage-compile
+seconds from ``vae.compile_log``), the mp4 write, the total, and the persistent cache's hits and misses.
+
+``--compare-scan`` instead compiles the student sampler in-process for several depths with the transformer's
+blocks scanned (``AttentionConfig(scan_layers=True)``) and unrolled, and reports trace+lower and compile seconds
+and the ``while`` loops in the compiled HLO (no persistent cache).
+
+``--size tiny`` runs everything at a CPU-sized scale (the ``tiny`` preset with 8 latent frames, a narrow VAE) so
+the script can be checked anywhere; its times say nothing about a GPU.
+
+    python -m experiments.bench_first_video --size full --out experiments/results/first_video
+    python -m experiments.bench_first_video --size tiny --compare-scan --out experiments/results/first_video
+"""
+
+from __future__ import annotations
+
+import time
+
+_T0 = time.perf_counter()  # the child's clock starts before jax is imported
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import datetime as dt  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES = ("student", "teacher")
+# size -> (model preset, latent (C, T, H, W), text length, teacher steps)
+SIZES = {
+    "full": ("osp-v1.2-29x720p", (4, 8, 90, 160), 512, 100),
+    "tiny": ("tiny", (4, 8, 4, 4), 8, 4),
+}
+STUDENT_EDGES = (0, 250, 500, 750)
+
+
+def log(*a) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}]", *a, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ one child
+def _setup(size: str, case: str, scan: bool = True):
+    """(model, sampler kwargs, text, mask) for a case; random weights."""
+    import jax
+    import jax.numpy as jnp
+
+    from jax_vdit import sampling
+    from jax_vdit.config import get_preset
+    from jax_vdit.model import random_model
+    from jax_vdit.model.attention import attention_from_spec
+
+    preset, latent_shape, text_len, teacher_steps = SIZES[size]
+    dtype = "bfloat16" if size == "full" else "float32"
+    cfg = get_preset(preset, param_dtype=dtype, compute_dtype=dtype)
+    model = random_model(cfg, seed=0)
+    k1, k2 = jax.random.split(jax.random.key(1))
+    text = jax.random.normal(k1, (1, text_len, cfg.caption_channels), cfg.compute_jnp_dtype)
+    mask = (jnp.arange(text_len)[None] < max(1, text_len * 3 // 4)).astype(jnp.int32)
+    if case == "student":
+        attention = attention_from_spec("1:7", cfg.num_layers, latent_shape[1])
+        kwargs = dict(plan=sampling.consistency(STUDENT_EDGES))
+    elif case == "teacher":
+        attention = attention_from_spec(None, cfg.num_layers, latent_shape[1])
+        neg = jax.random.normal(k2, text.shape, text.dtype)
+        kwargs = dict(plan=sampling.euler_ancestral(teacher_steps), negative_text=neg, negative_mask=mask,
+                      guidance_scale=7.5)
+    else:
+        raise ValueError(f"unknown case {case!r}; use one of {CASES}")
+    attention = dataclasses.replace(attention, scan_layers=scan)
+    kwargs.update(latent_shape=latent_shape, attention=attention, latent_dtype=jnp.bfloat16)
+    return model, kwargs, text, mask
+
+
+def _vae(size: str):
+    import jax.numpy as jnp
+
+    from jax_vdit.vae import VAEConfig, random_vae
+
+    if size == "full":
+        return random_vae(VAEConfig(), seed=0, dtype=jnp.bfloat16)
+    return random_vae(VAEConfig(hidden_size=32), seed=0, dtype=jnp.float32)
+
+
+def child(size: str, case: str, cache_dir: str, video: str) -> dict:
+    """One time-to-first-video run in this (fresh) process; returns its timings."""
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    events: list[str] = []
+    jax.monitoring.register_event_listener(lambda name, **kw: events.append(name))
+    from jax_vdit import sampling
+    from jax_vdit.vae import compile_log, decode_latents_to_video, write_video
+
+    row: dict = {"import_s": time.perf_counter() - _T0}
+    t = time.perf_counter()
+    model, kwargs, text, mask = _setup(size, case)
+    jax.block_until_ready(jax.tree.leaves(model))
+    row["init_s"] = time.perf_counter() - t
+    sampler = sampling.compile_sampler(model, text, mask, **kwargs)
+    row.update(sampler_lower_s=sampler.lower_s, sampler_compile_s=sampler.compile_s)
+    t = time.perf_counter()
+    latents = jax.block_until_ready(sampler(jax.random.key(0)))
+    row["sample_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    vae = _vae(size)
+    frames = decode_latents_to_video(vae, latents)
+    row["decode_s"] = time.perf_counter() - t
+    row["vae_stage_compile_s"] = sum(e["seconds"] for e in compile_log())
+    row["vae_stages_compiled"] = len(compile_log())
+    t = time.perf_counter()
+    path = write_video(frames[0], video, fps=24)
+    row["write_s"] = time.perf_counter() - t
+    row["total_s"] = time.perf_counter() - _T0
+    row.update(video=str(path), frames=list(frames.shape), cache_hits=events.count("/jax/compilation_cache/cache_hits"),
+               cache_misses=events.count("/jax/compilation_cache/cache_misses"))
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
+
+
+def run_case(size: str, case: str, work: Path) -> dict:
+    """The cold and the warm child of one case, sharing a fresh cache under ``work``."""
+    cache = work / f"xla-{case}"
+    cache.mkdir(parents=True, exist_ok=False)
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = {}
+    for phase in ("cold", "warm"):
+        cmd = [sys.executable, "-m", "experiments.bench_first_video", "--child", case, "--size", size,
+               "--cache", str(cache), "--video", str(work / f"{case}_{phase}.mp4")]
+        log(f"{case} {phase}: {' '.join(cmd[1:])}")
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{case} {phase} child failed:\n{proc.stderr[-6000:]}")
+        out[phase] = json.loads(proc.stdout.strip().splitlines()[-1])
+        log(f"{case} {phase}: {out[phase]}")
+    return out
+
+
+# ------------------------------------------------------------------------------------------- scan vs unrolled
+def compare_scan(size: str, depths: list[int]) -> list[dict]:
+    """Compile the student sampler for each depth, scanned and unrolled; no persistent cache."""
+    import jax
+
+    from jax_vdit import sampling
+
+    jax.config.update("jax_compilation_cache_dir", None)
+    rows = []
+    for depth in depths:
+        for scan in (True, False):
+            model, kwargs, text, mask = _setup(size, "student", scan=scan)
+            model = _with_depth(model, depth)
+            kwargs["attention"] = dataclasses.replace(kwargs["attention"], masks=kwargs["attention"].masks[:1] * depth)
+            sampler = sampling.compile_sampler(model, text, mask, **kwargs)
+            row = {"layers": depth, "scan_layers": scan, "lower_s": round(sampler.lower_s, 3),
+                   "compile_s": round(sampler.compile_s, 3), "hlo_while_loops": sampler.hlo_text().count(" while(")}
+            log(row)
+            rows.append(row)
+    return rows
+
+
+def _with_depth(model, depth: int):
+    """A random model like ``model`` with ``depth`` layers."""
+    from jax_vdit.model import random_model
+
+    return random_model(model.cfg.replace(num_layers=depth), seed=0)
+
+
+# ------------------------------------------------------------------------------------------------------ main
+def _meta(args) -> dict:
+    import jax
+
+    return {"date": dt.date.today().isoformat(), "command": "python -m experiments.bench_first_video " +
+            " ".join(sys.argv[1:]), "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
+            "jax": jax.__version__, "python": platform.python_version(), "size": args.size}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", choices=sorted(SIZES), default="full")
+    p.add_argument("--cases", default=",".join(CASES), help="comma-separated: student,teacher")
+    p.add_argument("--compare-scan", action="store_true", help="scan vs unrolled sampler compile times instead")
+    p.add_argument("--depths", default="4,8,16", help="layer counts for --compare-scan")
+    p.add_argument("--out", default=None, help="write results JSON here (a folder)")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--cache", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--video", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args.size, args.child, args.cache, args.video)))
+        return
+    if args.compare_scan:
+        result = {**_meta(args), "rows": compare_scan(args.size, [int(d) for d in args.depths.split(",")])}
+        name = f"compare_scan_{args.size}.json"
+    else:
+        cases = [c for c in args.cases.split(",") if c]
+        with tempfile.TemporaryDirectory(prefix="first_video_") as work:
+            result = {**_meta(args), "cases": {c: run_case(args.size, c, Path(work)) for c in cases}}
+        name = f"first_video_{args.size}.json"
+    print(json.dumps(result, indent=2))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(json.dumps(result, indent=2) + "\n")
+        log(f"wrote {out / name}")
+
+
+if __name__ == "__main__":
+    main()

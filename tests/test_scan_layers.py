@@ -1,0 +1,165 @@
+"""Scan over layers (``AttentionConfig.scan_layers``): the scanned forward and gradients equal the unrolled loop,
+on the golden release weights with mixed per-layer tile masks, and the traced program does not grow with depth."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from safetensors.numpy import load_file
+
+import jax_vdit
+import pallas_kernels
+from jax_vdit.config import get_preset
+from jax_vdit.model import AttentionConfig, init_model
+from jax_vdit.objectives import DiffusionObjective
+
+# latent frames of the golden inputs (hidden_states (2, 4, 3, 8, 10))
+A = pallas_kernels.TileMask.from_string("1:2", 3)
+
+
+def _close(a, b, rel: float = 1e-6) -> None:
+    """max |a - b| <= rel * max |b| (fp32 rounding of another summation order only)."""
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    err, scale = float(np.abs(a - b).max()), float(np.abs(b).max())
+    assert err <= rel * max(scale, 1.0), (err, scale)
+
+
+def _att(masks, scan: bool) -> AttentionConfig:
+    return AttentionConfig(dense_backend="reference", tile_backend="reference", masks=masks, scan_layers=scan)
+
+
+@pytest.fixture(scope="module")
+def golden(golden_dir):
+    folder = golden_dir / "opensora_v12" / "tiny_a"
+    model = jax_vdit.load_model(folder, compute_dtype="float32")
+    inputs = load_file(folder / "inputs.safetensors")
+    expected = load_file(folder / "outputs.safetensors")["output_fp32"]
+    args = (inputs["hidden_states"], inputs["timestep"], inputs["encoder_hidden_states"],
+            inputs["encoder_attention_mask"])
+    return model, args, expected
+
+
+@pytest.fixture(scope="module")
+def golden4(golden):
+    """The golden weights as a 4-layer model: blocks (0, 1, 0, 1) of the 2-layer release module."""
+    model2, args, _ = golden
+    model4 = init_model(model2.cfg.replace(num_layers=4), seed=0)
+    nnx.update(model4, nnx.state(model2))
+    for i in (2, 3):
+        nnx.update(model4.blocks[i], nnx.state(model2.blocks[i - 2]))
+    return model4, args
+
+
+def test_layer_runs():
+    b = pallas_kernels.TileMask.from_string("2:1", 3)
+    assert _att((None, A, A, None), True).layer_runs(4) == ((0, 1), (1, 3), (3, 4))
+    assert _att((A, A, b, b, b, A), True).layer_runs(6) == ((0, 2), (2, 5), (5, 6))
+    assert _att(None, True).layer_runs(32) == ((0, 32),)
+    with pytest.raises(ValueError, match="mask schedule has 2 entries, the model has 3 layers"):
+        _att((A, A), True).layer_runs(3)
+    with pytest.raises(ValueError, match="scan_layers must be a bool"):
+        AttentionConfig(scan_layers="yes")
+
+
+@pytest.mark.parametrize("masks", [None, (A, A)], ids=["dense", "tile"])
+def test_scanned_golden_matches_reference_and_unrolled(golden, masks):
+    model, args, expected = golden
+    scanned = model(*args, attention=_att(masks, True))
+    _close(scanned, model(*args, attention=_att(masks, False)))
+    if masks is None:
+        assert np.abs(np.asarray(scanned) - expected).max() <= 1e-4
+
+
+def test_mixed_masks_scanned_equals_unrolled_on_golden_weights(golden4):
+    model, args = golden4
+    masks = (None, A, A, None)
+    scanned = model(*args, attention=_att(masks, True))
+    unrolled = model(*args, attention=_att(masks, False))
+    _close(scanned, unrolled)
+    # the masks matter (the scan really runs layers 1-2 with the tile mask)
+    assert float(jnp.abs(scanned - model(*args, attention=_att(None, True))).max()) > 1e-3
+
+
+def _tiny3(remat: bool):
+    model = init_model(get_preset("tiny", num_layers=3, remat=remat), seed=2)
+    model.proj_out.kernel[...] = jax.random.normal(jax.random.key(5), model.proj_out.kernel[...].shape) * 0.1
+    return model
+
+
+def test_training_gradients_scanned_equal_unrolled():
+    """The release objective's loss and parameter gradients with layer masks (None, A, A) on a tiny random model:
+    scanned with remat (checkpoint per block inside the scan) against the unrolled loop without remat (XLA:CPU
+    compiles each gradient program in 10-20 s here, so both differences share one comparison)."""
+    k = jax.random.split(jax.random.key(4), 2)
+    batch = {"latents": jax.random.normal(k[0], (1, 4, 3, 8, 8)), "text_mask": jnp.ones((1, 5), jnp.int32),
+             "text": jax.random.normal(k[1], (1, 5, get_preset("tiny").caption_channels))}
+
+    def loss_and_grads(scan: bool):
+        graphdef, params = nnx.split(_tiny3(remat=scan))
+        objective = DiffusionObjective(caption_dropout=0.0, attention=_att((None, A, A), scan))
+
+        def loss(p):
+            return objective(nnx.merge(graphdef, p), batch, jax.random.key(3), {})[0]
+
+        return jax.jit(jax.value_and_grad(loss))(params)
+
+    (loss_s, grads_s), (loss_u, grads_u) = loss_and_grads(True), loss_and_grads(False)
+    _close(loss_s, loss_u)
+    flat_s, flat_u = jax.tree.leaves(grads_s), jax.tree.leaves(grads_u)
+    assert len(flat_s) == len(flat_u)
+    assert sum(float(jnp.abs(g).max()) > 0 for g in flat_s) >= len(flat_s) // 2  # gradients reach the blocks
+    for gs, gu in zip(flat_s, flat_u):
+        _close(gs, gu, rel=1e-5)
+
+
+def test_remat_applies_per_block_inside_the_scan():
+    x = jnp.zeros((1, 4, 3, 8, 8))
+    text = jnp.zeros((1, 5, get_preset("tiny").caption_channels))
+    for remat in (False, True):
+        graphdef, state = nnx.split(_tiny3(remat))
+        jaxpr = jax.make_jaxpr(lambda s, x: nnx.merge(graphdef, s)(x, jnp.zeros((1,)), text,
+                                                                    attention=_att((None, A, A), True)))(state, x)
+        (scan,) = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan"]
+        assert scan.params["length"] == 2
+        body = [e.primitive.name for e in scan.params["jaxpr"].jaxpr.eqns]
+        rematted = bool({"checkpoint", "remat", "remat2"} & set(body))  # the primitive's name differs by version
+        assert rematted == remat, body
+
+
+def _lowered(num_layers: int, scan: bool) -> str:
+    cfg = get_preset("tiny", num_layers=num_layers)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: init_model(cfg)))
+    x = jax.ShapeDtypeStruct((1, 4, 3, 8, 8), jnp.float32)
+    text = jax.ShapeDtypeStruct((1, 5, cfg.caption_channels), jnp.float32)
+    masks = (None,) + (A,) * (num_layers - 1)
+    fwd = jax.jit(lambda s, x, text: nnx.merge(graphdef, s)(x, jnp.zeros((1,)), text, attention=_att(masks, scan)))
+    return fwd.lower(state, x, text).as_text()
+
+
+def test_traced_program_does_not_grow_with_depth():
+    """Matrix products in the traced program: a constant for the scanned model (one dense block, one scanned tile
+    block), proportional to depth for the unrolled one."""
+    scan3, scan9 = _lowered(3, True), _lowered(9, True)
+    unrolled3, unrolled9 = _lowered(3, False), _lowered(9, False)
+    assert scan3.count("stablehlo.while") == 1 and scan9.count("stablehlo.while") == 1
+    assert unrolled9.count("stablehlo.while") == 0
+    dots = {name: text.count("stablehlo.dot_general") for name, text in
+            [("scan3", scan3), ("scan9", scan9), ("unrolled3", unrolled3), ("unrolled9", unrolled9)]}
+    assert dots["scan9"] == dots["scan3"], dots
+    # one tile block's products: unrolled3 has two tile blocks where scan3 has one body; unrolled9 has eight
+    per_block = dots["unrolled3"] - dots["scan3"]
+    assert per_block > 0 and dots["unrolled9"] - dots["unrolled3"] == 6 * per_block, dots
+
+
+def test_run_blocks_rejects_a_run_with_two_masks(golden4):
+    model, args = golden4
+    ctx = model.prepare(*args)
+    with pytest.raises(ValueError, match="do not share one tile mask"):
+        model.run_blocks(0, 2, ctx, ctx.x, _att((None, A, A, None), True))
+    with pytest.raises(ValueError, match="is not inside"):
+        model.run_blocks(3, 5, ctx, ctx.x, _att(None, True))
