@@ -4,6 +4,7 @@ standard deviation and per-seed values (:func:`summarise_seeds`), on the validat
 from __future__ import annotations
 
 import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,7 +59,7 @@ def toybench(videos: np.ndarray, specs, world: ToyWorldConfig, reference: np.nda
 
 def heldout(world: ToyWorldConfig, count: int | None = None):
     """The first ``count`` (default all) validation prompts: the original held-out set, for checks, selection,
-    tuning and the demo. Final reports use ``world.report_split(world, "test")``."""
+    tuning and the demo. Final reports use ``jax_vdit.toy.world.report_split(world, "test")``."""
     return validation_split(world).take(count)
 
 

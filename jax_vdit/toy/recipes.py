@@ -215,9 +215,9 @@ def distill_mlcd(teacher, recipe: DistillRecipe, run_dir: str | Path, *, data: T
 
 
 def calibration_batches(world: ToyWorldConfig, recipe: DistillRecipe, timesteps: list[int], dtype=jnp.float32):
-    """Noisy held-in inputs at the student's sampling timesteps, for the mask search: ``recipe.calibration_prompts``
-    training-stream samples (seed ``recipe.seed + 100``), which never include a validation or a test scene (the
-    stream rejects both), so calibration cannot read the test split. One dict per timestep: ``latents``
+    """Noisy held-in inputs at the student's sampling timesteps, for the mask search: the first
+    ``recipe.calibration_prompts`` training-stream samples of ``world``, which never include a validation or a test
+    scene (the stream rejects both), so calibration cannot read the test split. One dict per timestep: ``latents``
     (N, 4, T, H, W) ``dtype``, ``timestep`` (N,) float32, ``text`` (N, L, C), ``text_mask`` (N, L)."""
     from jax_vdit import schedules
 
