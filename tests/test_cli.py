@@ -252,10 +252,11 @@ def test_train_teacher_command_mixes_a_world_and_toybench_writes_every_score(tmp
     recipe = meta.get("recipe") or meta["extra"]["recipe"]
     assert recipe["mix_world"] == "toy-sign-5x16x16-subframe" and recipe["mix_fraction"] == 0.25
     out = tmp_path / "tb.json"
-    assert main(["toybench", str(tmp_path / "t"), "--setting", "ddim:2:none", "--prompts", "2", "--json", str(out)]) == 0
+    assert main(["toybench", str(tmp_path / "t"), "--setting", "ddim:2:none", "--prompts", "2", "--seeds", "0",
+                 "--json", str(out)]) == 0
     saved = json.loads(out.read_text())
     assert saved["header"]["world"] == "toy-tiny-5x16x16-subframe" and "--json" in saved["header"]["command"]
-    row = saved["results"]["ddim:2:none"]
+    row = saved["results"]["ddim:2:none"]["mean"]
     assert {"alignment", "direction_acc", "colour_acc"} <= set(row) and 0.0 <= row["alignment"] <= 1.0
 
 
@@ -272,7 +273,8 @@ def test_toybench_samples_a_student_with_its_own_masks_and_edges(monkeypatch, tm
 
     monkeypatch.setattr(toy, "sample_specs", spy)
     out = tmp_path / "tb.json"
-    assert main(["toybench", str(toy.TOY_STUDENT_SPARSE_DIR), "--prompts", "1", "--json", str(out)]) == 0
+    assert main(["toybench", str(toy.TOY_STUDENT_SPARSE_DIR), "--prompts", "1", "--seeds", "0", "--json",
+                 str(out)]) == 0
     student = toy.load_toy_student(toy.TOY_STUDENT_SPARSE_DIR)
     (kw,) = seen
     assert kw["attention"].masks is not None and len(kw["attention"].masks) == len(student.attention.masks)

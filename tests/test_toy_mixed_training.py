@@ -12,7 +12,7 @@ import pytest
 
 from jax_vdit.toy import TeacherRecipe, train_teacher
 from jax_vdit.toy.world import encode_captions, get_config
-from jax_vdit.toy.world.data import heldout_keys, heldout_specs
+from jax_vdit.toy.world import report_split, reserved_keys, validation_split
 from jax_vdit.toy.world.spec import parse_caption
 from jax_vdit.toy.world.training_set import MixedTrainingSet, ToyTrainingSet, side_world
 
@@ -62,18 +62,24 @@ def test_side_samples_are_the_side_worlds_scenes_in_the_main_worlds_coordinates(
     np.testing.assert_allclose(mixed.side.latents[:4], expected, atol=1e-4)
 
 
-def test_side_world_never_yields_a_main_world_held_out_prompt():
-    """A held-out prompt of the main world that the side world can produce is excluded from the side samples."""
-    shared = [s for s in heldout_specs(MAIN) if
+def test_side_world_never_yields_a_main_world_validation_or_test_prompt(mixed):
+    """A validation or test prompt of the main world that the side world can produce is excluded from the side
+    samples (those MixedTrainingSet draws, and any drawn with the main world's reserved keys excluded)."""
+    reserved = reserved_keys(MAIN)
+    assert reserved == validation_split(MAIN).keys | report_split(MAIN, "test").keys
+    shared = [s for s in validation_split(MAIN).specs + report_split(MAIN, "test").specs if
               len(s.objects) == 1 and s.objects[0].speed == "quickly" and not s.objects[0].bounce and
-              s.objects[0].direction in SIGN.directions]
+              s.objects[0].direction in SIGN.directions and s.background in SIGN.backgrounds and
+              s.objects[0].shape in SIGN.shapes and s.objects[0].colour in SIGN.colours]
+    assert shared  # the sign world can draw some of them: the check below is not vacuous
+    assert not {parse_caption(c, SIGN).key for c in mixed.side.captions} & reserved
     side_cfg = side_world(MAIN, SIGN)
-    data = ToyTrainingSet.generate(side_cfg, 3000, workers=1, exclude_keys=heldout_keys(MAIN))
+    data = ToyTrainingSet.generate(side_cfg, 3000, workers=1, exclude_keys=reserved)
     keys = {parse_caption(c, SIGN).key for c in data.captions}
-    assert not keys & heldout_keys(MAIN)
-    if shared:  # and without the exclusion they would appear: the check is not vacuous
-        unfiltered = ToyTrainingSet.generate(side_cfg, 3000, workers=1)
-        assert {parse_caption(c, SIGN).key for c in unfiltered.captions} & {s.key for s in shared}
+    assert not keys & reserved
+    # and without the exclusion they would appear
+    unfiltered = ToyTrainingSet.generate(side_cfg, 3000, workers=1)
+    assert {parse_caption(c, SIGN).key for c in unfiltered.captions} & {s.key for s in shared}
 
 
 def test_worlds_that_cannot_be_mixed_are_refused_naming_the_field():

@@ -48,30 +48,43 @@ def _cmd_train_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> [0, 1, 2]; ValueError naming the problem for anything else (empty, non-integer, repeats)."""
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds must be comma-separated integers, e.g. 0,1,2 (got {text!r})") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds must list at least one seed and no seed twice (got {text!r})")
+    return seeds
+
+
 def _cmd_toybench(args: argparse.Namespace) -> int:
     import jax
 
     from jax_vdit.sampling import plan_from_name
     from jax_vdit.model import DENSE
-    from jax_vdit.toy import (STUDENT_FILE, TOY_TEACHER_DIR, heldout, load_toy_student, load_toy_teacher,
-                              sample_specs, toybench, world_for)
+    from jax_vdit import toy
     from jax_vdit.records import write_json
-    from jax_vdit.toy.world import format_table
+    from jax_vdit.toy.bench import device_info, summarise_seeds
+    from jax_vdit.toy.world import format_table, report_split
 
-    folder = Path(args.checkpoint) if args.checkpoint else TOY_TEACHER_DIR
-    world = world_for(folder, args.world)
+    seeds = parse_seeds(args.seeds)
+    folder = Path(args.checkpoint) if args.checkpoint else toy.TOY_TEACHER_DIR
+    world = toy.world_for(folder, args.world)
+    split = report_split(world, args.split)
+    specs = split.take(args.prompts)  # a bad --prompts is named before any model is loaded
     attention, own_plan = DENSE, None
-    if (folder / STUDENT_FILE).is_file():
+    if (folder / toy.STUDENT_FILE).is_file():
         # a distilled student samples the way it was distilled: its tile masks (sparse students) and its
         # consistency edges; scoring it dense or on other edges would be a silent wrong answer
-        student = load_toy_student(folder, compute_dtype=args.compute_dtype, num_frames=world.num_frames)
+        student = toy.load_toy_student(folder, compute_dtype=args.compute_dtype, num_frames=world.num_frames)
         model, attention, own_plan = student.model, student.attention, student.plan
         args.setting = args.setting or [f"consistency:{student.plan.num_steps}:none"]
     else:
-        model = load_toy_teacher(args.checkpoint, compute_dtype=args.compute_dtype)
+        model = toy.load_toy_teacher(args.checkpoint, compute_dtype=args.compute_dtype)
     args.setting = args.setting or ["euler_ancestral:100:4", "euler_ancestral:4:4"]
-    specs = heldout(world, args.prompts)
-    results = {}
+    results, table = {}, {}
     for setting in args.setting:
         sampler, steps, guidance = setting.split(":")
         g = None if guidance in ("none", "") else float(guidance)
@@ -79,14 +92,26 @@ def _cmd_toybench(args: argparse.Namespace) -> int:
             plan = own_plan
         else:
             plan = plan_from_name(sampler, int(steps))
-        videos = sample_specs(model, specs, world, plan=plan, guidance_scale=g, key=jax.random.key(args.seed),
-                              attention=attention)
-        results[setting] = toybench(videos, specs, world)
-    print(format_table(results, keys=["alignment", "overall", "smoothness", "consistency", "dynamic_degree",
-                                      "direction_acc"]))
+        per_seed = {}
+        for seed in seeds:
+            videos = toy.sample_specs(model, specs, world, plan=plan, guidance_scale=g, key=jax.random.key(seed),
+                                      attention=attention)
+            per_seed[seed] = toy.toybench(videos, specs, world)
+        results[setting] = summarise_seeds(per_seed)
+        table[setting] = results[setting]["mean"]
+    device = device_info()
+    print(f"ToyBench on the {split.name} split of {world.name}: {len(specs)} prompts, noise seeds {seeds}, "
+          f"device {device['platform']} ({device['device_kind']}); means over seeds:")
+    print(format_table(table, keys=["alignment", "overall", "smoothness", "consistency", "dynamic_degree",
+                                    "direction_acc"]))
+    for setting, r in results.items():
+        sd = r["sd"]["alignment"]
+        per = ", ".join(f"{r['per_seed'][s]['alignment']:.3f}" for s in seeds)
+        print(f"{setting}: alignment {r['mean']['alignment']:.3f}"
+              + (f" +/- {sd:.3f} (sd over seeds)" if sd is not None else "") + f"; per seed {per}")
     if args.json:
-        header = {"command": "vdit toybench " + " ".join(args.argv), "device": jax.devices()[0].device_kind,
-                  "jax": jax.__version__, "world": world.name, "prompts": args.prompts, "seed": args.seed}
+        header = {"command": "vdit toybench " + " ".join(args.argv), **device, "jax": jax.__version__,
+                  "world": world.name, "split": split.name, "prompts": len(specs), "seeds": seeds}
         write_json(args.json, {"header": header, "results": results})
     return 0
 
@@ -94,7 +119,7 @@ def _cmd_toybench(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     d = sub.add_parser("demo", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="toy-world demo: the shipped teacher and its distilled students (CPU friendly)")
     d.add_argument("--out", default="outputs/demo")
-    d.add_argument("--prompts", type=int, default=8, help="number of held-out prompts (max 32)")
+    d.add_argument("--prompts", type=int, default=8, help="number of validation prompts (max 32)")
     d.add_argument("--steps", type=int, default=10, help="Euler-ancestral steps for the teacher row")
     d.add_argument("--guidance", type=float, default=4.0)
     d.add_argument("--teacher", default=None, help="a toy teacher folder (default: the shipped one)")
@@ -129,7 +154,7 @@ def register(sub) -> None:
     t.add_argument("--check-every", type=int, default=0,
                    help="ToyBench the EMA teacher every N steps and keep the best in <run>/best_ema (0: off)")
     t.add_argument("--check-steps", type=int, default=100, help="Euler-ancestral steps of those checks")
-    t.add_argument("--check-prompts", type=int, default=32, help="held-out prompts of those checks")
+    t.add_argument("--check-prompts", type=int, default=32, help="validation prompts of those checks (never test)")
     t.set_defaults(func=_cmd_train_teacher)
 
     b = sub.add_parser("toybench", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="ToyBench of a toy checkpoint for sampler settings")
@@ -138,8 +163,13 @@ def register(sub) -> None:
     b.add_argument("--setting", action="append", default=None,
                    help="sampler:steps:guidance, e.g. euler_ancestral:100:4 or consistency:4:none (repeatable; "
                         "default: Euler-a 100 and 4 at guidance 4 for a teacher, its own plan for a student)")
-    b.add_argument("--prompts", type=int, default=32)
+    b.add_argument("--split", choices=("validation", "test"), default="test",
+                   help="prompt set: test (final reports; never used by training or checkpoint choice) or "
+                        "validation (the original 32 held-out prompts, used by checks and selection)")
+    b.add_argument("--prompts", type=int, default=None, help="the first N prompts of the split (default: all)")
+    b.add_argument("--seeds", default="0,1,2",
+                   help="comma-separated noise seeds; scores are reported as mean +/- sd over them, and per seed")
     b.add_argument("--compute-dtype", default="float32")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--json", default=None, help="also write every score (per attribute) and the command here")
+    b.add_argument("--json", default=None,
+                   help="also write every score (per attribute; mean, sd and per seed), the command and the device")
     b.set_defaults(func=_cmd_toybench)

@@ -2,9 +2,10 @@
 end at CPU size, its recipes (teacher pre-training and the three-stage distillation), ToyBench sampling and
 scoring, the shipped toy models, and the demo.
 
-* ``world``: scenes, rendering to latents, the text stand-in, held-out prompts, ToyBench metrics (pure NumPy).
+* ``world``: scenes, rendering to latents, the text stand-in, validation and test prompt splits, ToyBench metrics
+  (pure NumPy).
 * ``models``: the shipped teacher and students (``assets/``), world records, release-format export.
-* ``bench``: sample held-out prompts with any sampler and score them.
+* ``bench``: sample prompts with any sampler and score them (one noise seed, or mean +/- sd over several).
 * ``recipes``: :class:`TeacherRecipe` / :func:`train_teacher`, :class:`DistillRecipe` / :func:`distill_mlcd` /
   :func:`distill_sparse`.
 * ``demo``: ``vdit demo``.

@@ -1,6 +1,9 @@
-"""Sampling held-out toy prompts and scoring them with ToyBench."""
+"""Sampling toy prompts and scoring them with ToyBench: one noise seed (:func:`toybench`) or several with mean,
+standard deviation and per-seed values (:func:`summarise_seeds`), on the validation or the test split."""
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +11,7 @@ import numpy as np
 
 from jax_vdit import sampling
 from jax_vdit.model import DENSE, AttentionConfig
-from jax_vdit.toy.world import ToyWorldConfig, encode_captions, evaluate, heldout_specs
+from jax_vdit.toy.world import ToyWorldConfig, encode_captions, evaluate, validation_split
 
 
 def encode_specs(specs, world: ToyWorldConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -55,7 +58,31 @@ def toybench(videos: np.ndarray, specs, world: ToyWorldConfig, reference: np.nda
 
 
 def heldout(world: ToyWorldConfig, count: int | None = None):
-    specs = heldout_specs(world)
-    return specs if count is None else specs[:count]
+    """The first ``count`` (default all) validation prompts: the original held-out set, for checks, selection,
+    tuning and the demo. Final reports use ``jax_vdit.toy.world.report_split(world, "test")``."""
+    return validation_split(world).take(count)
+
+
+def summarise_seeds(per_seed: dict[int, dict[str, float]]) -> dict:
+    """ToyBench scores of several noise seeds -> ``{"mean": {k: float}, "sd": {k: float | None}, "per_seed":
+    {seed: {k: float}}, "seeds": [int]}``. ``sd`` is the sample standard deviation over seeds (ddof 1; None with
+    one seed); a score missing or NaN for a seed is left out of its mean and sd."""
+    if not per_seed:
+        raise ValueError("summarise_seeds needs the scores of at least one seed")
+    keys = list(dict.fromkeys(k for scores in per_seed.values() for k in scores))
+    mean, sd = {}, {}
+    for k in keys:
+        vals = np.array([float(s[k]) for s in per_seed.values() if k in s and math.isfinite(float(s[k]))])
+        mean[k] = float(vals.mean()) if vals.size else float("nan")
+        sd[k] = float(vals.std(ddof=1)) if vals.size > 1 else None
+    return {"mean": mean, "sd": sd, "per_seed": {int(s): dict(v) for s, v in per_seed.items()},
+            "seeds": [int(s) for s in per_seed]}
+
+
+def device_info() -> dict[str, str]:
+    """Which device runs the sampling: ``platform`` ("cpu", "gpu", "tpu"; numerics differ between them) and
+    ``device_kind``."""
+    d = jax.devices()[0]
+    return {"platform": d.platform, "device_kind": d.device_kind}
 
 

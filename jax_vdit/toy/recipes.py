@@ -16,9 +16,9 @@ from jax_vdit import sampling
 from jax_vdit.config import get_preset
 from jax_vdit.model import AttentionConfig, init_model
 from jax_vdit.objectives import DiffusionObjective
-from jax_vdit.toy.bench import heldout, sample_specs, toybench
+from jax_vdit.toy.bench import sample_specs, toybench
 from jax_vdit.toy.models import export_release_folder, world_for
-from jax_vdit.toy.world import ToyWorldConfig, get_config
+from jax_vdit.toy.world import ToyWorldConfig, ValidationSplit, get_config, require_validation, validation_split
 from jax_vdit.toy.world.training_set import MixedTrainingSet, ToyTrainingSet
 from jax_vdit.training import RunResult, TrainConfig, plot_metrics, train
 
@@ -78,8 +78,9 @@ class TeacherRecipe:
 @dataclass(frozen=True)
 class TeacherCheck:
     """A ToyBench check of the EMA teacher during training: Euler-ancestral ``steps`` with guidance ``guidance`` on
-    the first ``prompts`` held-out prompts, every ``every`` steps. The best EMA by alignment is exported to
-    ``run_dir/best_ema`` (release format, bf16), so a run that later degrades keeps its best weights."""
+    the first ``prompts`` validation prompts, every ``every`` steps. The best EMA by alignment is exported to
+    ``run_dir/best_ema`` (release format, bf16), so a run that later degrades keeps its best weights. The check
+    reads only the validation split (:func:`_teacher_check_fn` refuses any other), never the test split."""
 
     every: int = 2000
     prompts: int = 32
@@ -91,11 +92,15 @@ class TeacherCheck:
 BEST_EMA = "best_ema"
 
 
-def _teacher_check_fn(check: TeacherCheck, world: ToyWorldConfig, run_dir: Path):
+def _teacher_check_fn(check: TeacherCheck, split: ValidationSplit, run_dir: Path):
+    """The evaluation hook of :func:`train_teacher`: ToyBench on the first ``check.prompts`` prompts of ``split``
+    and best-EMA export. ``split`` must be the validation split (TypeError otherwise): selection never sees test."""
     from jax_vdit.io.checkpoints import atomic_directory
     from jax_vdit.training import read_evals
 
-    specs = heldout(world, check.prompts)
+    split = require_validation(split)
+    world = split.world
+    specs = split.take(check.prompts)
     plan = sampling.euler_ancestral(check.steps)
     best = [max((r["alignment"] for r in read_evals(run_dir)), default=-1.0)]  # checks of earlier calls count
 
@@ -152,7 +157,7 @@ def train_teacher(recipe: TeacherRecipe, run_dir: str | Path, *, stop_after: int
         model, DiffusionObjective(), lambda s: data.batch_at(s, recipe.batch_size),
         recipe.train_config(), run_dir, frozen=frozen, stop_after=stop_after, show_progress=show_progress,
         extra_meta={"recipe": asdict(recipe), "data_generation_s": round(gen_s, 1)}, time_limit_s=time_limit_s,
-        evaluate=None if check is None else _teacher_check_fn(check, world, run_dir),
+        evaluate=None if check is None else _teacher_check_fn(check, validation_split(world), run_dir),
         evaluate_every=None if check is None else check.every,
     )
     plot_metrics(run_dir, keys=("loss", "mse", "mse_t*", "grad_norm", "qk_gain_max", "rope_odd_t"))
@@ -210,7 +215,10 @@ def distill_mlcd(teacher, recipe: DistillRecipe, run_dir: str | Path, *, data: T
 
 
 def calibration_batches(world: ToyWorldConfig, recipe: DistillRecipe, timesteps: list[int], dtype=jnp.float32):
-    """Noisy held-in inputs at the student's sampling timesteps, for the mask search."""
+    """Noisy held-in inputs at the student's sampling timesteps, for the mask search: the first
+    ``recipe.calibration_prompts`` training-stream samples of ``world``, which never include a validation or a test
+    scene (the stream rejects both), so calibration cannot read the test split. One dict per timestep: ``latents``
+    (N, 4, T, H, W) ``dtype``, ``timestep`` (N,) float32, ``text`` (N, L, C), ``text_mask`` (N, L)."""
     from jax_vdit import schedules
 
     data = ToyTrainingSet.generate(world, recipe.calibration_prompts, seed=recipe.seed + 100, workers=1)

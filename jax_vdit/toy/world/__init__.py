@@ -4,7 +4,9 @@ distillation, sparse attention) can be trained and judged end to end on a CPU-si
 * ``config``: :class:`ToyWorldConfig` and presets (``"toy-9x24x24"`` default, ``"toy-tiny-5x16x16"`` for tests).
 * ``spec``: :class:`SceneSpec` / :class:`ObjectSpec` (hashable scene descriptions) and captions.
 * ``data``: rendering to 4-channel latents (C=4, T, H, W), the resumable sharded :class:`ToyWorldStream`, the
-  held-out prompt set.
+  reserved validation and test prompt sets (never in the stream).
+* ``splits``: those two sets as typed splits (:func:`validation_split` for selection, :func:`report_split` for
+  final reports).
 * ``text``: deterministic mT5 stand-in (word table + position code, EOS, padding mask).
 * ``toybench``: metrics parsed back from generated latent videos; ``teacher_error``; ``format_table``.
 * ``render``: latents -> RGB frames, animated GIF grids.
@@ -23,12 +25,15 @@ from .data import (
     heldout_specs,
     make_sample,
     render_raw,
+    reserved_keys,
+    scenes_batch,
     render_spec,
     sample_scene,
     sample_spec,
 )
 from .encoding import latent_to_raw, raw_to_latent
 from .render import latents_to_rgb, save_grid_gif, video_grid
+from .splits import SPLIT_NAMES, PromptSplit, ValidationSplit, report_split, require_validation, validation_split
 from .spec import ObjectSpec, SceneSpec, caption_vocabulary, parse_caption
 from .text import ToyTextEncoder, encode_captions, tokenize, vocabulary
 from .toybench import direction_confusion, evaluate, format_table, teacher_error
@@ -37,6 +42,8 @@ __all__ = [
     "COLOUR_RGB",
     "DIRECTION_VECTORS",
     "PRESETS",
+    "PromptSplit",
+    "SPLIT_NAMES",
     "STATIC",
     "ObjectSpec",
     "SceneLayout",
@@ -44,6 +51,7 @@ __all__ = [
     "ToyTextEncoder",
     "ToyWorldConfig",
     "ToyWorldStream",
+    "ValidationSplit",
     "caption_vocabulary",
     "encode_captions",
     "direction_confusion",
@@ -61,11 +69,16 @@ __all__ = [
     "raw_to_latent",
     "render_raw",
     "render_spec",
+    "report_split",
+    "require_validation",
+    "reserved_keys",
     "sample_scene",
     "sample_spec",
     "save_grid_gif",
+    "scenes_batch",
     "teacher_error",
     "tokenize",
+    "validation_split",
     "video_grid",
     "vocabulary",
 ]

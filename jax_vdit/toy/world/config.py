@@ -2,8 +2,8 @@
 
 Everything that shapes a sample lives here: the frame grid, the object size, the attribute vocabularies (shapes,
 colours, directions, speeds), the sampling probabilities, the latent channel encoding constants and the seeds.
-A config is a frozen (hashable) dataclass, so derived tables (held-out specs, word embeddings) can be cached per
-config. Presets:
+A config is a frozen (hashable) dataclass, so derived tables (validation and test specs, word embeddings) can be
+cached per config. Presets:
 
 * ``"toy-9x24x24"`` (default): 9 latent frames of 24 x 24 (patch 2 -> 9 x 12 x 12 = 144 tokens per frame).
 * ``"toy-9x24x24-anchored"``, ``"toy-9x24x24-anchored-strong"``: the same scenes with latent frame 0 marked
@@ -111,8 +111,10 @@ class ToyWorldConfig:
     text_seed: int = 20240617
     # seeds
     seed: int = 0  # training stream
-    heldout_seed: int = 9_000_001  # reserved: held-out prompt set
-    num_heldout: int = 32
+    heldout_seed: int = 9_000_001  # reserved: the validation prompt set (the original 32 held-out prompts)
+    num_heldout: int = 32  # validation prompts (checks, checkpoint choice, calibration, tuning)
+    test_seed: int = 9_000_002  # reserved: the test prompt set (final reports only)
+    num_test: int = 128  # test prompts: about +/- 0.02 standard error on a [0, 1] score
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> None:
@@ -178,6 +180,10 @@ class ToyWorldConfig:
             bad(f"fastest speed travels {vmax:.1f} px per clip but only {span:.1f} px fit between walls")
         if self.num_heldout < 1:
             bad("num_heldout must be >= 1")
+        if self.num_test < 1:
+            bad("num_test must be >= 1")
+        if self.test_seed == self.heldout_seed:
+            bad(f"test_seed and heldout_seed (validation) must differ (both {self.test_seed})")
 
     # ---- derived quantities ---------------------------------------------------------------------------------
     @property
@@ -226,11 +232,12 @@ PRESETS["toy-tiny-5x16x16-subframe"] = dataclasses.replace(
 
 def _sign_world(base: str, name: str, mean: tuple[float, ...], std: tuple[float, ...]) -> ToyWorldConfig:
     """``base`` cut down to the sign study's world: one object at one speed (1.25 px per frame) on a plain
-    background, 4 directions, never static or bouncing; ``mean``/``std`` measured with ``calibrate.calibrated``."""
+    background, 4 directions, never static or bouncing; ``mean``/``std`` measured with ``calibrate.calibrated``.
+    The world has only 5 x 6 x 4 = 120 distinct scenes: 32 validation and 16 test prompts keep 72 for training."""
     return dataclasses.replace(
         PRESETS[base], name=name, speeds=(("quickly", 1.25),), backgrounds=("plain",),
         directions=("left", "right", "up", "down"), max_objects=1, p_two_objects=0.0, p_static=0.0, p_bounce=0.0,
-        channel_mean=mean, channel_std=std,
+        channel_mean=mean, channel_std=std, num_test=16,
     )
 
 

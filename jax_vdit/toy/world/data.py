@@ -6,10 +6,16 @@ Determinism: sample ``i`` of the training stream is a pure function of ``(config
 pure function of ``(config.seed, step, w, num_workers, batch_size)``. The iterator's whole state is its step
 counter, so resuming at step ``s`` reproduces exactly the batches a fresh stream would yield from ``s`` on.
 
-Held-out prompts: :func:`heldout_specs` draws ``config.num_heldout`` distinct scenes from the reserved
-``config.heldout_seed``; the training stream rejects (and redraws) any scene whose :attr:`SceneSpec.key` (objects
-regardless of order and background, i.e. the prompt up to clause order) is held out, so a held-out caption never
-appears in training.
+Prompt splits. Besides the training stream there are two reserved prompt sets per world:
+
+* validation (:func:`heldout_specs`, the original 32 "held-out" prompts): ``config.num_heldout`` distinct scenes
+  from the reserved ``config.heldout_seed``. Used for training checks, best-checkpoint choice and any tuning.
+* test (``config.num_test`` distinct scenes from the reserved ``config.test_seed``, none of them a validation
+  scene): used only for final reports, reached through :func:`jax_vdit.toy.world.splits.report_split`.
+
+The training stream rejects (and redraws) any scene whose :attr:`SceneSpec.key` (objects regardless of order and
+background, i.e. the prompt up to clause order) is in either set (:func:`reserved_keys`), so neither a validation
+nor a test caption ever appears in training.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from .text import encode_captions
 _STREAM_TAG = 0x5EED_0001
 _HELDOUT_TAG = 0x5EED_0002
 _DROPOUT_TAG = 0x5EED_0003
+_TEST_TAG = 0x5EED_0004
 _MAX_LAYOUT_TRIES = 8
 _LAYOUT_CANDIDATES = 16
 _MAX_SPEC_TRIES = 1000
@@ -216,44 +223,63 @@ def render_spec(
 
 
 # --------------------------------------------------------------------------------------------------------------
-# held-out prompts
+# validation and test prompts
 # --------------------------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=16)
-def _heldout(config: ToyWorldConfig) -> tuple[tuple[SceneSpec, ...], tuple[SceneLayout, ...]]:
+def _draw_distinct(config: ToyWorldConfig, seed: int, tag: int, count: int, exclude: frozenset,
+                   what: str) -> tuple[tuple[SceneSpec, ...], tuple[SceneLayout, ...]]:
+    """``count`` scenes with distinct keys, none in ``exclude``; draw ``i`` uses ``SeedSequence([seed, tag, i])``."""
     specs: list[SceneSpec] = []
     layouts: list[SceneLayout] = []
-    keys: set = set()
+    keys: set = set(exclude)
     i = 0
-    while len(specs) < config.num_heldout:
-        rng = np.random.default_rng(np.random.SeedSequence([config.heldout_seed, _HELDOUT_TAG, i]))
+    while len(specs) < count:
+        rng = np.random.default_rng(np.random.SeedSequence([seed, tag, i]))
         i += 1
         spec, layout = sample_scene(rng, config, frozenset(keys))
         keys.add(spec.key)
         specs.append(spec)
         layouts.append(layout)
-        if i > 100 * config.num_heldout:
-            raise RuntimeError("could not draw enough distinct held-out scenes")
+        if i > 100 * count:
+            raise RuntimeError(f"could not draw enough distinct {what} scenes")
     return tuple(specs), tuple(layouts)
 
 
+@functools.lru_cache(maxsize=16)
+def _heldout(config: ToyWorldConfig) -> tuple[tuple[SceneSpec, ...], tuple[SceneLayout, ...]]:
+    return _draw_distinct(config, config.heldout_seed, _HELDOUT_TAG, config.num_heldout, frozenset(), "validation")
+
+
+@functools.lru_cache(maxsize=16)
+def _test_set(config: ToyWorldConfig) -> tuple[tuple[SceneSpec, ...], tuple[SceneLayout, ...]]:
+    """The test prompts and their reference layouts. Private: reports reach them through
+    ``splits.report_split(config, "test")``; selection code has no way to ask for them."""
+    return _draw_distinct(config, config.test_seed, _TEST_TAG, config.num_test, heldout_keys(config), "test")
+
+
 def heldout_specs(config: ToyWorldConfig) -> tuple[SceneSpec, ...]:
-    """The fixed held-out prompt set: ``config.num_heldout`` distinct specs from ``config.heldout_seed``. Never
-    produced by the training stream (see module docstring)."""
+    """The validation prompt set (the original held-out prompts): ``config.num_heldout`` distinct specs from
+    ``config.heldout_seed``. Never produced by the training stream (see module docstring)."""
     return _heldout(config)[0]
 
 
 @functools.lru_cache(maxsize=16)
 def heldout_keys(config: ToyWorldConfig) -> frozenset:
-    """Keys (:attr:`SceneSpec.key`) of the held-out specs; the training stream excludes them."""
+    """Keys (:attr:`SceneSpec.key`) of the validation specs."""
     return frozenset(s.key for s in heldout_specs(config))
 
 
-def heldout_batch(config: ToyWorldConfig) -> dict[str, Any]:
-    """The held-out set as one batch (same keys as :meth:`ToyWorldStream.batch`), with ground-truth latents rendered
-    from the reserved seed (reference videos for the held-out prompts)."""
-    specs, layouts = _heldout(config)
+@functools.lru_cache(maxsize=16)
+def reserved_keys(config: ToyWorldConfig) -> frozenset:
+    """Keys of the validation and the test specs together: the scenes the training stream never yields."""
+    return heldout_keys(config) | frozenset(s.key for s in _test_set(config)[0])
+
+
+def scenes_batch(specs: Sequence[SceneSpec], layouts: Sequence[SceneLayout], config: ToyWorldConfig) -> dict[str, Any]:
+    """A fixed prompt set as one batch (same keys as :meth:`ToyWorldStream.batch`): ``latents`` (N, 4, T, H, W)
+    float32 ground truth rendered with ``layouts``, ``text_emb`` (N, L, C) float32, ``text_mask`` (N, L) int32,
+    ``captions``, ``specs``, ``indices`` (N,) int64, ``dropped`` (N,) bool (all False), ``step`` 0."""
     latents = np.stack([raw_to_latent(render_raw(s, l, config), config) for s, l in zip(specs, layouts)])
     captions = [s.caption for s in specs]
     emb, mask = encode_captions(captions, config)
@@ -269,6 +295,12 @@ def heldout_batch(config: ToyWorldConfig) -> dict[str, Any]:
     }
 
 
+def heldout_batch(config: ToyWorldConfig) -> dict[str, Any]:
+    """The validation set as one batch (see :func:`scenes_batch`), with ground-truth latents rendered from the
+    reserved seed (reference videos for the validation prompts)."""
+    return scenes_batch(*_heldout(config), config)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # training stream
 # --------------------------------------------------------------------------------------------------------------
@@ -277,13 +309,14 @@ def heldout_batch(config: ToyWorldConfig) -> dict[str, Any]:
 def make_sample(config: ToyWorldConfig, index: int, seed: int | None = None,
                 exclude_keys: frozenset = frozenset()) -> tuple[np.ndarray, SceneSpec]:
     """Training-stream sample ``index``: ((4, T, H, W) float32 latents, spec). Pure function of (seed, index);
-    ``seed`` defaults to ``config.seed``. Held-out scenes are excluded, and so are specs with a key in
-    ``exclude_keys`` (another world's held-out set, when this world's samples are mixed into its training)."""
+    ``seed`` defaults to ``config.seed``. Validation and test scenes are excluded (:func:`reserved_keys`), and so
+    are specs with a key in ``exclude_keys`` (another world's reserved sets, when this world's samples are mixed
+    into its training)."""
     if index < 0:
         raise ValueError(f"sample index must be >= 0, got {index}")
     s = config.seed if seed is None else seed
     rng = np.random.default_rng(np.random.SeedSequence([s, _STREAM_TAG, int(index)]))
-    spec, layout = sample_scene(rng, config, heldout_keys(config) | exclude_keys)
+    spec, layout = sample_scene(rng, config, reserved_keys(config) | exclude_keys)
     return raw_to_latent(render_raw(spec, layout, config), config), spec
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .config import ToyWorldConfig
-from .data import heldout_keys, make_sample
+from .data import make_sample, reserved_keys
 from .spec import caption_vocabulary
 from .text import encode_captions
 
@@ -41,7 +41,7 @@ class ToyTrainingSet:
     @classmethod
     def generate(cls, config: ToyWorldConfig, num_samples: int, *, seed: int = 0, workers: int | None = None,
                  exclude_keys: frozenset = frozenset(), text_world: ToyWorldConfig | None = None):
-        """Render training-stream samples 0..num_samples-1 (held-out scenes, and specs keyed in
+        """Render training-stream samples 0..num_samples-1 (validation and test scenes, and specs keyed in
         ``exclude_keys``, are never among them). Captions are encoded with ``text_world``'s text encoder
         (default: ``config``'s), e.g. the main world's when these samples are mixed into its training."""
         if num_samples < 1:
@@ -136,11 +136,11 @@ class MixedTrainingSet:
     def generate(cls, main: ToyWorldConfig, side: ToyWorldConfig, side_fraction: float, num_samples: int, *,
                  seed: int = 0, workers: int | None = None) -> MixedTrainingSet:
         """``num_samples`` of ``main`` and ``max(1024, round(side_fraction * num_samples))`` of ``side`` (in
-        ``main``'s normalisation, never one of ``main``'s held-out prompts)."""
+        ``main``'s normalisation, never one of ``main``'s validation or test prompts)."""
         side_cfg = side_world(main, side)
         main_set = ToyTrainingSet.generate(main, num_samples, seed=seed, workers=workers)
         side_set = ToyTrainingSet.generate(side_cfg, max(1024, round(side_fraction * num_samples)), seed=seed + 1,
-                                           workers=workers, exclude_keys=heldout_keys(main), text_world=main)
+                                           workers=workers, exclude_keys=reserved_keys(main), text_world=main)
         return cls(main_set, side_set, side_fraction)
 
     @property
