@@ -76,3 +76,13 @@ def test_sequence_parallel_block_runs_on_4_devices(workdir):
     run_blocks([block, "import jax\nassert len(mesh.devices.flat) == 4 == jax.device_count()"], workdir, devices=4)
     latents = load_file(str(workdir / "outputs" / "sp.safetensors"))["latents"]
     assert latents.shape == (1, 4, 3, 8, 10) and np.isfinite(latents).all()
+
+
+def test_readme_python_blocks_are_run_blocks_of_usage():
+    """README.md shows only python blocks that this file runs (copies of docs/usage.md blocks), so they too run
+    as written."""
+    readme_blocks = python_blocks((ROOT / "README.md").read_text())
+    usage_blocks = python_blocks(USAGE.read_text())
+    assert readme_blocks, "README.md should show the pipeline"
+    for block in readme_blocks:
+        assert block in usage_blocks, f"README block not among the tested docs/usage.md blocks:\n{block}"
