@@ -43,7 +43,8 @@ from jax_vdit.data.codec import decode_tensors
 from jax_vdit.data.latents import TILING_PRESETS
 from jax_vdit.data.shards import PARTIAL, shard_name
 from jax_vdit.data.video import resize_and_crop
-from jax_vdit.vae import SCALING_FACTOR, encode_video_to_latents, load_vae, write_video
+from jax_vdit.io import load_vae
+from jax_vdit.vae import SCALING_FACTOR, encode_video_to_latents, write_video
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "causalvae_v12" / "tiny_a"
 SIZE = {"frames": 5, "height": 32, "width": 32, "fps": 8.0}

@@ -4,6 +4,7 @@
   vdit sample          generate latents (and an mp4 when a VAE is given) from a checkpoint and a prompt
   vdit train-teacher   train a toy-world teacher with the release objective (resumable)
   vdit toybench        score a toy checkpoint with ToyBench for sampler settings
+  vdit prepare-data    videos + captions -> latent and text shards for training and distillation
   vdit convert         convert a release checkpoint to our orbax format (same as ``vdit-convert``)
 """
 
@@ -12,13 +13,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jax_vdit.cli import convert, sample, toy
+from jax_vdit.cli import convert, data, sample, toy
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vdit", description="jax-vdit: efficient video DiTs in JAX")
     sub = p.add_subparsers(dest="command", required=True)
-    for command in (toy, sample, convert):
+    for command in (toy, data, sample, convert):
         command.register(sub)
     return p
 

@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         import jax.numpy as jnp
 
         from jax_vdit.data.text import text_source_from_spec
-        from jax_vdit.vae import load_vae
+        from jax_vdit.io import load_vae
 
         vae = load_vae(args.vae, dtype=jnp.bfloat16 if args.vae_dtype == "bfloat16" else jnp.float32)
         text = text_source_from_spec(args.text_encoder, args.embeddings)

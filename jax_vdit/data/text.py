@@ -83,7 +83,7 @@ class FunctionTextSource:
 def toy_text_source(world: str | None = None) -> FunctionTextSource:
     """The toy world's deterministic mT5 stand-in (unknown words -> <unk>), for tests and toy pipelines;
     ``world``: a toy-world preset name (default: the default world, as ``encode_prompts(..., "toy")``)."""
-    from jax_vdit.toyworld import encode_captions, get_config
+    from jax_vdit.toy.world import encode_captions, get_config
 
     config = get_config(world) if world else get_config()
     return FunctionTextSource(lambda caps: encode_captions(caps, config, on_unknown="unk"), f"toy:{config.name}")
