@@ -5,6 +5,7 @@
   vdit train-teacher   train a toy-world teacher with the release objective (resumable)
   vdit toybench        score a toy checkpoint with ToyBench for sampler settings
   vdit prepare-data    videos + captions -> latent and text shards for training and distillation
+  vdit distill         MLCD -> mask search -> sparse KD of a teacher on prepared data (resumable)
   vdit convert         convert a release checkpoint to our orbax format (same as ``vdit-convert``)
 """
 
@@ -13,13 +14,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jax_vdit.cli import convert, data, sample, toy
+from jax_vdit.cli import convert, data, distill, sample, toy
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vdit", description="jax-vdit: efficient video DiTs in JAX")
     sub = p.add_subparsers(dest="command", required=True)
-    for command in (toy, data, sample, convert):
+    for command in (toy, data, distill, sample, convert):
         command.register(sub)
     return p
 
