@@ -154,3 +154,30 @@ def test_recipe_file_overrides_and_errors(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"inputs.teacher: 'a' -> 'b'.*huber_c"):
         check_resume(tmp_path / "run", {"stage": "mlcd", "inputs": {"teacher": "b"},
                                         "recipe": apply_overrides(recipe, ["huber_c=0.1"]).to_dict()})
+
+
+def test_toy_world_through_the_same_commands(tmp_path):
+    """Toy samples written as shards -> `vdit distill mlcd` on the shipped toy teacher with a ToyBench check; the
+    student records its toy world so `vdit toybench` can score it. (The full reproduction: docs/gpu_runbook.md.)"""
+    from jax_vdit.data import ShardDataSource
+    from jax_vdit.toy import TOY_TEACHER_DIR
+    from jax_vdit.toy.models import recorded_world
+    from jax_vdit.toy.world import get_config
+    from jax_vdit.toy.world.training_set import ToyTrainingSet
+
+    world = recorded_world(TOY_TEACHER_DIR)
+    data = tmp_path / "toy"
+    assert cli.main(["distill", "toy-data", "--world", world, "--samples", "4", "--shard-size", "3",
+                     "--out", str(data)]) == 0
+    direct = ToyTrainingSet.generate(get_config(world), 4, seed=1, workers=1)
+    source = ShardDataSource(data)
+    np.testing.assert_array_equal(source[3]["latents"], direct.latents[3])  # float32 shards: exact samples
+    np.testing.assert_array_equal(source.unconditional()["uncond_text"], direct.unconditional()["uncond_text"])
+    run = tmp_path / "mlcd"
+    assert cli.main(["distill", "mlcd", "--teacher", str(TOY_TEACHER_DIR), "--data", str(data), "--run", str(run),
+                     "--no-progress", *_sets(["batch_size=2", "mlcd_steps=1", "compute_dtype=float32",
+                                              "check_every=1", "check_prompts=2", "log_every=1"])]) == 0
+    evals = [json.loads(x) for x in (run / "evals.jsonl").read_text().splitlines()]
+    assert evals[0]["step"] == 1 and 0.0 <= evals[0]["alignment"] <= 1.0
+    assert recorded_world(run / "student") == world
+    assert load_student(run / "student").plan.num_steps == 4

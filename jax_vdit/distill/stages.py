@@ -129,13 +129,17 @@ def search_stage(model, calibration: Sequence[dict], recipe: DistillConfig, *, n
 
 def run_kd(student, teacher, schedule, batch_at: BatchAt, recipe: DistillConfig, run_dir: str | Path, *,
            devices: Devices = Devices(), evaluate: Evaluate | None = None, time_limit_s: float | None = None,
-           stop_after: int | None = None, show_progress: bool = True, extra_meta: dict | None = None) -> RunResult:
+           stop_after: int | None = None, show_progress: bool = True, extra_meta: dict | None = None,
+           timesteps: Sequence[int] | None = None) -> RunResult:
     """Stage 3 (KD): ``student`` (the dense MLCD weights, fp32) learns, with one tile mask per layer
     (``schedule``, run through ``recipe.kd_tile_backend``), the frozen dense ``teacher``'s noise prediction at the
-    sampler's timesteps (or uniform ones). The result's ``ema`` EMA is the sparse student."""
+    sampler's timesteps (or uniform ones, ``recipe.kd_timesteps``; ``timesteps`` overrides). The result's ``ema``
+    EMA is the sparse student."""
     parts = ModelParts(teacher)
     attention = AttentionConfig(masks=tuple(schedule), tile_backend=recipe.kd_tile_backend)
-    timesteps = tuple(sampler_timesteps(recipe)) if recipe.kd_timesteps == "sampler" else None
+    if timesteps is None and recipe.kd_timesteps == "sampler":
+        timesteps = sampler_timesteps(recipe)
+    timesteps = tuple(int(t) for t in timesteps) if timesteps else None
     objective = SparseKDObjective(teacher=parts, student_attention=attention, timesteps=timesteps)
     result = _train(student, objective, batch_at, recipe.kd_train_config(), run_dir, {"teacher": parts.params()},
                     devices, stop_after=stop_after, show_progress=show_progress, time_limit_s=time_limit_s,
