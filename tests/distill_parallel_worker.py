@@ -23,6 +23,10 @@ if MODE == "devices":
 
 import jax  # noqa: E402
 
+# one program at a time on the CPU client: the loop's eager checks (parameter norm, health metrics) are separate
+# programs with all-reduces, and dispatching them asynchronously next to the step can interleave the 8 device
+# threads' rendezvous differently and hang
+jax.config.update("jax_cpu_enable_async_dispatch", False)
 if MODE == "process":
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     pid, nproc, port = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
