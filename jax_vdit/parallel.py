@@ -47,7 +47,7 @@ LOGICAL_AXES = ("batch", "tokens", "heads", "embed", "mlp")
 __all__ = [
     "DATA_AXIS", "DEFAULT_RULES", "LOGICAL_AXES", "SEQ_AXIS", "ShardingRules", "as_auto_mesh", "constrain_batch",
     "context_mesh", "local_query_attention", "make_mesh", "param_logical_axes", "place",
-    "replicate", "replicate_tree", "shard_batch", "shard_model", "shard_tree", "tree_shardings",
+    "replicate", "replicate_tree", "shard_batch", "shard_local_batch", "shard_model", "shard_tree", "tree_shardings",
     "ulysses_attention",
 ]
 
@@ -111,10 +111,20 @@ class ShardingRules:
 
     rules: tuple[tuple[str, str | None], ...] = (
         ("batch", DATA_AXIS), ("tokens", SEQ_AXIS), ("heads", None), ("embed", None), ("mlp", None))
+    # parameter path (names, e.g. ("blocks", "0", "attn1", "to_q", "kernel")) -> logical axes, as annotated where
+    # the parameters are defined (Param metadata ``logical_axes``; :meth:`for_model`). Empty: the name-matching
+    # fallback :func:`param_logical_axes`.
+    param_axes: tuple[tuple[tuple[str, ...], tuple[str | None, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         rules = tuple((str(k), None if v is None else str(v)) for k, v in self.rules)
         object.__setattr__(self, "rules", rules)
+        object.__setattr__(self, "param_axes", tuple((tuple(str(n) for n in path), tuple(axes))
+                                                     for path, axes in self.param_axes))
+        for path, axes in self.param_axes:
+            bad = [a for a in axes if a is not None and a not in LOGICAL_AXES]
+            if bad:
+                raise ValueError(f"parameter {'/'.join(path)} is annotated with unknown logical axes {bad}")
         names = [k for k, _ in rules]
         unknown = sorted(set(names) - set(LOGICAL_AXES))
         if unknown:
@@ -134,7 +144,47 @@ class ShardingRules:
         """A copy with some logical axes remapped, e.g. ``DEFAULT_RULES.with_rules(mlp="seq")``."""
         table = dict(self.rules)
         table.update(changes)
-        return ShardingRules(tuple(table.items()))
+        return ShardingRules(tuple(table.items()), self.param_axes)
+
+    def fsdp(self) -> ShardingRules:
+        """A copy that also shards parameters over the ``data`` axis (FSDP / ZeRO-3): the ``embed`` dimension of
+        every annotated weight is split over ``"data"``, so parameters, gradients, AdamW moments and EMAs are
+        stored 1/data per device; XLA all-gathers a weight where it is used and reduce-scatters its gradient."""
+        return self.with_rules(embed=DATA_AXIS)
+
+    def for_model(self, model: Any) -> ShardingRules:
+        """A copy carrying the logical axes annotated on ``model``'s parameters (Param metadata ``logical_axes``,
+        set where the layers are defined, e.g. ``jax_vdit.model.block``). Trees that mirror the parameters
+        (``nnx`` state, pure parameter dicts, optimiser moments, EMAs, a frozen teacher copy) are matched by the
+        longest parameter path that ends their own path; other leaves are replicated."""
+        from flax import nnx
+
+        table = []
+        for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+            axes = var.get_metadata().get("logical_axes")
+            if axes is not None:
+                table.append((tuple(str(p) for p in path), tuple(axes)))
+        return ShardingRules(self.rules, tuple(table))
+
+    def leaf_axes(self, names: tuple[str, ...], ndim: int) -> tuple[str | None, ...]:
+        """Logical axes of a parameter-like leaf from its path names: the annotation of the longest parameter
+        path that is a suffix of ``names`` (leading extra dims, e.g. a stacked layer axis, are unnamed), else
+        :func:`param_logical_axes` when the table is empty, else replicated."""
+        if not self.param_axes:
+            return param_logical_axes(names, ndim)
+        table = self._table()
+        for k in range(len(names), 0, -1):
+            axes = table.get(names[-k:])
+            if axes is not None and len(axes) <= ndim:
+                return (None,) * (ndim - len(axes)) + axes
+        return (None,) * ndim
+
+    def _table(self) -> dict:
+        table = self.__dict__.get("_param_table")
+        if table is None:
+            table = dict(self.param_axes)
+            object.__setattr__(self, "_param_table", table)
+        return table
 
     def spec(self, logical_axes, shape=None, mesh=None) -> P:
         """PartitionSpec of an array with these logical axes; with ``shape`` and ``mesh``, dims that are not
@@ -201,7 +251,7 @@ def tree_shardings(tree: Any, mesh: Mesh, rules: ShardingRules = DEFAULT_RULES) 
 
     def one(path, leaf):
         shape = np.shape(leaf)
-        axes = param_logical_axes(_path_names(path), len(shape))
+        axes = rules.leaf_axes(_path_names(path), len(shape))
         return NamedSharding(mesh, rules.spec(axes, shape, mesh))
 
     return jax.tree_util.tree_map_with_path(one, tree)
@@ -247,6 +297,25 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh, rules: ShardingRules = DEF
         shape = np.shape(value)
         spec = rules.spec(("batch",) + (None,) * (len(shape) - 1), shape, mesh) if shape else P()
         out[name] = place(value, NamedSharding(mesh, spec))
+    return out
+
+
+def shard_local_batch(batch: Mapping[str, Any], mesh: Mesh, rules: ShardingRules = DEFAULT_RULES
+                      ) -> dict[str, jax.Array]:
+    """Place a batch of which every process holds only its own rows (e.g. ``jax_vdit.data.ShardLoader`` with
+    ``process_count > 1``): the global batch is the processes' rows concatenated in process order, split over the
+    ``batch`` rule's axis. With one process this is :func:`shard_batch`."""
+    if jax.process_count() == 1:
+        return shard_batch(batch, mesh, rules)
+    out = {}
+    for name, value in batch.items():
+        local = np.asarray(value)
+        shape = (local.shape[0] * jax.process_count(),) + local.shape[1:]
+        spec = rules.spec(("batch",) + (None,) * (local.ndim - 1), shape, mesh)
+        if spec[0] is None:
+            raise ValueError(f"batch entry {name!r}: the global batch {shape[0]} cannot be split over the "
+                             f"{rules.axis('batch')!r} mesh axis, so processes cannot each hold their own rows")
+        out[name] = jax.make_array_from_process_local_data(NamedSharding(mesh, spec), local, shape)
     return out
 
 

@@ -4,6 +4,8 @@
   vdit sample          videos (mp4 + JSON sidecar) and latents from a checkpoint or repo id and prompts
   vdit train-teacher   train a toy-world teacher with the release objective (resumable)
   vdit toybench        score a toy checkpoint with ToyBench for sampler settings
+  vdit prepare-data    videos + captions -> latent and text shards for training and distillation
+  vdit distill         MLCD -> mask search -> sparse KD of a teacher on prepared data (resumable)
   vdit convert         convert a release checkpoint to our orbax format (same as ``vdit-convert``)
 
 ``vdit COMMAND --help`` lists every flag of a command with its default.
@@ -14,14 +16,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jax_vdit.cli import convert, sample, toy
+from jax_vdit.cli import convert, data, distill, sample, toy
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vdit", description=__doc__.split("\n\n")[0].strip(),
                                 epilog="`vdit COMMAND --help` lists every flag of a command with its default.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (toy, sample, convert):
+    for command in (toy, data, distill, sample, convert):
         command.register(sub)
     return p
 

@@ -25,22 +25,30 @@ def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
     return x * (1 + scale[:, None, :]) + shift[:, None, :]
 
 
+def _logical(lin: nnx.Linear, kernel_axes: tuple[str, str]) -> nnx.Linear:
+    """Record the logical axes (``jax_vdit.parallel.LOGICAL_AXES``) of a Linear's kernel and bias as Param
+    metadata ``logical_axes``; ``parallel.ShardingRules.for_model`` reads them to place (e.g. FSDP-shard) weights."""
+    lin.kernel.set_metadata(logical_axes=kernel_axes)
+    lin.bias.set_metadata(logical_axes=kernel_axes[1:])
+    return lin
+
+
 class AttentionProjections(nnx.Module):
     """to_q, to_k, to_v and to_out.0 of a diffusers Attention (all biased, D -> D)."""
 
     def __init__(self, dim: int, kv_dim: int, dtype, param_dtype, rngs: nnx.Rngs):
-        self.to_q = linear(rngs, dim, dim, dtype, param_dtype)
-        self.to_k = linear(rngs, kv_dim, dim, dtype, param_dtype)
-        self.to_v = linear(rngs, kv_dim, dim, dtype, param_dtype)
-        self.to_out = linear(rngs, dim, dim, dtype, param_dtype)
+        self.to_q = _logical(linear(rngs, dim, dim, dtype, param_dtype), ("embed", "heads"))
+        self.to_k = _logical(linear(rngs, kv_dim, dim, dtype, param_dtype), ("embed", "heads"))
+        self.to_v = _logical(linear(rngs, kv_dim, dim, dtype, param_dtype), ("embed", "heads"))
+        self.to_out = _logical(linear(rngs, dim, dim, dtype, param_dtype), ("heads", "embed"))
 
 
 class FeedForward(nnx.Module):
     """Linear(D -> 4D), GELU(tanh), Linear(4D -> D)."""
 
     def __init__(self, dim: int, dtype, param_dtype, rngs: nnx.Rngs):
-        self.proj_in = linear(rngs, dim, 4 * dim, dtype, param_dtype)
-        self.proj_out = linear(rngs, 4 * dim, dim, dtype, param_dtype)
+        self.proj_in = _logical(linear(rngs, dim, 4 * dim, dtype, param_dtype), ("embed", "mlp"))
+        self.proj_out = _logical(linear(rngs, 4 * dim, dim, dtype, param_dtype), ("mlp", "embed"))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.proj_out(jax.nn.gelu(self.proj_in(x), approximate=True))

@@ -4,10 +4,12 @@ config and the data are the only differences."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +23,9 @@ from jax_vdit.toy.models import export_release_folder, world_for
 from jax_vdit.toy.world import ToyWorldConfig, ValidationSplit, get_config, require_validation, validation_split
 from jax_vdit.toy.world.training_set import MixedTrainingSet, ToyTrainingSet
 from jax_vdit.training import RunResult, TrainConfig, plot_metrics, train
+
+if TYPE_CHECKING:
+    from jax_vdit.distill.recipe import DistillConfig
 
 
 @dataclass(frozen=True)
@@ -190,28 +195,32 @@ class DistillRecipe:
     seed: int = 1
 
 
+def product_recipe(recipe: DistillRecipe, tile_backend: str = "gather") -> DistillConfig:
+    """The toy recipe as the product's run config (``vdit distill``): the same stage functions train both."""
+    from jax_vdit.distill.recipe import DistillConfig
+
+    return DistillConfig(
+        seed=recipe.seed, batch_size=recipe.batch_size, compute_dtype=recipe.compute_dtype,
+        teacher_dtype="float32", remat=False, segments=recipe.segments, solver_points=recipe.solver_points,
+        guidance=recipe.guidance, target_decay=recipe.target_decay, mlcd_ema_decay=0.999,
+        mlcd_steps=recipe.mlcd_steps, mlcd_lr=recipe.mlcd_lr, mlcd_warmup=100, threshold=recipe.threshold,
+        calibration_clips=recipe.calibration_prompts, kd_steps=recipe.kd_steps, kd_lr=recipe.kd_lr, kd_warmup=50,
+        kd_ema_decay=0.99, kd_tile_backend=tile_backend, weight_decay=0.0, log_every=50, checkpoint_every=1000)
+
+
 def distill_mlcd(teacher, recipe: DistillRecipe, run_dir: str | Path, *, data: ToyTrainingSet | None = None,
                  time_limit_s: float | None = None, show_progress: bool = True) -> RunResult:
-    """Stage 1: a multi-step consistency student initialised from the teacher (dense attention)."""
-    from jax_vdit.distill import MLCDObjective, segment_edges
+    """Stage 1: a multi-step consistency student initialised from the teacher (dense attention); runs
+    ``jax_vdit.distill.stages.run_mlcd``, the function behind ``vdit distill mlcd``."""
+    from jax_vdit.distill.stages import run_mlcd
     from jax_vdit.training import ModelParts
 
     world = get_config(recipe.world)
     data = data or ToyTrainingSet.generate(world, recipe.num_samples, seed=recipe.seed)
-    frozen = jax.tree.map(jnp.asarray, data.unconditional())
-    teacher_parts = ModelParts(teacher)
-    frozen["teacher"] = teacher_parts.params()
-    objective = MLCDObjective(teacher=teacher_parts, student=teacher_parts, edges=segment_edges(recipe.segments),
-                              num_solver_points=recipe.solver_points, guidance=recipe.guidance)
-    cfg = TrainConfig(steps=recipe.mlcd_steps, learning_rate=recipe.mlcd_lr, warmup_steps=100, weight_decay=0.0,
-                      emas=(("target", recipe.target_decay), ("ema", 0.999)), seed=recipe.seed, log_every=50,
-                      checkpoint_every=1000)
-    result = train(teacher_parts.merge(teacher_parts.params()), objective,
-                   lambda s: data.batch_at(s, recipe.batch_size), cfg, run_dir, frozen=frozen,
-                   show_progress=show_progress, extra_meta={"distill_recipe": asdict(recipe), "stage": "mlcd"},
-                   time_limit_s=time_limit_s)
-    plot_metrics(run_dir, keys=("loss", "mse_to_target", "grad_norm"))
-    return result
+    parts = ModelParts(teacher)
+    return run_mlcd(parts.merge(parts.params()), teacher, lambda s: data.batch_at(s, recipe.batch_size),
+                    data.unconditional(), product_recipe(recipe), run_dir, time_limit_s=time_limit_s,
+                    show_progress=show_progress, extra_meta={"toy_recipe": asdict(recipe)})
 
 
 def calibration_batches(world: ToyWorldConfig, recipe: DistillRecipe, timesteps: list[int], dtype=jnp.float32):
@@ -236,20 +245,17 @@ def calibration_batches(world: ToyWorldConfig, recipe: DistillRecipe, timesteps:
 def distill_sparse(dense_student, schedule, recipe: DistillRecipe, run_dir: str | Path, *,
                    data: ToyTrainingSet | None = None, tile_backend: str = "auto", timesteps=None,
                    time_limit_s: float | None = None, show_progress: bool = True) -> RunResult:
-    """Stage 3: knowledge distillation of the dense MLCD student into the same model with tile masks."""
-    from jax_vdit.distill import SparseKDObjective
+    """Stage 3: knowledge distillation of the dense MLCD student into the same model with tile masks; runs
+    ``jax_vdit.distill.stages.run_kd``, the function behind ``vdit distill kd``."""
+    from jax_vdit.distill.stages import run_kd
     from jax_vdit.training import ModelParts
 
     world = get_config(recipe.world)
     data = data or ToyTrainingSet.generate(world, recipe.num_samples, seed=recipe.seed)
     parts = ModelParts(dense_student)
-    attention = AttentionConfig(masks=tuple(schedule), tile_backend=tile_backend)
-    objective = SparseKDObjective(teacher=parts, student_attention=attention,
-                                  timesteps=tuple(int(t) for t in timesteps) if timesteps else None)
-    cfg = TrainConfig(steps=recipe.kd_steps, learning_rate=recipe.kd_lr, warmup_steps=50, weight_decay=0.0,
-                      emas=(("ema", 0.99),), seed=recipe.seed, log_every=50, checkpoint_every=1000)
-    result = train(parts.merge(parts.params()), objective, lambda s: data.batch_at(s, recipe.batch_size), cfg,
-                   run_dir, frozen={"teacher": parts.params()}, show_progress=show_progress,
-                   extra_meta={"distill_recipe": asdict(recipe), "stage": "kd"}, time_limit_s=time_limit_s)
-    plot_metrics(run_dir, keys=("loss", "rel_err", "grad_norm"))
-    return result
+    config = product_recipe(recipe, tile_backend)
+    if not timesteps:
+        config = dataclasses.replace(config, kd_timesteps="uniform")
+    return run_kd(parts.merge(parts.params()), dense_student, schedule, lambda s: data.batch_at(s, recipe.batch_size),
+                  config, run_dir, timesteps=[int(t) for t in timesteps] if timesteps else None,
+                  time_limit_s=time_limit_s, show_progress=show_progress, extra_meta={"toy_recipe": asdict(recipe)})

