@@ -32,12 +32,13 @@ def _rows(out: str) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
-@pytest.mark.xfail(reason="on the shared 2-core CPU machine (2026-12-05) the 8 fake devices' threads deadlocked in an "
-                          "all-reduce rendezvous (7 of 8 arrived) with random-weight models; an earlier run with "
-                          "init_model weights completed all meshes. Not yet diagnosed.", strict=False)
+@pytest.mark.xfail(reason="passes on an otherwise idle 2-core machine (2026-12-05, about 3 minutes; "
+                          "experiments/results/distill_parallel/), but the 8 fake devices' threads deadlocked in an "
+                          "all-reduce rendezvous (7 of 8 arrived) when the machine was heavily oversubscribed. "
+                          "Not yet diagnosed.", strict=False)
 def test_fsdp_sharded_mlcd_and_kd_steps_equal_one_device():
     proc = subprocess.run([sys.executable, str(WORKER), "devices"], cwd=ROOT, env=_env(), capture_output=True,
-                          text=True, timeout=1200)
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-6000:]
     rows = _rows(proc.stdout)
     assert rows[0] == {"check": "setup", "devices": 8} and rows[-1]["check"] == "done"
@@ -59,8 +60,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.xfail(reason="not yet seen to finish: on the shared 2-core CPU machine (2026-12-05) the 2-process gloo run "
-                          "was still running after 10 minutes and was stopped", strict=False)
+@pytest.mark.xfail(reason="not yet seen to finish: on the 2-core CPU machine (2026-12-05) the 2-process gloo run "
+                          "was still running after 6 and 10 minutes (the 1-process run takes 40 s); not run by "
+                          "default until diagnosed, as it would hold CI for its whole timeout", run=False, strict=False)
 def test_two_processes_reproduce_one_process_losses():
     one = subprocess.run([sys.executable, str(WORKER), "process", "0", "1", "0"], cwd=ROOT, env=_env(),
                          capture_output=True, text=True, timeout=900)

@@ -121,7 +121,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     c.set_defaults(func=_cmd_config, command=NAME)
 
     t = stages.add_parser("toy-data", help="write toy-world training samples as prepared shards")
-    t.add_argument("--world", default="toy-9x24x24", help="toy world preset")
+    t.add_argument("--world", default="toy-9x24x24-subframe",
+                   help="toy world preset: the teacher's own (the shipped toy teacher's is the default)")
     t.add_argument("--samples", type=int, default=50_000)
     t.add_argument("--seed", type=int, default=1)
     t.add_argument("--shard-size", type=int, default=1024)

@@ -286,6 +286,17 @@ def recipe_of_student(folder: str | Path) -> DistillConfig | None:
     return None if recipe is None else DistillConfig.from_dict(recipe, str(path))
 
 
+def _check_world(model_dir: Path, loader, what: str) -> str | None:
+    """The toy world recorded with a toy model; data rendered in another toy world is refused (its latents have
+    the same shape, so nothing else would notice). Returns the model's world (None for real models)."""
+    world = _recorded_world(model_dir)
+    data_world = loader.source.manifest.settings.get("world")
+    if world is not None and data_world is not None and data_world != world:
+        raise ValueError(f"{what}: {model_dir} was trained on the toy world {world!r} but the data was written for "
+                         f"{data_world!r}: write it with `vdit distill toy-data --world {world}`")
+    return world
+
+
 def mlcd_folder(teacher_dir: str | Path, data_dir: str | Path, run_dir: str | Path, recipe: DistillConfig, *,
                 vae_dir: str | Path | None = None, time_limit_s: float | None = None, stop_after: int | None = None,
                 show_progress: bool = True) -> StageOutput:
@@ -296,7 +307,7 @@ def mlcd_folder(teacher_dir: str | Path, data_dir: str | Path, run_dir: str | Pa
     student = load_student_weights(teacher_dir, recipe)
     _check_shapes(student, loader, "mlcd")
     teacher = load_frozen(teacher_dir, recipe)
-    world = _recorded_world(Path(teacher_dir))
+    world = _check_world(Path(teacher_dir), loader, "mlcd")
     check = _check_fn(recipe, world, loader, run_dir, AttentionConfig(), vae_dir)
     result = run_mlcd(student, teacher, loader.batch_at, loader.unconditional(), recipe, run_dir,
                       devices=devices_for(recipe, student), evaluate=check, time_limit_s=time_limit_s,
@@ -374,7 +385,7 @@ def kd_folder(student_dir: str | Path, data_dir: str | Path, run_dir: str | Path
         raise ValueError(f"{mask_file} has {len(tuple(schedule))} masks for a {student.cfg.num_layers}-layer model")
     _check_shapes(student, loader, "kd")
     teacher = load_frozen(student_dir, recipe)
-    world = _recorded_world(student_dir)
+    world = _check_world(student_dir, loader, "kd")
     attention = AttentionConfig(masks=tuple(schedule), tile_backend=recipe.kd_tile_backend)
     check = _check_fn(recipe, world, loader, run_dir, attention, vae_dir)
     result = run_kd(student, teacher, schedule, loader.batch_at, recipe, run_dir,
