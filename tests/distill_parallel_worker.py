@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import contextlib
 import sys
 import tempfile
 
@@ -33,7 +34,6 @@ if MODE == "process":
     if nproc > 1:
         jax.distributed.initialize(f"localhost:{port}", num_processes=nproc, process_id=pid)
 
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import pallas_kernels  # noqa: E402
@@ -71,16 +71,18 @@ RECIPE = DistillConfig(batch_size=BATCH, compute_dtype="float32", teacher_dtype=
 SCHEDULE = pallas_kernels.MaskSchedule((pallas_kernels.TileMask.k_m(1, 3), None))
 
 
-def run_both(devices: Devices, batch_at) -> dict:
-    out = {}
-    with tempfile.TemporaryDirectory() as tmp:
+def run_both(devices: Devices, batch_at, run_root: str | None = None) -> dict:
+    """MLCD then KD from fresh models. ``run_root``: the run folders' parent, which every process of a multi-process
+    run must share (orbax writes one checkpoint together; on a cluster it is a shared file system); default a new
+    temporary folder."""
+    with contextlib.ExitStack() as stack:
+        tmp = run_root or stack.enter_context(tempfile.TemporaryDirectory())
         student, teacher = models()
-        m = run_mlcd(student, teacher, batch_at, UNCOND, RECIPE, f"{tmp}/mlcd", devices=devices, show_progress=False)
-        out["mlcd"] = m
+        mlcd = run_mlcd(student, teacher, batch_at, UNCOND, RECIPE, f"{tmp}/mlcd", devices=devices,
+                        show_progress=False)
         student, teacher = models()
-        k = run_kd(student, teacher, SCHEDULE, batch_at, RECIPE, f"{tmp}/kd", devices=devices, show_progress=False)
-        out["kd"] = k
-    return out
+        kd = run_kd(student, teacher, SCHEDULE, batch_at, RECIPE, f"{tmp}/kd", devices=devices, show_progress=False)
+    return {"mlcd": mlcd, "kd": kd}
 
 
 def rel(a, b) -> float:
@@ -125,7 +127,11 @@ def process_check() -> None:
     rules = parallel.DEFAULT_RULES.fsdp().for_model(init_model(CFG, seed=3))
     devices = (Devices(recipe_mesh, rules, lambda b: parallel.shard_local_batch(b, recipe_mesh, rules))
                if nproc > 1 else Devices())
-    got = run_both(devices, local_batch)
+    shared = None
+    if nproc > 1:  # one folder for both processes, named by the coordinator's port (given by the test)
+        shared = os.path.join(tempfile.gettempdir(), f"jax_vdit_two_process_run_{sys.argv[4]}")
+        os.makedirs(shared, exist_ok=True)
+    got = run_both(devices, local_batch, shared)
     emit(check="process", pid=pid, nproc=nproc, mlcd_loss=[r["loss"] for r in got["mlcd"].history],
          kd_loss=[r["loss"] for r in got["kd"].history])
 
