@@ -13,6 +13,8 @@ from jax_vdit.model import DENSE, AttentionConfig
 
 STUDENT_FILE = "student.json"  # how a distilled student samples: {"sampler": "consistency", "edges": [...], ...}
 MASK_SCHEDULE_FILE = "mask_schedule.json"
+# a model folder's data-domain record ({"world": ...}: the toy world of a toy model), carried from teacher to students
+DOMAIN_FILE = "toy_world.json"
 
 
 @dataclass(frozen=True)

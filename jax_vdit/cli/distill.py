@@ -62,13 +62,21 @@ def _cmd_toy_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _toy_check():
+    """The periodic check used for toy-world models (ToyBench on validation prompts); other models get sampled
+    latents (and mp4s with --vae)."""
+    from jax_vdit.toy.recipes import distill_check
+
+    return distill_check
+
+
 def _cmd_mlcd(args: argparse.Namespace) -> int:
     from jax_vdit.distill.stages import mlcd_folder
 
     _initialize_distributed(args)
     recipe = _recipe(args)
     out = mlcd_folder(args.teacher, args.data, args.run, recipe, vae_dir=args.vae, time_limit_s=args.time_limit,
-                      show_progress=not args.no_progress)
+                      show_progress=not args.no_progress, domain_check=_toy_check())
     return _report("mlcd", out, recipe.mlcd_steps, args.run)
 
 
@@ -88,7 +96,7 @@ def _cmd_kd(args: argparse.Namespace) -> int:
     _initialize_distributed(args)
     recipe = _recipe(args, args.student)
     out = kd_folder(args.student, args.data, args.run, recipe, vae_dir=args.vae, time_limit_s=args.time_limit,
-                    show_progress=not args.no_progress)
+                    show_progress=not args.no_progress, domain_check=_toy_check())
     return _report("kd", out, recipe.kd_steps, args.run)
 
 

@@ -20,6 +20,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from jax_vdit.distill.mask_search import search_masks
 from jax_vdit.distill.mlcd import MLCDObjective, segment_edges
 from jax_vdit.distill.recipe import DistillConfig, write_run_record
 from jax_vdit.model.attention import AttentionConfig
+from jax_vdit.student import DOMAIN_FILE
 from jax_vdit.training import ModelParts, RunResult, plot_metrics, train
 
 STUDENT_SUBDIR = "student"
@@ -187,33 +189,27 @@ def _check_shapes(model, loader, what: str) -> None:
                          f"{cfg.caption_channels} (prepare the data with the model's text encoder)")
 
 
-def _recorded_world(folder: Path) -> str | None:
-    from jax_vdit.toy.models import recorded_world
+# (world, recipe, plan, attention) -> a periodic check of the EMA student for models with a domain record; the toy
+# wing provides one (ToyBench on validation prompts), passed in by the command line
+DomainCheck = Callable[[str, DistillConfig, Any, AttentionConfig], Evaluate]
 
-    return recorded_world(folder)
+
+def _recorded_world(folder: Path) -> str | None:
+    """The data domain recorded with a model folder (the toy world of a toy model), or None."""
+    path = Path(folder) / DOMAIN_FILE
+    return json.loads(path.read_text())["world"] if path.is_file() else None
 
 
 def _check_fn(recipe: DistillConfig, world: str | None, loader, run_dir: Path, attention: AttentionConfig,
-              vae_dir: str | Path | None) -> Evaluate | None:
-    """The periodic check: ToyBench alignment of the EMA student (toy world), else a consistency sample of the
-    first ``check_prompts`` captions of the data, saved as latents (and an mp4 with ``vae_dir``)."""
+              vae_dir: str | Path | None, domain_check: DomainCheck | None = None) -> Evaluate | None:
+    """The periodic check: ``domain_check`` for a model with a domain record (ToyBench alignment of the EMA student
+    for toy models), else a consistency sample of the first ``check_prompts`` captions of the data, saved as
+    latents (and an mp4 with ``vae_dir``)."""
     if not recipe.check_every:
         return None
     plan = student_plan(recipe)
-    if world is not None:
-        from jax_vdit.toy.bench import heldout, sample_specs, toybench
-        from jax_vdit.toy.world import get_config
-
-        cfg = get_config(world)
-        specs = heldout(cfg, recipe.check_prompts)
-
-        def toy_check(step: int, result: RunResult) -> dict:
-            videos = sample_specs(result.model("ema"), specs, cfg, plan=plan, guidance_scale=None,
-                                  key=jax.random.key(recipe.seed + 7), attention=attention)
-            scores = toybench(videos, specs, cfg)
-            return {"alignment": scores["alignment"], "overall": scores["overall"]}
-
-        return toy_check
+    if world is not None and domain_check is not None:
+        return domain_check(world, recipe, plan, attention)
 
     n = min(recipe.check_prompts, len(loader.source))
     examples = [loader.source[i] for i in range(n)]
@@ -252,11 +248,13 @@ def export_student(model, folder: str | Path, *, recipe: DistillConfig, stage: s
     ``mask_schedule.json`` for a sparse student and ``toy_world.json`` for a toy-world student."""
     from jax_vdit.io.checkpoints import atomic_directory
     from jax_vdit.student import MASK_SCHEDULE_FILE, write_student_info
-    from jax_vdit.toy.models import export_release_folder
+    from jax_vdit.io.release import write_release_folder
 
     dtype = "float32" if recipe.compute_dtype == "float32" else "bfloat16"
     with atomic_directory(folder, overwrite=True) as tmp:
-        export_release_folder(model, tmp, dtype=dtype, world=world)
+        write_release_folder(model, tmp, dtype=dtype)
+        if world is not None:
+            (tmp / DOMAIN_FILE).write_text(json.dumps({"world": world}) + "\n")
         if schedule is not None:
             schedule.save(tmp / MASK_SCHEDULE_FILE)
         write_student_info(tmp, edges=segment_edges(recipe.segments), guidance_distilled=recipe.guidance,
@@ -299,7 +297,7 @@ def _check_world(model_dir: Path, loader, what: str) -> str | None:
 
 def mlcd_folder(teacher_dir: str | Path, data_dir: str | Path, run_dir: str | Path, recipe: DistillConfig, *,
                 vae_dir: str | Path | None = None, time_limit_s: float | None = None, stop_after: int | None = None,
-                show_progress: bool = True) -> StageOutput:
+                show_progress: bool = True, domain_check: DomainCheck | None = None) -> StageOutput:
     """``vdit distill mlcd``: teacher folder + prepared data -> ``run_dir/student`` (dense consistency student)."""
     run_dir = Path(run_dir)
     write_run_record(run_dir, "mlcd", {"teacher": teacher_dir, "data": data_dir}, recipe)
@@ -308,7 +306,7 @@ def mlcd_folder(teacher_dir: str | Path, data_dir: str | Path, run_dir: str | Pa
     _check_shapes(student, loader, "mlcd")
     teacher = load_frozen(teacher_dir, recipe)
     world = _check_world(Path(teacher_dir), loader, "mlcd")
-    check = _check_fn(recipe, world, loader, run_dir, AttentionConfig(), vae_dir)
+    check = _check_fn(recipe, world, loader, run_dir, AttentionConfig(), vae_dir, domain_check)
     result = run_mlcd(student, teacher, loader.batch_at, loader.unconditional(), recipe, run_dir,
                       devices=devices_for(recipe, student), evaluate=check, time_limit_s=time_limit_s,
                       stop_after=stop_after, show_progress=show_progress)
@@ -367,7 +365,7 @@ def search_masks_folder(student_dir: str | Path, data_dir: str | Path, run_dir: 
 
 def kd_folder(student_dir: str | Path, data_dir: str | Path, run_dir: str | Path, recipe: DistillConfig, *,
               vae_dir: str | Path | None = None, time_limit_s: float | None = None, stop_after: int | None = None,
-              show_progress: bool = True) -> StageOutput:
+              show_progress: bool = True, domain_check: DomainCheck | None = None) -> StageOutput:
     """``vdit distill kd``: a student folder with ``mask_schedule.json`` (from search-masks) + data ->
     ``run_dir/student`` (the sparse student, same masks)."""
     import pallas_kernels
@@ -387,7 +385,7 @@ def kd_folder(student_dir: str | Path, data_dir: str | Path, run_dir: str | Path
     teacher = load_frozen(student_dir, recipe)
     world = _check_world(student_dir, loader, "kd")
     attention = AttentionConfig(masks=tuple(schedule), tile_backend=recipe.kd_tile_backend)
-    check = _check_fn(recipe, world, loader, run_dir, attention, vae_dir)
+    check = _check_fn(recipe, world, loader, run_dir, attention, vae_dir, domain_check)
     result = run_kd(student, teacher, schedule, loader.batch_at, recipe, run_dir,
                     devices=devices_for(recipe, student), evaluate=check, time_limit_s=time_limit_s,
                     stop_after=stop_after, show_progress=show_progress)

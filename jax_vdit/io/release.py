@@ -203,3 +203,20 @@ def params_to_release_tensors(cfg: ModelConfig, params: dict) -> dict[str, np.nd
             value = value.T
         out[name] = np.ascontiguousarray(value)
     return out
+
+
+def write_release_folder(model: OpenSoraT2V, folder: str | Path, *, dtype: str = "bfloat16") -> Path:
+    """Write ``model`` as a release-format folder: ``config.json`` + ``diffusion_pytorch_model.safetensors`` with
+    every tensor in ``dtype`` ("bfloat16", "float32" or "float16")."""
+    import ml_dtypes
+    from safetensors.numpy import save_file
+
+    from jax_vdit.io.params import pure_params
+
+    np_dtype = {"bfloat16": ml_dtypes.bfloat16, "float32": np.float32, "float16": np.float16}[dtype]
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = params_to_release_tensors(model.cfg, pure_params(model))
+    save_file({k: v.astype(np_dtype) for k, v in tensors.items()}, str(folder / "diffusion_pytorch_model.safetensors"))
+    write_release_config(model.cfg, folder)
+    return folder

@@ -6,16 +6,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 
-from jax_vdit.student import Student, load_student
+from jax_vdit.student import DOMAIN_FILE, Student, load_student
 from jax_vdit.toy.world import ToyWorldConfig, get_config
 
 ASSETS = Path(__file__).parent / "assets"
 TOY_TEACHER_DIR = ASSETS / "toy_teacher"
 TOY_STUDENT_MLCD_DIR = ASSETS / "toy_student_mlcd"  # 4-step consistency student of the shipped teacher
 TOY_STUDENT_SPARSE_DIR = ASSETS / "toy_student_sparse"  # the same after mask search + KD into tile attention
-WORLD_FILE = "toy_world.json"  # {"world": <ToyWorldConfig preset>}: the world a toy model's weights were trained on
+WORLD_FILE = DOMAIN_FILE  # {"world": <ToyWorldConfig preset>}: the world a toy model's weights were trained on
 DEFAULT_WORLD = "toy-9x24x24"
 
 
@@ -46,18 +45,9 @@ def world_for(folder: str | Path, requested: str | None = None) -> ToyWorldConfi
 def export_release_folder(model, folder: str | Path, *, dtype: str = "bfloat16", world: str | None = None) -> Path:
     """Write ``model`` as a release-format folder (config.json + diffusion_pytorch_model.safetensors), plus the
     toy world it was trained on (``toy_world.json``) when ``world`` is given."""
-    import ml_dtypes
-    from safetensors.numpy import save_file
+    from jax_vdit.io.release import write_release_folder
 
-    from jax_vdit.io.params import pure_params
-    from jax_vdit.io.release import params_to_release_tensors, write_release_config
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = params_to_release_tensors(model.cfg, pure_params(model))
-    np_dtype = {"bfloat16": ml_dtypes.bfloat16, "float32": np.float32, "float16": np.float16}[dtype]
-    save_file({k: v.astype(np_dtype) for k, v in tensors.items()}, str(folder / "diffusion_pytorch_model.safetensors"))
-    write_release_config(model.cfg, folder)
+    folder = write_release_folder(model, folder, dtype=dtype)
     if world is not None:
         write_world_record(folder, world)
     return folder

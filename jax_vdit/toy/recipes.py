@@ -195,6 +195,22 @@ class DistillRecipe:
     seed: int = 1
 
 
+def distill_check(world: str, recipe: DistillConfig, plan: sampling.SamplingPlan, attention: AttentionConfig):
+    """The periodic check of ``vdit distill`` stages for a toy student (``jax_vdit.distill.stages.DomainCheck``):
+    ToyBench alignment of the EMA student, sampled with its own plan and attention and no CFG, on the first
+    ``recipe.check_prompts`` validation prompts of ``world`` (never the test split)."""
+    split = validation_split(get_config(world))
+    specs = split.take(recipe.check_prompts)
+
+    def check(step: int, result: RunResult) -> dict:
+        videos = sample_specs(result.model("ema"), specs, split.world, plan=plan, guidance_scale=None,
+                              key=jax.random.key(recipe.seed + 7), attention=attention)
+        scores = toybench(videos, specs, split.world)
+        return {"alignment": scores["alignment"], "overall": scores["overall"]}
+
+    return check
+
+
 def product_recipe(recipe: DistillRecipe, tile_backend: str = "gather") -> DistillConfig:
     """The toy recipe as the product's run config (``vdit distill``): the same stage functions train both."""
     from jax_vdit.distill.recipe import DistillConfig
