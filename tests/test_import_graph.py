@@ -8,6 +8,10 @@ counting imports inside functions too (a cycle hidden by a function-level import
 from __future__ import annotations
 
 import ast
+import functools
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,6 +50,18 @@ def import_graph() -> dict[str, set[str]]:
     return graph
 
 
+@functools.lru_cache(maxsize=1)
+def fresh_import_graph() -> dict[str, set[str]]:
+    """:func:`import_graph` computed in a fresh interpreter. CPython 3.11's ``ast.parse`` can fail with
+    "SystemError: AST constructor recursion depth mismatch" once an earlier test in the same process has left the
+    interpreter's recursion bookkeeping off (seen on CI); a new process has clean state."""
+    code = ("import json, runpy; g = runpy.run_path('tests/test_import_graph.py')['import_graph'](); "
+            "print(json.dumps({k: sorted(v) for k, v in g.items()}))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {k: set(v) for k, v in json.loads(proc.stdout).items()}
+
+
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     """Strongly connected components with more than one module (Tarjan)."""
     index: dict[str, int] = {}
@@ -82,7 +98,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_no_import_cycles():
-    assert cycles(import_graph()) == []
+    assert cycles(fresh_import_graph()) == []
 
 
 def test_cycle_finder_finds_a_cycle():
@@ -116,7 +132,7 @@ def _reaches(graph, start: str, prefix: str) -> list[str]:
     ("jax_vdit.distill", "jax_vdit.toy"),
 ])
 def test_dependency_directions(module, forbidden):
-    graph = import_graph()
+    graph = fresh_import_graph()
     starts = [m for m in graph if m == module or m.startswith(module + ".")]
     bad = {s: _reaches(graph, s, forbidden) for s in starts}
     assert {s: r for s, r in bad.items() if r} == {}

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import gc
 import inspect
 import json
 
@@ -24,9 +25,14 @@ TINY = "toy-tiny-5x16x16"
 
 def test_recipes_module_cannot_name_the_test_split():
     """Structural: the selection code imports only the validation accessor."""
-    names = {n.id for n in ast.walk(ast.parse(inspect.getsource(recipes))) if isinstance(n, ast.Name)}
-    names |= {a.name for n in ast.walk(ast.parse(inspect.getsource(recipes))) if isinstance(n, ast.ImportFrom)
-              for a in n.names}
+    gc.collect()  # no finalizer may run inside ast.parse (CPython 3.11 then can raise a recursion-depth SystemError)
+    gc.disable()
+    try:
+        tree = ast.parse(inspect.getsource(recipes))
+    finally:
+        gc.enable()
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    names |= {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
     assert "validation_split" in names
     assert not names & {"report_split", "_test_set", "TestSplit", "reserved_keys", "test_seed"}
 
