@@ -91,39 +91,24 @@ def toy_text_source(world: str | None = None) -> FunctionTextSource:
 
 def mt5_text_source(encoder_dir: str | os.PathLike, *, batch_size: int = 8, max_length: int | None = None
                     ) -> FunctionTextSource:
-    """A local ``google/mt5-xxl`` folder (tokenizer + ``MT5EncoderModel``; extra ``jax-vdit[text]``), loaded once.
+    """A local ``google/mt5-xxl`` folder (tokenizer + ``MT5EncoderModel``; extra ``jax-vdit[text]``), loaded once
+    through :class:`jax_vdit.text_encoder.TextEncoder`.
 
     As in the release's training: captions are cleaned (:func:`jax_vdit.text_encoder.clean_caption`), no prompt
-    template, padded/truncated to 512 tokens, encoder run in bfloat16; outputs (B, 512, 4096) float32, (B, 512).
+    template, padded/truncated to 512 tokens, encoder run in bfloat16; outputs (B, 512, 4096) float32, (B, 512),
+    encoded ``batch_size`` captions at a time.
     """
-    from jax_vdit.text_encoder import MAX_LENGTH, TextConditioningError, clean_caption
+    from jax_vdit.text_encoder import MAX_LENGTH, TextEncoder
 
     encoder_dir = Path(encoder_dir)
     if not encoder_dir.is_dir():
         raise TextSourceError(f"mT5 encoder folder not found: {encoder_dir} (give a local google/mt5-xxl copy, "
                               "or precomputed embeddings)")
-    try:
-        import torch
-        from transformers import AutoTokenizer, MT5EncoderModel
-    except ImportError as err:
-        raise TextConditioningError("encoding captions needs transformers and torch (pip install 'jax-vdit[text]'),"
-                                    " or precomputed embeddings") from err
-    length = MAX_LENGTH if max_length is None else max_length
-    tokenizer = AutoTokenizer.from_pretrained(str(encoder_dir), local_files_only=True)
-    model = MT5EncoderModel.from_pretrained(str(encoder_dir), local_files_only=True, torch_dtype=torch.bfloat16)
-    model.eval()
+    encoder = TextEncoder(encoder_dir, max_length=MAX_LENGTH if max_length is None else max_length, template=False)
 
     def encode(captions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        texts, masks = [], []
-        for i in range(0, len(captions), batch_size):
-            chunk = [clean_caption(c) for c in captions[i : i + batch_size]]
-            tokens = tokenizer(chunk, max_length=length, padding="max_length", truncation=True,
-                               add_special_tokens=True, return_tensors="pt")
-            with torch.no_grad():
-                out = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
-            texts.append(out.float().numpy())
-            masks.append(tokens.attention_mask.numpy().astype(np.int32))
-        return np.concatenate(texts), np.concatenate(masks)
+        parts = [encoder.encode_texts(list(captions[i : i + batch_size])) for i in range(0, len(captions), batch_size)]
+        return np.concatenate([t for t, _ in parts]), np.concatenate([m for _, m in parts])
 
     return FunctionTextSource(encode, f"mt5:{encoder_dir.resolve().name}")
 
