@@ -52,8 +52,12 @@ def objectives(stage: str, student_parts, teacher_parts, frames: int, layers: in
 
     if stage == "mlcd":
         return MLCDObjective(teacher=teacher_parts, student=student_parts)
+    from jax_vdit.distill.recipe import DistillConfig
+
     masks = tuple(pallas_kernels.TileMask.k_m(max(1, frames // 2), frames) for _ in range(layers))
-    return SparseKDObjective(teacher=teacher_parts, student_attention=AttentionConfig(masks=masks, tile_backend="auto"),
+    backend = DistillConfig().kd_tile_backend  # what `vdit distill kd` trains with by default
+    attention = AttentionConfig(masks=masks, tile_backend=backend)
+    return SparseKDObjective(teacher=teacher_parts, student_attention=attention,
                              timesteps=(999, 749, 499, 249))
 
 
@@ -102,22 +106,31 @@ def analyze(size: str, stage: str, batch: int, compile_: bool) -> dict:
         t0 = time.perf_counter()
         compiled = lowered.compile()
         row["compile_s"] = round(time.perf_counter() - t0, 1)
-        mem = compiled.memory_analysis()
-        if mem is not None:
-            for k in ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
-                      "generated_code_size_in_bytes"):
-                row[k] = int(getattr(mem, k, 0))
-            # donated state aliases its outputs: peak ~ arguments + outputs - aliased + temporaries
-            row["peak_estimate_bytes"] = (row["argument_size_in_bytes"] + row["output_size_in_bytes"]
-                                          - row["alias_size_in_bytes"] + row["temp_size_in_bytes"])
-        cost = compiled.cost_analysis()
-        if cost:
-            row["compiled_flops"] = float(cost.get("flops", float("nan")))
+        row |= _memory_row(compiled)
+    return row
+
+
+def _memory_row(compiled) -> dict:
+    """XLA's memory analysis of a compiled step, with the peak estimate (donated state aliases its outputs)."""
+    row: dict = {}
+    mem = compiled.memory_analysis()
+    if mem is not None:
+        for k in ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
+                  "generated_code_size_in_bytes"):
+            row[k] = int(getattr(mem, k, 0))
+        row["peak_estimate_bytes"] = (row["argument_size_in_bytes"] + row["output_size_in_bytes"]
+                                      - row["alias_size_in_bytes"] + row["temp_size_in_bytes"])
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):  # older jax: one dict per program
+        cost = cost[0] if cost else None
+    if cost:  # XLA counts a scanned loop's body once: with scanned layers this is not the step's total
+        row["compiled_flops_xla"] = float(cost.get("flops", float("nan")))
     return row
 
 
 def measure_step(size: str, stage: str, batch: int, steps: int) -> dict:
-    """Real arrays (random weights): compile, then time ``steps`` steps; peak device memory where reported."""
+    """Real arrays (random weights): lower and compile the step once (timed, with XLA's memory analysis), then
+    time ``steps`` steps of that executable; peak device memory where the backend reports it."""
     from jax_vdit.model import random_model
     from jax_vdit.training import ModelParts, init_state, make_train_step
 
@@ -135,19 +148,33 @@ def measure_step(size: str, stage: str, batch: int, steps: int) -> dict:
               "uncond_mask": jnp.ones((text_len,), jnp.int32)}
     if stage == "kd":
         frozen = {"teacher": frozen["teacher"]}
+    del student, teacher
     step = make_train_step(sp, objectives(stage, sp, tp, latent[1], student_cfg.num_layers), tcfg, tx)
     t0 = time.perf_counter()
-    state, m = step(state, b, frozen)
-    jax.block_until_ready(m)
-    first = time.perf_counter() - t0
+    lowered = step.lower(state, b, frozen)
+    lower_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    for _ in range(steps):
-        state, m = step(state, b, frozen)
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - t0
+    row = {"stage": stage, "batch": batch, "lower_s": round(lower_s, 1), "compile_s": round(compile_s, 1),
+           "student_params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params)))}
+    row |= _memory_row(compiled)
+    t0 = time.perf_counter()
+    state, m = compiled(state, b, frozen)
     jax.block_until_ready(m)
+    row["first_step_s"] = round(time.perf_counter() - t0, 3)
+    times, losses = [], []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        state, m = compiled(state, b, frozen)
+        jax.block_until_ready(m)
+        times.append(time.perf_counter() - t0)
+        losses.append(float(m["loss"]))
     stats = jax.devices()[0].memory_stats() or {}
-    return {"stage": stage, "batch": batch, "first_step_s": round(first, 2),
-            "step_s": round((time.perf_counter() - t0) / steps, 4), "loss": float(m["loss"]),
-            "peak_bytes": stats.get("peak_bytes_in_use")}
+    row |= {"step_s": round(float(np.median(times)), 4), "step_s_all": [round(t, 4) for t in times],
+            "loss": losses[-1], "losses_finite": bool(np.all(np.isfinite(losses))),
+            "peak_bytes": stats.get("peak_bytes_in_use"), "bytes_limit": stats.get("bytes_limit")}
+    return row
 
 
 def measure_search(size: str, clips: int) -> dict:
@@ -164,8 +191,11 @@ def measure_search(size: str, clips: int) -> dict:
               "text_mask": jnp.ones((clips, text_len), jnp.int32)} for t in (999, 749, 499, 249)]
     t0 = time.perf_counter()
     _, reports, errors = search_masks(model, calib, 0.1, num_frames=latent[1])
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    search_masks(model, calib, 0.1, num_frames=latent[1])  # again: the compiled program, no compile
     return {"layers": len(reports), "candidates": int(np.shape(errors)[1]), "clips": clips,
-            "timesteps": len(calib), "search_s": round(time.perf_counter() - t0, 2)}
+            "timesteps": len(calib), "search_s": round(first, 2), "search_again_s": round(time.perf_counter() - t0, 2)}
 
 
 def main(argv=None) -> None:
@@ -176,19 +206,27 @@ def main(argv=None) -> None:
     p.add_argument("--clips", type=int, default=2, help="calibration clips of the mask search")
     p.add_argument("--analyze-only", action="store_true", help="no arrays: lower/compile on abstract inputs")
     p.add_argument("--lower-only", action="store_true", help="with --analyze-only: skip compile (faster)")
+    p.add_argument("--stages", default="mlcd,kd,search", help="comma-separated: mlcd, kd, search (run mode); "
+                   "peak memory is per process, so measure stages in separate processes to get each one's peak")
     p.add_argument("--out", default=str(OUT))
     args = p.parse_args(argv)
     device = jax.devices()[0]
     header = {"date": datetime.date.today().isoformat(), "device": f"{device.platform}:{device.device_kind}",
               "jax": jax.__version__, "command": "python -m experiments.bench_distill " + " ".join(
                   sys.argv[1:] if argv is None else argv), "size": args.size, "batch": args.batch}
-    rows = {"analysis": [analyze(args.size, s, args.batch, not args.lower_only) for s in ("mlcd", "kd")]}
-    if not args.analyze_only:
-        rows["steps"] = [measure_step(args.size, s, args.batch, args.steps) for s in ("mlcd", "kd")]
-        rows["search"] = measure_search(args.size, args.clips)
+    stages = [s for s in args.stages.split(",") if s]
+    unknown = set(stages) - {"mlcd", "kd", "search"}
+    if unknown:
+        p.error(f"unknown stages {sorted(unknown)}")
+    if args.analyze_only:
+        rows = {"analysis": [analyze(args.size, s, args.batch, not args.lower_only) for s in stages if s != "search"]}
+    else:
+        rows = {"steps": [measure_step(args.size, s, args.batch, args.steps) for s in stages if s != "search"]}
+        if "search" in stages:
+            rows["search"] = measure_search(args.size, args.clips)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = f"{args.size}_{'analysis' if args.analyze_only else 'run'}_{device.platform}"
+    tag = f"{args.size}_{'analysis' if args.analyze_only else 'run'}_{'-'.join(stages)}_{device.platform}"
     (out / f"{tag}.json").write_text(json.dumps({"header": header, **rows}, indent=2) + "\n")
     print(json.dumps({"header": header, **rows}, indent=1))
 

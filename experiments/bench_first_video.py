@@ -54,8 +54,10 @@ def log(*a) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ one child
-def _setup(size: str, case: str, scan: bool = True):
-    """(model, sampler kwargs, text, mask) for a case; random weights."""
+def _setup(size: str, case: str, scan: bool = True, *, depth: int | None = None, attention: str | None = None,
+           teacher_steps: int | None = None):
+    """(model, sampler kwargs, text, mask) for a case; random weights. ``depth`` overrides the layer count,
+    ``attention`` the case's attention ("1:7", "3:21", "dense", ...), ``teacher_steps`` the teacher's steps."""
     import jax
     import jax.numpy as jnp
 
@@ -64,25 +66,28 @@ def _setup(size: str, case: str, scan: bool = True):
     from jax_vdit.model import random_model
     from jax_vdit.model.attention import attention_from_spec
 
-    preset, latent_shape, text_len, teacher_steps = SIZES[size]
+    preset, latent_shape, text_len, default_steps = SIZES[size]
     dtype = "bfloat16" if size == "full" else "float32"
     cfg = get_preset(preset, param_dtype=dtype, compute_dtype=dtype)
+    if depth is not None:
+        cfg = cfg.replace(num_layers=depth)
     model = random_model(cfg, seed=0)
     k1, k2 = jax.random.split(jax.random.key(1))
     text = jax.random.normal(k1, (1, text_len, cfg.caption_channels), cfg.compute_jnp_dtype)
     mask = (jnp.arange(text_len)[None] < max(1, text_len * 3 // 4)).astype(jnp.int32)
     if case == "student":
-        attention = attention_from_spec("1:7", cfg.num_layers, latent_shape[1])
+        spec = attention or "1:7"
         kwargs = dict(plan=sampling.consistency(STUDENT_EDGES))
     elif case == "teacher":
-        attention = attention_from_spec(None, cfg.num_layers, latent_shape[1])
+        spec = attention or "dense"
         neg = jax.random.normal(k2, text.shape, text.dtype)
-        kwargs = dict(plan=sampling.euler_ancestral(teacher_steps), negative_text=neg, negative_mask=mask,
-                      guidance_scale=7.5)
+        kwargs = dict(plan=sampling.euler_ancestral(teacher_steps or default_steps), negative_text=neg,
+                      negative_mask=mask, guidance_scale=7.5)
     else:
         raise ValueError(f"unknown case {case!r}; use one of {CASES}")
-    attention = dataclasses.replace(attention, scan_layers=scan)
-    kwargs.update(latent_shape=latent_shape, attention=attention, latent_dtype=jnp.bfloat16)
+    attention_cfg = attention_from_spec(None if spec == "dense" else spec, cfg.num_layers, latent_shape[1])
+    attention_cfg = dataclasses.replace(attention_cfg, scan_layers=scan)
+    kwargs.update(latent_shape=latent_shape, attention=attention_cfg, latent_dtype=jnp.bfloat16)
     return model, kwargs, text, mask
 
 
@@ -96,7 +101,8 @@ def _vae(size: str):
     return random_vae(VAEConfig(hidden_size=32), seed=0, dtype=jnp.float32)
 
 
-def child(size: str, case: str, cache_dir: str, video: str) -> dict:
+def child(size: str, case: str, cache_dir: str, video: str, vae_warmup: bool = True,
+          teacher_steps: int | None = None) -> dict:
     """One time-to-first-video run in this (fresh) process; returns its timings."""
     import jax
 
@@ -108,18 +114,29 @@ def child(size: str, case: str, cache_dir: str, video: str) -> dict:
     from jax_vdit import sampling
     from jax_vdit.vae import compile_log, decode_latents_to_video, write_video
 
+    from jax_vdit.vae.warmup import precompile_decode_in_background
+
     row: dict = {"import_s": time.perf_counter() - _T0}
     t = time.perf_counter()
-    model, kwargs, text, mask = _setup(size, case)
+    model, kwargs, text, mask = _setup(size, case, teacher_steps=teacher_steps)
     jax.block_until_ready(jax.tree.leaves(model))
+    vae = _vae(size)
+    jax.block_until_ready(jax.tree.leaves(vae))
     row["init_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    # the VAE's stages compile in a background thread while the transformer compiles and samples
+    warmup = precompile_decode_in_background(vae, (1, *kwargs["latent_shape"])) if vae_warmup else None
     sampler = sampling.compile_sampler(model, text, mask, **kwargs)
     row.update(sampler_lower_s=sampler.lower_s, sampler_compile_s=sampler.compile_s)
     t = time.perf_counter()
     latents = jax.block_until_ready(sampler(jax.random.key(0)))
     row["sample_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    vae = _vae(size)
+    if warmup is not None:
+        report = warmup.result()
+        row.update(vae_warmup_s=report.total_s, vae_warmup_wait_s=time.perf_counter() - t,
+                   vae_warmup_workers=report.workers)
+    t = time.perf_counter()
     frames = decode_latents_to_video(vae, latents)
     row["decode_s"] = time.perf_counter() - t
     row["vae_stage_compile_s"] = sum(e["seconds"] for e in compile_log())
@@ -128,56 +145,62 @@ def child(size: str, case: str, cache_dir: str, video: str) -> dict:
     path = write_video(frames[0], video, fps=24)
     row["write_s"] = time.perf_counter() - t
     row["total_s"] = time.perf_counter() - _T0
-    row.update(video=str(path), frames=list(frames.shape), cache_hits=events.count("/jax/compilation_cache/cache_hits"),
+    row.update(video=str(path), frames=list(frames.shape), steps=int(kwargs["plan"].num_steps),
+               vae_warmup=vae_warmup, cache_hits=events.count("/jax/compilation_cache/cache_hits"),
                cache_misses=events.count("/jax/compilation_cache/cache_misses"))
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
 
 
-def run_case(size: str, case: str, work: Path) -> dict:
+def run_case(size: str, case: str, work: Path, *, vae_warmup: bool = True, teacher_steps: int | None = None) -> dict:
     """The cold and the warm child of one case, sharing a fresh cache under ``work``."""
-    cache = work / f"xla-{case}"
+    tag = case if vae_warmup else f"{case}-sequential-vae"
+    cache = work / f"xla-{tag}"
     cache.mkdir(parents=True, exist_ok=False)
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = {}
     for phase in ("cold", "warm"):
         cmd = [sys.executable, "-m", "experiments.bench_first_video", "--child", case, "--size", size,
-               "--cache", str(cache), "--video", str(work / f"{case}_{phase}.mp4")]
-        log(f"{case} {phase}: {' '.join(cmd[1:])}")
+               "--cache", str(cache), "--video", str(work / f"{tag}_{phase}.mp4")]
+        cmd += [] if vae_warmup else ["--vae-warmup", "off"]
+        cmd += [] if teacher_steps is None else ["--teacher-steps", str(teacher_steps)]
+        log(f"{tag} {phase}: {' '.join(cmd[1:])}")
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise RuntimeError(f"{case} {phase} child failed:\n{proc.stderr[-6000:]}")
+            raise RuntimeError(f"{tag} {phase} child failed:\n{proc.stderr[-6000:]}")
         out[phase] = json.loads(proc.stdout.strip().splitlines()[-1])
-        log(f"{case} {phase}: {out[phase]}")
+        log(f"{tag} {phase}: {out[phase]}")
     return out
 
 
 # ------------------------------------------------------------------------------------------- scan vs unrolled
-def compare_scan(size: str, depths: list[int]) -> list[dict]:
-    """Compile the student sampler for each depth, scanned and unrolled; no persistent cache."""
+def compare_scan(size: str, depths: list[int], specs: list[str], runs: int = 3) -> list[dict]:
+    """Compile the student sampler for each attention spec and depth, scanned and unrolled (no persistent
+    cache), then time ``runs`` runs of each executable (median)."""
     import jax
 
     from jax_vdit import sampling
 
     jax.config.update("jax_compilation_cache_dir", None)
     rows = []
-    for depth in depths:
-        for scan in (True, False):
-            model, kwargs, text, mask = _setup(size, "student", scan=scan)
-            model = _with_depth(model, depth)
-            kwargs["attention"] = dataclasses.replace(kwargs["attention"], masks=kwargs["attention"].masks[:1] * depth)
-            sampler = sampling.compile_sampler(model, text, mask, **kwargs)
-            row = {"layers": depth, "scan_layers": scan, "lower_s": round(sampler.lower_s, 3),
-                   "compile_s": round(sampler.compile_s, 3), "hlo_while_loops": sampler.hlo_text().count(" while(")}
-            log(row)
-            rows.append(row)
+    for spec in specs:
+        for depth in depths:
+            for scan in (True, False):
+                model, kwargs, text, mask = _setup(size, "student", scan=scan, depth=depth, attention=spec)
+                sampler = sampling.compile_sampler(model, text, mask, **kwargs)
+                times = []
+                for r in range(runs + 1):  # the first run is not timed (allocations, autotuning caches)
+                    t = time.perf_counter()
+                    jax.block_until_ready(sampler(jax.random.key(r)))
+                    times.append(time.perf_counter() - t)
+                timed = sorted(times[1:])
+                row = {"attention": spec, "layers": depth, "scan_layers": scan, "lower_s": round(sampler.lower_s, 3),
+                       "compile_s": round(sampler.compile_s, 3), "sample_s_median": round(timed[len(timed) // 2], 4),
+                       "sample_s_runs": [round(x, 4) for x in times[1:]],
+                       "hlo_while_loops": sampler.hlo_text().count(" while(")}
+                log(row)
+                rows.append(row)
+                del model, sampler
     return rows
-
-
-def _with_depth(model, depth: int):
-    """A random model like ``model`` with ``depth`` layers."""
-    from jax_vdit.model import random_model
-
-    return random_model(model.cfg.replace(num_layers=depth), seed=0)
 
 
 # ------------------------------------------------------------------------------------------------------ main
@@ -193,24 +216,41 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", choices=sorted(SIZES), default="full")
     p.add_argument("--cases", default=",".join(CASES), help="comma-separated: student,teacher")
-    p.add_argument("--compare-scan", action="store_true", help="scan vs unrolled sampler compile times instead")
+    p.add_argument("--vae-warmup", choices=("background", "off", "both"), default="background",
+                   help="compile the VAE's stages in a background thread during sampling (background), only when the "
+                        "decode reaches them (off), or run each case both ways (both)")
+    p.add_argument("--teacher-steps", type=int, default=None, help="teacher steps (default: the size's, 100 at full)")
+    p.add_argument("--compare-scan", action="store_true", help="scan vs unrolled sampler compile and run times instead")
     p.add_argument("--depths", default="4,8,16", help="layer counts for --compare-scan")
+    p.add_argument("--attention", default="1:7", help="comma-separated attention specs for --compare-scan")
+    p.add_argument("--runs", type=int, default=3, help="timed runs per executable for --compare-scan")
     p.add_argument("--out", default=None, help="write results JSON here (a folder)")
+    p.add_argument("--tag", default=None, help="suffix of the results file name")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--cache", default=None, help=argparse.SUPPRESS)
     p.add_argument("--video", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.size, args.child, args.cache, args.video)))
+        print(json.dumps(child(args.size, args.child, args.cache, args.video, vae_warmup=args.vae_warmup != "off",
+                               teacher_steps=args.teacher_steps)))
         return
+    suffix = f"_{args.tag}" if args.tag else ""
     if args.compare_scan:
-        result = {**_meta(args), "rows": compare_scan(args.size, [int(d) for d in args.depths.split(",")])}
-        name = f"compare_scan_{args.size}.json"
+        rows = compare_scan(args.size, [int(d) for d in args.depths.split(",")],
+                            [a for a in args.attention.split(",") if a], runs=args.runs)
+        result = {**_meta(args), "rows": rows}
+        name = f"compare_scan_{args.size}{suffix}.json"
     else:
         cases = [c for c in args.cases.split(",") if c]
+        modes = {"background": [True], "off": [False], "both": [True, False]}[args.vae_warmup]
+        result = {**_meta(args), "cases": {}}
         with tempfile.TemporaryDirectory(prefix="first_video_") as work:
-            result = {**_meta(args), "cases": {c: run_case(args.size, c, Path(work)) for c in cases}}
-        name = f"first_video_{args.size}.json"
+            for c in cases:
+                for warm in modes:
+                    name_c = c if warm else f"{c}-sequential-vae"
+                    result["cases"][name_c] = run_case(args.size, c, Path(work), vae_warmup=warm,
+                                                       teacher_steps=args.teacher_steps)
+        name = f"first_video_{args.size}{suffix}.json"
     print(json.dumps(result, indent=2))
     if args.out:
         out = Path(args.out)

@@ -228,6 +228,7 @@ class OpenSoraPipeline:
     tile_backend: str = "auto"
     student: dict | None = None
     source: dict = field(default_factory=dict)
+    _decoder_warmups: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # ---------------------------------------------------------------------------------------------------------
     @classmethod
@@ -496,12 +497,29 @@ class OpenSoraPipeline:
             out.append(latents[0])
         return np.stack(out)
 
+    def warm_up_decoder(self, job: Job):
+        """Start compiling every VAE stage that decoding ``job``'s videos needs, in a background thread, so
+        that it overlaps the transformer's compile and sampling; :meth:`decode` waits for it. Returns the
+        future (its result is a :class:`jax_vdit.vae.warmup.WarmupReport`), or None without a VAE."""
+        if self.vae is None:
+            return None
+        from jax_vdit.vae.warmup import precompile_decode_in_background
+
+        shape = (1, *job.latent_shape)
+        if shape not in self._decoder_warmups:
+            self._decoder_warmups[shape] = precompile_decode_in_background(self.vae, shape)
+        return self._decoder_warmups[shape]
+
     def decode(self, latents: np.ndarray) -> np.ndarray:
         """Latents (N, C, T, H, W) -> uint8 frames (N, 4T-3, 8H, 8W, 3), one video at a time."""
         if self.vae is None:
             raise PipelineInputError("this pipeline has no VAE: load it with vae=PATH (the release's vae/ folder) "
                                      "or ask for output_type='latent'")
         from jax_vdit.vae import decode_latents_to_video
+
+        pending = self._decoder_warmups.pop((1, *np.shape(latents)[1:]), None)
+        if pending is not None:
+            pending.result()  # the stages this decode needs are (being) compiled in the background
 
         return np.concatenate([decode_latents_to_video(self.vae, latents[i:i + 1]) for i in range(len(latents))])
 
@@ -549,6 +567,8 @@ class OpenSoraPipeline:
         if not isinstance(fps, int) or fps < 1:
             raise PipelineInputError(f"fps must be a positive integer, got {fps!r}")
         job = self.prepare(prompt, negative_prompt, **kwargs)
+        if output_type == "np":
+            self.warm_up_decoder(job)
         latents = self.run(job, mesh=mesh, progress=progress)
         frames = self.decode(latents) if output_type == "np" else None
         records = self.records(job, fps=fps if frames is not None else None)

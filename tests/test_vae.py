@@ -264,6 +264,17 @@ def test_write_video_mp4_and_gif_fallback(tmp_path, monkeypatch):
     assert back.shape[0] == 5 and back.shape[1:3] == (16, 24)
     assert not list(tmp_path.glob(".*tmp*"))  # written atomically: no temporary left behind
     monkeypatch.setattr(vae_pipeline, "_ffmpeg_available", lambda: False)
+    if _has_pyav():  # without imageio-ffmpeg, PyAV writes the H.264 mp4 (odd sizes padded by one pixel)
+        odd = frames[:, :15, :23]
+        via_av = write_video(odd, tmp_path / "pyav.mp4", fps=8)
+        assert via_av.suffix == ".mp4"
+        back = iio.imread(via_av, plugin="pyav")
+        assert back.shape == (5, 16, 24, 3)
+        import av
+
+        with av.open(str(via_av)) as container:
+            assert container.streams.video[0].codec_context.name == "h264"
+    monkeypatch.setattr(vae_pipeline, "_pyav_h264_available", lambda: False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         gif = write_video(frames[None], tmp_path / "clip2.mp4", fps=8)

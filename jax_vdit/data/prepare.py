@@ -22,6 +22,7 @@ import itertools
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -346,6 +347,11 @@ def prepare_data(
             path = Path(entry.video)
             return read_clip(path if path.is_absolute() else videos_dir / path, spec)
 
+        if pending:
+            compile_s = encoder.warm_up(config.frames, config.height, config.width)
+            log(f"prepare-data: compiled the VAE encoder for {config.frames}x{config.height}x{config.width} clips in "
+                f"{compile_s:.1f} s")
+        t_loop, n_done, n_encoded = time.perf_counter(), 0, 0
         bar = tqdm(total=len(entries), initial=len(entries) - len(pending), desc="prepare-data", unit="clip",
                    disable=not show_progress)
         try:
@@ -362,13 +368,19 @@ def prepare_data(
                     if tuple(z.shape) != latent_shape:
                         raise PrepareError(f"clip {entry.index}: latents {z.shape}, expected {latent_shape}")
                     buffer.append((entry, outcome, z))
+                    n_encoded += 1
                     if len(buffer) >= config.shard_size:
                         flush()
                 bar.update(1)
+                n_done += 1
                 bar.set_postfix(written=manifest.num_records + len(buffer), skipped=len(manifest.skipped))
             flush()
         finally:
             bar.close()
+        if n_done:
+            loop_s = time.perf_counter() - t_loop
+            log(f"prepare-data: {n_encoded} of {n_done} clips encoded and written in {loop_s:.1f} s "
+                f"({n_encoded / max(loop_s, 1e-9):.2f} clips/s)")
         manifest.complete = True
         manifest.save(out_dir)
     if manifest.num_records == 0:

@@ -21,6 +21,7 @@ from jax_vdit.io.tensors import TensorSource, open_tensors
 from jax_vdit.vae.config import ComputeConfig, VAEConfig, VAEConfigError
 from jax_vdit.vae.model import CausalVAE, abstract_vae
 from jax_vdit.io.key_map import KeyMap, check_finite, check_keys, set_path
+from jax_vdit.io.key_map import identity as identity_transform
 
 StatePath = tuple[str | int, ...]
 
@@ -221,3 +222,42 @@ def load_vae(
         return load_vae_weights(vae, source, what=str(path))
     finally:
         source.close()
+
+
+def _conv3d_to_release(x: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`conv3d_weight`: (kt, kh, kw, Cin, Cout) -> (Cout, Cin, kt, kh, kw)."""
+    return np.transpose(x, (4, 3, 0, 1, 2))
+
+
+def _conv2d_to_release(x: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`conv2d_weight`: (1, kh, kw, Cin, Cout) -> (Cout, Cin, kh, kw)."""
+    return np.transpose(x[0], (3, 2, 0, 1))
+
+
+def write_vae_folder(vae: CausalVAE, folder: str | os.PathLike, *, dtype: str = "float32") -> Path:
+    """Write ``vae`` as a release-format VAE folder (``config.json`` + ``diffusion_pytorch_model.safetensors``
+    with the release tensor names and layouts, every tensor in ``dtype``) that :func:`load_vae` reads back
+    exactly. For synthetic checkpoints (tests, benchmarks with random weights) and fine-tuned VAEs."""
+    import json
+
+    import ml_dtypes
+    from safetensors.numpy import save_file
+
+    inverse = {identity_transform: lambda x: x, conv3d_weight: _conv3d_to_release, conv2d_weight: _conv2d_to_release}
+    np_dtype = {"bfloat16": ml_dtypes.bfloat16, "float32": np.float32, "float16": np.float16}[dtype]
+    _, state = nnx.split(vae)
+    flat = {tuple(k): np.asarray(v, np.float32) for k, v in nnx.to_flat_state(state)}
+    tensors = {}
+    for name, rule in vae_key_map(vae.config).rules.items():
+        if rule.transform not in inverse:
+            raise NotImplementedError(f"no inverse layout for {name} ({rule.transform.__name__})")
+        array = inverse[rule.transform](flat[rule.path])
+        if tuple(array.shape) != rule.source_shape:  # a bug here, not in the model
+            raise AssertionError(f"{name}: wrote shape {array.shape}, the release has {rule.source_shape}")
+        tensors[name] = np.ascontiguousarray(array).astype(np_dtype)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(folder / "diffusion_pytorch_model.safetensors"))
+    config = {"_class_name": "CausalVAEModel", **vae.config.to_dict()}
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return folder

@@ -94,11 +94,50 @@ def _ffmpeg_available() -> bool:
         return False
 
 
+def _pyav_h264_available() -> bool:
+    try:
+        import av
+
+        av.codec.Codec("libx264", "w")
+        return True
+    except Exception:  # noqa: BLE001 - PyAV missing or built without an H.264 encoder
+        return False
+
+
+def _write_mp4_imageio(frames: np.ndarray, path: Path, fps: int) -> None:
+    import imageio.v2 as imageio
+
+    with imageio.get_writer(
+        path, format="FFMPEG", mode="I", fps=fps, codec="libx264", pixelformat="yuv420p", macro_block_size=2
+    ) as writer:
+        for frame in frames:
+            writer.append_data(frame)
+
+
+def _write_mp4_pyav(frames: np.ndarray, path: Path, fps: int) -> None:
+    """H.264 (libx264, yuv420p) through PyAV; odd sizes are padded by one edge pixel as yuv420p needs."""
+    import av
+
+    t, h, w, _ = frames.shape
+    pad_h, pad_w = h % 2, w % 2
+    if pad_h or pad_w:
+        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    with av.open(str(path), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w + pad_w, h + pad_h, "yuv420p"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
 def write_video(frames, path: str | os.PathLike, fps: int = 24) -> Path:
     """Write uint8 frames (T, H, W, 3) (or (1, T, H, W, 3)) to ``path`` and return the path written.
 
-    mp4 (H.264, yuv420p) through imageio's ffmpeg plugin; if ffmpeg is not available, a GIF next to it
-    (``path`` with suffix ``.gif``) with a warning. The file is written to a temporary name and renamed.
+    mp4 (H.264, yuv420p) through imageio's ffmpeg plugin, or through PyAV where imageio-ffmpeg is missing; if
+    neither can encode H.264, a GIF next to it (``path`` with suffix ``.gif``) with a warning. The file is
+    written to a temporary name and renamed.
     """
     frames = np.asarray(frames)
     if frames.ndim == 5:
@@ -109,21 +148,18 @@ def write_video(frames, path: str | os.PathLike, fps: int = 24) -> Path:
         raise ValueError(f"frames must have shape (T, H, W, 3); got {frames.shape}")
     if frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8; got {frames.dtype}")
-    import imageio.v2 as imageio
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if _ffmpeg_available():
+    writer = _write_mp4_imageio if _ffmpeg_available() else _write_mp4_pyav if _pyav_h264_available() else None
+    if writer is not None:
         final = path if path.suffix else path.with_suffix(".mp4")
         tmp = final.with_name(f".{final.stem}.tmp{final.suffix}")
-        with imageio.get_writer(
-            tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264", pixelformat="yuv420p", macro_block_size=2
-        ) as writer:
-            for frame in frames:
-                writer.append_data(frame)
+        writer(frames, tmp, fps)
     else:
         final = path.with_suffix(".gif")
-        warnings.warn(f"ffmpeg (imageio-ffmpeg) is not available; writing a GIF instead: {final}", stacklevel=2)
+        warnings.warn(f"no H.264 encoder (imageio-ffmpeg or PyAV) is available; writing a GIF instead: {final}",
+                      stacklevel=2)
         tmp = final.with_name(f".{final.stem}.tmp.gif")
         import imageio.v3 as iio
 

@@ -9,9 +9,11 @@ recompile. :func:`compile_log` lists what was compiled and how long each took.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
@@ -57,6 +59,8 @@ class DiagonalGaussian:
 # ----------------------------------------------------------------------------------------------- jit cache
 _CACHE: dict = {}
 _LOG: list[dict] = []
+_LOCK = threading.Lock()
+_RECORDING = threading.local()  # .calls: list of StageCall while recording_stages() is active
 
 
 def _signature(state) -> tuple:
@@ -67,60 +71,135 @@ def _donation_supported() -> bool:
     return jax.default_backend() != "cpu"
 
 
+@dataclass(frozen=True)
+class StageCall:
+    """One stage application as :func:`run_stage` would compile it: the stage function, its modules, the
+    input's abstract value and whether the input buffer is donated."""
+
+    fn: Callable
+    modules: tuple
+    x_spec: jax.ShapeDtypeStruct
+    donate: bool = False
+
+
+def _stage_parts(fn: Callable, modules: tuple, x_spec: jax.ShapeDtypeStruct, donate: bool):
+    """(cache key, graph defs, states) of a stage; ``nnx.split`` runs here, in the caller's thread."""
+    splits = [nnx.split(m) for m in modules]
+    graphdefs = tuple(g for g, _ in splits)
+    states = tuple(st for _, st in splits)
+    key = (fn, graphdefs, _signature(states), tuple(x_spec.shape), str(x_spec.dtype), donate)
+    return key, graphdefs, states
+
+
+def _stage_function(fn: Callable, graphdefs: tuple):
+    def pure(states, x):
+        return fn(*[nnx.merge(g, st) for g, st in zip(graphdefs, states)], x)
+
+    return pure
+
+
+def lower_stage(fn: Callable, modules: tuple, x_spec: jax.ShapeDtypeStruct, *, donate: bool = False):
+    """Trace and lower one stage without compiling: (cache key, lowered program, output shape, donated?).
+
+    Tracing holds Python's interpreter lock; :func:`finish_stage` (the XLA compile) can run in another thread.
+    """
+    key, graphdefs, states = _stage_parts(fn, modules, x_spec, donate)
+    pure = _stage_function(fn, graphdefs)
+    spec = jax.ShapeDtypeStruct(x_spec.shape, x_spec.dtype)
+    out_shape = jax.eval_shape(pure, states, spec)
+    # donate only where an output can take over the input buffer (else XLA warns and ignores it)
+    aliasable = any(o.shape == spec.shape and o.dtype == spec.dtype for o in jax.tree.leaves(out_shape))
+    use_donation = donate and aliasable and _donation_supported()
+    lowered = jax.jit(pure, donate_argnums=(1,) if use_donation else ()).lower(states, spec)
+    return key, lowered, out_shape, use_donation
+
+
+def finish_stage(fn: Callable, key, lowered, out_shape, donated: bool, x_spec, lower_s: float = 0.0) -> None:
+    """Compile a program from :func:`lower_stage` into the stage cache (once per key) and log it."""
+    if key in _CACHE:
+        return
+    t0 = time.perf_counter()
+    compiled = lowered.compile()
+    entry = {"stage": getattr(fn, "__name__", str(fn)), "shape": tuple(x_spec.shape), "dtype": str(x_spec.dtype),
+             "donated": donated, "seconds": lower_s + time.perf_counter() - t0,
+             "thread": threading.current_thread().name}
+    try:
+        mem = compiled.memory_analysis()
+        entry.update(temp_bytes=int(mem.temp_size_in_bytes), argument_bytes=int(mem.argument_size_in_bytes),
+                     output_bytes=int(mem.output_size_in_bytes), alias_bytes=int(mem.alias_size_in_bytes))
+    except Exception:  # noqa: BLE001 - memory statistics are optional
+        pass
+    with _LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = (compiled, out_shape)
+            _LOG.append(entry)
+
+
 def compile_stage(fn: Callable, modules: tuple, x_spec: jax.ShapeDtypeStruct, *, donate: bool = False):
     """Compile ``fn(*modules, x)`` for an input like ``x_spec``: returns (executable taking ``(states, x)``,
     the modules' states, the output shape tree). Cached per (fn, module graphs, parameter shapes, input
     shape/dtype, donate); each compilation adds an entry (with XLA's memory analysis) to :func:`compile_log`.
     ``donate`` lets XLA reuse the input buffer where an output can take it over (not on CPU)."""
-    splits = [nnx.split(m) for m in modules]
-    graphdefs = tuple(g for g, _ in splits)
-    states = tuple(st for _, st in splits)
-    key = (fn, graphdefs, _signature(states), tuple(x_spec.shape), str(x_spec.dtype), donate)
-    cached = _CACHE.get(key)
-    if cached is None:
+    key, _, states = _stage_parts(fn, modules, x_spec, donate)
+    if key not in _CACHE:
         t0 = time.perf_counter()
-
-        def pure(states, x):
-            return fn(*[nnx.merge(g, st) for g, st in zip(graphdefs, states)], x)
-
-        spec = jax.ShapeDtypeStruct(x_spec.shape, x_spec.dtype)
-        out_shape = jax.eval_shape(pure, states, spec)
-        # donate only where an output can take over the input buffer (else XLA warns and ignores it)
-        aliasable = any(o.shape == spec.shape and o.dtype == spec.dtype for o in jax.tree.leaves(out_shape))
-        use_donation = donate and aliasable and _donation_supported()
-        compiled = jax.jit(pure, donate_argnums=(1,) if use_donation else ()).lower(states, spec).compile()
-        entry = {"stage": getattr(fn, "__name__", str(fn)), "shape": tuple(spec.shape), "dtype": str(spec.dtype),
-                 "donated": use_donation, "seconds": time.perf_counter() - t0}
-        try:
-            mem = compiled.memory_analysis()
-            entry.update(temp_bytes=int(mem.temp_size_in_bytes), argument_bytes=int(mem.argument_size_in_bytes),
-                         output_bytes=int(mem.output_size_in_bytes), alias_bytes=int(mem.alias_size_in_bytes))
-        except Exception:  # noqa: BLE001 - memory statistics are optional
-            pass
-        _LOG.append(entry)
-        cached = (compiled, out_shape)
-        _CACHE[key] = cached
-    compiled, out_shape = cached
+        key, lowered, out_shape, donated = lower_stage(fn, modules, x_spec, donate=donate)
+        finish_stage(fn, key, lowered, out_shape, donated, x_spec, lower_s=time.perf_counter() - t0)
+    compiled, out_shape = _CACHE[key]
     return compiled, states, out_shape
 
 
 def run_stage(fn: Callable, modules: tuple, x: jax.Array, *, donate: bool = False) -> jax.Array:
     """``fn(*modules, x)`` through a compiled executable cached per (fn, module graphs, parameter shapes,
     input shape/dtype). ``donate`` lets XLA reuse ``x``'s buffer (the caller must not use ``x`` afterwards).
-    Modules with identical structure (e.g. the res blocks of one level) share one executable."""
+    Modules with identical structure (e.g. the res blocks of one level) share one executable.
+
+    Inside :func:`recording_stages` nothing is compiled or run: the call is recorded and an abstract output of
+    the right shape is returned, so a whole decode can be planned under ``jax.eval_shape``."""
+    recorder = getattr(_RECORDING, "calls", None)
+    if recorder is not None:
+        spec = jax.ShapeDtypeStruct(x.shape, x.dtype)
+        recorder.append(StageCall(fn, modules, spec, donate))
+        _, graphdefs, states = _stage_parts(fn, modules, spec, donate)
+        out = jax.eval_shape(_stage_function(fn, graphdefs), states, spec)
+        return jax.tree.map(lambda o: jnp.zeros(o.shape, o.dtype), out)
     compiled, states, _ = compile_stage(fn, modules, jax.ShapeDtypeStruct(x.shape, x.dtype), donate=donate)
     return compiled(states, x)
 
 
+@contextmanager
+def recording_stages():
+    """Within this context (this thread only) :func:`run_stage` records :class:`StageCall` entries instead of
+    running; yields the list they are appended to. Use it under ``jax.eval_shape``."""
+    previous = getattr(_RECORDING, "calls", None)
+    calls: list[StageCall] = []
+    _RECORDING.calls = calls
+    try:
+        yield calls
+    finally:
+        _RECORDING.calls = previous
+
+
+def stage_key(call: StageCall):
+    """The cache key :func:`run_stage` would use for ``call``."""
+    return _stage_parts(call.fn, call.modules, call.x_spec, call.donate)[0]
+
+
+def is_compiled(call: StageCall) -> bool:
+    return stage_key(call) in _CACHE
+
+
 def compile_log() -> list[dict]:
-    """One entry per compilation so far: stage name, input shape, dtype, seconds, donation, and XLA's memory
-    analysis of the executable (temp/argument/output/alias bytes) where the backend reports it."""
+    """One entry per compilation so far: stage name, input shape, dtype, seconds, donation, the compiling
+    thread's name, and XLA's memory analysis of the executable (temp/argument/output/alias bytes) where the
+    backend reports it."""
     return list(_LOG)
 
 
 def clear_compile_cache() -> None:
-    _CACHE.clear()
-    _LOG.clear()
+    with _LOCK:
+        _CACHE.clear()
+        _LOG.clear()
 
 
 # stage functions (module-level so that cache keys are stable)

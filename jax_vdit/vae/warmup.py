@@ -1,0 +1,144 @@
+"""Compile every stage a decode (or encode) of a given shape needs before the data exists, in parallel.
+
+A staged, tiled decode at 29x720p runs about 40 distinct stage programs; compiled one after another as the
+decode reaches them, they cost about a minute on a GPU (measured on an H100). The shapes are known as soon as
+the latent shape is, so the stages can be planned under ``jax.eval_shape`` (nothing runs), traced one after
+another (tracing holds Python's lock) and handed to XLA in several threads (compiling releases it), while the
+transformer compiles or samples::
+
+    job = precompile_decode_in_background(vae, (1, 4, 8, 90, 160))
+    latents = sampler(key)                  # meanwhile
+    job.result()                            # the decode below compiles nothing
+    frames = decode_latents_to_video(vae, latents)
+
+The compiled stages land in the stage cache of :mod:`jax_vdit.vae.runtime` (and in JAX's persistent compilation
+cache when it is on), so the decode that follows finds them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+
+from jax_vdit.vae.model import CausalVAE
+from jax_vdit.vae.runtime import (
+    StageCall,
+    decode_nthwc,
+    encode_moments_nthwc,
+    finish_stage,
+    is_compiled,
+    lower_stage,
+    recording_stages,
+    stage_key,
+)
+from jax_vdit.vae.tiling import TilingConfig
+
+RELEASE_TILING = TilingConfig.sample_script()
+
+
+@dataclass(frozen=True)
+class WarmupReport:
+    """What :func:`precompile` did: distinct stages planned, how many were new, wall seconds of the planning,
+    of the tracing and of the whole call, and the threads used."""
+
+    stages: int
+    compiled: int
+    plan_s: float
+    lower_s: float
+    total_s: float
+    workers: int
+
+
+def _distinct(calls: Sequence[StageCall]) -> list[StageCall]:
+    seen, out = set(), []
+    for call in calls:
+        key = stage_key(call)
+        if key not in seen:
+            seen.add(key)
+            out.append(call)
+    return out
+
+
+def plan_decode(vae: CausalVAE, latent_shape: Sequence[int], *, tiling: TilingConfig | None = RELEASE_TILING
+                ) -> list[StageCall]:
+    """The distinct stages that ``decode_latents_to_video(vae, latents, tiling=tiling)`` runs for DiT latents of
+    shape (B, C, t, h, w); nothing is compiled or run."""
+    b, c, t, h, w = (int(n) for n in latent_shape)
+    if c != vae.config.embed_dim:
+        raise ValueError(f"latents must have {vae.config.embed_dim} channels; got shape {tuple(latent_shape)}")
+    spec = jax.ShapeDtypeStruct((b, t, h, w, c), jnp.float32)  # decode_latents_to_video feeds float32 NTHWC
+    with recording_stages() as calls:
+        jax.eval_shape(lambda z: decode_nthwc(vae, z, tiling=tiling), spec)
+    return _distinct(calls)
+
+
+def plan_encode(vae: CausalVAE, video_shape: Sequence[int], *, tiling: TilingConfig | None = RELEASE_TILING
+                ) -> list[StageCall]:
+    """The distinct stages that encoding a video of shape (B, T, H, W, 3) runs; nothing is compiled or run."""
+    b, t, h, w, c = (int(n) for n in video_shape)
+    if c != 3:
+        raise ValueError(f"video must be frames (B, T, H, W, 3); got shape {tuple(video_shape)}")
+    spec = jax.ShapeDtypeStruct((b, t, h, w, 3), jnp.float32)
+    with recording_stages() as calls:
+        jax.eval_shape(lambda x: encode_moments_nthwc(vae, x, tiling=tiling), spec)
+    return _distinct(calls)
+
+
+def default_workers() -> int:
+    """Threads for XLA compiles: the CPU count less one (at least one), at most 16."""
+    return max(1, min(16, (os.cpu_count() or 2) - 1))
+
+
+def precompile(calls: Sequence[StageCall], *, workers: int | None = None, plan_s: float = 0.0) -> WarmupReport:
+    """Compile the stages in ``calls`` that are not compiled yet: traced here one by one, compiled by
+    ``workers`` threads (default :func:`default_workers`; 1 compiles in this thread)."""
+    t0 = time.perf_counter()
+    workers = default_workers() if workers is None else max(1, int(workers))
+    distinct = _distinct(calls)
+    todo = [call for call in distinct if not is_compiled(call)]
+    lower_s = 0.0
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vae-compile") as pool:
+        futures = []
+        for call in todo:
+            t = time.perf_counter()
+            key, lowered, out_shape, donated = lower_stage(call.fn, call.modules, call.x_spec, donate=call.donate)
+            dt = time.perf_counter() - t
+            lower_s += dt
+            futures.append(pool.submit(finish_stage, call.fn, key, lowered, out_shape, donated, call.x_spec, dt))
+        for future in futures:
+            future.result()
+    return WarmupReport(stages=len(distinct), compiled=len(todo), plan_s=round(plan_s, 3), lower_s=round(lower_s, 3),
+                        total_s=round(plan_s + time.perf_counter() - t0, 3), workers=workers)
+
+
+def precompile_decode(vae: CausalVAE, latent_shape: Sequence[int], *,
+                      tiling: TilingConfig | None = RELEASE_TILING, workers: int | None = None) -> WarmupReport:
+    """Plan and compile every stage of decoding DiT latents of ``latent_shape`` (B, C, t, h, w)."""
+    t0 = time.perf_counter()
+    calls = plan_decode(vae, latent_shape, tiling=tiling)
+    return precompile(calls, workers=workers, plan_s=time.perf_counter() - t0)
+
+
+def precompile_encode(vae: CausalVAE, video_shape: Sequence[int], *,
+                      tiling: TilingConfig | None = RELEASE_TILING, workers: int | None = None) -> WarmupReport:
+    """Plan and compile every stage of encoding videos of ``video_shape`` (B, T, H, W, 3)."""
+    t0 = time.perf_counter()
+    calls = plan_encode(vae, video_shape, tiling=tiling)
+    return precompile(calls, workers=workers, plan_s=time.perf_counter() - t0)
+
+
+def precompile_decode_in_background(vae: CausalVAE, latent_shape: Sequence[int], *,
+                                    tiling: TilingConfig | None = RELEASE_TILING,
+                                    workers: int | None = None) -> Future:
+    """:func:`precompile_decode` in a background thread; returns its future (``.result()`` is the
+    :class:`WarmupReport`, or raises what the compile raised). Wait for it before decoding."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vae-warmup")
+    future = pool.submit(precompile_decode, vae, latent_shape, tiling=tiling, workers=workers)
+    pool.shutdown(wait=False)
+    return future
