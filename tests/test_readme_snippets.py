@@ -54,7 +54,7 @@ def run_blocks(blocks: list[str], work: Path, devices: int = 1) -> subprocess.Co
 def test_usage_has_the_blocks_and_the_side_by_side_table():
     text = USAGE.read_text()
     blocks = python_blocks(text)
-    assert len(blocks) == 4 and sum("mesh=" in b for b in blocks) == 1
+    assert len(blocks) == 5 and sum("mesh=" in b for b in blocks) == 1
     for task in ("load", "sample", "negative prompt", "seed", "batch", "save video", "sequence parallel",
                  "distilled student"):
         assert re.search(rf"^\| {task} \|", text, flags=re.M), task
@@ -67,6 +67,7 @@ def test_single_device_blocks_run_as_written(workdir):
     assert video.is_file() and json.loads((workdir / "outputs" / "video.mp4.json").read_text())["seed"] == 0
     lines = proc.stdout.splitlines()
     assert "(1, 9, 64, 80, 3)" in lines[0]  # the tiny checkpoint's own size
+    assert any(line.startswith("WarmupReport(stages=") for line in lines)  # the decode warm-up block ran
     assert "('a red circle moves left', 0), ('a red circle moves left', 1), ('a blue square moves up', 2)" in lines[1]
     assert lines[2].startswith("consistency 4 [0, 250, 500, 750] None")
 
