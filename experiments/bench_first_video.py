@@ -15,6 +15,7 @@ seconds from ``vae.compile_log``), the mp4 write, the total, and the persistent 
 blocks scanned (``AttentionConfig(scan_layers=True)``) and unrolled, and reports trace+lower and compile seconds
 and the ``while`` loops in the compiled HLO (no persistent cache).
 
+``--size full93`` runs the student at 93x720p (latents 4x24x90x160) with the paper's 3:21 mask on every layer.
 ``--size tiny`` runs everything at a CPU-sized scale (the ``tiny`` preset with 8 latent frames, a narrow VAE) so
 the script can be checked anywhere; its times say nothing about a GPU.
 
@@ -44,9 +45,11 @@ CASES = ("student", "teacher")
 # size -> (model preset, latent (C, T, H, W), text length, teacher steps)
 SIZES = {
     "full": ("osp-v1.2-29x720p", (4, 8, 90, 160), 512, 100),
+    "full93": ("osp-v1.2-93x720p", (4, 24, 90, 160), 512, 100),
     "tiny": ("tiny", (4, 8, 4, 4), 8, 4),
 }
 STUDENT_EDGES = (0, 250, 500, 750)
+STUDENT_MASK = {"full": "1:7", "full93": "3:21", "tiny": "1:7"}  # the paper's masks at 29 and 93 frames
 
 
 def log(*a) -> None:
@@ -67,7 +70,7 @@ def _setup(size: str, case: str, scan: bool = True, *, depth: int | None = None,
     from jax_vdit.model.attention import attention_from_spec
 
     preset, latent_shape, text_len, default_steps = SIZES[size]
-    dtype = "bfloat16" if size == "full" else "float32"
+    dtype = "bfloat16" if size.startswith("full") else "float32"
     cfg = get_preset(preset, param_dtype=dtype, compute_dtype=dtype)
     if depth is not None:
         cfg = cfg.replace(num_layers=depth)
@@ -76,7 +79,7 @@ def _setup(size: str, case: str, scan: bool = True, *, depth: int | None = None,
     text = jax.random.normal(k1, (1, text_len, cfg.caption_channels), cfg.compute_jnp_dtype)
     mask = (jnp.arange(text_len)[None] < max(1, text_len * 3 // 4)).astype(jnp.int32)
     if case == "student":
-        spec = attention or "1:7"
+        spec = attention or STUDENT_MASK[size]
         kwargs = dict(plan=sampling.consistency(STUDENT_EDGES))
     elif case == "teacher":
         spec = attention or "dense"
@@ -96,7 +99,7 @@ def _vae(size: str):
 
     from jax_vdit.vae import VAEConfig, random_vae
 
-    if size == "full":
+    if size.startswith("full"):
         return random_vae(VAEConfig(), seed=0, dtype=jnp.bfloat16)
     return random_vae(VAEConfig(hidden_size=32), seed=0, dtype=jnp.float32)
 
