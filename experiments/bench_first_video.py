@@ -88,7 +88,16 @@ def _setup(size: str, case: str, scan: bool = True, *, depth: int | None = None,
                       negative_mask=mask, guidance_scale=7.5)
     else:
         raise ValueError(f"unknown case {case!r}; use one of {CASES}")
-    attention_cfg = attention_from_spec(None if spec == "dense" else spec, cfg.num_layers, latent_shape[1])
+    if spec.startswith("mixed"):  # a searched-like schedule: the mask changes every layer
+        import pallas_kernels
+
+        frames = latent_shape[1]
+        cycle = [pallas_kernels.TileMask.k_m(k, frames) for k in range(1, min(frames, 5))]
+        attention_cfg = dataclasses.replace(attention_from_spec(None, cfg.num_layers, frames),
+                                            masks=tuple(cycle[i % len(cycle)] for i in range(cfg.num_layers)),
+                                            mixed_masks="switch" if spec == "mixed-switch" else "runs")
+    else:
+        attention_cfg = attention_from_spec(None if spec == "dense" else spec, cfg.num_layers, latent_shape[1])
     attention_cfg = dataclasses.replace(attention_cfg, scan_layers=scan)
     kwargs.update(latent_shape=latent_shape, attention=attention_cfg, latent_dtype=jnp.bfloat16)
     return model, kwargs, text, mask
@@ -187,7 +196,7 @@ def compare_scan(size: str, depths: list[int], specs: list[str], runs: int = 3) 
     rows = []
     for spec in specs:
         for depth in depths:
-            for scan in (True, False):
+            for scan in ((True,) if spec == "mixed-switch" else (True, False)):
                 model, kwargs, text, mask = _setup(size, "student", scan=scan, depth=depth, attention=spec)
                 sampler = sampling.compile_sampler(model, text, mask, **kwargs)
                 times = []
@@ -225,7 +234,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--teacher-steps", type=int, default=None, help="teacher steps (default: the size's, 100 at full)")
     p.add_argument("--compare-scan", action="store_true", help="scan vs unrolled sampler compile and run times instead")
     p.add_argument("--depths", default="4,8,16", help="layer counts for --compare-scan")
-    p.add_argument("--attention", default="1:7", help="comma-separated attention specs for --compare-scan")
+    p.add_argument("--attention", default="1:7", help="comma-separated attention specs for --compare-scan: dense, "
+                   "k:m, mixed (k:m cycling over 1:m.. every layer, scanned in runs) or mixed-switch (the same "
+                   "schedule in one scan with a switch over its masks)")
     p.add_argument("--runs", type=int, default=3, help="timed runs per executable for --compare-scan")
     p.add_argument("--out", default=None, help="write results JSON here (a folder)")
     p.add_argument("--tag", default=None, help="suffix of the results file name")

@@ -163,3 +163,65 @@ def test_run_blocks_rejects_a_run_with_two_masks(golden4):
         model.run_blocks(0, 2, ctx, ctx.x, _att((None, A, A, None), True))
     with pytest.raises(ValueError, match="is not inside"):
         model.run_blocks(3, 5, ctx, ctx.x, _att(None, True))
+
+
+# --------------------------------------------------------------------------- mixed masks: one scan with a switch
+def _switch(masks) -> AttentionConfig:
+    return dataclasses.replace(_att(masks, True), mixed_masks="switch")
+
+
+def test_distinct_masks_and_the_setting_is_checked():
+    b = pallas_kernels.TileMask.from_string("2:1", 3)
+    assert _att((A, b, A, None), True).distinct_masks(4) == ((A, b, None), (0, 1, 0, 2))
+    assert _att(None, True).distinct_masks(3) == ((None,), (0, 0, 0))
+    with pytest.raises(ValueError, match="mixed_masks must be 'runs' or 'switch'"):
+        AttentionConfig(mixed_masks="unroll")
+
+
+def test_switched_scan_equals_unrolled_on_golden_weights_with_alternating_masks(golden4):
+    """Masks that change every layer (A, None, A, None): runs of one layer each, one switched scan instead."""
+    model, args = golden4
+    masks = (A, None, A, None)
+    switched = model(*args, attention=_switch(masks))
+    _close(switched, model(*args, attention=_att(masks, False)))
+    assert float(jnp.abs(switched - model(*args, attention=_att(None, True))).max()) > 1e-3  # masks are used
+    _close(model(*args, attention=_switch(None)), model(*args, attention=_att(None, False)))  # all dense
+
+
+def test_switched_scan_gradients_equal_unrolled():
+    k = jax.random.split(jax.random.key(6), 2)
+    batch = {"latents": jax.random.normal(k[0], (1, 4, 3, 8, 8)), "text_mask": jnp.ones((1, 5), jnp.int32),
+             "text": jax.random.normal(k[1], (1, 5, get_preset("tiny").caption_channels))}
+
+    def loss_and_grads(attention, remat: bool):
+        graphdef, params = nnx.split(_tiny3(remat=remat))
+        objective = DiffusionObjective(caption_dropout=0.0, attention=attention)
+        return jax.jit(jax.value_and_grad(lambda p: objective(nnx.merge(graphdef, p), batch, jax.random.key(3),
+                                                              {})[0]))(params)
+
+    masks = (A, None, A)
+    (loss_s, grads_s), (loss_u, grads_u) = loss_and_grads(_switch(masks), True), loss_and_grads(_att(masks, False),
+                                                                                                False)
+    _close(loss_s, loss_u)
+    for gs, gu in zip(jax.tree.leaves(grads_s), jax.tree.leaves(grads_u)):
+        _close(gs, gu, rel=1e-5)
+
+
+def _lowered_switch(num_layers: int) -> str:
+    cfg = get_preset("tiny", num_layers=num_layers)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: init_model(cfg)))
+    x = jax.ShapeDtypeStruct((1, 4, 3, 8, 8), jnp.float32)
+    text = jax.ShapeDtypeStruct((1, 5, cfg.caption_channels), jnp.float32)
+    b = pallas_kernels.TileMask.from_string("2:1", 3)
+    masks = tuple((A, b, None)[i % 3] for i in range(num_layers))  # changes every layer
+    fwd = jax.jit(lambda s, x, text: nnx.merge(graphdef, s)(x, jnp.zeros((1,)), text, attention=_switch(masks)))
+    return fwd.lower(state, x, text).as_text()
+
+
+def test_switched_program_does_not_grow_with_depth():
+    """A schedule that changes every layer: one while loop and the same number of products at 3 and 9 layers
+    (three branches, one per distinct mask), where runs of equal masks would need one block per layer."""
+    three, nine = _lowered_switch(3), _lowered_switch(9)
+    assert three.count("stablehlo.while") == 1 and nine.count("stablehlo.while") == 1
+    assert three.count("stablehlo.dot_general") == nine.count("stablehlo.dot_general") > 0
+    assert "stablehlo.case" in nine

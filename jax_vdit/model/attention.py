@@ -50,6 +50,12 @@ class AttentionConfig:
     tile mask as one ``jax.lax.scan`` over the layers' stacked weights, so XLA compiles one block per run instead
     of one per layer (the same function; fp32 results agree with the unrolled loop to float rounding). False:
     the plain Python loop over the blocks (one compiled block per layer), kept for comparison.
+
+    ``mixed_masks`` says how a scanned forward treats a schedule whose masks change from layer to layer (a searched
+    schedule such as 6:3 7:2 6:3 5:4 ...), where runs of equal masks are short: ``"runs"`` (default) scans each
+    run, so such a schedule compiles about one block per layer; ``"switch"`` scans all layers once and picks the
+    layer's mask with ``jax.lax.switch`` over the distinct masks (one block program per distinct mask, whatever
+    the depth; the layer's branch index is data).
     """
 
     dense_backend: str = "auto"
@@ -59,6 +65,7 @@ class AttentionConfig:
     sequence_axis: str | None = None
     batch_axis: str | None = None
     scan_layers: bool = True
+    mixed_masks: str = "runs"
 
     def __post_init__(self) -> None:
         if self.dense_backend not in DENSE_BACKENDS:
@@ -71,6 +78,8 @@ class AttentionConfig:
                 raise ValueError(f"{name} must be a mesh axis name (str) or None, got {value!r}")
         if not isinstance(self.scan_layers, bool):
             raise ValueError(f"scan_layers must be a bool, got {self.scan_layers!r}")
+        if self.mixed_masks not in ("runs", "switch"):
+            raise ValueError(f"mixed_masks must be 'runs' or 'switch', got {self.mixed_masks!r}")
         if self.sequence_axis is not None and self.sequence_axis == self.batch_axis:
             raise ValueError(f"sequence_axis and batch_axis must be different mesh axes, both are {self.batch_axis!r}")
 
@@ -99,6 +108,22 @@ class AttentionConfig:
             else:
                 runs.append([i, i + 1])
         return tuple((a, b) for a, b in runs)
+
+
+    def distinct_masks(self, num_layers: int) -> tuple[tuple, tuple[int, ...]]:
+        """(the distinct masks in order of first use, each layer's index into them); ``None`` = dense.
+
+        E.g. masks ``[A, B, A, None]`` -> ``((A, B, None), (0, 1, 0, 2))``.
+        """
+        self.check_num_layers(num_layers)
+        distinct: list = []
+        index = []
+        for i in range(num_layers):
+            mask = self.layer_mask(i)
+            if mask not in distinct:
+                distinct.append(mask)
+            index.append(distinct.index(mask))
+        return tuple(distinct), tuple(index)
 
 
 DENSE = AttentionConfig()

@@ -161,14 +161,7 @@ class OpenSoraT2V(nnx.Module):
             raise ValueError(f"layers {start}..{stop - 1} do not share one tile mask; scan only runs of equal masks")
         if stop - start == 1:
             return self.run_block(start, ctx, x, attention)
-        graphdef, first = nnx.split(self.blocks[start])
-        states = [first]
-        for i in range(start + 1, stop):
-            gd, st = nnx.split(self.blocks[i])
-            if gd != graphdef:
-                raise ValueError(f"block {i} has another structure than block {start}; it cannot be scanned with it")
-            states.append(st)
-        stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+        graphdef, stacked = self._stacked_states(start, stop)
         step = _block_step(tile_mask, ctx.tokens_per_frame, attention)
 
         def body(x, state):
@@ -177,6 +170,42 @@ class OpenSoraT2V(nnx.Module):
         if self.cfg.remat:
             body = jax.checkpoint(body)
         x, _ = jax.lax.scan(lambda x, state: (body(x, state), None), x, stacked)
+        return x
+
+    def _stacked_states(self, start: int, stop: int):
+        """(graph def, the weights of blocks ``start .. stop - 1`` stacked along a new leading axis)."""
+        graphdef, first = nnx.split(self.blocks[start])
+        states = [first]
+        for i in range(start + 1, stop):
+            gd, st = nnx.split(self.blocks[i])
+            if gd != graphdef:
+                raise ValueError(f"block {i} has another structure than block {start}; it cannot be scanned with it")
+            states.append(st)
+        return graphdef, jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+
+    def run_blocks_switched(self, ctx: ForwardContext, x: jax.Array, attention: AttentionConfig) -> jax.Array:
+        """All blocks as one ``jax.lax.scan`` over their stacked weights and each layer's mask index; the body
+        picks the layer's tile mask with ``jax.lax.switch`` over the distinct masks of the schedule, so the
+        program holds one block per distinct mask, whatever the depth. x: (B, N, D) -> (B, N, D)."""
+        distinct, index = attention.distinct_masks(self.cfg.num_layers)
+        graphdef, stacked = self._stacked_states(0, self.cfg.num_layers)
+        steps = [_block_step(mask, ctx.tokens_per_frame, attention) for mask in distinct]
+
+        def branch(step):
+            def run(x, state):
+                return step(nnx.merge(graphdef, state), x, ctx.text, ctx.text_mask, ctx.t6, ctx.rope_cos, ctx.rope_sin)
+
+            return run
+
+        branches = [branch(step) for step in steps]
+
+        def body(x, state, k):
+            return jax.lax.switch(k, branches, x, state) if len(branches) > 1 else branches[0](x, state)
+
+        if self.cfg.remat:
+            body = jax.checkpoint(body)
+        which = jnp.asarray(index, jnp.int32)
+        x, _ = jax.lax.scan(lambda x, inputs: (body(x, *inputs), None), x, (stacked, which))
         return x
 
     def finish(self, ctx: ForwardContext, x: jax.Array) -> jax.Array:
@@ -199,7 +228,9 @@ class OpenSoraT2V(nnx.Module):
         attention.check_num_layers(self.cfg.num_layers)
         ctx = self.prepare(latents, timestep, text, text_mask)
         x = ctx.x
-        if attention.scan_layers:
+        if attention.scan_layers and attention.mixed_masks == "switch" and self.cfg.num_layers > 1:
+            x = self.run_blocks_switched(ctx, x, attention)
+        elif attention.scan_layers:
             for start, stop in attention.layer_runs(self.cfg.num_layers):
                 x = self.run_blocks(start, stop, ctx, x, attention)
         else:
