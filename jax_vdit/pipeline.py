@@ -217,8 +217,10 @@ class OpenSoraPipeline:
     """An Open-Sora-Plan v1.2 text-to-video pipeline: ``transformer`` (:class:`~jax_vdit.model.OpenSoraT2V`),
     optional ``vae`` (:class:`~jax_vdit.vae.CausalVAE`), optional ``text_encoder``
     (:class:`~jax_vdit.text_encoder.TextEncoder`), the default sampler ``settings`` and ``attention_spec``
-    ("dense", "k:m" or a mask schedule JSON), ``student`` (the ``student.json`` of a distilled student, or None)
-    and ``source`` (where each part came from; recorded in sidecars)."""
+    ("dense", "k:m" or a mask schedule JSON), ``student`` (the ``student.json`` of a distilled student, or None),
+    ``source`` (where each part came from; recorded in sidecars) and ``mixed_masks`` (how a scanned forward runs a
+    schedule whose mask changes from layer to layer: "runs" or "switch", see
+    :class:`~jax_vdit.model.AttentionConfig`)."""
 
     transformer: Any
     vae: Any = None
@@ -228,6 +230,7 @@ class OpenSoraPipeline:
     tile_backend: str = "auto"
     student: dict | None = None
     source: dict = field(default_factory=dict)
+    mixed_masks: str = "runs"
     _decoder_warmups: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # ---------------------------------------------------------------------------------------------------------
@@ -243,6 +246,7 @@ class OpenSoraPipeline:
         param_dtype: str = "bfloat16",
         compute_dtype: str = "bfloat16",
         tile_backend: str = "auto",
+        mixed_masks: str = "runs",
         revision: str | None = None,
         cache_dir: str | os.PathLike | None = None,
         local_files_only: bool | None = None,
@@ -261,6 +265,7 @@ class OpenSoraPipeline:
         None/False (latents only). ``text_encoder``: "auto" (a ``text_encoder/`` folder, the toy stand-in for
         toy-world models, or ``google/mt5-xxl`` if it is already in the local Hugging Face cache; else none),
         "toy", a local mT5 folder or repo id, a :class:`TextEncoder`, or None (embeddings only).
+        ``tile_backend`` and ``mixed_masks`` go into every attention config the pipeline builds.
         """
         from jax_vdit.io import load_model, load_vae
         from jax_vdit.io.hub import has_weights, looks_like_repo_id, resolve_pretrained
@@ -308,7 +313,8 @@ class OpenSoraPipeline:
                   "vae": None if vae_dir is None else str(vae_dir),
                   "text_encoder": None if encoder is None else encoder.source,
                   "param_dtype": param_dtype, "compute_dtype": compute_dtype}
-        return cls(transformer, vae_model, encoder, settings, attention_spec, tile_backend, student, source)
+        return cls(transformer, vae_model, encoder, settings, attention_spec, tile_backend, student, source,
+                   mixed_masks)
 
     # ---------------------------------------------------------------------------------------------------------
     @property
@@ -387,8 +393,9 @@ class OpenSoraPipeline:
             attention_config = attention
         else:
             try:
-                attention_config = attention_from_spec(spec, cfg.num_layers, size.latent_shape[1],
-                                                       tile_backend=self.tile_backend)
+                attention_config = dataclasses.replace(
+                    attention_from_spec(spec, cfg.num_layers, size.latent_shape[1], tile_backend=self.tile_backend),
+                    mixed_masks=self.mixed_masks)
             except (ValueError, FileNotFoundError) as err:
                 raise PipelineInputError(f"attention {spec!r}: {err}") from err
         if num_videos_per_prompt < 1:

@@ -217,6 +217,21 @@ def test_a_student_folder_samples_as_its_student_json_says():
     assert student_pipe.records(forced)[0]["notes"] == list(forced.notes)
 
 
+def test_a_searched_schedule_samples_the_same_in_one_switched_scan():
+    """The sparse toy student's schedule changes mask from layer to layer; ``mixed_masks="switch"`` runs it as one
+    scan with a switch over its masks and gives the latents of the runs-of-equal-masks forward."""
+    from jax_vdit.toy import TOY_STUDENT_SPARSE_DIR
+
+    runs = OpenSoraPipeline.from_pretrained(TOY_STUDENT_SPARSE_DIR, **F32)
+    switch = OpenSoraPipeline.from_pretrained(TOY_STUDENT_SPARSE_DIR, mixed_masks="switch", **F32)
+    job = switch.prepare("a red circle moves left", seed=3)
+    assert job.attention.mixed_masks == "switch" and len(set(job.attention.masks)) > 1
+    assert len(job.attention.layer_runs(len(job.attention.masks))) > len(set(job.attention.masks))
+    a = runs("a red circle moves left", seed=3, output_type="latent").latents
+    b = switch("a red circle moves left", seed=3, output_type="latent").latents
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * float(np.abs(a).max()))
+
+
 def test_text_embeddings_from_a_file_keep_their_negative(tmp_path):
     from safetensors.numpy import save_file
 

@@ -150,6 +150,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         vae=None if args.latents_only else (args.vae or "auto"),
         text_encoder=None if args.text_encoder == "none" else args.text_encoder,
         param_dtype=args.param_dtype, compute_dtype=args.compute_dtype, tile_backend=args.tile_backend,
+        mixed_masks=args.mixed_masks,
         revision=args.revision, local_files_only=True if args.offline else None)
     load_s = time.perf_counter() - t0
     edges = None if args.edges is None else [int(e) for e in args.edges.split(",")]
@@ -264,6 +265,10 @@ def register(sub) -> None:
                    "1:7) on every layer | a mask schedule JSON (default: dense; a sparse student's schedule)")
     g.add_argument("--tile-backend", default="auto", help="tile attention backend (auto, mosaic_gpu, triton, tpu, "
                    "gather, cpu, reference)")
+    g.add_argument("--mixed-masks", choices=("runs", "switch"), default="runs",
+                   help="a mask schedule that changes from layer to layer: scan runs of equal masks (runs), or all "
+                        "layers in one scan with a switch over the masks (switch: compiles one block per distinct "
+                        "mask)")
     g.add_argument("--fp32-latents", action="store_true", help="keep latents in fp32 between steps (default bf16)")
     g.add_argument("--force", action="store_true", help="allow flags that contradict a student's student.json "
                    "(recorded in the sidecar)")
