@@ -112,17 +112,7 @@ def test_tiled_vs_untiled_where_tiles_blend(vae, golden):
 
 def test_staged_fused_and_monolithic_agree():
     """ComputeConfig variants compute the same function (micro model with a fused upsample+block stage)."""
-    cfg = VAEConfig(
-        hidden_size=32,
-        hidden_size_mult=(1, 2, 2),
-        num_res_blocks=1,
-        encoder_resnet_blocks=("ResnetBlock2D", "ResnetBlock3D", "ResnetBlock3D"),
-        encoder_spatial_downsample=("Downsample", "Spatial2xTime2x3DDownsample", ""),
-        encoder_temporal_downsample=("", "", ""),
-        decoder_resnet_blocks=("ResnetBlock3D",) * 3,
-        decoder_spatial_upsample=("", "SpatialUpsample2x", "Spatial2xTime2x3DUpsample"),
-        decoder_temporal_upsample=("", "", ""),
-    )
+    cfg = VAEConfig.micro()
     from flax import nnx
 
     plain = ComputeConfig(staged=False, shortcut_on_the_fly=False, in_place_conv2=False)

@@ -32,14 +32,7 @@ def test_the_golden_checkpoint_is_written_back_with_its_own_names_shapes_and_val
 
 
 def test_a_random_vae_with_2d_and_3d_blocks_round_trips(tmp_path):
-    cfg = VAEConfig(
-        hidden_size=32, hidden_size_mult=(1, 2, 2), num_res_blocks=1,
-        encoder_resnet_blocks=("ResnetBlock2D", "ResnetBlock3D", "ResnetBlock3D"),
-        encoder_spatial_downsample=("Downsample", "Spatial2xTime2x3DDownsample", ""),
-        encoder_temporal_downsample=("", "", ""), decoder_resnet_blocks=("ResnetBlock3D",) * 3,
-        decoder_spatial_upsample=("", "SpatialUpsample2x", "Spatial2xTime2x3DUpsample"),
-        decoder_temporal_upsample=("", "", ""),
-    )
+    cfg = VAEConfig.micro()
     vae = random_vae(cfg, seed=5, dtype=jnp.float32)
     back = load_vae(write_vae_folder(vae, tmp_path / "vae"))
     assert back.config == cfg

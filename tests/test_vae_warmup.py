@@ -28,17 +28,7 @@ from jax_vdit.vae.warmup import (
     precompile_encode,
 )
 
-MICRO = VAEConfig(
-    hidden_size=32,
-    hidden_size_mult=(1, 2, 2),
-    num_res_blocks=1,
-    encoder_resnet_blocks=("ResnetBlock2D", "ResnetBlock3D", "ResnetBlock3D"),
-    encoder_spatial_downsample=("Downsample", "Spatial2xTime2x3DDownsample", ""),
-    encoder_temporal_downsample=("", "", ""),
-    decoder_resnet_blocks=("ResnetBlock3D",) * 3,
-    decoder_spatial_upsample=("", "SpatialUpsample2x", "Spatial2xTime2x3DUpsample"),
-    decoder_temporal_upsample=("", "", ""),
-)
+MICRO = VAEConfig.micro()  # every stage kind: 2-D and 3-D blocks, a fused upsample
 # small tiles so that a small latent is cut into edge and interior tiles of several shapes and two time chunks
 TILES = TilingConfig(tile_sample_min_size=16, tile_latent_min_size=4, tile_sample_min_size_t=5,
                      tile_latent_min_size_t=2, tile_overlap_factor=0.25)

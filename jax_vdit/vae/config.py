@@ -277,8 +277,21 @@ class VAEConfig:
         """The golden-test layout: v1.2 block types with hidden_size 32, multipliers 1,2,1,1 (2,045,991 params)."""
         return cls(hidden_size=32, hidden_size_mult=(1, 2, 1, 1))
 
+    @classmethod
+    def micro(cls) -> "VAEConfig":
+        """Three levels with 2-D and 3-D res blocks, a 2-D and a 3-D downsample and a fusable spatial upsample:
+        the smallest layout with every stage kind of the release (compresses 4x in space, 2x in time; tests)."""
+        return cls(
+            hidden_size=32, hidden_size_mult=(1, 2, 2), num_res_blocks=1,
+            encoder_resnet_blocks=("ResnetBlock2D", "ResnetBlock3D", "ResnetBlock3D"),
+            encoder_spatial_downsample=("Downsample", "Spatial2xTime2x3DDownsample", ""),
+            encoder_temporal_downsample=("", "", ""), decoder_resnet_blocks=("ResnetBlock3D",) * 3,
+            decoder_spatial_upsample=("", "SpatialUpsample2x", "Spatial2xTime2x3DUpsample"),
+            decoder_temporal_upsample=("", "", ""),
+        )
 
-PRESETS = {"v1.2": VAEConfig.release_v12, "tiny": VAEConfig.tiny}
+
+PRESETS = {"v1.2": VAEConfig.release_v12, "tiny": VAEConfig.tiny, "micro": VAEConfig.micro}
 
 
 CONV_IMPLS = ("auto", "stack", "taps", "conv3d")
