@@ -15,19 +15,15 @@ import numpy as np
 import pytest
 
 from jax_vdit import sampling
-from jax_vdit.config import get_preset
-from jax_vdit.model import init_model
+
+from tiny_sampler import CFG, SHAPE, sampling_model  # tests/tiny_sampler.py
 
 ROOT = Path(__file__).resolve().parents[1]
-CFG = get_preset("tiny")
-SHAPE = (4, 2, 8, 8)
 
 
 @pytest.fixture(scope="module")
 def model():
-    m = init_model(CFG, seed=3)
-    m.proj_out.kernel[...] = jax.random.normal(jax.random.key(7), m.proj_out.kernel[...].shape) * 0.05
-    return m
+    return sampling_model()
 
 
 @pytest.fixture(scope="module")

@@ -20,9 +20,10 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from jax_vdit import parallel, sampling
-from jax_vdit.config import get_preset
-from jax_vdit.model import AttentionConfig, init_model
+from jax_vdit.model import AttentionConfig
 from jax_vdit.model.attention import sequence_parallel
+
+from tiny_sampler import CFG, SHAPE, sampling_model  # tests/tiny_sampler.py
 
 ROOT = Path(__file__).resolve().parents[1]
 FP32_TOL = 5e-6  # relative; observed ~2e-7 .. 8e-7 (different reduction orders per shard shape)
@@ -97,15 +98,10 @@ def test_multi_device_errors_name_the_problem(worker_rows):
 # ------------------------------------------------------------------------------------------------------------
 # in-process (one device)
 
-CFG = get_preset("tiny")
-SHAPE = (4, 2, 8, 8)
-
 
 @pytest.fixture(scope="module")
 def model():
-    m = init_model(CFG, seed=3)
-    m.proj_out.kernel[...] = jax.random.normal(jax.random.key(7), m.proj_out.kernel[...].shape) * 0.05
-    return m
+    return sampling_model()
 
 
 def test_sampling_on_a_one_device_mesh_equals_plain_sampling(model):

@@ -8,18 +8,13 @@ import numpy as np
 import pytest
 
 from jax_vdit import sampling, schedules
-from jax_vdit.config import get_preset
-from jax_vdit.model import init_model
 
-CFG = get_preset("tiny")
-SHAPE = (4, 2, 8, 8)
+from tiny_sampler import CFG, SHAPE, sampling_model  # tests/tiny_sampler.py
 
 
 @pytest.fixture(scope="module")
 def model():
-    m = init_model(CFG, seed=3)
-    m.proj_out.kernel[...] = jax.random.normal(jax.random.key(7), m.proj_out.kernel[...].shape) * 0.05
-    return m
+    return sampling_model()
 
 
 @pytest.fixture(scope="module")
