@@ -28,6 +28,13 @@ def test_sample_command_writes_latents_and_decodes_to_mp4_with_a_vae(golden_dir,
     """One CLI run (3 CFG steps, then the CausalVAE decode): latents file, report, the mp4 beside it and the
     sidecars. One run instead of two keeps the suite short: each costs ~1 minute of CPU compilation. The size
     comes from the checkpoint (9x64x80 for tiny_a), not a fixed 29x720x1280."""
+    import jax
+
+    from jax_vdit.vae import clear_compile_cache
+
+    # programs compiled by earlier tests in this process (same tiny model and VAE) would hide this run's compiles
+    jax.clear_caches()
+    clear_compile_cache()
     emb = _embeddings(tmp_path / "emb.safetensors")
     out = tmp_path / "out" / "lat.safetensors"
     code = main(["sample", str(golden_dir / "opensora_v12" / "tiny_a"), "--embeddings", str(emb),
