@@ -164,7 +164,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
           file=sys.stderr)
 
     # the VAE's stages compile in a background thread while the transformer compiles and samples
-    vae_warmup = None if args.latents_only else pipe.warm_up_decoder(job)
+    vae_warmup = pipe.warm_up_decoder(job)  # None without a VAE (--latents-only)
     # compile: a one-step run of the very program the timed run uses (same progress setting, same shapes)
     t0 = time.perf_counter()
     with CompileMeter() as warmup_compile:  # JAX's own compile-duration events, this thread only

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from jax_vdit.vae.model import CausalVAE
+from jax_vdit.vae.pipeline import RELEASE_TILING
 from jax_vdit.vae.runtime import (
     StageCall,
     decode_nthwc,
@@ -39,7 +40,6 @@ from jax_vdit.vae.runtime import (
 )
 from jax_vdit.vae.tiling import TilingConfig
 
-RELEASE_TILING = TilingConfig.sample_script()
 
 
 @dataclass(frozen=True)
