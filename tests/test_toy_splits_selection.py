@@ -146,3 +146,56 @@ def test_toybench_reports_a_split_over_seeds(tiny_teacher, tmp_path, monkeypatch
 def test_toybench_bad_arguments_are_named(tiny_teacher, capsys, args, message):
     assert main(["toybench", str(tiny_teacher), "--setting", "ddim:1:none", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_toybench_extend_adds_seeds_to_an_earlier_run(tiny_teacher, tmp_path, capsys):
+    """`--extend` joins runs of the same evaluation: the result equals one run over all the seeds."""
+    one, parts = tmp_path / "one.json", tmp_path / "parts.json"
+    base = ["toybench", str(tiny_teacher), "--setting", "ddim:2:none", "--prompts", "3"]
+    assert main([*base, "--seeds", "0,1,2", "--json", str(one)]) == 0
+    assert main([*base, "--seeds", "0", "--json", str(parts)]) == 0
+    assert main([*base, "--seeds", "1,2", "--json", str(parts), "--extend"]) == 0
+    whole, joined = json.loads(one.read_text()), json.loads(parts.read_text())
+    assert joined["header"]["seeds"] == [0, 1, 2]
+    assert [c.split("--seeds ")[1].split()[0] for c in joined["header"]["commands"]] == ["0", "1,2"]
+    assert joined["results"] == whole["results"]
+    assert "noise seeds [0, 1, 2]" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seeds", "0"], "noise seeds [0] are already in the earlier toybench results"),
+    (["--seeds", "3", "--prompts", "2"], "prompts (3 vs 2)"),
+    (["--seeds", "3", "--split", "validation"], "split ('test' vs 'validation')"),
+    (["--seeds", "3", "--setting", "ddim:1:none"], "settings (['ddim:2:none'] vs ['ddim:1:none'])"),
+])
+def test_toybench_extend_refuses_a_different_evaluation(tiny_teacher, tmp_path, capsys, args, message):
+    out = tmp_path / "tb.json"
+    assert main(["toybench", str(tiny_teacher), "--setting", "ddim:2:none", "--prompts", "3", "--seeds", "0",
+                 "--json", str(out)]) == 0
+    before = out.read_text()
+    extra = [] if "--setting" in args else ["--setting", "ddim:2:none"]
+    extra += [] if "--prompts" in args or "--split" in args else ["--prompts", "3"]
+    assert main(["toybench", str(tiny_teacher), *extra, *args, "--json", str(out), "--extend"]) == 2
+    assert message in capsys.readouterr().err
+    assert out.read_text() == before  # nothing lost
+
+
+def test_toybench_extend_needs_an_existing_file(tiny_teacher, tmp_path, capsys):
+    assert main(["toybench", str(tiny_teacher), "--setting", "ddim:1:none", "--seeds", "0", "--extend",
+                 "--json", str(tmp_path / "none.json")]) == 2
+    assert "--extend adds seeds to an existing --json file" in capsys.readouterr().err
+
+
+def test_extend_seeds_reads_the_checkpoint_of_older_files_from_their_command():
+    from jax_vdit.toy.bench import extend_seeds, summarise_seeds
+
+    def run(seed, command, **header):
+        return {"header": {"command": command, "world": "w", "split": "test", "prompts": 4, "platform": "cpu",
+                           "device_kind": "cpu", "jax": "0.10.2", "seeds": [seed], **header},
+                "results": {"s": summarise_seeds({seed: {"alignment": 0.5 + seed / 10}})}}
+
+    old = run(0, "vdit toybench runs/teacher --seeds 0")  # written before headers named the checkpoint
+    joined = extend_seeds(old, run(1, "vdit toybench runs/teacher --seeds 1", checkpoint="runs/teacher"))
+    assert joined["results"]["s"]["mean"]["alignment"] == pytest.approx(0.55)
+    with pytest.raises(ValueError, match="checkpoint \\('runs/teacher' vs 'runs/other'\\)"):
+        extend_seeds(old, run(1, "vdit toybench runs/other --seeds 1", checkpoint="runs/other"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 
@@ -66,10 +67,12 @@ def _cmd_toybench(args: argparse.Namespace) -> int:
     from jax_vdit.model import DENSE
     from jax_vdit import toy
     from jax_vdit.records import write_json
-    from jax_vdit.toy.bench import device_info, summarise_seeds
+    from jax_vdit.toy.bench import device_info, extend_seeds, summarise_seeds
     from jax_vdit.toy.world import format_table, report_split
 
     seeds = parse_seeds(args.seeds)
+    if args.extend and not (args.json and Path(args.json).is_file()):
+        raise ValueError(f"--extend adds seeds to an existing --json file; {args.json!r} is not one")
     folder = Path(args.checkpoint) if args.checkpoint else toy.TOY_TEACHER_DIR
     world = toy.world_for(folder, args.world)
     split = report_split(world, args.split)
@@ -84,7 +87,7 @@ def _cmd_toybench(args: argparse.Namespace) -> int:
     else:
         model = toy.load_toy_teacher(args.checkpoint, compute_dtype=args.compute_dtype)
     args.setting = args.setting or ["euler_ancestral:100:4", "euler_ancestral:4:4"]
-    results, table = {}, {}
+    results = {}
     for setting in args.setting:
         sampler, steps, guidance = setting.split(":")
         g = None if guidance in ("none", "") else float(guidance)
@@ -98,21 +101,25 @@ def _cmd_toybench(args: argparse.Namespace) -> int:
                                       attention=attention)
             per_seed[seed] = toy.toybench(videos, specs, world)
         results[setting] = summarise_seeds(per_seed)
-        table[setting] = results[setting]["mean"]
     device = device_info()
+    header = {"command": "vdit toybench " + " ".join(args.argv), "checkpoint": str(args.checkpoint or folder),
+              **device, "jax": jax.__version__, "world": world.name, "split": split.name, "prompts": len(specs),
+              "seeds": seeds}
+    payload = {"header": header, "results": results}
+    if args.extend:
+        payload = extend_seeds(json.loads(Path(args.json).read_text()), payload)
+        results, seeds = payload["results"], payload["header"]["seeds"]
     print(f"ToyBench on the {split.name} split of {world.name}: {len(specs)} prompts, noise seeds {seeds}, "
           f"device {device['platform']} ({device['device_kind']}); means over seeds:")
-    print(format_table(table, keys=["alignment", "overall", "smoothness", "consistency", "dynamic_degree",
-                                    "direction_acc"]))
+    print(format_table({k: r["mean"] for k, r in results.items()},
+                       keys=["alignment", "overall", "smoothness", "consistency", "dynamic_degree", "direction_acc"]))
     for setting, r in results.items():
         sd = r["sd"]["alignment"]
         per = ", ".join(f"{r['per_seed'][s]['alignment']:.3f}" for s in seeds)
         print(f"{setting}: alignment {r['mean']['alignment']:.3f}"
               + (f" +/- {sd:.3f} (sd over seeds)" if sd is not None else "") + f"; per seed {per}")
     if args.json:
-        header = {"command": "vdit toybench " + " ".join(args.argv), **device, "jax": jax.__version__,
-                  "world": world.name, "split": split.name, "prompts": len(specs), "seeds": seeds}
-        write_json(args.json, {"header": header, "results": results})
+        write_json(args.json, payload)
     return 0
 
 
@@ -172,4 +179,7 @@ def register(sub) -> None:
     b.add_argument("--compute-dtype", default="float32")
     b.add_argument("--json", default=None,
                    help="also write every score (per attribute; mean, sd and per seed), the command and the device")
+    b.add_argument("--extend", action="store_true",
+                   help="add these seeds to the results already in --json (same checkpoint, world, split, prompts, "
+                        "settings, device and jax; no seed twice): a long evaluation in several runs")
     b.set_defaults(func=_cmd_toybench)

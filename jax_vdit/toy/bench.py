@@ -79,6 +79,46 @@ def summarise_seeds(per_seed: dict[int, dict[str, float]]) -> dict:
             "seeds": [int(s) for s in per_seed]}
 
 
+# what two `vdit toybench --json` runs must share to be one evaluation over more seeds
+_SAME_RUN = ("checkpoint", "world", "split", "prompts", "platform", "device_kind", "jax")
+
+
+def _checkpoint_of(header: dict) -> str | None:
+    """The checkpoint a toybench header scored (recorded since 2026-12; older files: the command's first argument)."""
+    if header.get("checkpoint"):
+        return str(header["checkpoint"])
+    words = str(header.get("command", "")).split()[2:]
+    return words[0] if words and not words[0].startswith("--") else None
+
+
+def extend_seeds(old: dict, new: dict) -> dict:
+    """Join two ``vdit toybench --json`` payloads of the same evaluation run with different noise seeds.
+
+    Both must score the same checkpoint, world, split, prompt count, sampler settings, device and jax version, and
+    no seed may appear in both; otherwise ``ValueError`` names what differs. Returns a payload of the same layout whose
+    results are :func:`summarise_seeds` of the union of the per-seed scores, whose header lists both runs' commands
+    (``commands``) and whose ``seeds`` are the old seeds then the new ones."""
+    h_old, h_new = dict(old["header"]), dict(new["header"])
+    h_old["checkpoint"], h_new["checkpoint"] = _checkpoint_of(h_old), _checkpoint_of(h_new)
+    differ = [f"{k} ({h_old.get(k)!r} vs {h_new.get(k)!r})" for k in _SAME_RUN if h_old.get(k) != h_new.get(k)]
+    if set(old["results"]) != set(new["results"]):
+        differ.append(f"settings ({sorted(old['results'])} vs {sorted(new['results'])})")
+    if differ:
+        raise ValueError("cannot add these seeds to the earlier toybench results: they differ in " + "; ".join(differ))
+    repeated = sorted(set(map(int, h_old["seeds"])) & set(map(int, h_new["seeds"])))
+    if repeated:
+        raise ValueError(f"noise seeds {repeated} are already in the earlier toybench results")
+    results = {}
+    for setting, row in old["results"].items():
+        per_seed = {int(s): v for s, v in row["per_seed"].items()}
+        per_seed.update({int(s): v for s, v in new["results"][setting]["per_seed"].items()})
+        results[setting] = summarise_seeds(per_seed)
+    commands = list(h_old.get("commands") or [h_old["command"]]) + [h_new["command"]]
+    header = {**h_new, "command": h_new["command"], "commands": commands,
+              "seeds": [int(s) for s in h_old["seeds"]] + [int(s) for s in h_new["seeds"]]}
+    return {"header": header, "results": results}
+
+
 def device_info() -> dict[str, str]:
     """Which device runs the sampling: ``platform`` ("cpu", "gpu", "tpu"; numerics differ between them) and
     ``device_kind``."""
