@@ -1,0 +1,180 @@
+"""Tables and a plot of the time-to-first-video results (``bench_first_video``, ``bench_torch_release``).
+
+Reads from ``--dir`` every ``first_video_*.json`` (cold and warm children per case), ``compare_scan_*.json``
+(scanned vs unrolled sampler) and ``torch_release_*.json`` (the PyTorch release's first step), and writes
+``first_video.md`` (tables with the goals of issue 19) and ``first_video.png`` (where the seconds of each cold and
+warm run go) into the same folder.
+
+    python -m experiments.summarize_first_video --dir experiments/results/first_video
+
+Two derived figures are labelled as computed, never as measured:
+* ``total - init``: the run without the random initialisation of the weights (a user reads a checkpoint instead,
+  which this benchmark does not time);
+* a teacher run measured at N < 100 steps is projected to 100 steps as ``total + (100 - N) x sample_s / N``: the
+  sampler is one program whatever the step count, so only the loop runs longer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# goals of issue 19 (seconds, cold total / warm total) per size
+GOALS = {"full": (20.0, 8.0), "full93": (40.0, None)}
+PHASES = ("import_s", "init_s", "sampler_lower_s", "sampler_compile_s", "sample_s", "vae_warmup_wait_s",
+          "decode_s", "write_s")
+
+
+def _f(x: float | None, nd: int = 2) -> str:
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+def load(folder: Path, pattern: str) -> list[tuple[str, dict]]:
+    """``(file stem, JSON)`` of every file matching ``pattern`` in ``folder``, sorted by name."""
+    return [(p.stem, json.loads(p.read_text())) for p in sorted(folder.glob(pattern))]
+
+
+def first_video_rows(stem: str, data: dict) -> list[dict]:
+    """One row per case and phase (cold, warm) with the measured seconds and the derived ones."""
+    rows = []
+    for case, phases in data["cases"].items():
+        for phase in ("cold", "warm"):
+            r = phases.get(phase)
+            if r is None:
+                continue
+            steps = r.get("steps")
+            row = {"file": stem, "size": data.get("size"), "device": data.get("device"), "case": case,
+                   "phase": phase, **{k: r.get(k) for k in PHASES}, "total_s": r["total_s"],
+                   "total_less_init_s": r["total_s"] - r.get("init_s", 0.0), "steps": steps,
+                   "vae_stage_compile_s": r.get("vae_stage_compile_s"), "vae_warmup_s": r.get("vae_warmup_s"),
+                   "cache_misses": r.get("cache_misses"), "cache_hits": r.get("cache_hits")}
+            if case.startswith("teacher") and steps and steps < 100:
+                extra = (100 - steps) * r["sample_s"] / steps
+                row["teacher100_total_s_computed"] = r["total_s"] + extra
+                row["teacher100_total_less_init_s_computed"] = row["total_less_init_s"] + extra
+            rows.append(row)
+    return rows
+
+
+def first_video_table(rows: list[dict]) -> str:
+    head = ("| size | case | phase | total s | total - init s (computed) | goal s | import | init | sampler lower "
+            "+ compile | sample | VAE warm-up wait | decode | write | cache misses | device |")
+    lines = [head, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        cold_goal, warm_goal = GOALS.get(r["size"], (None, None))
+        goal = (cold_goal if r["phase"] == "cold" else warm_goal) if r["case"] == "student" else None
+        compile_s = (r["sampler_lower_s"] or 0.0) + (r["sampler_compile_s"] or 0.0)
+        lines.append(f"| {r['size']} | {r['case']} ({r['steps']} steps) | {r['phase']} | {_f(r['total_s'], 1)} | "
+                     f"{_f(r['total_less_init_s'], 1)} | {'-' if goal is None else f'<= {goal:g}'} | "
+                     f"{_f(r['import_s'], 1)} | {_f(r['init_s'], 1)} | {_f(compile_s, 1)} | {_f(r['sample_s'])} | "
+                     f"{_f(r['vae_warmup_wait_s'])} | {_f(r['decode_s'])} | {_f(r['write_s'])} | "
+                     f"{r['cache_misses']} | {r['device']} |")
+    projected = [r for r in rows if "teacher100_total_s_computed" in r]
+    if projected:
+        lines += ["", "Teacher at 100 steps (computed from the run above: total + (100 - N) x sample_s / N):", "",
+                  "| size | phase | measured steps | total s (computed) | total - init s (computed) |",
+                  "|---|---|---:|---:|---:|"]
+        lines += [f"| {r['size']} | {r['phase']} | {r['steps']} | {r['teacher100_total_s_computed']:.1f} | "
+                  f"{r['teacher100_total_less_init_s_computed']:.1f} |" for r in projected]
+    return "\n".join(lines)
+
+
+def scan_table(runs: list[tuple[str, dict]]) -> str:
+    """Scanned vs unrolled rows side by side, with the run-time ratio (goal: within 2%)."""
+    lines = ["| size | attention | layers | scanned: lower + compile s | unrolled: lower + compile s | scanned run s "
+             "(median) | unrolled run s (median) | scanned / unrolled run | while loops (scanned / unrolled) | "
+             "device |", "|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    for _, data in runs:
+        by_key: dict[tuple, dict] = {}
+        for row in data["rows"]:
+            by_key.setdefault((row.get("attention", "1:7"), row["layers"]), {})[row["scan_layers"]] = row
+        for (attention, layers), pair in by_key.items():
+            s, u = pair.get(True), pair.get(False)
+
+            def comp(r):
+                return None if r is None else r["lower_s"] + r["compile_s"]
+
+            def run(r):
+                return None if r is None else r.get("sample_s_median")
+
+            ratio = (run(s) / run(u)) if run(s) and run(u) else None
+            loops = f"{s['hlo_while_loops'] if s else '-'} / {u['hlo_while_loops'] if u else '-'}"
+            lines.append(f"| {data.get('size')} | {attention} | {layers} | {_f(comp(s), 1)} | {_f(comp(u), 1)} | "
+                         f"{_f(run(s), 3)} | {_f(run(u), 3)} | {_f(ratio, 3)} | {loops} | {data.get('device')} |")
+    return "\n".join(lines)
+
+
+def torch_table(runs: list[tuple[str, dict]], rows: list[dict]) -> str:
+    """The release's time to its first step beside ours (teacher: one step of the sampler; computed)."""
+    lines = ["| implementation | size | run | imports s | weights s (random, not compared) | first step s | "
+             "time to first step s (no weights) | later step s | device |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for _, data in runs:
+        for i, r in enumerate(data["runs"]):
+            later = sum(r["step_s"]) / len(r["step_s"]) if r["step_s"] else None
+            lines.append(f"| PyTorch release ({data['attention_mode']}) | {data['size']} | {i} | {r['import_s']:.1f} | "
+                         f"{r['init_s']:.1f} | {r['first_step_s']:.2f} | {r['time_to_first_step_s']:.1f} | "
+                         f"{_f(later)} | {data['device']} |")
+    for r in rows:
+        if r["case"] != "teacher" or not r["steps"]:
+            continue
+        step = r["sample_s"] / r["steps"]
+        first = r["import_s"] + r["sampler_lower_s"] + r["sampler_compile_s"] + step
+        lines.append(f"| jax-vdit (computed: imports + sampler compile + 1 step) | {r['size']} | {r['phase']} | "
+                     f"{r['import_s']:.1f} | {r['init_s']:.1f} | {step:.2f} | {first:.1f} | {step:.2f} | "
+                     f"{r['device']} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Stacked bars: where the seconds of each cold and warm run go."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['size']} {r['case']}\n{r['phase']}" for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows)), 4.5))
+    bottom = [0.0] * len(rows)
+    for key in PHASES:
+        vals = [r.get(key) or 0.0 for r in rows]
+        ax.bar(labels, vals, bottom=bottom, label=key.removesuffix("_s").replace("_", " "))
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax.set_ylabel("seconds from process start")
+    ax.set_title("Time to first video (random weights)")
+    ax.legend(fontsize=7, ncol=2)
+    plt.setp(ax.get_xticklabels(), fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dir", type=Path, default=ROOT / "experiments" / "results" / "first_video")
+    args = p.parse_args(argv)
+    videos = load(args.dir, "first_video_*.json")
+    scans = load(args.dir, "compare_scan_*.json")
+    torch_runs = load(args.dir, "torch_release_*.json")
+    if not (videos or scans or torch_runs):
+        raise SystemExit(f"no first_video_*, compare_scan_* or torch_release_* results in {args.dir}")
+    rows = [r for stem, data in videos for r in first_video_rows(stem, data)]
+    parts = ["# Time to first video: summary", "",
+             "Generated by `python -m experiments.summarize_first_video` from the JSON files here; random weights "
+             "(release architecture) wherever the size is full or full93. Commands:", ""]
+    parts += [f"    {data['command']}" for _, data in videos + scans + torch_runs]
+    if rows:
+        parts += ["", "## Fresh process to mp4", "", first_video_table(rows)]
+    if scans:
+        parts += ["", "## Scanned vs unrolled transformer (student sampler)", "", scan_table(scans)]
+    if torch_runs:
+        parts += ["", "## Time to the first step: the PyTorch release and ours", "", torch_table(torch_runs, rows)]
+    (args.dir / "first_video.md").write_text("\n".join(parts) + "\n")
+    if rows:
+        plot(rows, args.dir / "first_video.png")
+    print("\n".join(parts))
+
+
+if __name__ == "__main__":
+    main()

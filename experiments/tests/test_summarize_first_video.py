@@ -1,0 +1,47 @@
+"""The time-to-first-video summary derives its computed figures correctly and writes the table and the plot."""
+
+import json
+
+import pytest
+
+from experiments.summarize_first_video import first_video_rows, main, scan_table
+
+
+def _child(total, init, sample, steps, **kw):
+    return {"import_s": 2.0, "init_s": init, "sampler_lower_s": 1.0, "sampler_compile_s": 3.0, "sample_s": sample,
+            "decode_s": 1.5, "write_s": 0.2, "total_s": total, "steps": steps, "cache_misses": 0, **kw}
+
+
+def test_rows_leave_out_init_and_project_the_teacher_to_100_steps():
+    data = {"size": "full", "device": "H100", "cases": {
+        "student": {"cold": _child(30.0, 12.0, 2.0, 4), "warm": _child(9.0, 2.5, 2.0, 4)},
+        "teacher": {"cold": _child(40.0, 12.0, 15.0, 10)}}}
+    rows = first_video_rows("first_video_full", data)
+    assert [(r["case"], r["phase"]) for r in rows] == [("student", "cold"), ("student", "warm"), ("teacher", "cold")]
+    assert rows[0]["total_less_init_s"] == pytest.approx(18.0)
+    assert "teacher100_total_s_computed" not in rows[0]
+    assert rows[2]["teacher100_total_s_computed"] == pytest.approx(40.0 + 90 * 1.5)
+    assert rows[2]["teacher100_total_less_init_s_computed"] == pytest.approx(28.0 + 90 * 1.5)
+
+
+def test_scan_table_pairs_scanned_and_unrolled_runs():
+    rows = [{"attention": "1:7", "layers": 32, "scan_layers": s, "lower_s": 1.0, "compile_s": c,
+             "sample_s_median": m, "hlo_while_loops": w} for s, c, m, w in ((True, 9.0, 1.02, 2), (False, 70.0, 1.0, 1))]
+    table = scan_table([("compare_scan_full", {"size": "full", "device": "H100", "rows": rows})])
+    assert "| full | 1:7 | 32 | 10.0 | 71.0 | 1.020 | 1.000 | 1.020 | 2 / 1 | H100 |" in table
+
+
+def test_main_writes_the_summary_and_the_plot(tmp_path):
+    (tmp_path / "first_video_full.json").write_text(json.dumps(
+        {"command": "python -m experiments.bench_first_video --size full", "size": "full", "device": "H100",
+         "cases": {"student": {"cold": _child(19.0, 6.0, 1.8, 4), "warm": _child(7.0, 2.0, 1.8, 4)}}}))
+    main(["--dir", str(tmp_path)])
+    text = (tmp_path / "first_video.md").read_text()
+    assert "| full | student (4 steps) | cold | 19.0 | 13.0 | <= 20 |" in text
+    assert "| full | student (4 steps) | warm | 7.0 | 5.0 | <= 8 |" in text
+    assert (tmp_path / "first_video.png").stat().st_size > 0
+
+
+def test_main_refuses_an_empty_folder(tmp_path):
+    with pytest.raises(SystemExit, match="no first_video_"):
+        main(["--dir", str(tmp_path)])
