@@ -15,6 +15,13 @@ seconds from ``vae.compile_log``), the mp4 write, the total, and the persistent 
 blocks scanned (``AttentionConfig(scan_layers=True)``) and unrolled, and reports trace+lower and compile seconds
 and the ``while`` loops in the compiled HLO (no persistent cache).
 
+``--cli`` times the command a user types instead: it writes a random-weight student folder in the release format
+(``config.json`` + bf16 safetensors, ``student.json`` with the 4 edges, ``mask_schedule.json`` with the case's mask
+on every layer), a release-format VAE folder and a caption-embeddings file, then runs
+``vdit sample STUDENT --vae VAE --embeddings E`` twice with one fresh ``--compile-cache``: cold, then warm. Each
+wall time is measured around the process and includes reading the checkpoint (from the page cache: it was just
+written), the CLI's one-step warm-up, the 4 steps, the decode and the mp4.
+
 ``--size full93`` runs the student at 93x720p (latents 4x24x90x160) with the paper's 3:21 mask on every layer.
 ``--size tiny`` runs everything at a CPU-sized scale (the ``tiny`` preset with 8 latent frames, a narrow VAE) so
 the script can be checked anywhere; its times say nothing about a GPU.
@@ -184,6 +191,62 @@ def run_case(size: str, case: str, work: Path, *, vae_warmup: bool = True, teach
     return out
 
 
+# ---------------------------------------------------------------------------------------------- the CLI itself
+def write_student_inputs(size: str, work: Path) -> tuple[Path, Path, Path]:
+    """A random-weight student folder (release format, bf16 at full size), a VAE folder and an embeddings file."""
+    import jax
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    import pallas_kernels
+    from jax_vdit.io.release import write_release_folder
+    from jax_vdit.io.vae_weights import write_vae_folder
+    from jax_vdit.student import MASK_SCHEDULE_FILE, write_student_info
+
+    model, kwargs, text, mask = _setup(size, "student")
+    dtype = "bfloat16" if size.startswith("full") else "float32"
+    student = write_release_folder(model, work / "student", dtype=dtype)
+    write_student_info(student, edges=STUDENT_EDGES, guidance_distilled=4.5, mask_schedule=True,
+                       teacher="random weights (benchmark)")
+    frames = kwargs["latent_shape"][1]
+    pallas_kernels.MaskSchedule.uniform(pallas_kernels.TileMask.from_string(STUDENT_MASK[size], frames),
+                                        model.cfg.num_layers).save(student / MASK_SCHEDULE_FILE)
+    del model
+    vae = write_vae_folder(_vae(size), work / "vae", dtype=dtype)
+    embeddings = work / "embeddings.safetensors"
+    save_file({"text": np.asarray(jax.device_get(text), np.float32), "text_mask": np.asarray(mask, np.int32)},
+              str(embeddings))
+    return student, vae, embeddings
+
+
+def run_cli(size: str, work: Path) -> dict:
+    """``vdit sample`` of a random student, cold then warm (one fresh compile cache); wall seconds and reports."""
+    t = time.perf_counter()
+    student, vae, embeddings = write_student_inputs(size, work)
+    out = {"write_inputs_s": round(time.perf_counter() - t, 1)}
+    _, (_, t, h, w), _, _ = SIZES[size]
+    video = ["--frames", str((t - 1) * 4 + 1), "--height", str(h * 8), "--width", str(w * 8)]
+    cache = work / "xla-cli"
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for phase in ("cold", "warm"):
+        cmd = [sys.executable, "-c", "import sys; from jax_vdit.cli import main; sys.exit(main(sys.argv[1:]))",
+               "sample", str(student), "--vae", str(vae), "--embeddings", str(embeddings), "--compile-cache",
+               str(cache), "--out", str(work / f"cli_{phase}.safetensors"), "--quiet", *video]
+        if not size.startswith("full"):
+            cmd += ["--param-dtype", "float32", "--compute-dtype", "float32"]
+        shown = "vdit " + " ".join(cmd[3:])
+        log(f"cli {phase}: {shown}")
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        if proc.returncode != 0:
+            raise RuntimeError(f"cli {phase} failed:\n{proc.stderr[-6000:]}")
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+        out[phase] = {"wall_s": round(wall, 2), "command": shown, "report": report}
+        log(f"cli {phase}: {wall:.1f} s; {report}")
+    return out
+
+
 # ------------------------------------------------------------------------------------------- scan vs unrolled
 def compare_scan(size: str, depths: list[int], specs: list[str], runs: int = 3) -> list[dict]:
     """Compile the student sampler for each attention spec and depth, scanned and unrolled (no persistent
@@ -238,6 +301,7 @@ def main(argv: list[str] | None = None) -> None:
                    "k:m, mixed (k:m cycling over 1:m.. every layer, scanned in runs) or mixed-switch (the same "
                    "schedule in one scan with a switch over its masks)")
     p.add_argument("--runs", type=int, default=3, help="timed runs per executable for --compare-scan")
+    p.add_argument("--cli", action="store_true", help="time `vdit sample` of a random student folder instead")
     p.add_argument("--out", default=None, help="write results JSON here (a folder)")
     p.add_argument("--tag", default=None, help="suffix of the results file name")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -249,7 +313,11 @@ def main(argv: list[str] | None = None) -> None:
                                teacher_steps=args.teacher_steps)))
         return
     suffix = f"_{args.tag}" if args.tag else ""
-    if args.compare_scan:
+    if args.cli:
+        with tempfile.TemporaryDirectory(prefix="first_video_cli_") as work:
+            result = {**_meta(args), "cli": run_cli(args.size, Path(work))}
+        name = f"first_video_cli_{args.size}{suffix}.json"
+    elif args.compare_scan:
         rows = compare_scan(args.size, [int(d) for d in args.depths.split(",")],
                             [a for a in args.attention.split(",") if a], runs=args.runs)
         result = {**_meta(args), "rows": rows}

@@ -45,3 +45,16 @@ def test_main_writes_the_summary_and_the_plot(tmp_path):
 def test_main_refuses_an_empty_folder(tmp_path):
     with pytest.raises(SystemExit, match="no first_video_"):
         main(["--dir", str(tmp_path)])
+
+
+def test_cli_runs_get_their_own_table_with_the_goals(tmp_path):
+    report = {"load_s": 4.0, "compile_s": 9.5, "compile": {"programs": 13, "cache_misses": 2}, "sampling_s": 1.8,
+              "vae_compile_wait_s": 0.1, "decode_s": 2.0}
+    (tmp_path / "first_video_cli_full.json").write_text(json.dumps(
+        {"command": "python -m experiments.bench_first_video --size full --cli", "size": "full", "device": "H200",
+         "cli": {"cold": {"wall_s": 18.25, "report": report}, "warm": {"wall_s": 7.5, "report": report}}}))
+    main(["--dir", str(tmp_path)])
+    text = (tmp_path / "first_video.md").read_text()
+    assert "| full | cold | 18.2 | <= 20 | 4.0 | 9.5 (13, 2) | 1.80 | 0.10 | 2.00 | H200 |" in text
+    assert "| full | warm | 7.5 | <= 8 |" in text
+    assert not (tmp_path / "first_video.png").exists()  # no fresh-process cases: nothing to plot
