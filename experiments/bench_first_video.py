@@ -40,12 +40,13 @@ import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import datetime as dt  # noqa: E402
 import json  # noqa: E402
-import os  # noqa: E402
 import platform  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+from experiments.child_env import child_env, parent_releases_gpu_memory  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = ("student", "teacher")
@@ -175,7 +176,7 @@ def run_case(size: str, case: str, work: Path, *, vae_warmup: bool = True, teach
     tag = case if vae_warmup else f"{case}-sequential-vae"
     cache = work / f"xla-{tag}"
     cache.mkdir(parents=True, exist_ok=False)
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = child_env()
     out = {}
     for phase in ("cold", "warm"):
         cmd = [sys.executable, "-m", "experiments.bench_first_video", "--child", case, "--size", size,
@@ -227,7 +228,7 @@ def run_cli(size: str, work: Path) -> dict:
     _, (_, t, h, w), _, _ = SIZES[size]
     video = ["--frames", str((t - 1) * 4 + 1), "--height", str(h * 8), "--width", str(w * 8)]
     cache = work / "xla-cli"
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = child_env()
     for phase in ("cold", "warm"):
         cmd = [sys.executable, "-c", "import sys; from jax_vdit.cli import main; sys.exit(main(sys.argv[1:]))",
                "sample", str(student), "--vae", str(vae), "--embeddings", str(embeddings), "--compile-cache",
@@ -313,6 +314,8 @@ def main(argv: list[str] | None = None) -> None:
                                teacher_steps=args.teacher_steps)))
         return
     suffix = f"_{args.tag}" if args.tag else ""
+    if not args.compare_scan:  # children do the timed work: leave them the GPU's memory
+        parent_releases_gpu_memory()
     if args.cli:
         with tempfile.TemporaryDirectory(prefix="first_video_cli_") as work:
             result = {**_meta(args), "cli": run_cli(args.size, Path(work))}

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.child_env import child_env, parent_releases_gpu_memory
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -89,7 +91,7 @@ def run_prepare(inputs: dict, out: Path, size: str, vae_dtype: str) -> dict:
            "prepare-data", "--videos", str(inputs["videos"]),
            "--captions", str(inputs["captions"]), "--out", str(out), "--vae", str(inputs["vae"]),
            "--vae-dtype", vae_dtype, "--embeddings", str(inputs["embeddings"]), "--size", size, "--no-progress"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = child_env()
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -118,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workdir", default=None, help="where inputs and shards go (default: a temporary folder)")
     p.add_argument("--out", default=None, help="results folder for the JSON")
     args = p.parse_args(argv)
+    parent_releases_gpu_memory()  # the parent writes the random VAE; `vdit prepare-data` (a child) is timed
     import jax
 
     source = tuple(int(x) for x in args.source.lower().split("x"))

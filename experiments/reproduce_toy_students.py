@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from experiments.child_env import child_env
+
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "jax_vdit" / "toy" / "assets"
 WORLD = "toy-9x24x24-subframe"
@@ -50,8 +52,7 @@ def _vdit(*args: str) -> list[str]:
 
 def run(cmd: list[str], log_file: Path) -> float:
     """Run one command (output to ``log_file``); returns its wall seconds; raises with the log's tail if it fails."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               TQDM_MININTERVAL=os.environ.get("TQDM_MININTERVAL", "30"))
+    env = child_env(TQDM_MININTERVAL=os.environ.get("TQDM_MININTERVAL", "30"))
     shown = " ".join(["vdit", *cmd[3:]])
     print(f"[{time.strftime('%H:%M:%S')}] {shown}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
