@@ -553,10 +553,39 @@ def train(
                         f.write(json.dumps({"step": done, **{k: float(v) for k, v in scores.items()}}) + "\n")
                 if out_of_time:
                     break
+    except jax.errors.JaxRuntimeError as err:
+        if is_out_of_memory(err):
+            raise DeviceMemoryError(out_of_memory_message(err, step + 1, ckpts.latest_step())) from err
+        raise
     finally:
         bar.close()
         ckpts.close()
     return RunResult(state=state, parts=parts, resumed_from=resumed_from, history=history)
+
+
+class DeviceMemoryError(MemoryError):
+    """A training step needed more memory than its device has (XLA's RESOURCE_EXHAUSTED / out of memory)."""
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether a JAX runtime error is an allocation failure (GPU/TPU RESOURCE_EXHAUSTED, XLA:CPU out of memory)."""
+    text = str(err)
+    return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
+
+
+def out_of_memory_message(err: BaseException, step: int, last_checkpoint: int | None) -> str:
+    """What ran out, how much XLA asked for where it says, and the settings that lower a step's memory."""
+    import re
+
+    device = jax.devices()[0]
+    found = re.search(r"allocat\w* (\d+) bytes", str(err))
+    asked = f"; XLA asked for {int(found.group(1)) / 2**30:.1f} GiB at once" if found else ""
+    kept = f"the last checkpoint (step {last_checkpoint}) is intact" if last_checkpoint else "no checkpoint written"
+    first_line = str(err).strip().splitlines()[0][:300]
+    return (f"training ran out of memory by step {step} on {device.platform} ({device.device_kind}){asked}; {kept}. "
+            "Lower the memory of a step: rematerialise activations (vdit distill: --set remat=true), a smaller "
+            "batch (--set batch_size=N; vdit train-teacher: --batch N), or shard parameters and optimiser state "
+            "over more devices (--set fsdp=true --set mesh_data=N). XLA said: " + first_line)
 
 
 def _nanmean(values: list[float]) -> float:

@@ -155,3 +155,59 @@ def test_evaluate_hook_runs_on_schedule_with_the_current_ema(tmp_path):
     with pytest.raises(ValueError, match="evaluate_every"):
         train(init_model(CFG, seed=0), DiffusionObjective(), _batch_at, cfg, tmp_path / "x", frozen=FROZEN,
               show_progress=False, evaluate=evaluate)
+
+
+def test_out_of_memory_names_the_step_the_size_and_the_settings_that_help(tmp_path, monkeypatch):
+    """An allocation failure in a step becomes a DeviceMemoryError that says how much XLA asked for, what is kept,
+    and which settings lower a step's memory (not a raw XLA error from wherever it surfaced)."""
+    from jax_vdit import training
+
+    real = training.make_train_step
+
+    def failing_after_two(*args, **kwargs):
+        step = real(*args, **kwargs)
+        calls = []
+
+        def run(state, batch, frozen):
+            calls.append(1)
+            if len(calls) == 3:
+                raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 42956094504 bytes.")
+            return step(state, batch, frozen)
+
+        return run
+
+    monkeypatch.setattr(training, "make_train_step", failing_after_two)
+    cfg = TrainConfig(steps=6, learning_rate=1e-3, log_every=1, checkpoint_every=2)
+    with pytest.raises(training.DeviceMemoryError) as info:
+        train(init_model(CFG, seed=0), DiffusionObjective(), _batch_at, cfg, tmp_path, frozen=FROZEN,
+              show_progress=False)
+    message = str(info.value)
+    assert "training ran out of memory by step 3 on cpu" in message and "40.0 GiB at once" in message
+    assert "last checkpoint (step 2) is intact" in message and "--set remat=true" in message
+    assert isinstance(info.value, MemoryError)
+
+
+def test_other_runtime_errors_pass_through(tmp_path, monkeypatch):
+    from jax_vdit import training
+
+    def broken(*args, **kwargs):
+        def run(state, batch, frozen):
+            raise jax.errors.JaxRuntimeError("INTERNAL: something else")
+        return run
+
+    monkeypatch.setattr(training, "make_train_step", broken)
+    cfg = TrainConfig(steps=2, learning_rate=1e-3, log_every=1, checkpoint_every=2)
+    with pytest.raises(jax.errors.JaxRuntimeError, match="something else"):
+        train(init_model(CFG, seed=0), DiffusionObjective(), _batch_at, cfg, tmp_path, frozen=FROZEN,
+              show_progress=False)
+
+
+def test_the_cli_reports_a_memory_error_as_an_error_line(monkeypatch, capsys):
+    from jax_vdit.cli import main, toy
+
+    def out_of_memory(args):
+        raise MemoryError("training step 1 ran out of memory on cpu (cpu)")
+
+    monkeypatch.setattr(toy, "_cmd_toybench", out_of_memory)
+    assert main(["toybench"]) == 2
+    assert "vdit toybench: error: training step 1 ran out of memory" in capsys.readouterr().err

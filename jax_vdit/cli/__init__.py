@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[2:] if argv is None else argv[1:])  # the subcommand's own arguments, for records
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError, FloatingPointError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, FloatingPointError, MemoryError) as err:
         print(f"vdit {args.command}: error: {err}", file=sys.stderr)
         return 2
 
