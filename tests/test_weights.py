@@ -188,3 +188,50 @@ def test_config_can_be_a_preset_or_a_release_json(golden_dir, tmp_path):
     model = jax_vdit.load_model(lone, config=str(folder / "config.json"), compute_dtype="float32")
     expected = load_file(folder / "outputs.safetensors")["output_fp32"]
     assert np.abs(_forward(model, folder) - expected).max() <= 1e-4
+
+
+@pytest.mark.parametrize("param_dtype", ["float32", "bfloat16", "float16"])
+def test_device_layout_path_equals_the_host_path_bit_for_bit(golden_dir, param_dtype):
+    """Loading transposes and casts on the device; the result is exactly the host (NumPy) conversion's."""
+    import jax
+
+    from jax_vdit.io.release import _read_rule, resolve_config, stream_release_params
+
+    folder = golden_dir / "opensora_v12" / "tiny_a"
+    cfg = resolve_config(folder, None, {"param_dtype": param_dtype})
+    source = open_tensors(folder)
+    try:
+        device = stream_release_params(cfg, source)
+        for name, rule in release_key_map(cfg).rules.items():
+            node = device
+            for k in rule.path:
+                node = node[k]
+            host = _read_rule(source, name, rule, np.dtype(cfg.param_jnp_dtype))
+            got = np.asarray(jax.device_get(node))
+            assert got.dtype == host.dtype and got.shape == host.shape, name
+            assert np.array_equal(got.view(np.uint8), host.view(np.uint8)), name
+    finally:
+        source.close()
+
+
+def test_a_weight_that_overflows_the_load_dtype_is_named(golden_dir, tmp_path):
+    from jax_vdit.io.release import CastRangeError
+
+    folder = _golden_copy(golden_dir, tmp_path)
+    tensors = _tensors(folder)
+    tensors["proj_out.bias"][1] = 1e6
+    save_file(tensors, folder / "diffusion_pytorch_model.safetensors")
+    with pytest.raises(CastRangeError, match="'proj_out.bias' does not fit float16: its largest magnitude 1e\\+06"):
+        jax_vdit.load_model(folder, param_dtype="float16")
+    jax_vdit.load_model(folder, param_dtype="bfloat16")  # fits
+
+
+def test_the_first_non_finite_weight_in_key_order_is_named(golden_dir, tmp_path):
+    folder = _golden_copy(golden_dir, tmp_path)
+    tensors = _tensors(folder)
+    tensors["transformer_blocks.1.ff.net.2.bias"][0] = np.inf
+    tensors["transformer_blocks.0.attn2.to_v.weight"][0, 0] = np.nan
+    tensors["transformer_blocks.0.attn2.to_v.weight"][1, 1] = np.nan
+    save_file(tensors, folder / "diffusion_pytorch_model.safetensors")
+    with pytest.raises(NonFiniteWeightError, match="'transformer_blocks.0.attn2.to_v.weight' has 2 non-finite"):
+        jax_vdit.load_model(folder)
