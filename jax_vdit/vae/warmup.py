@@ -90,8 +90,14 @@ def plan_encode(vae: CausalVAE, video_shape: Sequence[int], *, tiling: TilingCon
     return _distinct(calls)
 
 
+WORKERS_ENV = "JAX_VDIT_VAE_COMPILE_WORKERS"
+
+
 def default_workers() -> int:
-    """Threads for XLA compiles: the CPU count less one (at least one), at most 16."""
+    """Threads for XLA compiles: ``$JAX_VDIT_VAE_COMPILE_WORKERS`` if set, else the CPU count less one (at least
+    one), at most 16."""
+    if os.environ.get(WORKERS_ENV):
+        return max(1, int(os.environ[WORKERS_ENV]))
     return max(1, min(16, (os.cpu_count() or 2) - 1))
 
 
