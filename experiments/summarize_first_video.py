@@ -36,6 +36,31 @@ def load(folder: Path, pattern: str) -> list[tuple[str, dict]]:
     return [(p.stem, json.loads(p.read_text())) for p in sorted(folder.glob(pattern))]
 
 
+def rebuild_from_log(log: Path, *, device: str, command: str) -> dict:
+    """A ``first_video_*.json`` from the log of a ``bench_first_video`` run that was stopped (e.g. by ``timeout``)
+    before it wrote its JSON: every child that finished logged ``[time] CASE PHASE: {row}``. The result says that it
+    was rebuilt and from which log."""
+    import ast
+    import re
+
+    cases: dict = {}
+    size = None
+    for line in log.read_text().splitlines():
+        found = re.match(r"^\[\d\d:\d\d:\d\d\] (\S+) (cold|warm): (.*)$", line)
+        if not found:
+            continue
+        case, phase, rest = found.groups()
+        if rest.startswith("{"):
+            cases.setdefault(case, {})[phase] = ast.literal_eval(rest)
+        elif size is None and "--size " in rest:
+            size = rest.split("--size ")[1].split()[0]
+    if not cases:
+        raise ValueError(f"{log}: no finished child rows ([time] CASE cold|warm: {{...}})")
+    return {"command": command, "device": device, "size": size, "cases": cases,
+            "rebuilt_from_log": log.name, "note": "the run was stopped before it wrote its JSON; rows of the children "
+            "that finished, as they logged them"}
+
+
 def first_video_rows(stem: str, data: dict) -> list[dict]:
     """One row per case and phase (cold, warm) with the measured seconds and the derived ones."""
     rows = []
@@ -60,8 +85,8 @@ def first_video_rows(stem: str, data: dict) -> list[dict]:
 
 def first_video_table(rows: list[dict]) -> str:
     head = ("| size | case | phase | total s | total - init s (computed) | goal s | import | init | sampler lower "
-            "+ compile | sample | VAE warm-up wait | decode | write | cache misses | device |")
-    lines = [head, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+            "+ compile | sample | VAE warm-up wait | decode | write | cache misses | device | file |")
+    lines = [head, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
         cold_goal, warm_goal = GOALS.get(r["size"], (None, None))
         goal = (cold_goal if r["phase"] == "cold" else warm_goal) if r["case"] == "student" else None
@@ -70,7 +95,7 @@ def first_video_table(rows: list[dict]) -> str:
                      f"{_f(r['total_less_init_s'], 1)} | {'-' if goal is None else f'<= {goal:g}'} | "
                      f"{_f(r['import_s'], 1)} | {_f(r['init_s'], 1)} | {_f(compile_s, 1)} | {_f(r['sample_s'])} | "
                      f"{_f(r['vae_warmup_wait_s'])} | {_f(r['decode_s'])} | {_f(r['write_s'])} | "
-                     f"{r['cache_misses']} | {r['device']} |")
+                     f"{r['cache_misses']} | {r['device']} | {r['file']} |")
     projected = [r for r in rows if "teacher100_total_s_computed" in r]
     if projected:
         lines += ["", "Teacher at 100 steps (computed from the run above: total + (100 - N) x sample_s / N):", "",
@@ -152,7 +177,7 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r['size']} {r['case']}\n{r['phase']}" for r in rows]
+    labels = [f"{r['file'].removeprefix('first_video_')}\n{r['case']} {r['phase']}" for r in rows]
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows)), 4.5))
     bottom = [0.0] * len(rows)
     for key in PHASES:
@@ -171,7 +196,18 @@ def plot(rows: list[dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dir", type=Path, default=ROOT / "experiments" / "results" / "first_video")
+    p.add_argument("--rebuild-from-log", type=Path, default=None, help="write --dir/first_video_<LOG stem>.json from "
+                   "the log of a stopped bench_first_video run (needs --device and --command), then summarise")
+    p.add_argument("--device", default=None, help="with --rebuild-from-log: the device the run used")
+    p.add_argument("--command", default=None, help="with --rebuild-from-log: the command the run was")
     args = p.parse_args(argv)
+    if args.rebuild_from_log is not None:
+        if not (args.device and args.command):
+            p.error("--rebuild-from-log needs --device and --command")
+        data = rebuild_from_log(args.rebuild_from_log, device=args.device, command=args.command)
+        stem = args.rebuild_from_log.stem
+        name = stem if stem.startswith("first_video_") else f"first_video_{stem}"
+        (args.dir / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
     loaded = load(args.dir, "first_video_*.json")
     videos = [(stem, d) for stem, d in loaded if "cases" in d]
     clis = [(stem, d) for stem, d in loaded if "cli" in d]

@@ -58,3 +58,18 @@ def test_cli_runs_get_their_own_table_with_the_goals(tmp_path):
     assert "| full | cold | 18.2 | <= 20 | 4.0 | 9.5 (13, 2) | 1.80 | 0.10 | 2.00 | H200 |" in text
     assert "| full | warm | 7.5 | <= 8 |" in text
     assert not (tmp_path / "first_video.png").exists()  # no fresh-process cases: nothing to plot
+
+
+def test_a_stopped_run_is_rebuilt_from_its_log(tmp_path):
+    row = _child(30.0, 12.0, 2.0, 4)
+    (tmp_path / "run.log").write_text(
+        "[10:00:00] student cold: -m experiments.bench_first_video --child student --size full --cache /c\n"
+        f"[10:01:00] student cold: {row!r}\n[10:01:00] student warm: -m x --child student --size full\n"
+        f"[10:01:30] student warm: {dict(row, total_s=9.0)!r}\n"
+        "[10:01:30] student-sequential-vae cold: -m x --size full\nrc=124\n")
+    main(["--dir", str(tmp_path), "--rebuild-from-log", str(tmp_path / "run.log"), "--device", "H100",
+          "--command", "python -m experiments.bench_first_video --size full"])
+    data = json.loads((tmp_path / "first_video_run.json").read_text())
+    assert data["size"] == "full" and data["rebuilt_from_log"] == "run.log"
+    assert set(data["cases"]) == {"student"} and data["cases"]["student"]["warm"]["total_s"] == 9.0
+    assert "| full | student (4 steps) | warm | 9.0 |" in (tmp_path / "first_video.md").read_text()

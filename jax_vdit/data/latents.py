@@ -72,8 +72,8 @@ class VAEEncoder:
         return np.asarray(jax.device_get(z), dtype=np.float32)[0]
 
     def warm_up(self, frames: int, height: int, width: int) -> float:
-        """Compile every encoder stage for clips of (frames, height, width) before the first clip arrives (in
-        parallel threads, :mod:`jax_vdit.vae.warmup`); returns the seconds it took."""
+        """Compile every encoder stage for clips of (frames, height, width) before the first clip arrives
+        (:mod:`jax_vdit.vae.warmup`); returns the seconds it took."""
         from jax_vdit.vae.warmup import precompile_encode
 
         return precompile_encode(self.vae, (1, frames, height, width, 3), tiling=self.tiling).total_s

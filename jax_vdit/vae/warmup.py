@@ -94,11 +94,17 @@ WORKERS_ENV = "JAX_VDIT_VAE_COMPILE_WORKERS"
 
 
 def default_workers() -> int:
-    """Threads for XLA compiles: ``$JAX_VDIT_VAE_COMPILE_WORKERS`` if set, else the CPU count less one (at least
-    one), at most 16."""
+    """Threads for the VAE's XLA compiles: ``$JAX_VDIT_VAE_COMPILE_WORKERS`` if set, else 1.
+
+    One thread, because concurrent compiles did not finish sooner on an H100 host (16 cores, jax 0.11.2; 29x720p
+    decode, 40 stages, which compile in about 62 s one after another): with 15 threads the stages took 121 s of
+    wall time (1,387 compile seconds summed over the threads) and slowed the transformer's compile beside them
+    from 5 s to 117 s; with 4 threads 113 s (438 s summed) and 24 s
+    (``experiments/results/first_video/README.md``). The one thread still overlaps the transformer's compile and
+    sampling."""
     if os.environ.get(WORKERS_ENV):
         return max(1, int(os.environ[WORKERS_ENV]))
-    return max(1, min(16, (os.cpu_count() or 2) - 1))
+    return 1
 
 
 def precompile(calls: Sequence[StageCall], *, workers: int | None = None, plan_s: float = 0.0) -> WarmupReport:
