@@ -98,8 +98,12 @@ def check_finite(name: str, array: np.ndarray) -> None:
     """Raise :class:`NonFiniteWeightError` naming the tensor if it has NaN or Inf entries."""
     values = np.asarray(array, dtype=np.float32) if array.dtype.kind == "V" or array.dtype.itemsize < 4 else array
     if values.dtype.kind == "f" and not np.isfinite(values).all():
-        bad = int(np.size(values) - np.isfinite(values).sum())
-        raise NonFiniteWeightError(f"tensor {name!r} has {bad} non-finite values (NaN or Inf)")
+        raise non_finite_error(name, int(np.size(values) - np.isfinite(values).sum()))
+
+
+def non_finite_error(name: str, bad: int) -> NonFiniteWeightError:
+    """The error for tensor ``name`` holding ``bad`` NaN or Inf entries."""
+    return NonFiniteWeightError(f"tensor {name!r} has {bad} non-finite values (NaN or Inf)")
 
 
 def check_tree_shapes(expected, found, *, what: str, limit: int = 40) -> None:

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_vdit.config import ModelConfig, get_preset, load_release_config
-from jax_vdit.io.key_map import KeyMap, NonFiniteWeightError, check_finite, check_keys, set_path
+from jax_vdit.io.key_map import KeyMap, check_finite, check_keys, non_finite_error, set_path
 from jax_vdit.io.params import model_from_pure_params
 from jax_vdit.io.tensors import TensorSource, open_tensors
 from jax_vdit.model.transformer import OpenSoraT2V
@@ -67,11 +67,15 @@ def _read_rule(source: TensorSource, name: str, rule, dtype: np.dtype, raw: np.n
     with np.errstate(over="ignore"):
         out = np.ascontiguousarray(rule.transform(raw)).astype(dtype, copy=False)
     if out.dtype != raw.dtype and not np.isfinite(out.astype(np.float32, copy=False)).all():
-        peak = float(np.max(np.abs(raw.astype(np.float32))))
-        raise CastRangeError(
-            f"tensor {name!r} does not fit {np.dtype(dtype).name}: its largest magnitude {peak:.4g} exceeds the "
-            f"dtype's maximum {float(np.finfo(dtype).max):.4g}; convert to float32 or bfloat16 instead")
+        raise cast_range_error(name, dtype, float(np.max(np.abs(raw.astype(np.float32)))))
     return out
+
+
+def cast_range_error(name: str, dtype: np.dtype, peak: float) -> CastRangeError:
+    """The error for a finite tensor ``name`` whose largest magnitude ``peak`` does not fit ``dtype``."""
+    return CastRangeError(
+        f"tensor {name!r} does not fit {np.dtype(dtype).name}: its largest magnitude {peak:.4g} exceeds the "
+        f"dtype's maximum {float(np.finfo(dtype).max):.4g}; convert to float32 or bfloat16 instead")
 
 
 def stream_release_params(
@@ -129,12 +133,9 @@ def _raise_on_failed_checks(checks: list[tuple[str, Any]], dtype: np.dtype) -> N
         return
     for name, (bad, cast_ok, peak) in zip([n for n, _ in checks], jax.device_get([c for _, c in checks])):
         if int(bad):
-            raise NonFiniteWeightError(f"tensor {name!r} has {int(bad)} non-finite values (NaN or Inf)")
+            raise non_finite_error(name, int(bad))
         if not bool(cast_ok):
-            raise CastRangeError(
-                f"tensor {name!r} does not fit {np.dtype(dtype).name}: its largest magnitude {float(peak):.4g} "
-                f"exceeds the dtype's maximum {float(np.finfo(dtype).max):.4g}; convert to float32 or bfloat16 "
-                "instead")
+            raise cast_range_error(name, dtype, float(peak))
 
 
 def stream_release_groups(
