@@ -108,6 +108,35 @@ def test_mlcd_training_reduces_the_loss(tmp_path):
     assert np.mean(losses[-10:]) < np.mean(losses[:10])
 
 
+def test_mask_search_scan_over_layers_equals_layer_by_layer_errors():
+    """The search measures all layers in one scan over stacked block weights; each row must equal that layer's
+    error computed directly (dense activations in, the candidate's relative output error out)."""
+    from jax_vdit.distill.mask_search import layer_errors
+    from jax_vdit.model.attention import DENSE, dense_attention
+
+    teacher = _teacher()
+    rng = np.random.default_rng(1)
+    batch = {"latents": jnp.asarray(rng.standard_normal((2, 4, T, 8, 8)), jnp.float32),
+             "timestep": jnp.array([300.0, 800.0]),
+             "text": jnp.asarray(rng.standard_normal((2, 5, CFG.caption_channels)), jnp.float32),
+             "text_mask": jnp.ones((2, 5), jnp.int32)}
+    cands = candidate_masks(T)
+    errors = layer_errors(teacher, [batch], cands, tile_backend="reference")
+    ctx = teacher.prepare(batch["latents"], batch["timestep"], batch["text"], batch["text_mask"])
+    x = ctx.x
+    for i, block in enumerate(teacher.blocks):
+        shift, scale = block.modulation(ctx.t6)[:2]
+        q, k, v = block.self_attention_inputs(x, shift, scale, ctx.rope_cos, ctx.rope_sin)
+        dense = np.asarray(dense_attention(q, k, v, backend=DENSE.dense_backend), np.float64)
+        for j, cand in enumerate(cands):
+            out = np.asarray(pallas_kernels.tile_attention(q, k, v, cand, tokens_per_frame=ctx.tokens_per_frame,
+                                                           backend="reference"), np.float64)
+            expected = np.linalg.norm(out - dense) / np.linalg.norm(dense)
+            np.testing.assert_allclose(errors[i, j], expected, rtol=1e-4, atol=1e-7)
+        x = teacher.run_block(i, ctx, x, DENSE)
+    assert errors.shape == (CFG.num_layers, len(cands)) and CFG.num_layers > 1
+
+
 def test_kd_loss_is_zero_for_identical_dense_student_and_positive_when_sparse():
     teacher = _teacher()
     parts = ModelParts(teacher)

@@ -42,14 +42,21 @@ def candidate_masks(num_frames: int, include_windows: bool = False) -> list:
 
 
 def _errors_fn(graphdef, candidates: tuple, tile_backend: str, interpret: bool):
+    """One program: embed, then a ``jax.lax.scan`` over the stacked block weights whose body measures one layer's
+    candidate errors and runs the layer densely. Every layer shares the body, so the program holds one block and
+    one kernel per candidate whatever the depth (unrolled, 32 layers x 7 candidates did not compile in minutes)."""
     import pallas_kernels
+
+    from jax_vdit.model.transformer import _block_step
 
     def fn(state, latents, timestep, text, text_mask):
         model = nnx.merge(graphdef, state)
         ctx = model.prepare(latents, timestep, text, text_mask)
-        x = ctx.x
-        rows = []
-        for i, block in enumerate(model.blocks):
+        block_graph, stacked = model._stacked_states(0, model.cfg.num_layers)
+        run_dense = _block_step(None, ctx.tokens_per_frame, DENSE)
+
+        def layer(x, block_state):
+            block = nnx.merge(block_graph, block_state)
             shift, scale = block.modulation(ctx.t6)[:2]
             q, k, v = block.self_attention_inputs(x, shift, scale, ctx.rope_cos, ctx.rope_sin)
             dense = dense_attention(q, k, v, backend=DENSE.dense_backend).astype(jnp.float32)
@@ -59,9 +66,11 @@ def _errors_fn(graphdef, candidates: tuple, tile_backend: str, interpret: bool):
                 out = pallas_kernels.tile_attention(q, k, v, cand, tokens_per_frame=ctx.tokens_per_frame,
                                                     backend=tile_backend, interpret=interpret)
                 errs.append(jnp.sqrt(jnp.sum(jnp.square(out.astype(jnp.float32) - dense))) / norm)
-            rows.append(jnp.stack(errs))
-            x = model.run_block(i, ctx, x, DENSE)
-        return jnp.stack(rows)  # (layers, candidates)
+            x_next = run_dense(block, x, ctx.text, ctx.text_mask, ctx.t6, ctx.rope_cos, ctx.rope_sin)
+            return x_next, jnp.stack(errs)
+
+        _, rows = jax.lax.scan(layer, ctx.x, stacked)
+        return rows  # (layers, candidates)
 
     return jax.jit(fn)
 
