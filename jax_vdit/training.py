@@ -192,6 +192,19 @@ def make_train_step(parts: ModelParts, objective: Objective, cfg: TrainConfig, t
         with jax.set_mesh(mesh):
             return jitted(state, batch, frozen)
 
+    class _LoweredOnMesh:
+        def __init__(self, lowered):
+            self.lowered = lowered
+
+        def compile(self):
+            with jax.set_mesh(mesh):
+                return self.lowered.compile()
+
+    def lower_on_mesh(state, batch, frozen):
+        with jax.set_mesh(mesh):
+            return _LoweredOnMesh(jitted.lower(state, batch, frozen))
+
+    step_on_mesh.lower = lower_on_mesh  # ahead-of-time compile under the mesh, as the call does
     return step_on_mesh
 
 
@@ -518,12 +531,25 @@ def train(
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
     history: list[dict] = []
     pending: list[tuple[int, dict]] = []
+    try:
+        first_batch = place(batch_at(start)) if start < end else None
+        limit = device_bytes_limit()
+        if first_batch is not None and limit is not None:
+            # compile the step now (the jitted call below reuses it) and refuse a step that cannot fit, before it
+            # runs: on a GPU an over-full step can crawl through allocator retries for minutes instead of failing
+            needed = step_memory_bytes(step_fn, state, first_batch, frozen)
+            if needed is not None and needed["peak"] > limit:
+                raise DeviceMemoryError(step_does_not_fit_message(needed, limit, ckpts.latest_step()))
+    except BaseException:
+        ckpts.close()
+        raise
     bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", disable=not show_progress)
     t_last = t_start = time.perf_counter()
     try:
         with open(run_dir / "metrics.jsonl", "a") as metrics_file:
             for step in range(start, end):
-                state, metrics = step_fn(state, place(batch_at(step)), frozen)
+                batch = first_batch if step == start else place(batch_at(step))
+                state, metrics = step_fn(state, batch, frozen)
                 pending.append((step, metrics))
                 done = step + 1
                 out_of_time = time_limit_s is not None and time.perf_counter() - t_start > time_limit_s
@@ -573,6 +599,15 @@ def is_out_of_memory(err: BaseException) -> bool:
     return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
 
 
+MEMORY_HINTS = ("Lower the memory of a step: rematerialise activations (vdit distill: --set remat=true), a smaller "
+                "batch (--set batch_size=N; vdit train-teacher: --batch N), or shard parameters and optimiser state "
+                "over more devices (--set fsdp=true --set mesh_data=N).")
+
+
+def _kept(last_checkpoint: int | None) -> str:
+    return f"the last checkpoint (step {last_checkpoint}) is intact" if last_checkpoint else "no checkpoint written"
+
+
 def out_of_memory_message(err: BaseException, step: int, last_checkpoint: int | None) -> str:
     """What ran out, how much XLA asked for where it says, and the settings that lower a step's memory."""
     import re
@@ -580,12 +615,49 @@ def out_of_memory_message(err: BaseException, step: int, last_checkpoint: int | 
     device = jax.devices()[0]
     found = re.search(r"allocat\w* (\d+) bytes", str(err))
     asked = f"; XLA asked for {int(found.group(1)) / 2**30:.1f} GiB at once" if found else ""
-    kept = f"the last checkpoint (step {last_checkpoint}) is intact" if last_checkpoint else "no checkpoint written"
     first_line = str(err).strip().splitlines()[0][:300]
-    return (f"training ran out of memory by step {step} on {device.platform} ({device.device_kind}){asked}; {kept}. "
-            "Lower the memory of a step: rematerialise activations (vdit distill: --set remat=true), a smaller "
-            "batch (--set batch_size=N; vdit train-teacher: --batch N), or shard parameters and optimiser state "
-            "over more devices (--set fsdp=true --set mesh_data=N). XLA said: " + first_line)
+    return (f"training ran out of memory by step {step} on {device.platform} ({device.device_kind}){asked}; "
+            f"{_kept(last_checkpoint)}. {MEMORY_HINTS} XLA said: " + first_line)
+
+
+def device_bytes_limit() -> int | None:
+    """Bytes the first local device's allocator may use (GPU and TPU report it; the CPU does not: None)."""
+    try:
+        stats = jax.local_devices()[0].memory_stats()
+    except Exception:  # noqa: BLE001 - a backend without memory statistics
+        return None
+    limit = (stats or {}).get("bytes_limit")
+    return int(limit) if limit else None
+
+
+def step_memory_bytes(step_fn: Callable, *args) -> dict[str, int] | None:
+    """XLA's memory analysis of ``step_fn`` (a jitted function) compiled for ``args``, per device: the bytes of
+    its arguments, outputs, the outputs that reuse donated arguments, its temporaries, and ``peak`` = arguments +
+    outputs - aliased + temporaries (a lower bound of what running it needs). None where ``step_fn`` cannot be
+    lowered ahead of time or the backend gives no analysis. The compiled program is cached, so a later call of
+    ``step_fn`` with arguments of the same shapes does not compile again."""
+    lower = getattr(step_fn, "lower", None)
+    if lower is None:
+        return None
+    analysis = lower(*args).compile().memory_analysis()
+    if analysis is None:
+        return None
+    row = {"arguments": int(analysis.argument_size_in_bytes), "outputs": int(analysis.output_size_in_bytes),
+           "aliased": int(analysis.alias_size_in_bytes), "temporaries": int(analysis.temp_size_in_bytes)}
+    row["peak"] = row["arguments"] + row["outputs"] - row["aliased"] + row["temporaries"]
+    return row
+
+
+def step_does_not_fit_message(needed: dict[str, int], bytes_limit: int, last_checkpoint: int | None) -> str:
+    """Why a training step was refused before it ran: what XLA says it needs against what the device has."""
+    device = jax.local_devices()[0]
+    gib = 2**30
+    return (f"the training step does not fit on {device.platform} ({device.device_kind}): XLA's memory analysis "
+            f"of the compiled step needs {needed['peak'] / gib:.1f} GiB per device (arguments "
+            f"{needed['arguments'] / gib:.1f} GiB: training state, frozen weights and batch; temporaries "
+            f"{needed['temporaries'] / gib:.1f} GiB), and the device's allocator may use {bytes_limit / gib:.1f} GiB "
+            f"(XLA_PYTHON_CLIENT_MEM_FRACTION sets that share of the card). Nothing ran; {_kept(last_checkpoint)}. "
+            + MEMORY_HINTS)
 
 
 def _nanmean(values: list[float]) -> float:

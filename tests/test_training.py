@@ -187,6 +187,56 @@ def test_out_of_memory_names_the_step_the_size_and_the_settings_that_help(tmp_pa
     assert isinstance(info.value, MemoryError)
 
 
+def test_a_step_that_cannot_fit_is_refused_before_it_runs(tmp_path, monkeypatch):
+    """Where the device reports its allocator limit (GPU, TPU), the step is compiled first and XLA's memory analysis
+    compared with the limit: a step that needs more stops with a DeviceMemoryError that names both sizes, before
+    any step runs or any checkpoint is written. A step that fits trains as before, compiled once."""
+    from jax._src import monitoring
+
+    from jax_vdit import training
+
+    cfg = TrainConfig(steps=3, learning_rate=1e-3, log_every=1, checkpoint_every=3)
+    monkeypatch.setattr(training, "device_bytes_limit", lambda: 1000)
+    with pytest.raises(training.DeviceMemoryError) as info:
+        train(init_model(CFG, seed=0), DiffusionObjective(), _batch_at, cfg, tmp_path / "small", frozen=FROZEN,
+              show_progress=False)
+    message = str(info.value)
+    assert "does not fit on cpu" in message and "may use 0.0 GiB" in message and "Nothing ran" in message
+    assert "--set fsdp=true" in message and "no checkpoint written" in message
+    assert not (tmp_path / "small" / "metrics.jsonl").exists()
+    assert not (tmp_path / "small" / "checkpoints").exists() or not any((tmp_path / "small" / "checkpoints").iterdir())
+
+    compiles = []
+    monitoring.register_event_duration_secs_listener(
+        lambda name, secs, **kw: compiles.append(kw.get("fun_name"))
+        if name == "/jax/core/compile/backend_compile_duration" and "step_fn" in str(kw.get("fun_name")) else None)
+    seen = []
+    real = training.step_memory_bytes
+    monkeypatch.setattr(training, "step_memory_bytes", lambda *a: seen.append(real(*a)) or seen[-1])
+    monkeypatch.setattr(training, "device_bytes_limit", lambda: None)  # the CPU: no check
+    before = len(compiles)
+    reference = train(init_model(CFG, seed=0), DiffusionObjective(), _batch_at, cfg, tmp_path / "plain",
+                      frozen=FROZEN, show_progress=False)
+    reference_compiles = len(compiles) - before
+    assert not seen and reference_compiles == 1
+    monkeypatch.setattr(training, "device_bytes_limit", lambda: 2**40)
+    before = len(compiles)
+    fitted = train(init_model(CFG, seed=0), DiffusionObjective(), _batch_at, cfg, tmp_path / "big", frozen=FROZEN,
+                   show_progress=False)
+    assert len(compiles) - before == 1  # the checked step is the one that runs: no second compile
+    assert len(seen) == 1 and seen[0]["peak"] > seen[0]["temporaries"] > 0
+    from jax_vdit import parallel
+
+    before = len(compiles)  # on a mesh the check lowers under the mesh, as the step's call does
+    on_mesh = train(init_model(CFG, seed=0), DiffusionObjective(), _batch_at, cfg, tmp_path / "mesh", frozen=FROZEN,
+                    show_progress=False, mesh=parallel.make_mesh(seq=1, data=1, devices=jax.devices()[:1]))
+    assert len(compiles) - before == 1 and len(seen) == 2
+    for a, b in zip(jax.tree.leaves(on_mesh.state.params), jax.tree.leaves(reference.state.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    for a, b in zip(jax.tree.leaves(fitted.state.params), jax.tree.leaves(reference.state.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_other_runtime_errors_pass_through(tmp_path, monkeypatch):
     from jax_vdit import training
 
