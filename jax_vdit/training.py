@@ -501,6 +501,8 @@ def train(
     parts = ModelParts(model)
     head_dim = getattr(getattr(model, "cfg", None), "attention_head_dim", None)
     tx = make_optimizer(cfg, head_dim=head_dim)
+    if mesh is None:
+        refuse_state_that_cannot_fit(parts.params(), cfg, tx)
     state = init_state(parts.params(), cfg, tx)
     if mesh is not None:
 
@@ -628,6 +630,36 @@ def device_bytes_limit() -> int | None:
         return None
     limit = (stats or {}).get("bytes_limit")
     return int(limit) if limit else None
+
+
+def device_bytes_in_use() -> int:
+    """Bytes the first local device's allocator holds now (0 where the backend does not say)."""
+    try:
+        stats = jax.local_devices()[0].memory_stats()
+    except Exception:  # noqa: BLE001 - a backend without memory statistics
+        return 0
+    return int((stats or {}).get("bytes_in_use", 0))
+
+
+def refuse_state_that_cannot_fit(params: PyTree, cfg: TrainConfig, tx: optax.GradientTransformation) -> None:
+    """Raise DeviceMemoryError, before allocating, when the fresh training state (a copy of the parameters, the
+    optimiser state, the EMAs) does not fit beside what the device already holds (one device; the allocator's
+    limit must be known). Without it an over-full GPU crawls through allocator retries instead of failing."""
+    limit = device_bytes_limit()
+    if limit is None:
+        return
+    shapes = jax.eval_shape(lambda p: init_state(p, cfg, tx), params)
+    state_bytes = sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(shapes))
+    in_use = device_bytes_in_use()
+    if in_use + state_bytes > limit:
+        device = jax.local_devices()[0]
+        gib = 2**30
+        raise DeviceMemoryError(
+            f"the training state does not fit on {device.platform} ({device.device_kind}): it needs "
+            f"{state_bytes / gib:.1f} GiB (parameters, optimiser state, EMAs: {len(cfg.emas)}) beside the "
+            f"{in_use / gib:.1f} GiB already held (the models), and the device's allocator may use "
+            f"{limit / gib:.1f} GiB (XLA_PYTHON_CLIENT_MEM_FRACTION sets that share of the card). Nothing was "
+            "allocated. " + MEMORY_HINTS)
 
 
 def step_memory_bytes(step_fn: Callable, *args) -> dict[str, int] | None:

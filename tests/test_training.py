@@ -196,6 +196,8 @@ def test_a_step_that_cannot_fit_is_refused_before_it_runs(tmp_path, monkeypatch)
     from jax_vdit import training
 
     cfg = TrainConfig(steps=3, learning_rate=1e-3, log_every=1, checkpoint_every=3)
+    check_state = training.refuse_state_that_cannot_fit
+    monkeypatch.setattr(training, "refuse_state_that_cannot_fit", lambda *a: None)  # the step's check alone first
     monkeypatch.setattr(training, "device_bytes_limit", lambda: 1000)
     with pytest.raises(training.DeviceMemoryError) as info:
         train(init_model(CFG, seed=0), DiffusionObjective(), _batch_at, cfg, tmp_path / "small", frozen=FROZEN,
@@ -225,6 +227,14 @@ def test_a_step_that_cannot_fit_is_refused_before_it_runs(tmp_path, monkeypatch)
                    show_progress=False)
     assert len(compiles) - before == 1  # the checked step is the one that runs: no second compile
     assert len(seen) == 1 and seen[0]["peak"] > seen[0]["temporaries"] > 0
+    monkeypatch.setattr(training, "refuse_state_that_cannot_fit", check_state)
+    monkeypatch.setattr(training, "device_bytes_in_use", lambda: 2**40 - 1000)  # a state of > 1000 bytes is refused
+    with pytest.raises(training.DeviceMemoryError, match=r"training state does not fit on cpu .* EMAs: 1\) "
+                       r"beside the 1024.0 GiB already held .* Nothing was allocated"):
+        train(init_model(CFG, seed=0), DiffusionObjective(), _batch_at, cfg, tmp_path / "state", frozen=FROZEN,
+              show_progress=False)
+    assert len(seen) == 1 and not (tmp_path / "state" / "metrics.jsonl").exists()
+    monkeypatch.setattr(training, "device_bytes_in_use", lambda: 0)
     from jax_vdit import parallel
 
     before = len(compiles)  # on a mesh the check lowers under the mesh, as the step's call does
