@@ -8,7 +8,8 @@ Usage::
     python -m experiments.bench_distill --size 29x720p --analyze-only   # any machine: lower + compile with
                                                                         # abstract inputs, memory_analysis()
 
-Writes ``experiments/results/bench_distill/<size>_<device>.json`` (command, device, date, numbers) and README.md.
+Writes ``<out>/<size>_<run|analysis>_<stages>_<platform>.json`` (command, device, date, numbers); the measured
+files and their README are in ``experiments/results/bench_distill/``.
 The student keeps fp32 master weights with bf16 compute and rematerialised blocks; the frozen teacher is bf16.
 """
 
