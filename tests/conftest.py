@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import jax
-import pytest
+# The executable store (jax_vdit.executable_store) follows JAX's persistent cache, which CLI tests turn on in
+# this process: keep it off unless a test turns it on, so that compile counts mean what the tests say.
+os.environ["JAX_VDIT_EXECUTABLE_STORE"] = "0"
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 DATA_DIR = Path(__file__).parent / "data"
 GOLDEN_DIR = DATA_DIR / "golden"

@@ -17,15 +17,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jax_vdit import executable_store
 from jax_vdit.vae import ops
 from jax_vdit.vae.model import CausalVAE
 from jax_vdit.vae.tiling import TilingConfig, assemble_tiles, tile_starts, time_chunks
 
 F32 = jnp.float32
+_PACKAGE_DIR = Path(__file__).resolve().parent  # the VAE's code: part of every stored executable's key
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
 
 
@@ -114,15 +118,52 @@ def lower_stage(fn: Callable, modules: tuple, x_spec: jax.ShapeDtypeStruct, *, d
     return key, lowered, out_shape, use_donation
 
 
+def _stored_name(key) -> str:
+    """The executable store's key of a stage (see :mod:`jax_vdit.executable_store`): the stage function's name,
+    the modules' graph definitions, parameter shapes, input shape/dtype and donation, the flax version and the
+    source of this package's VAE code."""
+    import flax
+
+    fn, graphdefs, signature, shape, dtype, donate = key
+    description = (f"{fn.__module__}.{fn.__qualname__}", tuple(str(g) for g in graphdefs), signature, shape, dtype,
+                   donate, flax.__version__)
+    return executable_store.store_key(description, str(_PACKAGE_DIR))
+
+
+def load_stored_stage(fn: Callable, key, x_spec) -> bool:
+    """Put the stage ``key`` into the stage cache from the executable store, without tracing or lowering it;
+    False when the store is off or has no usable executable for it."""
+    if key in _CACHE:
+        return True
+    if executable_store.store_directory() is None:
+        return False
+    t0 = time.perf_counter()
+    found = executable_store.load(_stored_name(key))
+    if found is None:
+        return False
+    compiled, (out_shape, donated) = found
+    entry = {"stage": getattr(fn, "__name__", str(fn)), "shape": tuple(x_spec.shape), "dtype": str(x_spec.dtype),
+             "donated": donated, "seconds": time.perf_counter() - t0, "thread": threading.current_thread().name,
+             "loaded": True}
+    with _LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = (compiled, out_shape)
+            _LOG.append(entry)
+    return True
+
+
 def finish_stage(fn: Callable, key, lowered, out_shape, donated: bool, x_spec, lower_s: float = 0.0) -> None:
-    """Compile a program from :func:`lower_stage` into the stage cache (once per key) and log it."""
+    """Compile a program from :func:`lower_stage` into the stage cache (once per key) and log it; with the
+    executable store on, also save it there."""
     if key in _CACHE:
         return
     t0 = time.perf_counter()
     compiled = lowered.compile()
+    if executable_store.store_directory() is not None:
+        executable_store.save(_stored_name(key), compiled, (out_shape, donated))
     entry = {"stage": getattr(fn, "__name__", str(fn)), "shape": tuple(x_spec.shape), "dtype": str(x_spec.dtype),
              "donated": donated, "seconds": lower_s + time.perf_counter() - t0,
-             "thread": threading.current_thread().name}
+             "thread": threading.current_thread().name, "loaded": False}
     try:
         mem = compiled.memory_analysis()
         entry.update(temp_bytes=int(mem.temp_size_in_bytes), argument_bytes=int(mem.argument_size_in_bytes),
@@ -141,7 +182,7 @@ def compile_stage(fn: Callable, modules: tuple, x_spec: jax.ShapeDtypeStruct, *,
     shape/dtype, donate); each compilation adds an entry (with XLA's memory analysis) to :func:`compile_log`.
     ``donate`` lets XLA reuse the input buffer where an output can take it over (not on CPU)."""
     key, _, states = _stage_parts(fn, modules, x_spec, donate)
-    if key not in _CACHE:
+    if key not in _CACHE and not load_stored_stage(fn, key, x_spec):
         t0 = time.perf_counter()
         key, lowered, out_shape, donated = lower_stage(fn, modules, x_spec, donate=donate)
         finish_stage(fn, key, lowered, out_shape, donated, x_spec, lower_s=time.perf_counter() - t0)

@@ -34,6 +34,7 @@ from jax_vdit.vae.runtime import (
     encode_moments_nthwc,
     finish_stage,
     is_compiled,
+    load_stored_stage,
     lower_stage,
     recording_stages,
     stage_key,
@@ -44,8 +45,9 @@ from jax_vdit.vae.tiling import TilingConfig
 
 @dataclass(frozen=True)
 class WarmupReport:
-    """What :func:`precompile` did: distinct stages planned, how many were new, wall seconds of the planning,
-    of the tracing and of the whole call, and the threads used."""
+    """What :func:`precompile` did: distinct stages planned, how many were compiled, wall seconds of the planning,
+    of the tracing and of the whole call, the threads used, and how many stages came from the executable store
+    (:mod:`jax_vdit.executable_store`) instead."""
 
     stages: int
     compiled: int
@@ -53,6 +55,7 @@ class WarmupReport:
     lower_s: float
     total_s: float
     workers: int
+    loaded: int = 0
 
 
 def _distinct(calls: Sequence[StageCall]) -> list[StageCall]:
@@ -114,6 +117,9 @@ def precompile(calls: Sequence[StageCall], *, workers: int | None = None, plan_s
     workers = default_workers() if workers is None else max(1, int(workers))
     distinct = _distinct(calls)
     todo = [call for call in distinct if not is_compiled(call)]
+    # stages in the executable store load without tracing or lowering; the rest are lowered here, compiled there
+    missing = [call for call in todo if not load_stored_stage(call.fn, stage_key(call), call.x_spec)]
+    loaded, todo = len(todo) - len(missing), missing
     lower_s = 0.0
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vae-compile") as pool:
         futures = []
@@ -126,7 +132,7 @@ def precompile(calls: Sequence[StageCall], *, workers: int | None = None, plan_s
         for future in futures:
             future.result()
     return WarmupReport(stages=len(distinct), compiled=len(todo), plan_s=round(plan_s, 3), lower_s=round(lower_s, 3),
-                        total_s=round(plan_s + time.perf_counter() - t0, 3), workers=workers)
+                        total_s=round(plan_s + time.perf_counter() - t0, 3), workers=workers, loaded=loaded)
 
 
 def precompile_decode(vae: CausalVAE, latent_shape: Sequence[int], *,

@@ -1,0 +1,143 @@
+"""The executable store: a warm process loads the VAE's compiled stages from disk without tracing, lowering or
+compiling them, gets the same pixels, and never trusts a damaged file or one from another environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jax_vdit import executable_store
+from jax_vdit.vae import TilingConfig, VAEConfig, clear_compile_cache, compile_log, decode_latents_to_video, random_vae
+from jax_vdit.vae import runtime
+from jax_vdit.vae.warmup import precompile_decode
+
+TILES = TilingConfig(tile_sample_min_size=16, tile_latent_min_size=4, tile_sample_min_size_t=5,
+                     tile_latent_min_size_t=2, tile_overlap_factor=0.25)
+LATENT = (1, 4, 3, 6, 7)
+
+
+@pytest.fixture(scope="module")
+def vae():
+    return random_vae(VAEConfig.micro(), seed=0, dtype=jnp.float32)
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """The store on, in a fresh cache folder; JAX's cache setting restored afterwards."""
+    previous = jax.config.jax_compilation_cache_dir
+    monkeypatch.setenv(executable_store.ENV_SWITCH, "1")
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "cache"))
+    clear_compile_cache()
+    yield tmp_path / "cache" / executable_store.SUBDIR
+    clear_compile_cache()
+    jax.config.update("jax_compilation_cache_dir", previous)
+
+
+def _no_lowering(*args, **kwargs):
+    raise AssertionError("a stage was traced and lowered although the store holds it")
+
+
+def test_warm_process_loads_every_stage_without_lowering_and_decodes_the_same(vae, store, monkeypatch):
+    z = jax.random.normal(jax.random.key(0), LATENT)
+    cold = precompile_decode(vae, LATENT, tiling=TILES)
+    assert cold.compiled == cold.stages > 6 and cold.loaded == 0
+    assert len(list(store.glob("*.bin"))) == cold.stages
+    reference = decode_latents_to_video(vae, z, tiling=TILES)
+
+    clear_compile_cache()  # a new process, as far as the stage cache knows
+    monkeypatch.setattr(runtime, "lower_stage", _no_lowering)
+    warm = precompile_decode(vae, LATENT, tiling=TILES)
+    assert warm.loaded == warm.stages == cold.stages and warm.compiled == 0
+    assert all(e["loaded"] for e in compile_log())
+    np.testing.assert_array_equal(decode_latents_to_video(vae, z, tiling=TILES), reference)
+
+    clear_compile_cache()  # the decode alone (no warm-up) also loads instead of lowering
+    np.testing.assert_array_equal(decode_latents_to_video(vae, z, tiling=TILES), reference)
+    assert len(compile_log()) == cold.stages and all(e["loaded"] for e in compile_log())
+
+
+def test_a_damaged_file_is_ignored_and_compiled_again(vae, store):
+    z = jax.random.normal(jax.random.key(1), LATENT)
+    precompile_decode(vae, LATENT, tiling=TILES)
+    reference = decode_latents_to_video(vae, z, tiling=TILES)
+    victim = sorted(store.glob("*.bin"))[0]
+    victim.write_bytes(victim.read_bytes()[:-100])  # truncated
+    clear_compile_cache()
+    executable_store._warned.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = precompile_decode(vae, LATENT, tiling=TILES)
+    assert report.compiled == 1 and report.loaded == report.stages - 1
+    assert any("checksum mismatch" in str(w.message) and victim.name in str(w.message) for w in caught)
+    np.testing.assert_array_equal(decode_latents_to_video(vae, z, tiling=TILES), reference)
+    # the recompiled stage was written again, whole
+    clear_compile_cache()
+    assert precompile_decode(vae, LATENT, tiling=TILES).loaded == report.stages
+
+
+def test_another_environment_or_code_is_another_key(vae, store, monkeypatch):
+    precompile_decode(vae, LATENT, tiling=TILES)
+    clear_compile_cache()
+    real = executable_store.environment_fingerprint
+    monkeypatch.setattr(executable_store, "environment_fingerprint", lambda: real() + ("another jaxlib",))
+    assert precompile_decode(vae, LATENT, tiling=TILES).loaded == 0
+    clear_compile_cache()
+    monkeypatch.setattr(executable_store, "environment_fingerprint", real)
+    monkeypatch.setattr(runtime, "_PACKAGE_DIR", runtime._PACKAGE_DIR.parent / "io")  # other source files
+    assert precompile_decode(vae, LATENT, tiling=TILES).loaded == 0
+
+
+def test_the_store_is_off_without_the_persistent_cache_or_when_switched_off(tmp_path, monkeypatch):
+    previous = jax.config.jax_compilation_cache_dir
+    try:
+        monkeypatch.setenv(executable_store.ENV_SWITCH, "1")
+        jax.config.update("jax_compilation_cache_dir", None)
+        assert executable_store.store_directory() is None
+        jax.config.update("jax_compilation_cache_dir", str(tmp_path))
+        assert executable_store.store_directory() == tmp_path / executable_store.SUBDIR
+        monkeypatch.setenv(executable_store.ENV_SWITCH, "0")
+        assert executable_store.store_directory() is None
+        assert executable_store.load("0" * 64) is None
+    finally:
+        jax.config.update("jax_compilation_cache_dir", previous)
+
+
+_CHILD = r"""
+import hashlib, json, os, sys
+os.environ["JAX_VDIT_EXECUTABLE_STORE"] = "1"
+import jax, jax.numpy as jnp
+jax.config.update("jax_compilation_cache_dir", sys.argv[1])
+from jax_vdit.vae import TilingConfig, VAEConfig, decode_latents_to_video, random_vae
+from jax_vdit.vae.warmup import precompile_decode
+tiles = TilingConfig(tile_sample_min_size=16, tile_latent_min_size=4, tile_sample_min_size_t=5,
+                     tile_latent_min_size_t=2, tile_overlap_factor=0.25)
+vae = random_vae(VAEConfig.micro(), seed=0, dtype=jnp.float32)
+report = precompile_decode(vae, (1, 4, 3, 6, 7), tiling=tiles)
+frames = decode_latents_to_video(vae, jax.random.normal(jax.random.key(0), (1, 4, 3, 6, 7)), tiling=tiles)
+print(json.dumps({"stages": report.stages, "compiled": report.compiled, "loaded": report.loaded,
+                  "pixels": hashlib.sha256(frames.tobytes()).hexdigest()}))
+"""
+
+
+def test_a_second_process_loads_every_stage(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    rows = []
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path / "xla")], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    first, second = rows
+    assert first["compiled"] == first["stages"] > 6 and first["loaded"] == 0, first
+    assert second["loaded"] == second["stages"] == first["stages"] and second["compiled"] == 0, second
+    assert second["pixels"] == first["pixels"]
