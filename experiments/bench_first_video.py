@@ -38,6 +38,7 @@ _T0 = time.perf_counter()  # the child's clock starts before jax is imported
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
+import os  # noqa: E402
 import datetime as dt  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
@@ -66,7 +67,7 @@ def log(*a) -> None:
 
 # ------------------------------------------------------------------------------------------------ one child
 def _setup(size: str, case: str, scan: bool = True, *, depth: int | None = None, attention: str | None = None,
-           teacher_steps: int | None = None):
+           teacher_steps: int | None = None, scan_unroll: int = 1):
     """(model, sampler kwargs, text, mask) for a case; random weights. ``depth`` overrides the layer count,
     ``attention`` the case's attention ("1:7", "3:21", "dense", ...), ``teacher_steps`` the teacher's steps."""
     import jax
@@ -106,7 +107,7 @@ def _setup(size: str, case: str, scan: bool = True, *, depth: int | None = None,
                                             mixed_masks="switch" if spec == "mixed-switch" else "runs")
     else:
         attention_cfg = attention_from_spec(None if spec == "dense" else spec, cfg.num_layers, latent_shape[1])
-    attention_cfg = dataclasses.replace(attention_cfg, scan_layers=scan)
+    attention_cfg = dataclasses.replace(attention_cfg, scan_layers=scan, scan_unroll=scan_unroll)
     kwargs.update(latent_shape=latent_shape, attention=attention_cfg, latent_dtype=jnp.bfloat16)
     return model, kwargs, text, mask
 
@@ -159,8 +160,9 @@ def child(size: str, case: str, cache_dir: str, video: str, vae_warmup: bool = T
     t = time.perf_counter()
     frames = decode_latents_to_video(vae, latents)
     row["decode_s"] = time.perf_counter() - t
-    row["vae_stage_compile_s"] = sum(e["seconds"] for e in compile_log())
-    row["vae_stages_compiled"] = len(compile_log())
+    row["vae_stage_compile_s"] = sum(e["seconds"] for e in compile_log())  # compiled or loaded from the store
+    row["vae_stages_compiled"] = sum(not e.get("loaded") for e in compile_log())
+    row["vae_stages_loaded"] = sum(bool(e.get("loaded")) for e in compile_log())
     t = time.perf_counter()
     path = write_video(frames[0], video, fps=24)
     row["write_s"] = time.perf_counter() - t
@@ -249,9 +251,11 @@ def run_cli(size: str, work: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- scan vs unrolled
-def compare_scan(size: str, depths: list[int], specs: list[str], runs: int = 3) -> list[dict]:
-    """Compile the student sampler for each attention spec and depth, scanned and unrolled (no persistent
-    cache), then time ``runs`` runs of each executable (median)."""
+def compare_scan(size: str, depths: list[int], specs: list[str], runs: int = 3, unrolls: tuple[int, ...] = (1,)
+                 ) -> list[dict]:
+    """Compile the student sampler for each attention spec and depth, scanned (once per ``unrolls`` value, the
+    layers per scan iteration) and unrolled (no persistent cache), then time ``runs`` runs of each executable
+    (median)."""
     import jax
 
     from jax_vdit import sampling
@@ -260,8 +264,10 @@ def compare_scan(size: str, depths: list[int], specs: list[str], runs: int = 3) 
     rows = []
     for spec in specs:
         for depth in depths:
-            for scan in ((True,) if spec == "mixed-switch" else (True, False)):
-                model, kwargs, text, mask = _setup(size, "student", scan=scan, depth=depth, attention=spec)
+            variants = [(True, u) for u in unrolls] + ([] if spec == "mixed-switch" else [(False, 1)])
+            for scan, unroll in variants:
+                model, kwargs, text, mask = _setup(size, "student", scan=scan, depth=depth, attention=spec,
+                                                   scan_unroll=unroll)
                 sampler = sampling.compile_sampler(model, text, mask, **kwargs)
                 times = []
                 for r in range(runs + 1):  # the first run is not timed (allocations, autotuning caches)
@@ -269,7 +275,8 @@ def compare_scan(size: str, depths: list[int], specs: list[str], runs: int = 3) 
                     jax.block_until_ready(sampler(jax.random.key(r)))
                     times.append(time.perf_counter() - t)
                 timed = sorted(times[1:])
-                row = {"attention": spec, "layers": depth, "scan_layers": scan, "lower_s": round(sampler.lower_s, 3),
+                row = {"attention": spec, "layers": depth, "scan_layers": scan, "scan_unroll": unroll,
+                       "lower_s": round(sampler.lower_s, 3),
                        "compile_s": round(sampler.compile_s, 3), "sample_s_median": round(timed[len(timed) // 2], 4),
                        "sample_s_runs": [round(x, 4) for x in times[1:]],
                        "hlo_while_loops": sampler.hlo_text().count(" while(")}
@@ -283,9 +290,11 @@ def compare_scan(size: str, depths: list[int], specs: list[str], runs: int = 3) 
 def _meta(args) -> dict:
     import jax
 
-    return {"date": dt.date.today().isoformat(), "command": "python -m experiments.bench_first_video " +
+    flags = os.environ.get("XLA_FLAGS")  # the children inherit it: part of what was measured
+    prefix = f"XLA_FLAGS={flags} " if flags else ""
+    return {"date": dt.date.today().isoformat(), "command": prefix + "python -m experiments.bench_first_video " +
             " ".join(sys.argv[1:]), "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
-            "jax": jax.__version__, "python": platform.python_version(), "size": args.size}
+            "jax": jax.__version__, "python": platform.python_version(), "size": args.size, "xla_flags": flags}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -302,6 +311,8 @@ def main(argv: list[str] | None = None) -> None:
                    "k:m, mixed (k:m cycling over 1:m.. every layer, scanned in runs) or mixed-switch (the same "
                    "schedule in one scan with a switch over its masks)")
     p.add_argument("--runs", type=int, default=3, help="timed runs per executable for --compare-scan")
+    p.add_argument("--scan-unroll", default="1", help="comma-separated layers per scan iteration for the scanned "
+                   "rows of --compare-scan (AttentionConfig.scan_unroll), e.g. 1,2")
     p.add_argument("--cli", action="store_true", help="time `vdit sample` of a random student folder instead")
     p.add_argument("--out", default=None, help="write results JSON here (a folder)")
     p.add_argument("--tag", default=None, help="suffix of the results file name")
@@ -322,7 +333,8 @@ def main(argv: list[str] | None = None) -> None:
         name = f"first_video_cli_{args.size}{suffix}.json"
     elif args.compare_scan:
         rows = compare_scan(args.size, [int(d) for d in args.depths.split(",")],
-                            [a for a in args.attention.split(",") if a], runs=args.runs)
+                            [a for a in args.attention.split(",") if a], runs=args.runs,
+                            unrolls=tuple(int(u) for u in args.scan_unroll.split(",") if u))
         result = {**_meta(args), "rows": rows}
         name = f"compare_scan_{args.size}{suffix}.json"
     else:

@@ -124,28 +124,38 @@ def cli_table(runs: list[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+def _comp(row: dict | None) -> float | None:
+    return None if row is None else row["lower_s"] + row["compile_s"]
+
+
+def _run(row: dict | None) -> float | None:
+    return None if row is None else row.get("sample_s_median")
+
+
 def scan_table(runs: list[tuple[str, dict]]) -> str:
     """Scanned vs unrolled rows side by side, with the run-time ratio (goal: within 2%)."""
-    lines = ["| size | attention | layers | scanned: lower + compile s | unrolled: lower + compile s | scanned run s "
-             "(median) | unrolled run s (median) | scanned / unrolled run | while loops (scanned / unrolled) | "
-             "device |", "|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    lines = ["| size | attention | layers | scan unroll | scanned: lower + compile s | unrolled: lower + compile s | "
+             "scanned run s (median) | unrolled run s (median) | scanned / unrolled run | while loops (scanned / "
+             "unrolled) | device |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for _, data in runs:
         by_key: dict[tuple, dict] = {}
+        unrolled: dict[tuple, dict] = {}
         for row in data["rows"]:
-            by_key.setdefault((row.get("attention", "1:7"), row["layers"]), {})[row["scan_layers"]] = row
-        for (attention, layers), pair in by_key.items():
-            s, u = pair.get(True), pair.get(False)
-
-            def comp(r):
-                return None if r is None else r["lower_s"] + r["compile_s"]
-
-            def run(r):
-                return None if r is None else r.get("sample_s_median")
-
-            ratio = (run(s) / run(u)) if run(s) and run(u) else None
-            loops = f"{s['hlo_while_loops'] if s else '-'} / {u['hlo_while_loops'] if u else '-'}"
-            lines.append(f"| {data.get('size')} | {attention} | {layers} | {_f(comp(s), 1)} | {_f(comp(u), 1)} | "
-                         f"{_f(run(s), 3)} | {_f(run(u), 3)} | {_f(ratio, 3)} | {loops} | {data.get('device')} |")
+            key = (row.get("attention", "1:7"), row["layers"])
+            if row["scan_layers"]:
+                by_key.setdefault(key, {})[row.get("scan_unroll", 1)] = row
+            else:
+                unrolled[key] = row
+        for key in unrolled:
+            by_key.setdefault(key, {})
+        for (attention, layers), scanned in by_key.items():
+            u = unrolled.get((attention, layers))
+            for unroll, s in (sorted(scanned.items()) or [(None, None)]):
+                ratio = (_run(s) / _run(u)) if _run(s) and _run(u) else None
+                loops = f"{s['hlo_while_loops'] if s else '-'} / {u['hlo_while_loops'] if u else '-'}"
+                lines.append(f"| {data.get('size')} | {attention} | {layers} | {unroll or '-'} | {_f(_comp(s), 1)} | "
+                             f"{_f(_comp(u), 1)} | {_f(_run(s), 3)} | {_f(_run(u), 3)} | {_f(ratio, 3)} | {loops} | "
+                             f"{data.get('device')} |")
     return "\n".join(lines)
 
 

@@ -225,3 +225,21 @@ def test_switched_program_does_not_grow_with_depth():
     assert three.count("stablehlo.while") == 1 and nine.count("stablehlo.while") == 1
     assert three.count("stablehlo.dot_general") == nine.count("stablehlo.dot_general") > 0
     assert "stablehlo.case" in nine
+
+
+@pytest.mark.parametrize("mixed", ["runs", "switch"])
+def test_scan_unroll_is_the_same_function(golden4, mixed):
+    """``scan_unroll=2`` (two blocks per loop iteration; 3 on a run of 2 is clipped) equals the unrolled model, for
+    runs of equal masks and for the switched scan; the setting is checked."""
+    model, args = golden4
+    masks = (None, A, A, A) if mixed == "runs" else (None, A, None, A)
+    unrolled = model(*args, attention=_att(masks, False))
+    texts = {}
+    for unroll in (1, 2, 3):
+        att = dataclasses.replace(_att(masks, True), mixed_masks=mixed, scan_unroll=unroll)
+        _close(model(*args, attention=att), unrolled)
+        texts[unroll] = jax.jit(lambda *a, att=att: model(*a, attention=att)).lower(*args).as_text()
+    assert texts[2] != texts[1]  # the setting reaches the scan
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="scan_unroll must be an int >= 1"):
+            AttentionConfig(scan_unroll=bad)

@@ -28,7 +28,13 @@ def test_scan_table_pairs_scanned_and_unrolled_runs():
     rows = [{"attention": "1:7", "layers": 32, "scan_layers": s, "lower_s": 1.0, "compile_s": c,
              "sample_s_median": m, "hlo_while_loops": w} for s, c, m, w in ((True, 9.0, 1.02, 2), (False, 70.0, 1.0, 1))]
     table = scan_table([("compare_scan_full", {"size": "full", "device": "H100", "rows": rows})])
-    assert "| full | 1:7 | 32 | 10.0 | 71.0 | 1.020 | 1.000 | 1.020 | 2 / 1 | H100 |" in table
+    assert "| full | 1:7 | 32 | 1 | 10.0 | 71.0 | 1.020 | 1.000 | 1.020 | 2 / 1 | H100 |" in table
+    # --scan-unroll 1,2: one line per scanned variant, each against the same unrolled run
+    rows.append({"attention": "1:7", "layers": 32, "scan_layers": True, "scan_unroll": 2, "lower_s": 1.0,
+                 "compile_s": 12.0, "sample_s_median": 1.01, "hlo_while_loops": 2})
+    table = scan_table([("compare_scan_full", {"size": "full", "device": "H100", "rows": rows})])
+    assert "| full | 1:7 | 32 | 1 | 10.0 | 71.0 | 1.020 | 1.000 | 1.020 | 2 / 1 | H100 |" in table
+    assert "| full | 1:7 | 32 | 2 | 13.0 | 71.0 | 1.010 | 1.000 | 1.010 | 2 / 1 | H100 |" in table
 
 
 def test_main_writes_the_summary_and_the_plot(tmp_path):

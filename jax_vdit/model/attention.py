@@ -56,6 +56,10 @@ class AttentionConfig:
     run, so such a schedule compiles about one block per layer; ``"switch"`` scans all layers once and picks the
     layer's mask with ``jax.lax.switch`` over the distinct masks (one block program per distinct mask, whatever
     the depth; the layer's branch index is data).
+
+    ``scan_unroll`` (default 1): layers per iteration of those scans (``jax.lax.scan``'s ``unroll``): 2 puts two
+    blocks in the loop body, which lets XLA overlap and fuse across a layer boundary at the cost of one more block
+    to compile; the result is the same function.
     """
 
     dense_backend: str = "auto"
@@ -66,6 +70,7 @@ class AttentionConfig:
     batch_axis: str | None = None
     scan_layers: bool = True
     mixed_masks: str = "runs"
+    scan_unroll: int = 1
 
     def __post_init__(self) -> None:
         if self.dense_backend not in DENSE_BACKENDS:
@@ -80,6 +85,8 @@ class AttentionConfig:
             raise ValueError(f"scan_layers must be a bool, got {self.scan_layers!r}")
         if self.mixed_masks not in ("runs", "switch"):
             raise ValueError(f"mixed_masks must be 'runs' or 'switch', got {self.mixed_masks!r}")
+        if isinstance(self.scan_unroll, bool) or not isinstance(self.scan_unroll, int) or self.scan_unroll < 1:
+            raise ValueError(f"scan_unroll must be an int >= 1, got {self.scan_unroll!r}")
         if self.sequence_axis is not None and self.sequence_axis == self.batch_axis:
             raise ValueError(f"sequence_axis and batch_axis must be different mesh axes, both are {self.batch_axis!r}")
 

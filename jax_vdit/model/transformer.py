@@ -169,7 +169,8 @@ class OpenSoraT2V(nnx.Module):
 
         if self.cfg.remat:
             body = jax.checkpoint(body)
-        x, _ = jax.lax.scan(lambda x, state: (body(x, state), None), x, stacked)
+        x, _ = jax.lax.scan(lambda x, state: (body(x, state), None), x, stacked,
+                            unroll=min(attention.scan_unroll, stop - start))
         return x
 
     def _stacked_states(self, start: int, stop: int):
@@ -205,7 +206,8 @@ class OpenSoraT2V(nnx.Module):
         if self.cfg.remat:
             body = jax.checkpoint(body)
         which = jnp.asarray(index, jnp.int32)
-        x, _ = jax.lax.scan(lambda x, inputs: (body(x, *inputs), None), x, (stacked, which))
+        x, _ = jax.lax.scan(lambda x, inputs: (body(x, *inputs), None), x, (stacked, which),
+                            unroll=min(attention.scan_unroll, self.cfg.num_layers))
         return x
 
     def finish(self, ctx: ForwardContext, x: jax.Array) -> jax.Array:
