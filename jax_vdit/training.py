@@ -542,6 +542,12 @@ def train(
             needed = step_memory_bytes(step_fn, state, first_batch, frozen)
             if needed is not None and needed["peak"] > limit:
                 raise DeviceMemoryError(step_does_not_fit_message(needed, limit, ckpts.latest_step()))
+    except jax.errors.JaxRuntimeError as err:  # e.g. placing the first batch, or compiling the step
+        message = out_of_memory_message(err, start + 1, ckpts.latest_step()) if is_out_of_memory(err) else None
+        ckpts.close()
+        if message is not None:
+            raise DeviceMemoryError(message) from err
+        raise
     except BaseException:
         ckpts.close()
         raise

@@ -247,6 +247,20 @@ def test_a_step_that_cannot_fit_is_refused_before_it_runs(tmp_path, monkeypatch)
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_out_of_memory_before_the_first_step_is_named_too(tmp_path):
+    """Placing the first batch (or compiling the step ahead) can run out of memory before the loop: the same
+    DeviceMemoryError, not a raw XLA error."""
+    from jax_vdit import training
+
+    def place(batch):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 2147483648 bytes.")
+
+    cfg = TrainConfig(steps=2, learning_rate=1e-3, log_every=1, checkpoint_every=2)
+    with pytest.raises(training.DeviceMemoryError, match=r"by step 1 on cpu .*2.0 GiB at once; no checkpoint"):
+        train(init_model(CFG, seed=0), DiffusionObjective(), _batch_at, cfg, tmp_path, frozen=FROZEN,
+              show_progress=False, place_batch=place)
+
+
 def test_other_runtime_errors_pass_through(tmp_path, monkeypatch):
     from jax_vdit import training
 
