@@ -1,5 +1,8 @@
 """A disk store of compiled XLA executables, so that a warm process skips tracing and lowering too.
 
+Used for the VAE's decode/encode stages (:mod:`jax_vdit.vae.runtime`) and the single-device sampler
+(:func:`jax_vdit.sampling.sample`).
+
 JAX's persistent compilation cache saves the XLA compile, but a fresh process still traces and lowers every
 program to compute the cache key: for the VAE's 40 decode stages at 29x720p that was about 4 s of a warm `vdit
 sample` on an H100, and it competes for Python's lock with the transformer's own lowering. This store keys an
@@ -52,12 +55,14 @@ def source_fingerprint(*package_dirs: str) -> str:
 
 
 def environment_fingerprint() -> tuple:
-    """What else an executable depends on: versions, backend, devices and the XLA flags of this process."""
+    """What else an executable depends on: versions, backend, devices, the XLA flags and jax's numerics settings
+    (default matmul precision, x64) of this process."""
     import jaxlib
 
     device = jax.local_devices()[0]
     return (jax.__version__, jaxlib.__version__, jax.default_backend(), device.client.platform_version,
-            device.device_kind, jax.local_device_count(), os.environ.get("XLA_FLAGS", ""))
+            device.device_kind, jax.local_device_count(), os.environ.get("XLA_FLAGS", ""),
+            str(jax.config.jax_default_matmul_precision), bool(jax.config.jax_enable_x64))
 
 
 def store_key(description: Any, *package_dirs: str) -> str:

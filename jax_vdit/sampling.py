@@ -20,6 +20,7 @@ import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -27,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jax_vdit import parallel, schedules
+import pallas_kernels
+from jax_vdit import executable_store, parallel, schedules
 from jax_vdit.model.attention import DENSE, AttentionConfig, sequence_parallel
 
 MAX_PLAN_STEPS = 1000
@@ -290,8 +292,62 @@ def sample(
     prog = _program(model, text, text_mask, latent_shape=latent_shape, plan=plan, negative_text=negative_text,
                     negative_mask=negative_mask, guidance_scale=guidance_scale, attention=attention,
                     latent_dtype=latent_dtype, mesh=mesh, sharding_rules=sharding_rules)
-    runner = functools.partial(_sample_jit, prog.graphdef, **prog.statics)
+    runner = _stored_runner(prog) or functools.partial(_sample_jit, prog.graphdef, **prog.statics)
     return prog.run(runner, key, num_steps=None, start_step=start_step, latents=latents, progress=progress)
+
+
+_PACKAGE_DIRS = (str(Path(__file__).resolve().parent), str(Path(pallas_kernels.__file__).resolve().parent))
+_STORED: dict[str, Callable] = {}  # executables of this process by store key (loaded or compiled)
+
+
+def _attention_description(attention: AttentionConfig) -> tuple:
+    """Every field of ``attention``, tile masks by their bits (a label alone need not identify a mask)."""
+    out = []
+    for f in dataclasses.fields(attention):
+        value = getattr(attention, f.name)
+        if f.name == "masks" and value is not None:
+            value = tuple(None if m is None else (m.num_frames, bytes(m.bits).hex()) for m in value)
+        out.append((f.name, value))
+    return tuple(out)
+
+
+def _abstract(leaf) -> tuple:
+    return tuple(leaf.shape), str(leaf.dtype), bool(getattr(leaf, "weak_type", False))
+
+
+def sampler_store_key(prog: "_Program", args: tuple) -> str:
+    """The executable store's key of the sampler program for ``args`` (see :mod:`jax_vdit.executable_store`): the
+    model's graph definition, the sampler method, latent dtype, every attention setting (masks by their bits), the
+    arguments' shapes, dtypes and tree structure, and the source of this package and of ``pallas_kernels`` (versions,
+    device and numerics settings: :func:`jax_vdit.executable_store.environment_fingerprint`)."""
+    leaves, treedef = jax.tree.flatten(args)
+    statics = prog.statics
+    description = ("sampler", repr(prog.graphdef), statics["method"], str(statics["latent_dtype"]),
+                   _attention_description(statics["attention"]), str(treedef), tuple(_abstract(x) for x in leaves))
+    return executable_store.store_key(description, *_PACKAGE_DIRS)
+
+
+def _stored_runner(prog: "_Program") -> Callable | None:
+    """A runner that takes the sampler's executable from the executable store (or compiles and stores it), so a
+    warm process neither traces nor lowers the sampler; None (use the jitted function) on a mesh or with the
+    store off."""
+    if prog.mesh is not None or executable_store.store_directory() is None:
+        return None
+
+    def run(*args):
+        key = sampler_store_key(prog, args)
+        executable = _STORED.get(key)
+        if executable is None:
+            found = executable_store.load(key)
+            if found is not None:
+                executable = found[0]
+            else:
+                executable = _sample_jit.lower(prog.graphdef, *args, **prog.statics).compile()
+                executable_store.save(key, executable)
+            _STORED[key] = executable
+        return executable(*args)
+
+    return run
 
 
 @dataclass(frozen=True, eq=False)

@@ -8,6 +8,9 @@ from pathlib import Path
 # The executable store (jax_vdit.executable_store) follows JAX's persistent cache, which CLI tests turn on in
 # this process: keep it off unless a test turns it on, so that compile counts mean what the tests say.
 os.environ["JAX_VDIT_EXECUTABLE_STORE"] = "0"
+# and commands that turn JAX's persistent cache on by default (vdit sample, prepare-data, distill) leave it off in
+# tests unless a test passes --compile-cache: nothing is written to the user's ~/.cache
+os.environ["JAX_VDIT_COMPILE_CACHE"] = ""
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

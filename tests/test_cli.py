@@ -294,3 +294,30 @@ def test_toybench_samples_a_student_with_its_own_masks_and_edges(monkeypatch, tm
     np.testing.assert_array_equal(kw["plan"].t_model, student.plan.t_model)
     np.testing.assert_array_equal(kw["plan"].t_to, student.plan.t_to)
     assert list(json.loads(out.read_text())["results"]) == ["consistency:4:none"]
+
+
+def test_prepare_data_and_distill_turn_the_compile_cache_on_like_sample(tmp_path, monkeypatch):
+    """`vdit prepare-data` and `vdit distill mlcd|search-masks|kd` take --compile-cache / --no-compile-cache (a
+    resumed run reads its compiled programs instead of compiling them again); the default comes from
+    $JAX_VDIT_COMPILE_CACHE or ~/.cache/jax-vdit/xla."""
+    import jax
+
+    from jax_vdit.cli import build_parser
+    from jax_vdit.cli import compile_cache as cc
+
+    common = ["--data", "d", "--run", "r"]
+    commands = [["prepare-data", "--videos", "v", "--captions", "c.jsonl", "--out", "o", "--vae", "x",
+                 "--embeddings", "e"], ["distill", "mlcd", "--teacher", "t", *common],
+                ["distill", "search-masks", "--student", "s", *common], ["distill", "kd", "--student", "s", *common]]
+    previous = jax.config.jax_compilation_cache_dir
+    try:
+        for argv in commands:
+            args = build_parser().parse_args([*argv, "--compile-cache", str(tmp_path / "xla")])
+            assert cc.setup_compile_cache(args) == str(tmp_path / "xla")
+            assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
+            args = build_parser().parse_args([*argv, "--compile-cache", str(tmp_path / "xla"), "--no-compile-cache"])
+            assert cc.setup_compile_cache(args) is None
+        monkeypatch.delenv(cc.COMPILE_CACHE_ENV)  # read when the parser is built
+        assert build_parser().parse_args(commands[1]).compile_cache == cc.DEFAULT_COMPILE_CACHE
+    finally:
+        jax.config.update("jax_compilation_cache_dir", previous)

@@ -141,3 +141,79 @@ def test_a_second_process_loads_every_stage(tmp_path):
     assert first["compiled"] == first["stages"] > 6 and first["loaded"] == 0, first
     assert second["loaded"] == second["stages"] == first["stages"] and second["compiled"] == 0, second
     assert second["pixels"] == first["pixels"]
+
+
+# -- the sampler --------------------------------------------------------------------------------------------------
+def _sampler_inputs():
+    from jax_vdit import sampling
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_sampler import CFG, SHAPE, sampling_model
+
+    model = sampling_model()
+    text = jax.random.normal(jax.random.key(11), (1, 5, CFG.caption_channels))
+    mask = jnp.ones((1, 5), jnp.int32)
+    kwargs = dict(latent_shape=SHAPE, plan=sampling.euler_ancestral(3), negative_text=-text, negative_mask=mask,
+                  guidance_scale=3.0, latent_dtype=jnp.float32)
+    return sampling, model, text, mask, kwargs
+
+
+def test_the_sampler_loads_from_the_store_without_tracing_and_samples_the_same(store, monkeypatch):
+    sampling, model, text, mask, kwargs = _sampler_inputs()
+    monkeypatch.setattr(executable_store, "store_directory", lambda: None)  # the jitted path, for reference
+    reference = np.asarray(sampling.sample(model, text, mask, key=jax.random.key(5), **kwargs))
+    monkeypatch.undo()
+    monkeypatch.setenv(executable_store.ENV_SWITCH, "1")
+    sampling._STORED.clear()
+    first = np.asarray(sampling.sample(model, text, mask, key=jax.random.key(5), **kwargs))
+    np.testing.assert_array_equal(first, reference)
+    assert len(list(store.glob("*.bin"))) == 1
+
+    sampling._STORED.clear()  # a new process, as far as this one's executables go
+
+    class NoTracing:
+        def lower(self, *args, **kwargs):
+            raise AssertionError("the sampler was traced although the store holds it")
+
+        __call__ = lower
+
+    monkeypatch.setattr(sampling, "_sample_jit", NoTracing())
+    again = np.asarray(sampling.sample(model, text, mask, key=jax.random.key(5), **kwargs))
+    np.testing.assert_array_equal(again, reference)
+    steps = []  # the progress loop runs the same stored executable one step per call
+    stepped = np.asarray(sampling.sample(model, text, mask, key=jax.random.key(5), progress=steps.append, **kwargs))
+    np.testing.assert_array_equal(stepped, reference)
+    assert steps == [0, 1, 2] and len(list(store.glob("*.bin"))) == 1
+
+
+def test_the_sampler_key_tells_programs_apart(store):
+    import dataclasses
+
+    import pallas_kernels
+
+    sampling, model, text, mask, kwargs = _sampler_inputs()
+
+    def key(**changes):
+        settings = dict(kwargs, **changes)
+        prog = sampling._program(model, text, mask, latent_shape=settings["latent_shape"], plan=settings["plan"],
+                                 negative_text=settings["negative_text"], negative_mask=settings["negative_mask"],
+                                 guidance_scale=settings["guidance_scale"], attention=settings.get(
+                                     "attention", sampling.DENSE), latent_dtype=settings["latent_dtype"], mesh=None,
+                                 sharding_rules=sampling.parallel.DEFAULT_RULES)
+        x = jnp.zeros(prog.batch_shape, prog.statics["latent_dtype"])
+        return sampling.sampler_store_key(prog, prog.args(x, jax.random.key(0), 0, 1))
+
+    base = key()
+    assert key() == base and key(guidance_scale=5.0) == base  # runtime values are not part of the program
+    assert key(latent_shape=(4, 2, 8, 16)) != base and key(latent_dtype=jnp.bfloat16) != base
+    assert key(plan=sampling.consistency((0, 500)), negative_text=None, negative_mask=None) != base
+    a = pallas_kernels.TileMask(2, bytes([1, 0, 1, 1]), name="custom")  # T = 2 latent frames
+    b = pallas_kernels.TileMask(2, bytes([1, 1, 0, 1]), name="custom")  # the same label, other tiles
+    att = sampling.AttentionConfig(masks=(a,) * CFG_LAYERS(model), tile_backend="reference")
+    key_a = key(attention=att)
+    key_b = key(attention=dataclasses.replace(att, masks=(b,) * CFG_LAYERS(model)))
+    assert len({base, key_a, key_b}) == 3
+
+
+def CFG_LAYERS(model) -> int:  # noqa: N802 - reads like the config field it returns
+    return model.cfg.num_layers

@@ -16,6 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from jax_vdit.cli.compile_cache import add_compile_cache_arguments, setup_compile_cache
+
 NAME = "distill"
 HELP = "distil a teacher into a few-step (MLCD), then tile-sparse (mask search + KD) student"
 
@@ -73,6 +75,7 @@ def _toy_check():
 def _cmd_mlcd(args: argparse.Namespace) -> int:
     from jax_vdit.distill.stages import mlcd_folder
 
+    setup_compile_cache(args)
     _initialize_distributed(args)
     recipe = _recipe(args)
     out = mlcd_folder(args.teacher, args.data, args.run, recipe, vae_dir=args.vae, time_limit_s=args.time_limit,
@@ -83,6 +86,7 @@ def _cmd_mlcd(args: argparse.Namespace) -> int:
 def _cmd_search(args: argparse.Namespace) -> int:
     from jax_vdit.distill.stages import search_masks_folder
 
+    setup_compile_cache(args)
     recipe = _recipe(args, args.student)
     out = search_masks_folder(args.student, args.data, args.run, recipe, tile_backend=args.tile_backend)
     print(f"search-masks: r={recipe.threshold}; masks and dense weights in {out.student}; errors in "
@@ -93,6 +97,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 def _cmd_kd(args: argparse.Namespace) -> int:
     from jax_vdit.distill.stages import kd_folder
 
+    setup_compile_cache(args)
     _initialize_distributed(args)
     recipe = _recipe(args, args.student)
     out = kd_folder(args.student, args.data, args.run, recipe, vae_dir=args.vae, time_limit_s=args.time_limit,
@@ -108,6 +113,7 @@ def _common(p: argparse.ArgumentParser, *, training: bool) -> None:
                         "folder's recipe.json when resuming, else the input student's recorded recipe, else defaults")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override one recipe field, e.g. --set mlcd_steps=2000 --set guidance=4.5 (repeatable)")
+    add_compile_cache_arguments(p)
     if training:
         p.add_argument("--time-limit", type=float, default=None,
                        help="stop after this many seconds with a final checkpoint; rerun to continue")

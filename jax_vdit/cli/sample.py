@@ -16,8 +16,12 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_COMPILE_CACHE = "~/.cache/jax-vdit/xla"  # JAX's persistent compilation cache (compiled sampler, VAE stages)
-COMPILE_CACHE_ENV = "JAX_VDIT_COMPILE_CACHE"
+from jax_vdit.cli.compile_cache import (  # noqa: F401 - the names were defined here first
+    COMPILE_CACHE_ENV,
+    DEFAULT_COMPILE_CACHE,
+    add_compile_cache_arguments,
+    setup_compile_cache,
+)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -116,18 +120,6 @@ def make_cli_mesh(args: argparse.Namespace):
         raise ValueError(f"a {data}x{seq} mesh needs {data * seq} devices; {available} visible "
                          f"({jax.default_backend()})")
     return make_mesh(seq=seq, data=data)
-
-
-def setup_compile_cache(args: argparse.Namespace) -> str | None:
-    """Turn on JAX's persistent compilation cache (unless ``--no-compile-cache`` or an empty directory)."""
-    if args.no_compile_cache or not args.compile_cache:
-        return None
-    import jax
-
-    path = Path(args.compile_cache).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    return str(path)
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
@@ -282,8 +274,6 @@ def register(sub) -> None:
     g.add_argument("--out", default="outputs/sample.safetensors", help="latents file; videos go beside it as "
                    "<stem>.mp4 (or <stem>_<k>.mp4), each with a <file>.json sidecar")
     g.add_argument("--fps", type=int, default=24, help="frames per second of the mp4s")
-    g.add_argument("--compile-cache", default=os.environ.get(COMPILE_CACHE_ENV, DEFAULT_COMPILE_CACHE),
-                   help=f"persistent XLA compilation cache directory (env {COMPILE_CACHE_ENV}); '' disables it")
-    g.add_argument("--no-compile-cache", action="store_true", help="do not use the persistent compilation cache")
+    add_compile_cache_arguments(g)
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_sample)

@@ -72,6 +72,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     enc.add_argument("--text-batch-size", type=int, default=16, help="captions per text-encoder call")
     enc.add_argument("--workers", type=int, default=2, help="threads decoding videos ahead of the VAE (0: none)")
     enc.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from jax_vdit.cli.compile_cache import add_compile_cache_arguments
+
+    add_compile_cache_arguments(enc)
     return p
 
 
@@ -115,6 +118,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config = config_from_args(args)
+        from jax_vdit.cli.compile_cache import setup_compile_cache
+
+        setup_compile_cache(args)  # a rerun (e.g. after a kill) reads the encoder's stages instead of compiling
         import jax.numpy as jnp
 
         from jax_vdit.data.text import text_source_from_spec
