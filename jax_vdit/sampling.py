@@ -394,7 +394,8 @@ def compile_sampler(
     """Compile the sampling program for these inputs now (``jit(...).lower(...).compile()``, timed) and return it
     as a :class:`CompiledSampler`. Arguments as in :func:`sample`. With ``jax_compilation_cache_dir`` set, a later
     process with the same model structure, shapes and settings reads the executable from the persistent cache
-    (the program has no host callbacks, so its cache key is stable across processes)."""
+    (the program has no host callbacks, so its cache key is stable across processes); with the executable store on
+    (single device), from the store instead, without tracing or lowering (``lower_s`` 0, ``compile_s`` the load)."""
     prog = _program(model, text, text_mask, latent_shape=latent_shape, plan=plan, negative_text=negative_text,
                     negative_mask=negative_mask, guidance_scale=guidance_scale, attention=attention,
                     latent_dtype=latent_dtype, mesh=mesh, sharding_rules=sharding_rules)
@@ -403,11 +404,21 @@ def compile_sampler(
         sharding = None if prog.mesh is None else jax.sharding.NamedSharding(prog.mesh, jax.sharding.PartitionSpec())
         x = jax.ShapeDtypeStruct(prog.batch_shape, dtype, sharding=sharding)
         key = prog.place(jax.random.split(jax.random.key(0))[1])
+        args = prog.args(x, key, 0, plan.num_steps)
+        stored = None if _stored_runner(prog) is None else sampler_store_key(prog, args)
         t0 = time.perf_counter()
-        lowered = _sample_jit.lower(prog.graphdef, *prog.args(x, key, 0, plan.num_steps), **prog.statics)
+        if stored is not None:  # the executable store (see sample): no tracing, no lowering
+            found = _STORED.get(stored) or (executable_store.load(stored) or (None,))[0]
+            if found is not None:
+                _STORED[stored] = found
+                return CompiledSampler(found, 0.0, time.perf_counter() - t0, prog)
+        lowered = _sample_jit.lower(prog.graphdef, *args, **prog.statics)
         t1 = time.perf_counter()
         executable = lowered.compile()
         t2 = time.perf_counter()
+        if stored is not None:
+            executable_store.save(stored, executable)
+            _STORED[stored] = executable
     return CompiledSampler(executable, t1 - t0, t2 - t1, prog)
 
 

@@ -217,3 +217,27 @@ def test_the_sampler_key_tells_programs_apart(store):
 
 def CFG_LAYERS(model) -> int:  # noqa: N802 - reads like the config field it returns
     return model.cfg.num_layers
+
+
+def test_compile_sampler_reads_and_fills_the_same_store(store, monkeypatch):
+    """The ahead-of-time path (``compile_sampler``, used by the benchmarks) stores under the same key as
+    ``sample``: each finds what the other compiled."""
+    sampling, model, text, mask, kwargs = _sampler_inputs()
+    sampling._STORED.clear()
+    compiled = sampling.compile_sampler(model, text, mask, **kwargs)
+    assert compiled.lower_s > 0 and len(list(store.glob("*.bin"))) == 1
+    reference = np.asarray(compiled(jax.random.key(5)))
+    sampling._STORED.clear()
+
+    class NoTracing:
+        def lower(self, *args, **kwargs):
+            raise AssertionError("traced although the store holds the sampler")
+
+        __call__ = lower
+
+    monkeypatch.setattr(sampling, "_sample_jit", NoTracing())
+    loaded = sampling.compile_sampler(model, text, mask, **kwargs)
+    assert loaded.lower_s == 0.0
+    np.testing.assert_array_equal(np.asarray(loaded(jax.random.key(5))), reference)
+    np.testing.assert_array_equal(np.asarray(sampling.sample(model, text, mask, key=jax.random.key(5), **kwargs)),
+                                  reference)
