@@ -334,8 +334,13 @@ def _stored_runner(prog: "_Program") -> Callable | None:
     if prog.mesh is not None or executable_store.store_directory() is None:
         return None
 
+    keys: dict[tuple, str] = {}  # by the arguments' shapes: the progress loop calls run once per step
+
     def run(*args):
-        key = sampler_store_key(prog, args)
+        shapes = tuple(_abstract(x) for x in jax.tree.leaves(args))
+        key = keys.get(shapes)
+        if key is None:
+            key = keys[shapes] = sampler_store_key(prog, args)
         executable = _STORED.get(key)
         if executable is None:
             found = executable_store.load(key)
