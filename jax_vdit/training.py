@@ -542,14 +542,12 @@ def train(
             needed = step_memory_bytes(step_fn, state, first_batch, frozen)
             if needed is not None and needed["peak"] > limit:
                 raise DeviceMemoryError(step_does_not_fit_message(needed, limit, ckpts.latest_step()))
-    except jax.errors.JaxRuntimeError as err:  # e.g. placing the first batch, or compiling the step
-        message = out_of_memory_message(err, start + 1, ckpts.latest_step()) if is_out_of_memory(err) else None
+    except BaseException as err:  # out of memory placing the first batch or compiling the step: named as such
+        oom = isinstance(err, jax.errors.JaxRuntimeError) and is_out_of_memory(err)
+        message = out_of_memory_message(err, start + 1, ckpts.latest_step()) if oom else None
         ckpts.close()
         if message is not None:
             raise DeviceMemoryError(message) from err
-        raise
-    except BaseException:
-        ckpts.close()
         raise
     bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", disable=not show_progress)
     t_last = t_start = time.perf_counter()
@@ -628,23 +626,22 @@ def out_of_memory_message(err: BaseException, step: int, last_checkpoint: int | 
             f"{_kept(last_checkpoint)}. {MEMORY_HINTS} XLA said: " + first_line)
 
 
+def _memory_stats() -> dict:
+    try:
+        return jax.local_devices()[0].memory_stats() or {}
+    except Exception:  # noqa: BLE001 - a backend without memory statistics
+        return {}
+
+
 def device_bytes_limit() -> int | None:
     """Bytes the first local device's allocator may use (GPU and TPU report it; the CPU does not: None)."""
-    try:
-        stats = jax.local_devices()[0].memory_stats()
-    except Exception:  # noqa: BLE001 - a backend without memory statistics
-        return None
-    limit = (stats or {}).get("bytes_limit")
+    limit = _memory_stats().get("bytes_limit")
     return int(limit) if limit else None
 
 
 def device_bytes_in_use() -> int:
     """Bytes the first local device's allocator holds now (0 where the backend does not say)."""
-    try:
-        stats = jax.local_devices()[0].memory_stats()
-    except Exception:  # noqa: BLE001 - a backend without memory statistics
-        return 0
-    return int((stats or {}).get("bytes_in_use", 0))
+    return int(_memory_stats().get("bytes_in_use", 0))
 
 
 def refuse_state_that_cannot_fit(params: PyTree, cfg: TrainConfig, tx: optax.GradientTransformation) -> None:
