@@ -83,22 +83,55 @@ def abstract_inputs(student_cfg, teacher_cfg, latent, text_len, batch: int, stag
     return sp, tp, tcfg, tx, state, batch_abs, frozen
 
 
-def analyze(size: str, stage: str, batch: int, compile_: bool) -> dict:
-    """Lower (and compile) the jitted train step on abstract inputs; XLA's memory and cost analyses."""
-    from jax_vdit.training import make_train_step
+def _shard_abstract(state, batch, frozen, mesh, rules):
+    """The abstract inputs with the shardings ``train(..., mesh=, sharding_rules=)`` gives the real ones: state and
+    frozen weights by the rule table, batch rows over ``data``, the rest replicated."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from jax_vdit import parallel
+
+    def put(tree, shardings):
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+    replicated = NamedSharding(mesh, PartitionSpec())
+    rows = NamedSharding(mesh, PartitionSpec("data"))
+    state = put(state, parallel.tree_shardings(state, mesh, rules))
+    batch = put(batch, jax.tree.map(lambda _: rows, batch))
+    frozen = {k: put(v, parallel.tree_shardings(v, mesh, rules)) if k == "teacher"
+              else jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=replicated) for k, v in frozen.items()}
+    return state, batch, frozen
+
+
+def analyze(size: str, stage: str, batch: int, compile_: bool, fsdp_devices: int = 0) -> dict:
+    """Lower (and compile) the jitted train step on abstract inputs; XLA's memory and cost analyses. With
+    ``fsdp_devices`` = N: the step of an N-device data-parallel mesh with FSDP rules (parameters, AdamW moments,
+    EMAs and the frozen teacher split over ``data``; ``batch`` is the global batch), per device."""
+    from jax_vdit.training import make_train_step, objective_for_mesh
 
     student_cfg, teacher_cfg, latent, text_len = configs(size)
     sp, tp, tcfg, tx, state, b, frozen = abstract_inputs(student_cfg, teacher_cfg, latent, text_len, batch, stage)
     objective = objectives(stage, sp, tp, latent[1], student_cfg.num_layers)
-    step = make_train_step(sp, objective, tcfg, tx)
+    mesh = None
+    if fsdp_devices:
+        from jax_vdit import parallel
+
+        if jax.device_count() < fsdp_devices:
+            raise SystemExit(f"--fsdp-devices {fsdp_devices} needs {fsdp_devices} devices, {jax.device_count()} "
+                             "visible (on a CPU: XLA_FLAGS=--xla_force_host_platform_device_count=N JAX_PLATFORMS=cpu)")
+        mesh = parallel.as_auto_mesh(parallel.make_mesh(seq=1, data=fsdp_devices,
+                                                        devices=jax.devices()[:fsdp_devices]))
+        rules = parallel.DEFAULT_RULES.fsdp()
+        objective = objective_for_mesh(objective, mesh, rules)
+        state, b, frozen = _shard_abstract(state, b, frozen, mesh, rules)
+    step = make_train_step(sp, objective, tcfg, tx, mesh=mesh)
     t0 = time.perf_counter()
     lowered = step.lower(state, b, frozen)
-    row = {"stage": stage, "lower_s": round(time.perf_counter() - t0, 1)}
+    row = {"stage": stage, "lower_s": round(time.perf_counter() - t0, 1), "fsdp_devices": fsdp_devices}
     nbytes = lambda tree: int(sum(np.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
     row |= {"state_bytes": nbytes(state), "teacher_bytes": nbytes(frozen["teacher"]), "batch_bytes": nbytes(b),
             "student_params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params)))}
     try:
-        cost = lowered.cost_analysis()
+        cost = getattr(lowered, "lowered", lowered).cost_analysis()
         row["lowered_flops"] = float(cost.get("flops", float("nan"))) if cost else None
     except Exception as err:  # noqa: BLE001 -- backends differ in what they can estimate before compile
         row["lowered_cost_error"] = repr(err)[:200]
@@ -206,6 +239,9 @@ def main(argv=None) -> None:
     p.add_argument("--clips", type=int, default=2, help="calibration clips of the mask search")
     p.add_argument("--analyze-only", action="store_true", help="no arrays: lower/compile on abstract inputs")
     p.add_argument("--lower-only", action="store_true", help="with --analyze-only: skip compile (faster)")
+    p.add_argument("--fsdp-devices", type=int, default=0,
+                   help="with --analyze-only: the step on an N-device data mesh with FSDP rules, per device (N devices "
+                        "must be visible; fake CPU devices will do)")
     p.add_argument("--stages", default="mlcd,kd,search", help="comma-separated: mlcd, kd, search (run mode); "
                    "peak memory is per process, so measure stages in separate processes to get each one's peak")
     p.add_argument("--out", default=str(OUT))
@@ -219,14 +255,16 @@ def main(argv=None) -> None:
     if unknown:
         p.error(f"unknown stages {sorted(unknown)}")
     if args.analyze_only:
-        rows = {"analysis": [analyze(args.size, s, args.batch, not args.lower_only) for s in stages if s != "search"]}
+        rows = {"analysis": [analyze(args.size, s, args.batch, not args.lower_only, args.fsdp_devices)
+                             for s in stages if s != "search"]}
     else:
         rows = {"steps": [measure_step(args.size, s, args.batch, args.steps) for s in stages if s != "search"]}
         if "search" in stages:
             rows["search"] = measure_search(args.size, args.clips)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = f"{args.size}_{'analysis' if args.analyze_only else 'run'}_{'-'.join(stages)}_{device.platform}"
+    fsdp = f"_fsdp{args.fsdp_devices}" if args.fsdp_devices else ""
+    tag = f"{args.size}_{'analysis' if args.analyze_only else 'run'}_{'-'.join(stages)}{fsdp}_{device.platform}"
     (out / f"{tag}.json").write_text(json.dumps({"header": header, **rows}, indent=2) + "\n")
     print(json.dumps({"header": header, **rows}, indent=1))
 

@@ -1,0 +1,33 @@
+"""bench_distill's analysis of the sharded step: with --fsdp-devices the per-device arguments shrink (state and
+teacher split over ``data``) and the numbers are recorded with the mesh size."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _analysis(tmp_path: Path, *extra: str) -> dict:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "experiments.bench_distill", "--size", "tiny", "--batch", "4", "--analyze-only",
+           "--stages", "kd", "--out", str(tmp_path), *extra]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    name = "tiny_analysis_kd_fsdp4_cpu.json" if extra else "tiny_analysis_kd_cpu.json"
+    return json.loads((tmp_path / name).read_text())["analysis"][0]
+
+
+def test_fsdp_analysis_splits_the_state_per_device(tmp_path):
+    one = _analysis(tmp_path)
+    four = _analysis(tmp_path, "--fsdp-devices", "4")
+    assert one["fsdp_devices"] == 0 and four["fsdp_devices"] == 4
+    assert four["state_bytes"] == one["state_bytes"]  # the whole state, as before
+    # per device: the state and teacher are split (not every tiny axis divides by 4, so less than 4x)
+    assert four["argument_size_in_bytes"] < 0.6 * one["argument_size_in_bytes"]
+    assert four["peak_estimate_bytes"] < one["peak_estimate_bytes"]
