@@ -327,11 +327,31 @@ def sampler_store_key(prog: "_Program", args: tuple) -> str:
     return executable_store.store_key(description, *_PACKAGE_DIRS)
 
 
+def _store_applies(prog: "_Program") -> bool:
+    """Whether the sampler goes through the executable store: one device and the store on."""
+    return prog.mesh is None and executable_store.store_directory() is not None
+
+
+def _stored_executable(key: str):
+    """The sampler executable under ``key``: this process's, else loaded from the store; None if neither."""
+    executable = _STORED.get(key)
+    if executable is None:
+        found = executable_store.load(key)
+        if found is not None:
+            executable = _STORED[key] = found[0]
+    return executable
+
+
+def _store_executable(key: str, executable) -> None:
+    executable_store.save(key, executable)
+    _STORED[key] = executable
+
+
 def _stored_runner(prog: "_Program") -> Callable | None:
     """A runner that takes the sampler's executable from the executable store (or compiles and stores it), so a
     warm process neither traces nor lowers the sampler; None (use the jitted function) on a mesh or with the
     store off."""
-    if prog.mesh is not None or executable_store.store_directory() is None:
+    if not _store_applies(prog):
         return None
 
     keys: dict[tuple, str] = {}  # by the arguments' shapes: the progress loop calls run once per step
@@ -341,15 +361,10 @@ def _stored_runner(prog: "_Program") -> Callable | None:
         key = keys.get(shapes)
         if key is None:
             key = keys[shapes] = sampler_store_key(prog, args)
-        executable = _STORED.get(key)
+        executable = _stored_executable(key)
         if executable is None:
-            found = executable_store.load(key)
-            if found is not None:
-                executable = found[0]
-            else:
-                executable = _sample_jit.lower(prog.graphdef, *args, **prog.statics).compile()
-                executable_store.save(key, executable)
-            _STORED[key] = executable
+            executable = _sample_jit.lower(prog.graphdef, *args, **prog.statics).compile()
+            _store_executable(key, executable)
         return executable(*args)
 
     return run
@@ -410,20 +425,17 @@ def compile_sampler(
         x = jax.ShapeDtypeStruct(prog.batch_shape, dtype, sharding=sharding)
         key = prog.place(jax.random.split(jax.random.key(0))[1])
         args = prog.args(x, key, 0, plan.num_steps)
-        stored = None if _stored_runner(prog) is None else sampler_store_key(prog, args)
+        stored = sampler_store_key(prog, args) if _store_applies(prog) else None
         t0 = time.perf_counter()
-        if stored is not None:  # the executable store (see sample): no tracing, no lowering
-            found = _STORED.get(stored) or (executable_store.load(stored) or (None,))[0]
-            if found is not None:
-                _STORED[stored] = found
-                return CompiledSampler(found, 0.0, time.perf_counter() - t0, prog)
+        found = None if stored is None else _stored_executable(stored)  # no tracing, no lowering
+        if found is not None:
+            return CompiledSampler(found, 0.0, time.perf_counter() - t0, prog)
         lowered = _sample_jit.lower(prog.graphdef, *args, **prog.statics)
         t1 = time.perf_counter()
         executable = lowered.compile()
         t2 = time.perf_counter()
         if stored is not None:
-            executable_store.save(stored, executable)
-            _STORED[stored] = executable
+            _store_executable(stored, executable)
     return CompiledSampler(executable, t1 - t0, t2 - t1, prog)
 
 

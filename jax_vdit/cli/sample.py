@@ -16,12 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from jax_vdit.cli.compile_cache import (  # noqa: F401 - the names were defined here first
-    COMPILE_CACHE_ENV,
-    DEFAULT_COMPILE_CACHE,
-    add_compile_cache_arguments,
-    setup_compile_cache,
-)
+from jax_vdit.cli.compile_cache import add_compile_cache_arguments, setup_compile_cache
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

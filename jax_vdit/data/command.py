@@ -72,7 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     enc.add_argument("--text-batch-size", type=int, default=16, help="captions per text-encoder call")
     enc.add_argument("--workers", type=int, default=2, help="threads decoding videos ahead of the VAE (0: none)")
     enc.add_argument("--no-progress", action="store_true", help="no progress bar")
-    from jax_vdit.cli.compile_cache import add_compile_cache_arguments
+    from jax_vdit.cli.compile_cache import add_compile_cache_arguments  # here: jax_vdit.cli imports this module
 
     add_compile_cache_arguments(enc)
     return p

@@ -52,7 +52,7 @@ def _errors_fn(graphdef, candidates: tuple, tile_backend: str, interpret: bool):
     def fn(state, latents, timestep, text, text_mask):
         model = nnx.merge(graphdef, state)
         ctx = model.prepare(latents, timestep, text, text_mask)
-        block_graph, stacked = model._stacked_states(0, model.cfg.num_layers)
+        block_graph, stacked = model.stacked_block_states(0, model.cfg.num_layers)
         run_dense = _block_step(None, ctx.tokens_per_frame, DENSE)
 
         def layer(x, block_state):

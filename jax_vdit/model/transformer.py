@@ -161,7 +161,7 @@ class OpenSoraT2V(nnx.Module):
             raise ValueError(f"layers {start}..{stop - 1} do not share one tile mask; scan only runs of equal masks")
         if stop - start == 1:
             return self.run_block(start, ctx, x, attention)
-        graphdef, stacked = self._stacked_states(start, stop)
+        graphdef, stacked = self.stacked_block_states(start, stop)
         step = _block_step(tile_mask, ctx.tokens_per_frame, attention)
 
         def body(x, state):
@@ -173,7 +173,7 @@ class OpenSoraT2V(nnx.Module):
                             unroll=min(attention.scan_unroll, stop - start))
         return x
 
-    def _stacked_states(self, start: int, stop: int):
+    def stacked_block_states(self, start: int, stop: int):
         """(graph def, the weights of blocks ``start .. stop - 1`` stacked along a new leading axis)."""
         graphdef, first = nnx.split(self.blocks[start])
         states = [first]
@@ -189,7 +189,7 @@ class OpenSoraT2V(nnx.Module):
         picks the layer's tile mask with ``jax.lax.switch`` over the distinct masks of the schedule, so the
         program holds one block per distinct mask, whatever the depth. x: (B, N, D) -> (B, N, D)."""
         distinct, index = attention.distinct_masks(self.cfg.num_layers)
-        graphdef, stacked = self._stacked_states(0, self.cfg.num_layers)
+        graphdef, stacked = self.stacked_block_states(0, self.cfg.num_layers)
         steps = [_block_step(mask, ctx.tokens_per_frame, attention) for mask in distinct]
 
         def branch(step):

@@ -130,6 +130,12 @@ def _stored_name(key) -> str:
     return executable_store.store_key(description, str(_PACKAGE_DIR))
 
 
+def _log_entry(fn: Callable, x_spec, donated: bool, seconds: float, *, loaded: bool) -> dict:
+    """One :func:`compile_log` entry (memory statistics are added where the compile reports them)."""
+    return {"stage": getattr(fn, "__name__", str(fn)), "shape": tuple(x_spec.shape), "dtype": str(x_spec.dtype),
+            "donated": donated, "seconds": seconds, "thread": threading.current_thread().name, "loaded": loaded}
+
+
 def load_stored_stage(fn: Callable, key, x_spec) -> bool:
     """Put the stage ``key`` into the stage cache from the executable store, without tracing or lowering it;
     False when the store is off or has no usable executable for it."""
@@ -142,9 +148,7 @@ def load_stored_stage(fn: Callable, key, x_spec) -> bool:
     if found is None:
         return False
     compiled, (out_shape, donated) = found
-    entry = {"stage": getattr(fn, "__name__", str(fn)), "shape": tuple(x_spec.shape), "dtype": str(x_spec.dtype),
-             "donated": donated, "seconds": time.perf_counter() - t0, "thread": threading.current_thread().name,
-             "loaded": True}
+    entry = _log_entry(fn, x_spec, donated, time.perf_counter() - t0, loaded=True)
     with _LOCK:
         if key not in _CACHE:
             _CACHE[key] = (compiled, out_shape)
@@ -161,9 +165,7 @@ def finish_stage(fn: Callable, key, lowered, out_shape, donated: bool, x_spec, l
     compiled = lowered.compile()
     if executable_store.store_directory() is not None:
         executable_store.save(_stored_name(key), compiled, (out_shape, donated))
-    entry = {"stage": getattr(fn, "__name__", str(fn)), "shape": tuple(x_spec.shape), "dtype": str(x_spec.dtype),
-             "donated": donated, "seconds": lower_s + time.perf_counter() - t0,
-             "thread": threading.current_thread().name, "loaded": False}
+    entry = _log_entry(fn, x_spec, donated, lower_s + time.perf_counter() - t0, loaded=False)
     try:
         mem = compiled.memory_analysis()
         entry.update(temp_bytes=int(mem.temp_size_in_bytes), argument_bytes=int(mem.argument_size_in_bytes),
