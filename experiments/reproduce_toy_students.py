@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     prompts = ["--prompts", "2"] if args.quick else []
     splits = {"validation": "0" if args.quick else args.validation_seeds,
               "test": "0" if args.quick else args.test_seeds}
+    command = "python -m experiments.reproduce_toy_students " + " ".join(sys.argv[1:] if argv is None else argv)
 
     with tempfile.TemporaryDirectory(prefix="toy_students_") as tmp:
         work = Path(args.workdir or tmp)
@@ -107,9 +108,16 @@ def main(argv: list[str] | None = None) -> None:
                          "--run", str(work / "kd"), "--no-progress", *limit(args.kd_time), *_sets(sets))),
         ]
         record: dict = {"stages": {}, "scores": {}}
+        partial = out / "reproduce_toy_students.partial.json"
+
+        def save_partial() -> None:
+            """What is done so far, so that a run stopped by a time limit still leaves its numbers."""
+            partial.write_text(json.dumps({"command": command, **record}, indent=1) + "\n")
+
         for name, cmd in stages:
             record["stages"][name] = {"command": " ".join(["vdit", *cmd[3:]]).replace(str(work), "WORK"),
                                       "seconds": run(cmd, logs / f"{name}.log")}
+            save_partial()
         for stage in ("mlcd", "kd"):
             metrics = work / stage / "metrics.jsonl"
             if metrics.is_file():
@@ -132,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
                 seconds = run(cmd, logs / f"toybench_{js.stem}.log")
                 scores = json.loads(js.read_text())
                 record["scores"].setdefault(label, {})[split] = {"seconds": seconds, **scores}
+                save_partial()
         import shutil
 
         shutil.make_archive(str(out / "logs"), "gztar", logs)
@@ -142,11 +151,11 @@ def main(argv: list[str] | None = None) -> None:
     header = {"date": datetime.date.today().isoformat(), "device": f"{device.platform}:{device.device_kind}",
               "jax": jax.__version__, "python": platform.python_version(), "world": WORLD, "samples": samples,
               "recipe": sets, "quick": args.quick,
-              "command": "python -m experiments.reproduce_toy_students " + " ".join(sys.argv[1:] if argv is None
-                                                                                     else argv)}
+              "command": command}
     result = {"header": header, **record}
     (out / "reproduce_toy_students.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / "reproduce_toy_students.md").write_text(table(result))
+    partial.unlink(missing_ok=True)
     print(table(result))
 
 
