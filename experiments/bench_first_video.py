@@ -123,7 +123,7 @@ def _vae(size: str):
 
 
 def child(size: str, case: str, cache_dir: str, video: str, vae_warmup: bool = True,
-          teacher_steps: int | None = None) -> dict:
+          teacher_steps: int | None = None, vae_tiles: str = "exact") -> dict:
     """One time-to-first-video run in this (fresh) process; returns its timings."""
     import jax
 
@@ -133,7 +133,7 @@ def child(size: str, case: str, cache_dir: str, video: str, vae_warmup: bool = T
     events: list[str] = []
     jax.monitoring.register_event_listener(lambda name, **kw: events.append(name))
     from jax_vdit import sampling
-    from jax_vdit.vae import compile_log, decode_latents_to_video, write_video
+    from jax_vdit.vae import TilingConfig, compile_log, decode_latents_to_video, write_video
 
     from jax_vdit.vae.warmup import precompile_decode_in_background
 
@@ -146,7 +146,9 @@ def child(size: str, case: str, cache_dir: str, video: str, vae_warmup: bool = T
     row["init_s"] = time.perf_counter() - t
     t = time.perf_counter()
     # the VAE's stages compile in a background thread while the transformer compiles and samples
-    warmup = precompile_decode_in_background(vae, (1, *kwargs["latent_shape"])) if vae_warmup else None
+    tiling = TilingConfig.sample_script(uniform_tiles=vae_tiles == "uniform")
+    warmup = (precompile_decode_in_background(vae, (1, *kwargs["latent_shape"]), tiling=tiling) if vae_warmup
+              else None)
     sampler = sampling.compile_sampler(model, text, mask, **kwargs)
     row.update(sampler_lower_s=sampler.lower_s, sampler_compile_s=sampler.compile_s)
     t = time.perf_counter()
@@ -158,7 +160,7 @@ def child(size: str, case: str, cache_dir: str, video: str, vae_warmup: bool = T
         row.update(vae_warmup_s=report.total_s, vae_warmup_wait_s=time.perf_counter() - t,
                    vae_warmup_workers=report.workers)
     t = time.perf_counter()
-    frames = decode_latents_to_video(vae, latents)
+    frames = decode_latents_to_video(vae, latents, tiling=tiling)
     row["decode_s"] = time.perf_counter() - t
     row["vae_stage_compile_s"] = sum(e["seconds"] for e in compile_log())  # compiled or loaded from the store
     row["vae_stages_compiled"] = sum(not e.get("loaded") for e in compile_log())
@@ -168,14 +170,15 @@ def child(size: str, case: str, cache_dir: str, video: str, vae_warmup: bool = T
     row["write_s"] = time.perf_counter() - t
     row["total_s"] = time.perf_counter() - _T0
     row.update(video=str(path), frames=list(frames.shape), steps=int(kwargs["plan"].num_steps),
-               vae_warmup=vae_warmup, cache_hits=events.count("/jax/compilation_cache/cache_hits"),
+               vae_warmup=vae_warmup, vae_tiles=vae_tiles, cache_hits=events.count("/jax/compilation_cache/cache_hits"),
                cache_misses=events.count("/jax/compilation_cache/cache_misses"))
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
 
 
-def run_case(size: str, case: str, work: Path, *, vae_warmup: bool = True, teacher_steps: int | None = None) -> dict:
+def run_case(size: str, case: str, work: Path, *, vae_warmup: bool = True, teacher_steps: int | None = None,
+             vae_tiles: str = "exact") -> dict:
     """The cold and the warm child of one case, sharing a fresh cache under ``work``."""
-    tag = case if vae_warmup else f"{case}-sequential-vae"
+    tag = case_name(case, vae_warmup, vae_tiles)
     cache = work / f"xla-{tag}"
     cache.mkdir(parents=True, exist_ok=False)
     env = child_env()
@@ -184,6 +187,7 @@ def run_case(size: str, case: str, work: Path, *, vae_warmup: bool = True, teach
         cmd = [sys.executable, "-m", "experiments.bench_first_video", "--child", case, "--size", size,
                "--cache", str(cache), "--video", str(work / f"{tag}_{phase}.mp4")]
         cmd += [] if vae_warmup else ["--vae-warmup", "off"]
+        cmd += ["--vae-tiles", vae_tiles]
         cmd += [] if teacher_steps is None else ["--teacher-steps", str(teacher_steps)]
         log(f"{tag} {phase}: {' '.join(cmd[1:])}")
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -222,7 +226,12 @@ def write_student_inputs(size: str, work: Path) -> tuple[Path, Path, Path]:
     return student, vae, embeddings
 
 
-def run_cli(size: str, work: Path) -> dict:
+def case_name(case: str, vae_warmup: bool, vae_tiles: str) -> str:
+    """``student``, ``student-sequential-vae``, ``student-uniform-vae``, ...: the case and how its VAE ran."""
+    return case + ("" if vae_warmup else "-sequential-vae") + ("" if vae_tiles == "exact" else f"-{vae_tiles}-vae")
+
+
+def run_cli(size: str, work: Path, vae_tiles: str = "exact") -> dict:
     """``vdit sample`` of a random student, cold then warm (one fresh compile cache); wall seconds and reports."""
     t = time.perf_counter()
     student, vae, embeddings = write_student_inputs(size, work)
@@ -234,7 +243,8 @@ def run_cli(size: str, work: Path) -> dict:
     for phase in ("cold", "warm"):
         cmd = [sys.executable, "-c", "import sys; from jax_vdit.cli import main; sys.exit(main(sys.argv[1:]))",
                "sample", str(student), "--vae", str(vae), "--embeddings", str(embeddings), "--compile-cache",
-               str(cache), "--out", str(work / f"cli_{phase}.safetensors"), "--quiet", *video]
+               str(cache), "--out", str(work / f"cli_{phase}.safetensors"), "--quiet", "--vae-tiles", vae_tiles,
+               *video]
         if not size.startswith("full"):
             cmd += ["--param-dtype", "float32", "--compute-dtype", "float32"]
         shown = "vdit " + " ".join(cmd[3:])
@@ -313,6 +323,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", type=int, default=3, help="timed runs per executable for --compare-scan")
     p.add_argument("--scan-unroll", default="1", help="comma-separated layers per scan iteration for the scanned "
                    "rows of --compare-scan (AttentionConfig.scan_unroll), e.g. 1,2")
+    p.add_argument("--vae-tiles", default="exact", help="comma-separated: exact (each tile shape its own VAE "
+                   "programs), uniform (every tile zero-padded to the full tile: one set of programs)")
     p.add_argument("--cli", action="store_true", help="time `vdit sample` of a random student folder instead")
     p.add_argument("--out", default=None, help="write results JSON here (a folder)")
     p.add_argument("--tag", default=None, help="suffix of the results file name")
@@ -322,14 +334,17 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.child:
         print(json.dumps(child(args.size, args.child, args.cache, args.video, vae_warmup=args.vae_warmup != "off",
-                               teacher_steps=args.teacher_steps)))
+                               teacher_steps=args.teacher_steps, vae_tiles=args.vae_tiles)))
         return
     suffix = f"_{args.tag}" if args.tag else ""
+    tiles = [v for v in args.vae_tiles.split(",") if v]
+    if not tiles or any(v not in ("exact", "uniform") for v in tiles):
+        p.error(f"--vae-tiles takes exact and/or uniform, not {args.vae_tiles!r}")
     if not args.compare_scan:  # children do the timed work: leave them the GPU's memory
         parent_releases_gpu_memory()
     if args.cli:
         with tempfile.TemporaryDirectory(prefix="first_video_cli_") as work:
-            result = {**_meta(args), "cli": run_cli(args.size, Path(work))}
+            result = {**_meta(args), "cli": run_cli(args.size, Path(work), vae_tiles=tiles[0])}
         name = f"first_video_cli_{args.size}{suffix}.json"
     elif args.compare_scan:
         rows = compare_scan(args.size, [int(d) for d in args.depths.split(",")],
@@ -344,9 +359,10 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory(prefix="first_video_") as work:
             for c in cases:
                 for warm in modes:
-                    name_c = c if warm else f"{c}-sequential-vae"
-                    result["cases"][name_c] = run_case(args.size, c, Path(work), vae_warmup=warm,
-                                                       teacher_steps=args.teacher_steps)
+                    for vae_tiles in tiles:
+                        result["cases"][case_name(c, warm, vae_tiles)] = run_case(
+                            args.size, c, Path(work), vae_warmup=warm, teacher_steps=args.teacher_steps,
+                            vae_tiles=vae_tiles)
         name = f"first_video_{args.size}{suffix}.json"
     print(json.dumps(result, indent=2))
     if args.out:

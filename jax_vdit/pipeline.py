@@ -212,6 +212,9 @@ def _mask_labels(attention: AttentionConfig, num_layers: int) -> list[str]:
     return ["dense" if m is None else m.label() for m in attention.masks]
 
 
+VAE_TILES = ("exact", "uniform")
+
+
 @dataclass
 class OpenSoraPipeline:
     """An Open-Sora-Plan v1.2 text-to-video pipeline: ``transformer`` (:class:`~jax_vdit.model.OpenSoraT2V`),
@@ -220,7 +223,14 @@ class OpenSoraPipeline:
     ("dense", "k:m" or a mask schedule JSON), ``student`` (the ``student.json`` of a distilled student, or None),
     ``source`` (where each part came from; recorded in sidecars) and ``mixed_masks`` (how a scanned forward runs a
     schedule whose mask changes from layer to layer: "runs" or "switch", see
-    :class:`~jax_vdit.model.AttentionConfig`)."""
+    :class:`~jax_vdit.model.AttentionConfig`) and ``vae_tiles`` (how the VAE decodes the release's tiles: "exact",
+    each tile shape its own programs, or "uniform", every tile zero-padded to the full tile size so that the edge
+    tiles share the interior tiles' programs: a quarter of the programs to compile at 720p, the same pixels up to
+    float rounding, edge tiles at full-tile compute; see :class:`~jax_vdit.vae.TilingConfig`)."""
+
+    def __post_init__(self) -> None:
+        if self.vae_tiles not in VAE_TILES:
+            raise PipelineInputError(f"vae_tiles must be one of {VAE_TILES}, not {self.vae_tiles!r}")
 
     transformer: Any
     vae: Any = None
@@ -231,6 +241,7 @@ class OpenSoraPipeline:
     student: dict | None = None
     source: dict = field(default_factory=dict)
     mixed_masks: str = "runs"
+    vae_tiles: str = "exact"
     _decoder_warmups: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # ---------------------------------------------------------------------------------------------------------
@@ -247,6 +258,7 @@ class OpenSoraPipeline:
         compute_dtype: str = "bfloat16",
         tile_backend: str = "auto",
         mixed_masks: str = "runs",
+        vae_tiles: str = "exact",
         revision: str | None = None,
         cache_dir: str | os.PathLike | None = None,
         local_files_only: bool | None = None,
@@ -265,7 +277,8 @@ class OpenSoraPipeline:
         None/False (latents only). ``text_encoder``: "auto" (a ``text_encoder/`` folder, the toy stand-in for
         toy-world models, or ``google/mt5-xxl`` if it is already in the local Hugging Face cache; else none),
         "toy", a local mT5 folder or repo id, a :class:`TextEncoder`, or None (embeddings only).
-        ``tile_backend`` and ``mixed_masks`` go into every attention config the pipeline builds.
+        ``tile_backend`` and ``mixed_masks`` go into every attention config the pipeline builds; ``vae_tiles``:
+        "exact" or "uniform" (see the class docstring).
         """
         from jax_vdit.io import load_model, load_vae
         from jax_vdit.io.hub import has_weights, looks_like_repo_id, resolve_pretrained
@@ -314,7 +327,7 @@ class OpenSoraPipeline:
                   "text_encoder": None if encoder is None else encoder.source,
                   "param_dtype": param_dtype, "compute_dtype": compute_dtype}
         return cls(transformer, vae_model, encoder, settings, attention_spec, tile_backend, student, source,
-                   mixed_masks)
+                   mixed_masks, vae_tiles)
 
     # ---------------------------------------------------------------------------------------------------------
     @property
@@ -514,7 +527,7 @@ class OpenSoraPipeline:
 
         shape = (1, *job.latent_shape)
         if shape not in self._decoder_warmups:
-            self._decoder_warmups[shape] = precompile_decode_in_background(self.vae, shape)
+            self._decoder_warmups[shape] = precompile_decode_in_background(self.vae, shape, tiling=self.decode_tiling)
         return self._decoder_warmups[shape]
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
@@ -528,7 +541,15 @@ class OpenSoraPipeline:
         if pending is not None:
             pending.result()  # the stages this decode needs are (being) compiled in the background
 
-        return np.concatenate([decode_latents_to_video(self.vae, latents[i:i + 1]) for i in range(len(latents))])
+        return np.concatenate([decode_latents_to_video(self.vae, latents[i:i + 1], tiling=self.decode_tiling)
+                               for i in range(len(latents))])
+
+    @property
+    def decode_tiling(self):
+        """The release's decode tiling (``sample_t2v.py --enable_tiling``), run as ``vae_tiles`` says."""
+        from jax_vdit.vae import TilingConfig
+
+        return TilingConfig.sample_script(uniform_tiles=self.vae_tiles == "uniform")
 
     def records(self, job: Job, *, fps: int | None = None) -> list[dict]:
         """One sidecar dict per video: prompt, negative prompt, seed, sampler, steps, guidance, masks, model

@@ -321,3 +321,22 @@ def test_prepare_data_and_distill_turn_the_compile_cache_on_like_sample(tmp_path
         assert build_parser().parse_args(commands[1]).compile_cache == cc.DEFAULT_COMPILE_CACHE
     finally:
         jax.config.update("jax_compilation_cache_dir", previous)
+
+
+def test_sample_command_passes_vae_tiles_to_the_pipeline(golden_dir, tmp_path, monkeypatch):
+    from jax_vdit.pipeline import OpenSoraPipeline
+
+    seen: dict = {}
+
+    def capture(*args, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop after loading")
+
+    monkeypatch.setattr(OpenSoraPipeline, "from_pretrained", capture)
+    emb = _embeddings(tmp_path / "emb.safetensors")
+    try:
+        main(["sample", str(golden_dir / "opensora_v12" / "tiny_a"), "--embeddings", str(emb), "--vae-tiles",
+              "uniform", "--no-compile-cache"])
+    except RuntimeError:
+        pass
+    assert seen["vae_tiles"] == "uniform"

@@ -241,3 +241,13 @@ def test_text_embeddings_from_a_file_keep_their_negative(tmp_path):
     loaded = TextEmbeddings.from_any(tmp_path / "e.st")
     np.testing.assert_array_equal(loaded.text, emb["text"])
     assert loaded.negative_text.shape == (1, 7, 64) and loaded.batch == 2
+
+
+def test_vae_tiles_reach_the_decoder_and_bad_values_are_refused(pipe):
+    """``vae_tiles="uniform"`` decodes (and warms up) with zero-padded uniform tiles; anything else is refused."""
+    assert not pipe.decode_tiling.uniform_tiles
+    uniform = dataclasses.replace(pipe, vae_tiles="uniform")
+    assert uniform.decode_tiling.uniform_tiles
+    assert uniform.decode_tiling.tile_latent_min_size == pipe.decode_tiling.tile_latent_min_size == 64
+    with pytest.raises(PipelineInputError, match="vae_tiles"):
+        dataclasses.replace(pipe, vae_tiles="padded")

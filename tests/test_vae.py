@@ -3,6 +3,7 @@ random weights, CPU fp32), checkpoint loading and its errors, and the pipeline h
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import warnings
 from pathlib import Path
@@ -80,9 +81,11 @@ def test_golden_tiled_encode(vae, golden):
     assert max_err(post.logvar, ref["posterior_logvar_tiled"]) <= TOL
 
 
-def test_golden_tiled_decode(vae, golden):
+@pytest.mark.parametrize("uniform_tiles", [False, True])
+def test_golden_tiled_decode(vae, golden, uniform_tiles):
+    """The release's tiled decode; with ``uniform_tiles`` every tile runs zero-padded to the full tile size."""
     inputs, ref = golden
-    out = decode(vae, inputs["latent"], tiling=GOLDEN_TILING)
+    out = decode(vae, inputs["latent"], tiling=dataclasses.replace(GOLDEN_TILING, uniform_tiles=uniform_tiles))
     assert out.shape == ref["decoded_tiled"].shape
     assert max_err(out, ref["decoded_tiled"]) <= TOL
 

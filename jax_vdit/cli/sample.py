@@ -137,7 +137,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         vae=None if args.latents_only else (args.vae or "auto"),
         text_encoder=None if args.text_encoder == "none" else args.text_encoder,
         param_dtype=args.param_dtype, compute_dtype=args.compute_dtype, tile_backend=args.tile_backend,
-        mixed_masks=args.mixed_masks,
+        mixed_masks=args.mixed_masks, vae_tiles=args.vae_tiles,
         revision=args.revision, local_files_only=True if args.offline else None)
     load_s = time.perf_counter() - t0
     edges = None if args.edges is None else [int(e) for e in args.edges.split(",")]
@@ -256,6 +256,11 @@ def register(sub) -> None:
                    help="a mask schedule that changes from layer to layer: scan runs of equal masks (runs), or all "
                         "layers in one scan with a switch over the masks (switch: compiles one block per distinct "
                         "mask)")
+    g.add_argument("--vae-tiles", choices=("exact", "uniform"), default="exact",
+                   help="decode the release's VAE tiles each at its own shape (exact), or every tile zero-padded to "
+                        "the full tile size (uniform: one set of VAE programs for all tile shapes, a quarter of the "
+                        "compiling at 720p; the same pixels up to float rounding; the edge tiles cost full-tile "
+                        "compute)")
     g.add_argument("--fp32-latents", action="store_true", help="keep latents in fp32 between steps (default bf16)")
     g.add_argument("--force", action="store_true", help="allow flags that contradict a student's student.json "
                    "(recorded in the sidecar)")

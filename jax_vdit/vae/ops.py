@@ -11,7 +11,9 @@ padding is zero padding of the conv input. See :func:`causal_conv`.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from contextlib import contextmanager
 from typing import Any
 
 import jax
@@ -25,6 +27,62 @@ Pad2 = tuple[tuple[int, int], tuple[int, int]]
 PreFn = Callable[[jax.Array, Any], jax.Array]
 # (source, fn): residual chunk = fn(source[:, a:a+F]) (fn None -> identity); source is aligned with the output
 Residual = tuple[jax.Array, Callable[[jax.Array], jax.Array] | None]
+
+
+# ----------------------------------------------------------------------------------------------- valid region
+class _ValidRegion:
+    """Rows/columns of a zero-padded tile that hold the real tile (see :func:`valid_region`)."""
+
+    def __init__(self, rows, cols, base_rows: int, base_cols: int):
+        self.rows, self.cols = rows, cols
+        self.base_rows, self.base_cols = base_rows, base_cols
+
+    def extent(self, size: int, axis: int):
+        """Valid length along spatial ``axis`` (2: rows, 3: columns) of an activation ``size`` long there."""
+        base, valid = (self.base_rows, self.rows) if axis == 2 else (self.base_cols, self.cols)
+        if size % base:
+            raise ValueError(f"valid region: an activation of {size} along axis {axis} is not a multiple of the "
+                             f"tile's {base} (only upsampling stages are supported)")
+        return valid * (size // base)
+
+
+_REGION = threading.local()
+
+
+@contextmanager
+def valid_region(rows, cols, base_rows: int, base_cols: int):
+    """Trace the ops inside as applied to the top-left ``rows x cols`` part of a zero-padded
+    ``base_rows x base_cols`` tile (``rows``/``cols`` may be traced int32 scalars; at an activation k times the
+    tile's size the part is k times larger). Convolutions read zeros outside it (their zero padding), GroupNorm
+    statistics, attention keys and the edge clamp of the linear interpolation use only the part: the values inside
+    it equal those of the unpadded tile up to float rounding, whatever lies outside. Tiles of several shapes then
+    share one compiled program (``TilingConfig(uniform_tiles=True)``). This thread only (tracing)."""
+    previous = getattr(_REGION, "value", None)
+    _REGION.value = _ValidRegion(jnp.asarray(rows, jnp.int32), jnp.asarray(cols, jnp.int32), base_rows, base_cols)
+    try:
+        yield
+    finally:
+        _REGION.value = previous
+
+
+def _region() -> _ValidRegion | None:
+    return getattr(_REGION, "value", None)
+
+
+def _spatial_mask(h: int, w: int) -> jax.Array | None:
+    """(1, 1, h, w, 1) boolean: inside the current valid region (None when there is none)."""
+    region = _region()
+    if region is None:
+        return None
+    rows = jnp.arange(h) < region.extent(h, 2)
+    cols = jnp.arange(w) < region.extent(w, 3)
+    return (rows[:, None] & cols[None, :]).reshape(1, 1, h, w, 1)
+
+
+def zero_outside_region(x: jax.Array) -> jax.Array:
+    """``x`` (N, T, H, W, C) with zeros outside the current valid region (``x`` itself when there is none)."""
+    mask = _spatial_mask(x.shape[2], x.shape[3])
+    return x if mask is None else jnp.where(mask, x, jnp.zeros((), x.dtype))
 
 
 def _precision(dtype) -> lax.Precision:
@@ -53,12 +111,21 @@ def group_norm_stats(
         raise ValueError(f"GroupNorm: {c} channels is not a multiple of {num_groups} groups")
     g, cg = num_groups, c // num_groups
     axes = (2, 3) if per_frame else (1, 2, 3)
-    count = float((h * w if per_frame else t * h * w) * cg)
+    mask = _spatial_mask(h, w)
+    if mask is None:
+        count = float((h * w if per_frame else t * h * w) * cg)
+    else:  # statistics of the valid region only
+        region = _region()
+        area = (region.extent(h, 2) * region.extent(w, 3)).astype(F32)
+        count = area * (1 if per_frame else t) * cg
     tp = t if per_frame else 1
-    xf = x.astype(F32)
+    xf = x.astype(F32) if mask is None else jnp.where(mask, x.astype(F32), 0.0)
     mean = jnp.sum(xf, axis=axes).reshape(n, tp, g, cg).sum(-1) / count  # (N, T', G)
     mean_c = jnp.repeat(mean, cg, axis=-1).reshape(n, tp, 1, 1, c)
-    var = jnp.sum(jnp.square(xf - mean_c), axis=axes).reshape(n, tp, g, cg).sum(-1) / count
+    dev = jnp.square(xf - mean_c)
+    if mask is not None:
+        dev = jnp.where(mask, dev, 0.0)
+    var = jnp.sum(dev, axis=axes).reshape(n, tp, g, cg).sum(-1) / count
     shape = (n, tp, 1, g, 1)
     return mean.reshape(shape), lax.rsqrt(var + eps).reshape(shape)
 
@@ -330,9 +397,13 @@ def causal_conv(
         and x.dtype == jnp.dtype(dtype)
     )
 
+    if _region() is not None and stride[1:] != (1, 1):
+        raise ValueError("a valid region is supported for stride-1 convolutions only (the decoder's)")
+
     def chunk_fn(window, s0, a, f, acc):
         if pre is not None:
             window = pre(window, s0)
+        window = zero_outside_region(window)  # the zero padding of the tile the region stands for
         y = _conv_window(window, kernel, stride, padding, f, impl, dtype).astype(F32) + bias32
         if init is not None:
             y = y + _frames(acc, a, f).astype(F32)
@@ -377,6 +448,10 @@ def interp2x(x: jax.Array, axis: int) -> jax.Array:
     last = lax.slice_in_dim(x, n - 1, n, axis=axis)
     prev = jnp.concatenate([first, lax.slice_in_dim(x, 0, n - 1, axis=axis)], axis=axis) if n > 1 else x
     nxt = jnp.concatenate([lax.slice_in_dim(x, 1, n, axis=axis), last], axis=axis) if n > 1 else x
+    region = _region()
+    if region is not None and axis in (2, 3) and n > 1:  # clamp at the valid region's far edge instead
+        inside = jnp.arange(n) + 1 < region.extent(n, axis)
+        nxt = jnp.where(inside.reshape([n if i == axis else 1 for i in range(x.ndim)]), nxt, x)
     even = 0.75 * x + 0.25 * prev
     odd = 0.75 * x + 0.25 * nxt
     out = jnp.stack([even, odd], axis=axis + 1)
@@ -456,7 +531,7 @@ def nearest_upsample_conv_fn(kernel: jax.Array, bias: jax.Array, dtype) -> Calla
 
     def fn(window: jax.Array) -> jax.Array:
         n, f, h, w, cin = window.shape
-        xs = window.astype(dtype).reshape(n * f, h, w, cin)
+        xs = zero_outside_region(window.astype(dtype)).reshape(n * f, h, w, cin)
         phase = []
         for pa in range(2):
             row = []
@@ -517,12 +592,22 @@ def group_stats_and_map(
     hh, ww, c = up_hwc
     g, cg = num_groups, c // num_groups
 
+    mask = _spatial_mask(hh, ww)
+
     def chunk_moments(u):
-        cnt = float(u.shape[1] * hh * ww * cg)
         uf = u.astype(F32)
+        if mask is None:
+            cnt = float(u.shape[1] * hh * ww * cg)
+        else:  # moments of the valid region only
+            region = _region()
+            cnt = (region.extent(hh, 2) * region.extent(ww, 3)).astype(F32) * (u.shape[1] * cg)
+            uf = jnp.where(mask, uf, 0.0)
         m = jnp.sum(uf, axis=(1, 2, 3)).reshape(n, g, cg).sum(-1) / cnt  # (N, G)
         m_c = jnp.repeat(m, cg, axis=-1).reshape(n, 1, 1, 1, c)
-        m2 = jnp.sum(jnp.square(uf - m_c), axis=(1, 2, 3)).reshape(n, g, cg).sum(-1)
+        dev = jnp.square(uf - m_c)
+        if mask is not None:
+            dev = jnp.where(mask, dev, 0.0)
+        m2 = jnp.sum(dev, axis=(1, 2, 3)).reshape(n, g, cg).sum(-1)
         return m.reshape(n, 1, 1, g, 1), m2.reshape(n, 1, 1, g, 1), cnt
 
     def body(a, f, carry):
@@ -569,10 +654,14 @@ def frame_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, dtype=F32, chun
     qkv = jnp.concatenate([q, k, v], axis=-1).reshape(n, t, hw, 3 * c).astype(dtype)
     scale = float(c) ** -0.5
     chunk = frames_per_chunk(t, hw * hw * 4 * 2, chunk_bytes)
+    mask = _spatial_mask(h, w)
+    keys = None if mask is None else mask.reshape(1, 1, 1, hw)  # keys outside the valid region take no part
 
     def chunk_fn(window, s0, a, f, acc):
         qq, kk, vv = window[..., :c], window[..., c : 2 * c], window[..., 2 * c :]
         s = jnp.einsum("ntqc,ntkc->ntqk", qq, kk, precision=_precision(dtype), preferred_element_type=F32) * scale
+        if keys is not None:
+            s = jnp.where(keys, s, -jnp.inf)
         p = jax.nn.softmax(s, axis=-1)
         o = jnp.einsum("ntqk,ntkc->ntqc", p.astype(dtype), vv, precision=_precision(dtype), preferred_element_type=F32)
         return o.astype(dtype)

@@ -245,6 +245,47 @@ def clear_compile_cache() -> None:
         _LOG.clear()
 
 
+# ----------------------------------------------------------------------------------------------- tile regions
+class TileRegion(nnx.Module):
+    """The real part of a zero-padded latent tile: its top-left ``rows x cols`` of ``base`` = (rows, cols) of the
+    padded tile. The part's size is data (an int32 (2,) variable), so every tile shape runs one program."""
+
+    def __init__(self, rows: int, cols: int, base: tuple[int, int]):
+        if not (0 < rows <= base[0] and 0 < cols <= base[1]):
+            raise ValueError(f"a tile of {rows} x {cols} does not fit the padded tile {base}")
+        self.size = nnx.Variable(jnp.asarray([rows, cols], jnp.int32))
+        self.base = (int(base[0]), int(base[1]))
+
+
+_IN_REGION: dict[Callable, Callable] = {}
+
+
+def in_region(fn: Callable) -> Callable:
+    """The stage ``fn(*modules, x)`` as ``g(*modules, region, x)``: traced inside ``ops.valid_region`` of the
+    :class:`TileRegion` ``region``. One function object per ``fn`` (stage cache keys stay stable)."""
+    found = _IN_REGION.get(fn)
+    if found is not None:
+        return found
+
+    def staged(*args):
+        *modules, region, x = args
+        size = region.size[...]
+        with ops.valid_region(size[0], size[1], *region.base):
+            return fn(*modules, x)
+
+    staged.__name__ = f"{fn.__name__}_in_region"
+    staged.__qualname__ = f"{fn.__qualname__}[in_region]"
+    staged.__module__ = fn.__module__
+    return _IN_REGION.setdefault(fn, staged)
+
+
+def _run(fn: Callable, modules: tuple, x: jax.Array, region: TileRegion | None, *, donate: bool = False):
+    """:func:`run_stage` of ``fn``, inside ``region`` when one is given."""
+    if region is None:
+        return run_stage(fn, modules, x, donate=donate)
+    return run_stage(in_region(fn), (*modules, region), x, donate=donate)
+
+
 # stage functions (module-level so that cache keys are stable)
 def _whole_decode(vae, z):
     return vae.decode_latent(z)
@@ -289,22 +330,23 @@ def _enc_tail_noquant(mid, norm, conv, x):
     return _norm_conv_tail(norm, conv, mid(x)).astype(F32)
 
 
-def decode_staged(vae: CausalVAE, z: jax.Array) -> jax.Array:
-    """Decoder as a chain of compiled stages (see :class:`ComputeConfig`); same math as ``decode_latent``."""
+def decode_staged(vae: CausalVAE, z: jax.Array, region: TileRegion | None = None) -> jax.Array:
+    """Decoder as a chain of compiled stages (see :class:`ComputeConfig`); same math as ``decode_latent``.
+    ``region``: ``z`` is a zero-padded tile whose real part it gives (see :func:`in_region`)."""
     dec = vae.decoder
     if vae.post_quant_conv is not None:
-        h = run_stage(_dec_head, (vae.post_quant_conv, dec.conv_in, dec.mid), z)
+        h = _run(_dec_head, (vae.post_quant_conv, dec.conv_in, dec.mid), z, region)
     else:
-        h = run_stage(_dec_head_noquant, (dec.conv_in, dec.mid), z)
+        h = _run(_dec_head_noquant, (dec.conv_in, dec.mid), z, region)
     pending_upsample = None
     for i in reversed(range(len(dec.up))):
         level = dec.up[i]
         for block in level.block:
             if pending_upsample is not None:
-                h = run_stage(_upsample_then_block, (pending_upsample, block), h, donate=True)
+                h = _run(_upsample_then_block, (pending_upsample, block), h, region, donate=True)
                 pending_upsample = None
             else:
-                h = run_stage(_apply, (block,), h, donate=True)
+                h = _run(_apply, (block,), h, region, donate=True)
         if level.upsample is not None:
             fusable = (
                 vae.compute.fuse_upsample
@@ -315,10 +357,10 @@ def decode_staged(vae: CausalVAE, z: jax.Array) -> jax.Array:
             if fusable:
                 pending_upsample = level.upsample
             else:
-                h = run_stage(_apply, (level.upsample,), h, donate=True)
+                h = _run(_apply, (level.upsample,), h, region, donate=True)
     if pending_upsample is not None:  # pragma: no cover - no block after the last upsample
-        h = run_stage(_apply, (pending_upsample,), h, donate=True)
-    return run_stage(_norm_conv_tail, (dec.norm_out, dec.conv_out), h, donate=True)
+        h = _run(_apply, (pending_upsample,), h, region, donate=True)
+    return _run(_norm_conv_tail, (dec.norm_out, dec.conv_out), h, region, donate=True)
 
 
 def encode_staged(vae: CausalVAE, x: jax.Array) -> jax.Array:
@@ -337,14 +379,31 @@ def encode_staged(vae: CausalVAE, x: jax.Array) -> jax.Array:
     return run_stage(_enc_tail_noquant, (enc.mid, enc.norm_out, enc.conv_out), h, donate=True)
 
 
-def _run_one(kind: str, vae: CausalVAE, x: jax.Array) -> jax.Array:
+def _run_one(kind: str, vae: CausalVAE, x: jax.Array, region: TileRegion | None = None) -> jax.Array:
+    if region is not None and kind != "decode":
+        raise ValueError("uniform (zero-padded) tiles are supported for decoding only")
     if vae.compute.staged:
-        return decode_staged(vae, x) if kind == "decode" else encode_staged(vae, x)
-    return run_stage(_whole_decode if kind == "decode" else _whole_encode, (vae,), x)
+        return decode_staged(vae, x, region) if kind == "decode" else encode_staged(vae, x)
+    return _run(_whole_decode if kind == "decode" else _whole_encode, (vae,), x, region)
 
 
-def _run_batched(kind: str, vae: CausalVAE, inputs: list[jax.Array], max_batch: int = 1) -> list[jax.Array]:
-    """Run the encoder/decoder on each input; inputs of equal shape go together in batches of ``max_batch``."""
+def _padded_decode(vae: CausalVAE, z: jax.Array, base: tuple[int, int]) -> jax.Array:
+    """Decode a latent tile (N, t, h, w, C) with (h, w) <= ``base`` as the top-left part of a zero-padded
+    ``base`` tile (one program for every tile shape); returns the real part of the output."""
+    _, _, h, w, _ = z.shape
+    region = TileRegion(h, w, base)
+    if (h, w) == base:
+        return _run_one("decode", vae, z, region)
+    padded = jnp.pad(z, ((0, 0), (0, 0), (0, base[0] - h), (0, base[1] - w), (0, 0)))
+    out = _run_one("decode", vae, padded, region)
+    scale = out.shape[2] // base[0]
+    return out[:, :, : h * scale, : w * scale]
+
+
+def _run_batched(kind: str, vae: CausalVAE, inputs: list[jax.Array], max_batch: int = 1,
+                 uniform_size: tuple[int, int] | None = None) -> list[jax.Array]:
+    """Run the encoder/decoder on each input; inputs of equal shape go together in batches of ``max_batch``.
+    ``uniform_size`` (decoding): every input runs zero-padded to that (rows, cols) (see :func:`_padded_decode`)."""
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, x in enumerate(inputs):
         groups[(tuple(x.shape), str(x.dtype))].append(i)
@@ -353,7 +412,10 @@ def _run_batched(kind: str, vae: CausalVAE, inputs: list[jax.Array], max_batch: 
         for s in range(0, len(idxs), max_batch):
             part = idxs[s : s + max_batch]
             batch = inputs[part[0]] if len(part) == 1 else jnp.concatenate([inputs[i] for i in part], axis=0)
-            res = _run_one(kind, vae, batch)
+            if uniform_size is not None:
+                res = _padded_decode(vae, batch, uniform_size)
+            else:
+                res = _run_one(kind, vae, batch)
             n = inputs[part[0]].shape[0]
             for k, i in enumerate(part):
                 out[i] = res if len(part) == 1 else res[k * n : (k + 1) * n]
@@ -364,12 +426,16 @@ def _run_batched(kind: str, vae: CausalVAE, inputs: list[jax.Array], max_batch: 
 TileRunner = Callable[[list[jax.Array], int], list[jax.Array]]
 
 
-def tile_runner(vae: CausalVAE, kind: str = "decode") -> TileRunner:
+def tile_runner(vae: CausalVAE, kind: str = "decode", *, uniform_size: tuple[int, int] | None = None
+                ) -> TileRunner:
     """``run(tiles, max_batch)``: the model's decoder (or encoder) on a list of channels-last tiles, for
-    :func:`tiled_apply` (equal-shape tiles batched up to ``max_batch``)."""
+    :func:`tiled_apply` (equal-shape tiles batched up to ``max_batch``). ``uniform_size`` (decoder only): run
+    every tile zero-padded to that (rows, cols), so edge tiles share the interior tiles' programs."""
     if kind not in ("decode", "encode"):
         raise ValueError(f"kind must be 'decode' or 'encode', not {kind!r}")
-    return partial(_run_batched, kind, vae)
+    if uniform_size is not None and kind != "decode":
+        raise ValueError("uniform (zero-padded) tiles are supported for decoding only")
+    return partial(_run_batched, kind, vae, uniform_size=uniform_size)
 
 
 def tiled_apply(
@@ -423,8 +489,10 @@ def decode_nthwc(vae: CausalVAE, z: jax.Array, *, tiling: TilingConfig | None = 
     _, t, h, w, _ = z.shape
     if tiling is None or not tiling.decode_needs_tiling(t, h, w):
         return _run_batched("decode", vae, [z], 1)[0]
+    size = tiling.tile_latent_min_size
+    uniform = (min(size, h), min(size, w)) if tiling.uniform_tiles else None  # the largest tile of the grid
     return tiled_apply(
-        tile_runner(vae, "decode"),
+        tile_runner(vae, "decode", uniform_size=uniform),
         z,
         in_size=tiling.tile_latent_min_size,
         in_t=tiling.tile_latent_min_size_t,

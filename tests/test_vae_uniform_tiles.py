@@ -1,0 +1,153 @@
+"""Uniform VAE tiles (``TilingConfig(uniform_tiles=True)``): every spatial tile decoded zero-padded to the full tile
+size with its real part passed as data. Each op inside ``ops.valid_region`` must give, on the real part, what it
+gives on the unpadded tile, whatever lies outside; the whole tiled decode must equal the exact-shape decode up to
+float rounding while compiling one set of stage programs for all tile shapes."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jax_vdit.vae import TilingConfig, VAEConfig, clear_compile_cache, compile_log, random_vae
+from jax_vdit.vae import ops
+from jax_vdit.vae.runtime import TileRegion, decode_nthwc, in_region, tile_runner
+from jax_vdit.vae.warmup import plan_decode, precompile
+
+MICRO = VAEConfig.micro()  # every decoder stage kind: 3-D blocks, attention, a fused spatial and a space-time upsample
+TILES = dict(tile_sample_min_size=16, tile_latent_min_size=4, tile_sample_min_size_t=5, tile_latent_min_size_t=2,
+             tile_overlap_factor=0.25)
+LATENT = (1, 3, 6, 7, 4)  # (N, t, h, w, C): edge tiles of 3 shapes beside the 4x4 interior tiles
+BASE = (6, 8)  # padded size of the op tests
+REAL = (4, 5)  # the real part
+
+
+@pytest.fixture(scope="module")
+def vae():
+    return random_vae(MICRO, seed=0, dtype=jnp.float32)
+
+
+@pytest.fixture(autouse=True)
+def fresh_stage_cache():
+    clear_compile_cache()
+    yield
+    clear_compile_cache()
+
+
+def _padded_with_garbage(x: jax.Array, scale: int = 1) -> jax.Array:
+    """``x`` (N, T, h, w, C) placed top-left in a (BASE * scale) tile whose rest holds large random values."""
+    n, t, h, w, c = x.shape
+    big = 100.0 * jax.random.normal(jax.random.key(99), (n, t, BASE[0] * scale, BASE[1] * scale, c))
+    return big.at[:, :, :h, :w].set(x)
+
+
+def _in_region(fn, *args, scale: int = 1):
+    with ops.valid_region(REAL[0], REAL[1], *BASE):
+        return fn(*args)
+
+
+def _real(y: jax.Array, scale: int = 1) -> jax.Array:
+    return y[:, :, : REAL[0] * scale, : REAL[1] * scale]
+
+
+@pytest.mark.parametrize("per_frame", [False, True])
+def test_group_norm_statistics_of_the_real_part_only(per_frame):
+    x = jax.random.normal(jax.random.key(0), (2, 3, *REAL, 64)) * 3 + 1
+    mean, rstd = ops.group_norm_stats(x, 32, per_frame=per_frame)
+    got_mean, got_rstd = _in_region(lambda a: ops.group_norm_stats(a, 32, per_frame=per_frame),
+                                    _padded_with_garbage(x))
+    np.testing.assert_allclose(got_mean, mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got_rstd, rstd, rtol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["conv3d", "stack", "taps"])
+def test_conv_reads_zeros_outside_the_real_part(impl):
+    k = jax.random.split(jax.random.key(1), 3)
+    x = jax.random.normal(k[0], (1, 4, *REAL, 8))
+    kernel = jax.random.normal(k[1], (3, 3, 3, 8, 16)) * 0.1
+    bias = jax.random.normal(k[2], (16,))
+    pre = ops.norm_silu_fn(jnp.full((1, 1, 1, 1, 8), 0.5), jnp.full((1, 1, 1, 1, 8), 0.1))  # non-zero on zeros
+    want = ops.causal_conv(x, kernel, bias, pre=pre, impl=impl)
+    got = _in_region(lambda a: ops.causal_conv(a, kernel, bias, pre=pre, impl=impl), _padded_with_garbage(x))
+    np.testing.assert_allclose(_real(got), want, rtol=1e-5, atol=1e-5)
+
+
+def test_strided_conv_in_a_region_is_refused():
+    x = jnp.zeros((1, 3, *BASE, 8))
+    kernel = jnp.zeros((3, 3, 3, 8, 8))
+    with pytest.raises(ValueError, match="stride-1"):
+        _in_region(lambda a: ops.causal_conv(a, kernel, jnp.zeros(8), stride=(2, 2, 2)), x)
+
+
+def test_nearest_upsample_conv_and_linear_upsample_clamp_at_the_real_edge():
+    k = jax.random.split(jax.random.key(2), 3)
+    x = jax.random.normal(k[0], (1, 3, *REAL, 8))
+    kernel = jax.random.normal(k[1], (1, 3, 3, 8, 8)) * 0.1
+    bias = jax.random.normal(k[2], (8,))
+    want = ops.upsample_nearest_conv(x, kernel, bias)
+    got = _in_region(lambda a: ops.upsample_nearest_conv(a, kernel, bias), _padded_with_garbage(x))
+    np.testing.assert_allclose(_real(got, 2), want, rtol=1e-5, atol=1e-5)
+
+    want = ops.upsample_first_frame_apart(x, jnp.float32)  # bilinear x2 in space: clamps at the last row/column
+    got = _in_region(lambda a: ops.upsample_first_frame_apart(a, jnp.float32), _padded_with_garbage(x))
+    np.testing.assert_allclose(_real(got, 2), want, rtol=1e-6, atol=1e-6)
+
+
+def test_frame_attention_ignores_keys_outside_the_real_part():
+    q, k, v = (jax.random.normal(key, (1, 2, *REAL, 16)) for key in jax.random.split(jax.random.key(3), 3))
+    want = ops.frame_attention(q, k, v)
+    got = _in_region(lambda *a: ops.frame_attention(*a), *(_padded_with_garbage(a) for a in (q, k, v)))
+    np.testing.assert_allclose(_real(got), want, rtol=1e-5, atol=1e-6)
+
+
+def test_group_stats_and_map_moments_of_the_real_part_only():
+    x = jax.random.normal(jax.random.key(4), (1, 5, *REAL, 32))
+    up = lambda a: jnp.repeat(jnp.repeat(a, 2, axis=2), 2, axis=3)  # noqa: E731
+    kwargs = dict(num_groups=32, eps=1e-6, chunk=2, up_hwc=None, map_c=32, out_dtype=jnp.float32)
+    want_mean, want_rstd, _ = ops.group_stats_and_map(x, up, None, **(kwargs | {"up_hwc": (8, 10, 32)}))
+    got_mean, got_rstd, _ = _in_region(
+        lambda a: ops.group_stats_and_map(a, up, None, **(kwargs | {"up_hwc": (12, 16, 32)})), _padded_with_garbage(x))
+    np.testing.assert_allclose(got_mean, want_mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got_rstd, want_rstd, rtol=1e-5)
+
+
+@pytest.mark.parametrize("max_tile_batch", [1, 3])
+def test_uniform_tiles_decode_equals_exact_tiles_with_fewer_programs(vae, max_tile_batch):
+    z = jax.random.normal(jax.random.key(5), LATENT)
+    exact = decode_nthwc(vae, z, tiling=TilingConfig(**TILES, max_tile_batch=max_tile_batch))
+    n_exact = len(compile_log())
+    clear_compile_cache()
+    uniform = decode_nthwc(vae, z, tiling=TilingConfig(**TILES, max_tile_batch=max_tile_batch, uniform_tiles=True))
+    n_uniform = len(compile_log())
+    assert uniform.shape == exact.shape == (1, 5, 24, 28, 3)
+    scale = float(jnp.max(jnp.abs(exact)))
+    assert float(jnp.max(jnp.abs(uniform - exact))) < 2e-5 * max(scale, 1.0)
+    spatial_shapes = {e["shape"][2:4] for e in compile_log()}
+    assert spatial_shapes <= {(4, 4), (8, 8), (16, 16)}, spatial_shapes  # the padded tile at each resolution
+    assert n_uniform * 2 <= n_exact  # 4 tile shapes (x 2 chunk lengths) compiled before, 1 (x 2) now
+    assert all(e["stage"].endswith("_in_region") for e in compile_log())
+
+
+def test_uniform_tiles_plan_compiles_everything_the_decode_needs(vae):
+    tiling = TilingConfig(**TILES, uniform_tiles=True)
+    calls = plan_decode(vae, (1, 4, 3, 6, 7), tiling=tiling)
+    assert precompile(calls, workers=1).compiled == len(calls)
+    n = len(compile_log())
+    decode_nthwc(vae, jax.random.normal(jax.random.key(6), LATENT), tiling=tiling)
+    assert len(compile_log()) == n  # nothing left to compile
+
+
+def test_uniform_tiles_are_for_decoding_only(vae):
+    with pytest.raises(ValueError, match="decoding only"):
+        tile_runner(vae, "encode", uniform_size=(4, 4))
+    with pytest.raises(ValueError, match="does not fit"):
+        TileRegion(5, 4, (4, 4))
+
+
+def test_region_stage_is_one_function_per_stage():
+    def stage(module, x):
+        return x
+
+    assert in_region(stage) is in_region(stage)
+    assert in_region(stage).__qualname__.endswith("[in_region]")
