@@ -225,7 +225,7 @@ class OpenSoraPipeline:
     schedule whose mask changes from layer to layer: "runs" or "switch", see
     :class:`~jax_vdit.model.AttentionConfig`) and ``vae_tiles`` (how the VAE decodes the release's tiles: "exact",
     each tile shape its own programs, or "uniform", every tile zero-padded to the full tile size so that the edge
-    tiles share the interior tiles' programs: a quarter of the programs to compile at 720p, the same pixels up to
+    tiles share the interior tiles' programs: 4-8x fewer programs to compile at 720p, the same pixels up to
     float rounding, edge tiles at full-tile compute; see :class:`~jax_vdit.vae.TilingConfig`)."""
 
     def __post_init__(self) -> None:

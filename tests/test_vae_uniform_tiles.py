@@ -21,6 +21,7 @@ TILES = dict(tile_sample_min_size=16, tile_latent_min_size=4, tile_sample_min_si
 LATENT = (1, 3, 6, 7, 4)  # (N, t, h, w, C): edge tiles of 3 shapes beside the 4x4 interior tiles
 BASE = (6, 8)  # padded size of the op tests
 REAL = (4, 5)  # the real part
+FRAMES = (5, 3)  # padded and real frames of the op tests that pad time too
 
 
 @pytest.fixture(scope="module")
@@ -35,28 +36,30 @@ def fresh_stage_cache():
     clear_compile_cache()
 
 
-def _padded_with_garbage(x: jax.Array, scale: int = 1) -> jax.Array:
-    """``x`` (N, T, h, w, C) placed top-left in a (BASE * scale) tile whose rest holds large random values."""
+def _padded_with_garbage(x: jax.Array, frames: int | None = None) -> jax.Array:
+    """``x`` (N, T, h, w, C) placed top-left in a BASE tile (of ``frames`` frames, if given) whose rest holds
+    large random values."""
     n, t, h, w, c = x.shape
-    big = 100.0 * jax.random.normal(jax.random.key(99), (n, t, BASE[0] * scale, BASE[1] * scale, c))
-    return big.at[:, :, :h, :w].set(x)
+    big = 100.0 * jax.random.normal(jax.random.key(99), (n, frames or t, *BASE, c))
+    return big.at[:, :t, :h, :w].set(x)
 
 
-def _in_region(fn, *args, scale: int = 1):
-    with ops.valid_region(REAL[0], REAL[1], *BASE):
+def _in_region(fn, *args, frames: bool = False):
+    time = dict(frames=FRAMES[1], base_frames=FRAMES[0]) if frames else {}
+    with ops.valid_region(REAL[0], REAL[1], *BASE, **time):
         return fn(*args)
 
 
-def _real(y: jax.Array, scale: int = 1) -> jax.Array:
-    return y[:, :, : REAL[0] * scale, : REAL[1] * scale]
+def _real(y: jax.Array, scale: int = 1, frames: int | None = None) -> jax.Array:
+    return y[:, :frames, : REAL[0] * scale, : REAL[1] * scale]
 
 
-@pytest.mark.parametrize("per_frame", [False, True])
-def test_group_norm_statistics_of_the_real_part_only(per_frame):
-    x = jax.random.normal(jax.random.key(0), (2, 3, *REAL, 64)) * 3 + 1
+@pytest.mark.parametrize("per_frame, pad_time", [(False, False), (True, False), (False, True)])
+def test_group_norm_statistics_of_the_real_part_only(per_frame, pad_time):
+    x = jax.random.normal(jax.random.key(0), (2, FRAMES[1], *REAL, 64)) * 3 + 1
     mean, rstd = ops.group_norm_stats(x, 32, per_frame=per_frame)
     got_mean, got_rstd = _in_region(lambda a: ops.group_norm_stats(a, 32, per_frame=per_frame),
-                                    _padded_with_garbage(x))
+                                    _padded_with_garbage(x, FRAMES[0] if pad_time else None), frames=pad_time)
     np.testing.assert_allclose(got_mean, mean, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got_rstd, rstd, rtol=1e-5)
 
@@ -89,9 +92,12 @@ def test_nearest_upsample_conv_and_linear_upsample_clamp_at_the_real_edge():
     got = _in_region(lambda a: ops.upsample_nearest_conv(a, kernel, bias), _padded_with_garbage(x))
     np.testing.assert_allclose(_real(got, 2), want, rtol=1e-5, atol=1e-5)
 
-    want = ops.upsample_first_frame_apart(x, jnp.float32)  # bilinear x2 in space: clamps at the last row/column
-    got = _in_region(lambda a: ops.upsample_first_frame_apart(a, jnp.float32), _padded_with_garbage(x))
-    np.testing.assert_allclose(_real(got, 2), want, rtol=1e-6, atol=1e-6)
+    # bilinear x2 in space and linear x2 in time: clamps at the last real row, column and frame
+    want = ops.upsample_first_frame_apart(x, jnp.float32)
+    got = _in_region(lambda a: ops.upsample_first_frame_apart(a, jnp.float32), _padded_with_garbage(x, FRAMES[0]),
+                     frames=True)
+    assert got.shape[1] == 2 * FRAMES[0] - 1
+    np.testing.assert_allclose(_real(got, 2, frames=want.shape[1]), want, rtol=1e-6, atol=1e-6)
 
 
 def test_frame_attention_ignores_keys_outside_the_real_part():
@@ -101,13 +107,15 @@ def test_frame_attention_ignores_keys_outside_the_real_part():
     np.testing.assert_allclose(_real(got), want, rtol=1e-5, atol=1e-6)
 
 
-def test_group_stats_and_map_moments_of_the_real_part_only():
-    x = jax.random.normal(jax.random.key(4), (1, 5, *REAL, 32))
+@pytest.mark.parametrize("pad_time", [False, True])
+def test_group_stats_and_map_moments_of_the_real_part_only(pad_time):
+    x = jax.random.normal(jax.random.key(4), (1, FRAMES[1], *REAL, 32))
     up = lambda a: jnp.repeat(jnp.repeat(a, 2, axis=2), 2, axis=3)  # noqa: E731
     kwargs = dict(num_groups=32, eps=1e-6, chunk=2, up_hwc=None, map_c=32, out_dtype=jnp.float32)
     want_mean, want_rstd, _ = ops.group_stats_and_map(x, up, None, **(kwargs | {"up_hwc": (8, 10, 32)}))
-    got_mean, got_rstd, _ = _in_region(
-        lambda a: ops.group_stats_and_map(a, up, None, **(kwargs | {"up_hwc": (12, 16, 32)})), _padded_with_garbage(x))
+    got_mean, got_rstd, _ = _in_region(  # with time padded, the last chunk (frames 4..5) holds no real frame
+        lambda a: ops.group_stats_and_map(a, up, None, **(kwargs | {"up_hwc": (12, 16, 32)})),
+        _padded_with_garbage(x, FRAMES[0] if pad_time else None), frames=pad_time)
     np.testing.assert_allclose(got_mean, want_mean, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got_rstd, want_rstd, rtol=1e-5)
 
@@ -129,6 +137,20 @@ def test_uniform_tiles_decode_equals_exact_tiles_with_fewer_programs(vae, max_ti
     assert all(e["stage"].endswith("_in_region") for e in compile_log())
 
 
+def test_uniform_tiles_pad_the_short_last_time_chunk_too(vae):
+    """Time chunks of 3 and 2 latent frames: the short one runs padded to 3 frames in the same programs."""
+    tiling = dict(TILES, tile_sample_min_size_t=9, tile_latent_min_size_t=3)
+    z = jax.random.normal(jax.random.key(7), (1, 4, 6, 7, 4))
+    exact = decode_nthwc(vae, z, tiling=TilingConfig(**tiling))
+    exact_frames = {e["shape"][1] for e in compile_log() if e["stage"] == "_dec_head"}
+    clear_compile_cache()
+    uniform = decode_nthwc(vae, z, tiling=TilingConfig(**tiling, uniform_tiles=True))
+    assert exact_frames == {2, 3}
+    assert {e["shape"][1] for e in compile_log() if e["stage"] == "_dec_head_in_region"} == {3}
+    assert uniform.shape == exact.shape == (1, 7, 24, 28, 3)
+    assert float(jnp.max(jnp.abs(uniform - exact))) < 2e-5 * max(float(jnp.max(jnp.abs(exact))), 1.0)
+
+
 def test_uniform_tiles_plan_compiles_everything_the_decode_needs(vae):
     tiling = TilingConfig(**TILES, uniform_tiles=True)
     calls = plan_decode(vae, (1, 4, 3, 6, 7), tiling=tiling)
@@ -140,9 +162,9 @@ def test_uniform_tiles_plan_compiles_everything_the_decode_needs(vae):
 
 def test_uniform_tiles_are_for_decoding_only(vae):
     with pytest.raises(ValueError, match="decoding only"):
-        tile_runner(vae, "encode", uniform_size=(4, 4))
+        tile_runner(vae, "encode", uniform_size=(2, 4, 4))
     with pytest.raises(ValueError, match="does not fit"):
-        TileRegion(5, 4, (4, 4))
+        TileRegion(2, 5, 4, (2, 4, 4))
 
 
 def test_region_stage_is_one_function_per_stage():

@@ -258,7 +258,7 @@ def register(sub) -> None:
                         "mask)")
     g.add_argument("--vae-tiles", choices=("exact", "uniform"), default="exact",
                    help="decode the release's VAE tiles each at its own shape (exact), or every tile zero-padded to "
-                        "the full tile size (uniform: one set of VAE programs for all tile shapes, a quarter of the "
+                        "the full tile size (uniform: one set of VAE programs for all tile shapes, 4-8x less "
                         "compiling at 720p; the same pixels up to float rounding; the edge tiles cost full-tile "
                         "compute)")
     g.add_argument("--fp32-latents", action="store_true", help="keep latents in fp32 between steps (default bf16)")

@@ -31,11 +31,12 @@ Residual = tuple[jax.Array, Callable[[jax.Array], jax.Array] | None]
 
 # ----------------------------------------------------------------------------------------------- valid region
 class _ValidRegion:
-    """Rows/columns of a zero-padded tile that hold the real tile (see :func:`valid_region`)."""
+    """Frames/rows/columns of a zero-padded tile that hold the real tile (see :func:`valid_region`)."""
 
-    def __init__(self, rows, cols, base_rows: int, base_cols: int):
+    def __init__(self, rows, cols, base_rows: int, base_cols: int, frames=None, base_frames: int | None = None):
         self.rows, self.cols = rows, cols
         self.base_rows, self.base_cols = base_rows, base_cols
+        self.frames, self.base_frames = frames, base_frames
 
     def extent(self, size: int, axis: int):
         """Valid length along spatial ``axis`` (2: rows, 3: columns) of an activation ``size`` long there."""
@@ -45,20 +46,36 @@ class _ValidRegion:
                              f"tile's {base} (only upsampling stages are supported)")
         return valid * (size // base)
 
+    def frame_extent(self, t: int):
+        """Valid frames of an activation of ``t`` frames (None: every frame is real). The decoder's time
+        upsampling keeps frame 0 apart (T -> 2T - 1), so ``t - 1`` is a multiple of the tile's ``base - 1``."""
+        if self.frames is None:
+            return None
+        base = self.base_frames
+        if base == 1:
+            return self.frames
+        if (t - 1) % (base - 1):
+            raise ValueError(f"valid region: an activation of {t} frames does not follow a tile of {base} frames "
+                             "(only upsampling stages are supported)")
+        return (self.frames - 1) * ((t - 1) // (base - 1)) + 1
+
 
 _REGION = threading.local()
 
 
 @contextmanager
-def valid_region(rows, cols, base_rows: int, base_cols: int):
+def valid_region(rows, cols, base_rows: int, base_cols: int, frames=None, base_frames: int | None = None):
     """Trace the ops inside as applied to the top-left ``rows x cols`` part of a zero-padded
-    ``base_rows x base_cols`` tile (``rows``/``cols`` may be traced int32 scalars; at an activation k times the
-    tile's size the part is k times larger). Convolutions read zeros outside it (their zero padding), GroupNorm
-    statistics, attention keys and the edge clamp of the linear interpolation use only the part: the values inside
-    it equal those of the unpadded tile up to float rounding, whatever lies outside. Tiles of several shapes then
-    share one compiled program (``TilingConfig(uniform_tiles=True)``). This thread only (tracing)."""
+    ``base_rows x base_cols`` tile and, if ``frames`` is given, its first ``frames`` of ``base_frames`` frames
+    (``rows``/``cols``/``frames`` may be traced int32 scalars; at an activation k times the tile's size the part
+    is k times larger). Convolutions read zeros outside it (their zero padding; causal convolutions never read
+    later frames), GroupNorm statistics, attention keys and the edge clamps of the linear interpolations use only
+    the part: the values inside it equal those of the unpadded tile up to float rounding, whatever lies outside.
+    Tiles of several shapes then share one compiled program (``TilingConfig(uniform_tiles=True)``). This thread
+    only (tracing)."""
     previous = getattr(_REGION, "value", None)
-    _REGION.value = _ValidRegion(jnp.asarray(rows, jnp.int32), jnp.asarray(cols, jnp.int32), base_rows, base_cols)
+    _REGION.value = _ValidRegion(jnp.asarray(rows, jnp.int32), jnp.asarray(cols, jnp.int32), base_rows, base_cols,
+                                 None if frames is None else jnp.asarray(frames, jnp.int32), base_frames)
     try:
         yield
     finally:
@@ -77,6 +94,17 @@ def _spatial_mask(h: int, w: int) -> jax.Array | None:
     rows = jnp.arange(h) < region.extent(h, 2)
     cols = jnp.arange(w) < region.extent(w, 3)
     return (rows[:, None] & cols[None, :]).reshape(1, 1, h, w, 1)
+
+
+def _frame_mask(t: int, start=0, length: int | None = None) -> jax.Array | None:
+    """(1, length, 1, 1, 1) boolean: frames ``start .. start+length-1`` of a ``t``-frame activation that are
+    real (None when every frame is)."""
+    region = _region()
+    valid = None if region is None else region.frame_extent(t)
+    if valid is None:
+        return None
+    length = t if length is None else length
+    return ((start + jnp.arange(length)) < valid).reshape(1, length, 1, 1, 1)
 
 
 def zero_outside_region(x: jax.Array) -> jax.Array:
@@ -114,10 +142,14 @@ def group_norm_stats(
     mask = _spatial_mask(h, w)
     if mask is None:
         count = float((h * w if per_frame else t * h * w) * cg)
-    else:  # statistics of the valid region only
+    else:  # statistics of the valid region only (per-frame statistics of padded frames are never used)
         region = _region()
         area = (region.extent(h, 2) * region.extent(w, 3)).astype(F32)
-        count = area * (1 if per_frame else t) * cg
+        frames = None if per_frame else region.frame_extent(t)
+        count = area * (1 if per_frame else (t if frames is None else frames.astype(F32))) * cg
+        frame_mask = None if per_frame else _frame_mask(t)
+        if frame_mask is not None:
+            mask = mask & frame_mask
     tp = t if per_frame else 1
     xf = x.astype(F32) if mask is None else jnp.where(mask, x.astype(F32), 0.0)
     mean = jnp.sum(xf, axis=axes).reshape(n, tp, g, cg).sum(-1) / count  # (N, T', G)
@@ -481,11 +513,17 @@ def upsample_first_frame_apart(x: jax.Array, dtype, *, chunk_bytes: int = 1 << 3
     xp = jnp.concatenate([x[:, 1:2], x[:, 1:], x[:, t - 1 : t]], axis=1)  # y[-1], y[0..m-1], y[m] clamped
     pairs = frames_per_chunk(m, 2 * 4 * h * w * c * 4 * 2, chunk_bytes)
 
+    region = _region()
+    valid = None if region is None else region.frame_extent(t)
+
     def pair_chunk(a, p):
         win = spatial(_frames(xp, a, p + 2))  # (N, p+2, 2H, 2W, C) float32
         centre = win[:, 1 : p + 1]
         even = 0.75 * centre + 0.25 * win[:, :p]
-        odd = 0.75 * centre + 0.25 * win[:, 2 : p + 2]
+        nxt = win[:, 2 : p + 2]
+        if valid is not None:  # pair i reads frame i + 2 as its next one: clamp at the last real frame instead
+            nxt = jnp.where(((a + jnp.arange(p)) + 2 < valid).reshape(1, p, 1, 1, 1), nxt, centre)
+        odd = 0.75 * centre + 0.25 * nxt
         return jnp.stack([even, odd], axis=2).reshape(n, 2 * p, 2 * h, 2 * w, c).astype(dtype)
 
     out = jnp.zeros((n, 2 * m + 1, 2 * h, 2 * w, c), dtype)
@@ -592,17 +630,21 @@ def group_stats_and_map(
     hh, ww, c = up_hwc
     g, cg = num_groups, c // num_groups
 
-    mask = _spatial_mask(hh, ww)
+    spatial = _spatial_mask(hh, ww)
 
-    def chunk_moments(u):
+    def chunk_moments(u, a):
         uf = u.astype(F32)
-        if mask is None:
-            cnt = float(u.shape[1] * hh * ww * cg)
-        else:  # moments of the valid region only
+        f = u.shape[1]
+        if spatial is None:
+            cnt, mask = float(f * hh * ww * cg), None
+        else:  # moments of the valid region only; a chunk of padded frames counts 0
             region = _region()
-            cnt = (region.extent(hh, 2) * region.extent(ww, 3)).astype(F32) * (u.shape[1] * cg)
+            frame_mask = _frame_mask(t, a, f)
+            frames = f if frame_mask is None else jnp.sum(frame_mask).astype(F32)
+            cnt = (region.extent(hh, 2) * region.extent(ww, 3)).astype(F32) * frames * cg
+            mask = spatial if frame_mask is None else spatial & frame_mask
             uf = jnp.where(mask, uf, 0.0)
-        m = jnp.sum(uf, axis=(1, 2, 3)).reshape(n, g, cg).sum(-1) / cnt  # (N, G)
+        m = jnp.sum(uf, axis=(1, 2, 3)).reshape(n, g, cg).sum(-1) / jnp.maximum(cnt, 1.0)  # (N, G)
         m_c = jnp.repeat(m, cg, axis=-1).reshape(n, 1, 1, 1, c)
         dev = jnp.square(uf - m_c)
         if mask is not None:
@@ -613,7 +655,7 @@ def group_stats_and_map(
     def body(a, f, carry):
         mean, m2, count, out = carry
         u = up_fn(_frames(x, a, f))
-        mb, m2b, nb = chunk_moments(u)
+        mb, m2b, nb = chunk_moments(u, a)
         total = count + nb
         delta = mb - mean
         mean = mean + delta * (nb / total)

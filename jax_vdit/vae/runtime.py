@@ -247,14 +247,15 @@ def clear_compile_cache() -> None:
 
 # ----------------------------------------------------------------------------------------------- tile regions
 class TileRegion(nnx.Module):
-    """The real part of a zero-padded latent tile: its top-left ``rows x cols`` of ``base`` = (rows, cols) of the
-    padded tile. The part's size is data (an int32 (2,) variable), so every tile shape runs one program."""
+    """The real part of a zero-padded latent tile: its first ``frames`` frames and top-left ``rows x cols`` of
+    ``base`` = (frames, rows, cols) of the padded tile. The part's size is data (an int32 (3,) variable), so every
+    tile shape runs one program."""
 
-    def __init__(self, rows: int, cols: int, base: tuple[int, int]):
-        if not (0 < rows <= base[0] and 0 < cols <= base[1]):
-            raise ValueError(f"a tile of {rows} x {cols} does not fit the padded tile {base}")
-        self.size = nnx.Variable(jnp.asarray([rows, cols], jnp.int32))
-        self.base = (int(base[0]), int(base[1]))
+    def __init__(self, frames: int, rows: int, cols: int, base: tuple[int, int, int]):
+        if not (0 < frames <= base[0] and 0 < rows <= base[1] and 0 < cols <= base[2]):
+            raise ValueError(f"a tile of {frames} x {rows} x {cols} does not fit the padded tile {tuple(base)}")
+        self.size = nnx.Variable(jnp.asarray([frames, rows, cols], jnp.int32))
+        self.base = tuple(int(b) for b in base)
 
 
 _IN_REGION: dict[Callable, Callable] = {}
@@ -270,7 +271,8 @@ def in_region(fn: Callable) -> Callable:
     def staged(*args):
         *modules, region, x = args
         size = region.size[...]
-        with ops.valid_region(size[0], size[1], *region.base):
+        frames, rows, cols = region.base
+        with ops.valid_region(size[1], size[2], rows, cols, frames=size[0], base_frames=frames):
             return fn(*modules, x)
 
     staged.__name__ = f"{fn.__name__}_in_region"
@@ -387,23 +389,25 @@ def _run_one(kind: str, vae: CausalVAE, x: jax.Array, region: TileRegion | None 
     return _run(_whole_decode if kind == "decode" else _whole_encode, (vae,), x, region)
 
 
-def _padded_decode(vae: CausalVAE, z: jax.Array, base: tuple[int, int]) -> jax.Array:
-    """Decode a latent tile (N, t, h, w, C) with (h, w) <= ``base`` as the top-left part of a zero-padded
-    ``base`` tile (one program for every tile shape); returns the real part of the output."""
-    _, _, h, w, _ = z.shape
-    region = TileRegion(h, w, base)
-    if (h, w) == base:
+def _padded_decode(vae: CausalVAE, z: jax.Array, base: tuple[int, int, int]) -> jax.Array:
+    """Decode a latent tile (N, t, h, w, C) with (t, h, w) <= ``base`` as the first frames and top-left part of a
+    zero-padded ``base`` tile (one program for every tile shape); returns the real part of the output."""
+    _, t, h, w, _ = z.shape
+    region = TileRegion(t, h, w, base)
+    if (t, h, w) == tuple(base):
         return _run_one("decode", vae, z, region)
-    padded = jnp.pad(z, ((0, 0), (0, 0), (0, base[0] - h), (0, base[1] - w), (0, 0)))
+    padded = jnp.pad(z, ((0, 0), (0, base[0] - t), (0, base[1] - h), (0, base[2] - w), (0, 0)))
     out = _run_one("decode", vae, padded, region)
-    scale = out.shape[2] // base[0]
-    return out[:, :, : h * scale, : w * scale]
+    scale = out.shape[2] // base[1]
+    frames = t if base[0] == 1 else (t - 1) * ((out.shape[1] - 1) // (base[0] - 1)) + 1
+    return out[:, :frames, : h * scale, : w * scale]
 
 
 def _run_batched(kind: str, vae: CausalVAE, inputs: list[jax.Array], max_batch: int = 1,
-                 uniform_size: tuple[int, int] | None = None) -> list[jax.Array]:
+                 uniform_size: tuple[int, int, int] | None = None) -> list[jax.Array]:
     """Run the encoder/decoder on each input; inputs of equal shape go together in batches of ``max_batch``.
-    ``uniform_size`` (decoding): every input runs zero-padded to that (rows, cols) (see :func:`_padded_decode`)."""
+    ``uniform_size`` (decoding): every input runs zero-padded to that (frames, rows, cols) (see
+    :func:`_padded_decode`)."""
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, x in enumerate(inputs):
         groups[(tuple(x.shape), str(x.dtype))].append(i)
@@ -426,11 +430,12 @@ def _run_batched(kind: str, vae: CausalVAE, inputs: list[jax.Array], max_batch: 
 TileRunner = Callable[[list[jax.Array], int], list[jax.Array]]
 
 
-def tile_runner(vae: CausalVAE, kind: str = "decode", *, uniform_size: tuple[int, int] | None = None
+def tile_runner(vae: CausalVAE, kind: str = "decode", *, uniform_size: tuple[int, int, int] | None = None
                 ) -> TileRunner:
     """``run(tiles, max_batch)``: the model's decoder (or encoder) on a list of channels-last tiles, for
     :func:`tiled_apply` (equal-shape tiles batched up to ``max_batch``). ``uniform_size`` (decoder only): run
-    every tile zero-padded to that (rows, cols), so edge tiles share the interior tiles' programs."""
+    every tile zero-padded to that (frames, rows, cols), so edge tiles and short time chunks share the programs
+    of the largest tile."""
     if kind not in ("decode", "encode"):
         raise ValueError(f"kind must be 'decode' or 'encode', not {kind!r}")
     if uniform_size is not None and kind != "decode":
@@ -490,7 +495,8 @@ def decode_nthwc(vae: CausalVAE, z: jax.Array, *, tiling: TilingConfig | None = 
     if tiling is None or not tiling.decode_needs_tiling(t, h, w):
         return _run_batched("decode", vae, [z], 1)[0]
     size = tiling.tile_latent_min_size
-    uniform = (min(size, h), min(size, w)) if tiling.uniform_tiles else None  # the largest tile of the grid
+    longest = max(e - s for s, e in time_chunks(t, tiling.tile_latent_min_size_t))
+    uniform = (longest, min(size, h), min(size, w)) if tiling.uniform_tiles else None  # the grid's largest tile
     return tiled_apply(
         tile_runner(vae, "decode", uniform_size=uniform),
         z,

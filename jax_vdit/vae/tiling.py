@@ -35,14 +35,14 @@ class TilingConfig:
     tile_overlap_factor: overlap fraction (blend width = int(size * overlap)).
     max_tile_batch: execution only -- tiles of equal shape are decoded together in batches of up to this many
       (exact: GroupNorm statistics are per sample). 1 keeps peak memory lowest.
-    uniform_tiles: execution only, decoding only: every spatial tile runs zero-padded to the grid's largest tile
-      (the full tile size, or the latent's size along an axis shorter than a tile) with its real part passed as data (convolutions see zeros outside it, GroupNorm, attention and the
-      interpolation's edge clamp use only it; ``jax_vdit.vae.ops.valid_region``), so the smaller edge tiles share
-      the interior tiles' compiled programs: the 4 tile shapes of the release tiling at 720p become 1 (40 decode
-      stage programs at 29x720p become 10; 80 at 93x720p become 20). Same results up to float rounding; the edge
-      tiles cost their padded size in compute (1.42x the decoder's work at 720p, 2.7x at 480p, whose edge tiles
-      are 4 latent rows high). Time chunks of different lengths (the last chunk of a long video) still compile
-      separately.
+    uniform_tiles: execution only, decoding only: every tile runs zero-padded to the grid's largest tile (the
+      full tile size, or the latent's size along an axis shorter than a tile) and every time chunk to the longest
+      chunk, with its real size passed as data (convolutions see zeros outside it, GroupNorm, attention and the
+      interpolations' edge clamps use only it; ``jax_vdit.vae.ops.valid_region``), so the smaller edge tiles and
+      the short last chunk share the largest tile's compiled programs: 40 decode stage programs at 29x720p
+      become 10, and 80 at 93x720p become 10. Same results up to float rounding; the padding costs compute
+      (1.42x the decoder's work at 29x720p, 1.69x at 93x720p, 2.7x at 480p, whose edge tiles are 4 latent rows
+      high).
 
     Presets: :meth:`sample_script` (the release scripts' ``--enable_tiling``: 512/64/29/8, overlap 0.125),
     :meth:`class_default` (256/32/33/16, 0.125), :meth:`save_memory` (``--save_memory``: 256/32/29/8, 0.125).
