@@ -3,6 +3,7 @@ compiling them, gets the same pixels, and never trusts a damaged file or one fro
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -46,22 +47,25 @@ def _no_lowering(*args, **kwargs):
     raise AssertionError("a stage was traced and lowered although the store holds it")
 
 
-def test_warm_process_loads_every_stage_without_lowering_and_decodes_the_same(vae, store, monkeypatch):
+@pytest.mark.parametrize("uniform_tiles", [False, True])
+def test_warm_process_loads_every_stage_without_lowering_and_decodes_the_same(vae, store, monkeypatch,
+                                                                              uniform_tiles):
     z = jax.random.normal(jax.random.key(0), LATENT)
-    cold = precompile_decode(vae, LATENT, tiling=TILES)
+    tiles = dataclasses.replace(TILES, uniform_tiles=uniform_tiles)  # uniform: stages take the tile's size as data
+    cold = precompile_decode(vae, LATENT, tiling=tiles)
     assert cold.compiled == cold.stages > 6 and cold.loaded == 0
     assert len(list(store.glob("*.bin"))) == cold.stages
-    reference = decode_latents_to_video(vae, z, tiling=TILES)
+    reference = decode_latents_to_video(vae, z, tiling=tiles)
 
     clear_compile_cache()  # a new process, as far as the stage cache knows
     monkeypatch.setattr(runtime, "lower_stage", _no_lowering)
-    warm = precompile_decode(vae, LATENT, tiling=TILES)
+    warm = precompile_decode(vae, LATENT, tiling=tiles)
     assert warm.loaded == warm.stages == cold.stages and warm.compiled == 0
     assert all(e["loaded"] for e in compile_log())
-    np.testing.assert_array_equal(decode_latents_to_video(vae, z, tiling=TILES), reference)
+    np.testing.assert_array_equal(decode_latents_to_video(vae, z, tiling=tiles), reference)
 
     clear_compile_cache()  # the decode alone (no warm-up) also loads instead of lowering
-    np.testing.assert_array_equal(decode_latents_to_video(vae, z, tiling=TILES), reference)
+    np.testing.assert_array_equal(decode_latents_to_video(vae, z, tiling=tiles), reference)
     assert len(compile_log()) == cold.stages and all(e["loaded"] for e in compile_log())
 
 
