@@ -181,9 +181,11 @@ def _cmd_sample(args: argparse.Namespace) -> int:
               "sampler": job.settings.describe(), "attention": job.attention_spec}
     if pipe.vae is not None:
         t0 = time.perf_counter()
+        report["vae_tiles"] = pipe.vae_tiles
         if vae_warmup is not None:
             warm = vae_warmup.result()
             report["vae_stages"] = warm.stages
+            report["vae_stages_loaded"] = warm.loaded  # from the executable store, not compiled
             report["vae_compile_s"] = warm.total_s  # background, overlapping the transformer's work
             report["vae_compile_wait_s"] = round(time.perf_counter() - t0, 2)
         frames = pipe.decode(latents)
