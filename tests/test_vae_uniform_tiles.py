@@ -173,3 +173,18 @@ def test_region_stage_is_one_function_per_stage():
 
     assert in_region(stage) is in_region(stage)
     assert in_region(stage).__qualname__.endswith("[in_region]")
+
+
+@pytest.mark.parametrize("compute", [
+    dict(staged=False),  # one program for the whole decoder
+    dict(conv_impl="stack", chunk_bytes=1 << 12),  # frame chunks in loops: traced chunk starts in the masks
+])
+def test_uniform_tiles_under_other_compute_settings(compute):
+    from jax_vdit.vae.config import ComputeConfig
+
+    vae = random_vae(MICRO, seed=1, dtype=jnp.float32, compute=ComputeConfig(**compute))
+    tiling = dict(TILES, tile_sample_min_size_t=9, tile_latent_min_size_t=3)
+    z = jax.random.normal(jax.random.key(8), (1, 4, 6, 7, 4))
+    exact = decode_nthwc(vae, z, tiling=TilingConfig(**tiling))
+    uniform = decode_nthwc(vae, z, tiling=TilingConfig(**tiling, uniform_tiles=True))
+    assert float(jnp.max(jnp.abs(uniform - exact))) < 2e-5 * max(float(jnp.max(jnp.abs(exact))), 1.0)
