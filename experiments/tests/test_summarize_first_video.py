@@ -40,11 +40,15 @@ def test_scan_table_pairs_scanned_and_unrolled_runs():
 def test_main_writes_the_summary_and_the_plot(tmp_path):
     (tmp_path / "first_video_full.json").write_text(json.dumps(
         {"command": "python -m experiments.bench_first_video --size full", "size": "full", "device": "H100",
-         "cases": {"student": {"cold": _child(19.0, 6.0, 1.8, 4), "warm": _child(7.0, 2.0, 1.8, 4)}}}))
+         "cases": {"student": {"cold": _child(19.0, 6.0, 1.8, 4), "warm": _child(7.0, 2.0, 1.8, 4)},
+                   "student-uniform-vae": {"cold": _child(15.0, 6.0, 1.8, 4)},
+                   "teacher": {"cold": _child(40.0, 6.0, 15.0, 10)}}}))
     main(["--dir", str(tmp_path)])
     text = (tmp_path / "first_video.md").read_text()
     assert "| full | student (4 steps) | cold | 19.0 | 13.0 | <= 20 |" in text
     assert "| full | student (4 steps) | warm | 7.0 | 5.0 | <= 8 |" in text
+    assert "| full | student-uniform-vae (4 steps) | cold | 15.0 | 9.0 | <= 20 |" in text  # a student case: goals too
+    assert "| full | teacher (10 steps) | cold | 40.0 | 34.0 | - |" in text
     assert (tmp_path / "first_video.png").stat().st_size > 0
 
 
