@@ -215,6 +215,33 @@ def _mask_labels(attention: AttentionConfig, num_layers: int) -> list[str]:
 VAE_TILES = ("exact", "uniform")
 
 
+def _decode_tiling(vae_tiles: str):
+    """The release's decode tiling (``sample_t2v.py --enable_tiling``), run as ``vae_tiles`` says."""
+    from jax_vdit.vae import TilingConfig
+
+    return TilingConfig.sample_script(uniform_tiles=vae_tiles == "uniform")
+
+
+def _start_decoder_warmup(vae, model_dir: Path, config, decode_size, vae_tiles: str):
+    """((1, C, t, h, w), future) of a background warm-up of the decode of ``decode_size`` videos, or None where the
+    size cannot be told without loading the transformer (an orbax checkpoint) or is not one the model can make
+    (:meth:`OpenSoraPipeline.prepare` reports that)."""
+    from jax_vdit.io.checkpoints import is_orbax_model_dir
+    from jax_vdit.io.release import resolve_config
+    from jax_vdit.vae.warmup import precompile_decode_in_background
+
+    if is_orbax_model_dir(model_dir):
+        return None
+    try:
+        base = default_size(resolve_config(Path(model_dir), config, {}))
+        frames, height, width = decode_size
+        size = VideoSize(frames or base.frames, height or base.height, width or base.width)
+    except (ValueError, OSError):
+        return None
+    shape = (1, *size.latent_shape)
+    return shape, precompile_decode_in_background(vae, shape, tiling=_decode_tiling(vae_tiles))
+
+
 @dataclass
 class OpenSoraPipeline:
     """An Open-Sora-Plan v1.2 text-to-video pipeline: ``transformer`` (:class:`~jax_vdit.model.OpenSoraT2V`),
@@ -259,6 +286,7 @@ class OpenSoraPipeline:
         tile_backend: str = "auto",
         mixed_masks: str = "runs",
         vae_tiles: str = "exact",
+        decode_size: tuple[int | None, int | None, int | None] | None = None,
         revision: str | None = None,
         cache_dir: str | os.PathLike | None = None,
         local_files_only: bool | None = None,
@@ -278,8 +306,13 @@ class OpenSoraPipeline:
         toy-world models, or ``google/mt5-xxl`` if it is already in the local Hugging Face cache; else none),
         "toy", a local mT5 folder or repo id, a :class:`TextEncoder`, or None (embeddings only).
         ``tile_backend`` and ``mixed_masks`` go into every attention config the pipeline builds; ``vae_tiles``:
-        "exact" or "uniform" (see the class docstring).
+        "exact" or "uniform" (see the class docstring). ``decode_size``: (frames, height, width) of the videos
+        that will be decoded (None entries: the checkpoint's defaults, as :meth:`prepare` fills them): the VAE's
+        stages for that size start compiling in a background thread as soon as the VAE is loaded, while the
+        transformer and the text encoder load; :meth:`warm_up_decoder` of a job of that size returns that warm-up.
         """
+        if vae_tiles not in VAE_TILES:
+            raise PipelineInputError(f"vae_tiles must be one of {VAE_TILES}, not {vae_tiles!r}")
         from jax_vdit.io import load_model, load_vae
         from jax_vdit.io.hub import has_weights, looks_like_repo_id, resolve_pretrained
         from jax_vdit.student import is_student_folder, read_student_info
@@ -298,7 +331,6 @@ class OpenSoraPipeline:
             raise FileNotFoundError(f"{root} holds no transformer: expected a {variant or '<variant>'}/ subfolder "
                                     f"(release layout: {', '.join(_release_variants())}) or weights in the folder")
         student = read_student_info(model_dir) if is_student_folder(model_dir) else None
-        transformer = load_model(model_dir, param_dtype=param_dtype, compute_dtype=compute_dtype, config=config)
 
         vae_dir = None
         if vae not in (None, False, "auto", True):
@@ -315,6 +347,10 @@ class OpenSoraPipeline:
         vae_model = None
         if vae_dir is not None:
             vae_model = load_vae(vae_dir, dtype=jnp.bfloat16 if compute_dtype == "bfloat16" else jnp.float32)
+        early = None  # the VAE's stages compile in the background while the transformer and text encoder load
+        if vae_model is not None and decode_size is not None:
+            early = _start_decoder_warmup(vae_model, model_dir, config, decode_size, vae_tiles)
+        transformer = load_model(model_dir, param_dtype=param_dtype, compute_dtype=compute_dtype, config=config)
 
         encoder = _resolve_text_encoder(text_encoder, root, model_dir, hub)
         if student is not None:
@@ -326,8 +362,12 @@ class OpenSoraPipeline:
                   "vae": None if vae_dir is None else str(vae_dir),
                   "text_encoder": None if encoder is None else encoder.source,
                   "param_dtype": param_dtype, "compute_dtype": compute_dtype}
-        return cls(transformer, vae_model, encoder, settings, attention_spec, tile_backend, student, source,
+        pipe = cls(transformer, vae_model, encoder, settings, attention_spec, tile_backend, student, source,
                    mixed_masks, vae_tiles)
+        if early is not None:
+            shape, future = early
+            pipe._decoder_warmups[shape] = future  # warm_up_decoder() of a job of this size returns it
+        return pipe
 
     # ---------------------------------------------------------------------------------------------------------
     @property
@@ -547,9 +587,7 @@ class OpenSoraPipeline:
     @property
     def decode_tiling(self):
         """The release's decode tiling (``sample_t2v.py --enable_tiling``), run as ``vae_tiles`` says."""
-        from jax_vdit.vae import TilingConfig
-
-        return TilingConfig.sample_script(uniform_tiles=self.vae_tiles == "uniform")
+        return _decode_tiling(self.vae_tiles)
 
     def records(self, job: Job, *, fps: int | None = None) -> list[dict]:
         """One sidecar dict per video: prompt, negative prompt, seed, sampler, steps, guidance, masks, model

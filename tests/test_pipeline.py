@@ -251,3 +251,35 @@ def test_vae_tiles_reach_the_decoder_and_bad_values_are_refused(pipe):
     assert uniform.decode_tiling.tile_latent_min_size == pipe.decode_tiling.tile_latent_min_size == 64
     with pytest.raises(PipelineInputError, match="vae_tiles"):
         dataclasses.replace(pipe, vae_tiles="padded")
+
+
+def test_decode_size_starts_the_vae_warmup_before_the_transformer_loads(hub_cache, monkeypatch):
+    """``from_pretrained(decode_size=...)`` (what ``vdit sample`` passes): the VAE's stages for that size start
+    compiling as soon as the VAE is loaded, before the transformer loads, and the job's warm-up is that one."""
+    import jax_vdit.io as jio
+    from jax_vdit.vae import warmup
+
+    events: list[tuple] = []
+    real_load, real_warmup = jio.load_model, warmup.precompile_decode_in_background
+
+    def load_model(*args, **kwargs):
+        events.append(("transformer",))
+        return real_load(*args, **kwargs)
+
+    def precompile(vae, shape, **kwargs):
+        events.append(("vae", tuple(shape), kwargs["tiling"].uniform_tiles))
+        return real_warmup(vae, shape, **kwargs)
+
+    monkeypatch.setattr(jio, "load_model", load_model)
+    monkeypatch.setattr(warmup, "precompile_decode_in_background", precompile)
+    pipe = OpenSoraPipeline.from_pretrained(RELEASE_REPO, variant="29x720p", cache_dir=hub_cache, local_files_only=True,
+                                            decode_size=(None, None, None), vae_tiles="uniform", **F32)
+    assert events == [("vae", (1, 4, 3, 8, 10), True), ("transformer",)]  # the checkpoint's default size
+    job = pipe.prepare(prompt_embeds=embeddings(1), num_inference_steps=2)
+    future = pipe.warm_up_decoder(job)
+    assert future is not None and len(events) == 2  # the early warm-up, not a second one
+    assert future.result(timeout=600).stages > 0
+    with pytest.raises(PipelineInputError, match="vae_tiles"):  # refused before anything loads
+        OpenSoraPipeline.from_pretrained(RELEASE_REPO, variant="29x720p", cache_dir=hub_cache, local_files_only=True,
+                                         vae_tiles="padded", **F32)
+    assert len(events) == 2

@@ -138,6 +138,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         text_encoder=None if args.text_encoder == "none" else args.text_encoder,
         param_dtype=args.param_dtype, compute_dtype=args.compute_dtype, tile_backend=args.tile_backend,
         mixed_masks=args.mixed_masks, vae_tiles=args.vae_tiles,
+        decode_size=None if args.latents_only else (args.frames, args.height, args.width),  # VAE compiles early
         revision=args.revision, local_files_only=True if args.offline else None)
     load_s = time.perf_counter() - t0
     edges = None if args.edges is None else [int(e) for e in args.edges.split(",")]
@@ -150,7 +151,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     print(f"vdit sample: {job.describe()} ({source}; seeds {job.videos[0].seed}..{job.videos[-1].seed})",
           file=sys.stderr)
 
-    # the VAE's stages compile in a background thread while the transformer compiles and samples
+    # the VAE's stages compile in a background thread (started when the VAE loaded, before the transformer) while
+    # the transformer loads, compiles and samples
     vae_warmup = pipe.warm_up_decoder(job)  # None without a VAE (--latents-only)
     # compile: a one-step run of the very program the timed run uses (same progress setting, same shapes)
     t0 = time.perf_counter()
