@@ -223,9 +223,11 @@ def _decode_tiling(vae_tiles: str):
 
 
 def _start_decoder_warmup(vae, model_dir: Path, config, decode_size, vae_tiles: str):
-    """((1, C, t, h, w), future) of a background warm-up of the decode of ``decode_size`` videos, or None where the
-    size cannot be told without loading the transformer (an orbax checkpoint) or is not one the model can make
-    (:meth:`OpenSoraPipeline.prepare` reports that)."""
+    """((1, C, t, h, w), future, cancel event) of a background warm-up of the decode of ``decode_size`` videos, or
+    None where the size cannot be told without loading the transformer (an orbax checkpoint) or is not one the model
+    can make (:meth:`OpenSoraPipeline.prepare` reports that)."""
+    import threading
+
     from jax_vdit.io.checkpoints import is_orbax_model_dir
     from jax_vdit.io.release import resolve_config
     from jax_vdit.vae.warmup import precompile_decode_in_background
@@ -239,7 +241,8 @@ def _start_decoder_warmup(vae, model_dir: Path, config, decode_size, vae_tiles: 
     except (ValueError, OSError):
         return None
     shape = (1, *size.latent_shape)
-    return shape, precompile_decode_in_background(vae, shape, tiling=_decode_tiling(vae_tiles))
+    cancel = threading.Event()
+    return shape, precompile_decode_in_background(vae, shape, tiling=_decode_tiling(vae_tiles), cancel=cancel), cancel
 
 
 @dataclass
@@ -350,9 +353,13 @@ class OpenSoraPipeline:
         early = None  # the VAE's stages compile in the background while the transformer and text encoder load
         if vae_model is not None and decode_size is not None:
             early = _start_decoder_warmup(vae_model, model_dir, config, decode_size, vae_tiles)
-        transformer = load_model(model_dir, param_dtype=param_dtype, compute_dtype=compute_dtype, config=config)
-
-        encoder = _resolve_text_encoder(text_encoder, root, model_dir, hub)
+        try:
+            transformer = load_model(model_dir, param_dtype=param_dtype, compute_dtype=compute_dtype, config=config)
+            encoder = _resolve_text_encoder(text_encoder, root, model_dir, hub)
+        except BaseException:
+            if early is not None:
+                early[2].set()  # no decode will follow: stop the warm-up, so the error ends the process promptly
+            raise
         if student is not None:
             settings = SamplerSettings("consistency", len(student["edges"]), tuple(sorted(student["edges"])), None)
             attention_spec = student["mask_schedule_file"] or "dense"
@@ -365,7 +372,7 @@ class OpenSoraPipeline:
         pipe = cls(transformer, vae_model, encoder, settings, attention_spec, tile_backend, student, source,
                    mixed_masks, vae_tiles)
         if early is not None:
-            shape, future = early
+            shape, future, _ = early
             pipe._decoder_warmups[shape] = future  # warm_up_decoder() of a job of this size returns it
         return pipe
 

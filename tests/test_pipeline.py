@@ -283,3 +283,29 @@ def test_decode_size_starts_the_vae_warmup_before_the_transformer_loads(hub_cach
         OpenSoraPipeline.from_pretrained(RELEASE_REPO, variant="29x720p", cache_dir=hub_cache, local_files_only=True,
                                          vae_tiles="padded", **F32)
     assert len(events) == 2
+
+
+def test_a_failed_transformer_load_stops_the_early_vae_warmup(hub_cache, monkeypatch):
+    """The error is raised at once, and the background warm-up stops instead of compiling every stage first (which
+    would keep the process from exiting)."""
+    import jax_vdit.io as jio
+    from jax_vdit.vae import warmup
+
+    futures = []
+    real_warmup = warmup.precompile_decode_in_background
+
+    def precompile(vae, shape, **kwargs):
+        futures.append(real_warmup(vae, shape, **kwargs))
+        return futures[-1]
+
+    def broken(*args, **kwargs):
+        raise OSError("weights unreadable")
+
+    monkeypatch.setattr(warmup, "precompile_decode_in_background", precompile)
+    monkeypatch.setattr(jio, "load_model", broken)
+    with pytest.raises(OSError, match="weights unreadable"):
+        OpenSoraPipeline.from_pretrained(RELEASE_REPO, variant="29x720p", cache_dir=hub_cache, local_files_only=True,
+                                         decode_size=(None, None, None), **F32)
+    (future,) = futures
+    report = future.result(timeout=600)
+    assert report.stages > 0 and report.compiled < report.stages

@@ -18,6 +18,7 @@ cache when it is on), so the decode that follows finds them.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -110,9 +111,11 @@ def default_workers() -> int:
     return 1
 
 
-def precompile(calls: Sequence[StageCall], *, workers: int | None = None, plan_s: float = 0.0) -> WarmupReport:
+def precompile(calls: Sequence[StageCall], *, workers: int | None = None, plan_s: float = 0.0,
+               cancel: threading.Event | None = None) -> WarmupReport:
     """Compile the stages in ``calls`` that are not compiled yet: traced here one by one, compiled by
-    ``workers`` threads (default :func:`default_workers`; 1 compiles in this thread)."""
+    ``workers`` threads (default :func:`default_workers`; 1 compiles in this thread). Once ``cancel`` is set, no
+    further stage starts (``compiled`` then counts the stages that did)."""
     t0 = time.perf_counter()
     workers = default_workers() if workers is None else max(1, int(workers))
     distinct = _distinct(calls)
@@ -124,6 +127,8 @@ def precompile(calls: Sequence[StageCall], *, workers: int | None = None, plan_s
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vae-compile") as pool:
         futures = []
         for call in todo:
+            if cancel is not None and cancel.is_set():
+                break
             t = time.perf_counter()
             key, lowered, out_shape, donated = lower_stage(call.fn, call.modules, call.x_spec, donate=call.donate)
             dt = time.perf_counter() - t
@@ -131,16 +136,18 @@ def precompile(calls: Sequence[StageCall], *, workers: int | None = None, plan_s
             futures.append(pool.submit(finish_stage, call.fn, key, lowered, out_shape, donated, call.x_spec, dt))
         for future in futures:
             future.result()
-    return WarmupReport(stages=len(distinct), compiled=len(todo), plan_s=round(plan_s, 3), lower_s=round(lower_s, 3),
+    return WarmupReport(stages=len(distinct), compiled=len(futures), plan_s=round(plan_s, 3), lower_s=round(lower_s, 3),
                         total_s=round(plan_s + time.perf_counter() - t0, 3), workers=workers, loaded=loaded)
 
 
 def precompile_decode(vae: CausalVAE, latent_shape: Sequence[int], *,
-                      tiling: TilingConfig | None = RELEASE_TILING, workers: int | None = None) -> WarmupReport:
-    """Plan and compile every stage of decoding DiT latents of ``latent_shape`` (B, C, t, h, w)."""
+                      tiling: TilingConfig | None = RELEASE_TILING, workers: int | None = None,
+                      cancel: threading.Event | None = None) -> WarmupReport:
+    """Plan and compile every stage of decoding DiT latents of ``latent_shape`` (B, C, t, h, w); no stage starts
+    once ``cancel`` is set."""
     t0 = time.perf_counter()
     calls = plan_decode(vae, latent_shape, tiling=tiling)
-    return precompile(calls, workers=workers, plan_s=time.perf_counter() - t0)
+    return precompile(calls, workers=workers, plan_s=time.perf_counter() - t0, cancel=cancel)
 
 
 def precompile_encode(vae: CausalVAE, video_shape: Sequence[int], *,
@@ -153,10 +160,12 @@ def precompile_encode(vae: CausalVAE, video_shape: Sequence[int], *,
 
 def precompile_decode_in_background(vae: CausalVAE, latent_shape: Sequence[int], *,
                                     tiling: TilingConfig | None = RELEASE_TILING,
-                                    workers: int | None = None) -> Future:
+                                    workers: int | None = None, cancel: threading.Event | None = None) -> Future:
     """:func:`precompile_decode` in a background thread; returns its future (``.result()`` is the
-    :class:`WarmupReport`, or raises what the compile raised). Wait for it before decoding."""
+    :class:`WarmupReport`, or raises what the compile raised). Wait for it before decoding. Set ``cancel`` when the
+    decode will not happen (e.g. loading the transformer failed): the thread then stops after the stage it is
+    compiling, instead of keeping the process from exiting until every stage is compiled."""
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vae-warmup")
-    future = pool.submit(precompile_decode, vae, latent_shape, tiling=tiling, workers=workers)
+    future = pool.submit(precompile_decode, vae, latent_shape, tiling=tiling, workers=workers, cancel=cancel)
     pool.shutdown(wait=False)
     return future
