@@ -45,9 +45,10 @@ def _padded_with_garbage(x: jax.Array, frames: int | None = None) -> jax.Array:
 
 
 def _in_region(fn, *args, frames: bool = False):
+    """``fn(*args)`` traced (jitted) inside a valid region of REAL in BASE (and FRAMES if ``frames``)."""
     time = dict(frames=FRAMES[1], base_frames=FRAMES[0]) if frames else {}
     with ops.valid_region(REAL[0], REAL[1], *BASE, **time):
-        return fn(*args)
+        return jax.jit(fn)(*args)
 
 
 def _real(y: jax.Array, scale: int = 1, frames: int | None = None) -> jax.Array:
@@ -88,12 +89,12 @@ def test_nearest_upsample_conv_and_linear_upsample_clamp_at_the_real_edge():
     x = jax.random.normal(k[0], (1, 3, *REAL, 8))
     kernel = jax.random.normal(k[1], (1, 3, 3, 8, 8)) * 0.1
     bias = jax.random.normal(k[2], (8,))
-    want = ops.upsample_nearest_conv(x, kernel, bias)
+    want = jax.jit(lambda a: ops.upsample_nearest_conv(a, kernel, bias))(x)
     got = _in_region(lambda a: ops.upsample_nearest_conv(a, kernel, bias), _padded_with_garbage(x))
     np.testing.assert_allclose(_real(got, 2), want, rtol=1e-5, atol=1e-5)
 
     # bilinear x2 in space and linear x2 in time: clamps at the last real row, column and frame
-    want = ops.upsample_first_frame_apart(x, jnp.float32)
+    want = jax.jit(lambda a: ops.upsample_first_frame_apart(a, jnp.float32))(x)
     got = _in_region(lambda a: ops.upsample_first_frame_apart(a, jnp.float32), _padded_with_garbage(x, FRAMES[0]),
                      frames=True)
     assert got.shape[1] == 2 * FRAMES[0] - 1
