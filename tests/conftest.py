@@ -25,6 +25,26 @@ def golden_dir() -> Path:
     return GOLDEN_DIR
 
 
+@pytest.fixture(scope="session")
+def micro_vae():
+    """A random float32 ``VAEConfig.micro()`` VAE (seed 0): every decoder stage kind at the smallest size."""
+    import jax.numpy as jnp
+
+    from jax_vdit.vae import VAEConfig, random_vae
+
+    return random_vae(VAEConfig.micro(), seed=0, dtype=jnp.float32)
+
+
+@pytest.fixture
+def fresh_vae_stage_cache():
+    """An empty VAE stage cache before and after the test, so that its compile counts are its own."""
+    from jax_vdit.vae import clear_compile_cache
+
+    clear_compile_cache()
+    yield
+    clear_compile_cache()
+
+
 def has_gpu() -> bool:
     try:
         return jax.default_backend() == "gpu"

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from jax_vdit import executable_store
-from jax_vdit.vae import TilingConfig, VAEConfig, clear_compile_cache, compile_log, decode_latents_to_video, random_vae
+from jax_vdit.vae import TilingConfig, clear_compile_cache, compile_log, decode_latents_to_video
 from jax_vdit.vae import runtime
 from jax_vdit.vae.warmup import precompile_decode
 
@@ -26,9 +26,9 @@ TILES = TilingConfig(tile_sample_min_size=16, tile_latent_min_size=4, tile_sampl
 LATENT = (1, 4, 3, 6, 7)
 
 
-@pytest.fixture(scope="module")
-def vae():
-    return random_vae(VAEConfig.micro(), seed=0, dtype=jnp.float32)
+@pytest.fixture
+def vae(micro_vae):
+    return micro_vae  # tests/conftest.py
 
 
 @pytest.fixture

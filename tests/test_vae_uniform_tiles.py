@@ -24,16 +24,12 @@ REAL = (4, 5)  # the real part
 FRAMES = (5, 3)  # padded and real frames of the op tests that pad time too
 
 
-@pytest.fixture(scope="module")
-def vae():
-    return random_vae(MICRO, seed=0, dtype=jnp.float32)
+@pytest.fixture
+def vae(micro_vae):
+    return micro_vae  # tests/conftest.py: shared by the VAE stage tests
 
 
-@pytest.fixture(autouse=True)
-def fresh_stage_cache():
-    clear_compile_cache()
-    yield
-    clear_compile_cache()
+pytestmark = pytest.mark.usefixtures("fresh_vae_stage_cache")
 
 
 def _padded_with_garbage(x: jax.Array, frames: int | None = None) -> jax.Array:
@@ -142,11 +138,11 @@ SHORT_LATENT = (1, 4, 6, 7, 4)
 
 
 @pytest.fixture(scope="module")
-def short_chunk_reference(vae):
+def short_chunk_reference(micro_vae):
     """The exact-shape decode of a latent whose last time chunk is shorter, and the chunk lengths it compiled."""
     clear_compile_cache()
     z = jax.random.normal(jax.random.key(7), SHORT_LATENT)
-    exact = decode_nthwc(vae, z, tiling=TilingConfig(**SHORT_CHUNK))
+    exact = decode_nthwc(micro_vae, z, tiling=TilingConfig(**SHORT_CHUNK))
     frames = {e["shape"][1] for e in compile_log() if e["stage"] == "_dec_head"}
     clear_compile_cache()
     return z, exact, frames

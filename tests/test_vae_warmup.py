@@ -5,18 +5,15 @@ gives the same pixels, and the pipeline overlaps the warm-up with sampling."""
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jax_vdit.vae import (
     TilingConfig,
-    VAEConfig,
     clear_compile_cache,
     compile_log,
     decode_latents_to_video,
     encode_video_to_latents,
-    random_vae,
 )
 from jax_vdit.vae.warmup import (
     WarmupReport,
@@ -28,23 +25,18 @@ from jax_vdit.vae.warmup import (
     precompile_encode,
 )
 
-MICRO = VAEConfig.micro()  # every stage kind: 2-D and 3-D blocks, a fused upsample
 # small tiles so that a small latent is cut into edge and interior tiles of several shapes and two time chunks
 TILES = TilingConfig(tile_sample_min_size=16, tile_latent_min_size=4, tile_sample_min_size_t=5,
                      tile_latent_min_size_t=2, tile_overlap_factor=0.25)
 LATENT = (1, 4, 3, 6, 7)  # (B, C, t, h, w) DiT latents
 
 
-@pytest.fixture(scope="module")
-def vae():
-    return random_vae(MICRO, seed=0, dtype=jnp.float32)
+@pytest.fixture
+def vae(micro_vae):
+    return micro_vae  # tests/conftest.py: shared by the VAE stage tests
 
 
-@pytest.fixture(autouse=True)
-def fresh_stage_cache():
-    clear_compile_cache()
-    yield
-    clear_compile_cache()
+pytestmark = pytest.mark.usefixtures("fresh_vae_stage_cache")
 
 
 def _signatures(log: list[dict]) -> list[tuple]:
