@@ -123,6 +123,29 @@ def silu(x: jax.Array) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------------------- GroupNorm
+def _masked_group_moments(
+    x: jax.Array, mask: jax.Array | None, count, num_groups: int, *, per_frame: bool
+) -> tuple[jax.Array, jax.Array]:
+    """float32 per-group mean and sum of squared deviations (M2) of ``x`` (N, T, H, W, C) where ``mask`` is true.
+
+    ``mask`` broadcasts against ``x`` (None: every element counts); ``count`` is the number of counted elements per
+    (sample, group[, frame]) (a Python float or a traced scalar). ``per_frame`` reduces over (H, W, C/G) of each frame,
+    else over (T, H, W, C/G). Two passes: the mean, then the squared deviations from it; each reduces to per-channel
+    sums first (keeping the contiguous channel axis), then sums the channels of a group. Returns (N, T', G) arrays,
+    T' = T or 1.
+    """
+    n, t, _, _, c = x.shape
+    g, cg = num_groups, c // num_groups
+    axes = (2, 3) if per_frame else (1, 2, 3)
+    tp = t if per_frame else 1
+    xf = x.astype(F32) if mask is None else jnp.where(mask, x.astype(F32), 0.0)
+    mean = jnp.sum(xf, axis=axes).reshape(n, tp, g, cg).sum(-1) / count
+    dev = jnp.square(xf - jnp.repeat(mean, cg, axis=-1).reshape(n, tp, 1, 1, c))
+    if mask is not None:
+        dev = jnp.where(mask, dev, 0.0)
+    return mean, jnp.sum(dev, axis=axes).reshape(n, tp, g, cg).sum(-1)
+
+
 def group_norm_stats(
     x: jax.Array, num_groups: int = 32, *, per_frame: bool = False, eps: float = 1e-6
 ) -> tuple[jax.Array, jax.Array]:
@@ -138,7 +161,6 @@ def group_norm_stats(
     if c % num_groups:
         raise ValueError(f"GroupNorm: {c} channels is not a multiple of {num_groups} groups")
     g, cg = num_groups, c // num_groups
-    axes = (2, 3) if per_frame else (1, 2, 3)
     mask = _spatial_mask(h, w)
     if mask is None:
         count = float((h * w if per_frame else t * h * w) * cg)
@@ -150,14 +172,9 @@ def group_norm_stats(
         frame_mask = None if per_frame else _frame_mask(t)
         if frame_mask is not None:
             mask = mask & frame_mask
+    mean, m2 = _masked_group_moments(x, mask, count, num_groups, per_frame=per_frame)
+    var = m2 / count
     tp = t if per_frame else 1
-    xf = x.astype(F32) if mask is None else jnp.where(mask, x.astype(F32), 0.0)
-    mean = jnp.sum(xf, axis=axes).reshape(n, tp, g, cg).sum(-1) / count  # (N, T', G)
-    mean_c = jnp.repeat(mean, cg, axis=-1).reshape(n, tp, 1, 1, c)
-    dev = jnp.square(xf - mean_c)
-    if mask is not None:
-        dev = jnp.where(mask, dev, 0.0)
-    var = jnp.sum(dev, axis=axes).reshape(n, tp, g, cg).sum(-1) / count
     shape = (n, tp, 1, g, 1)
     return mean.reshape(shape), lax.rsqrt(var + eps).reshape(shape)
 
@@ -633,7 +650,6 @@ def group_stats_and_map(
     spatial = _spatial_mask(hh, ww)
 
     def chunk_moments(u, a):
-        uf = u.astype(F32)
         f = u.shape[1]
         if spatial is None:
             cnt, mask = float(f * hh * ww * cg), None
@@ -643,13 +659,7 @@ def group_stats_and_map(
             frames = f if frame_mask is None else jnp.sum(frame_mask).astype(F32)
             cnt = (region.extent(hh, 2) * region.extent(ww, 3)).astype(F32) * frames * cg
             mask = spatial if frame_mask is None else spatial & frame_mask
-            uf = jnp.where(mask, uf, 0.0)
-        m = jnp.sum(uf, axis=(1, 2, 3)).reshape(n, g, cg).sum(-1) / jnp.maximum(cnt, 1.0)  # (N, G)
-        m_c = jnp.repeat(m, cg, axis=-1).reshape(n, 1, 1, 1, c)
-        dev = jnp.square(uf - m_c)
-        if mask is not None:
-            dev = jnp.where(mask, dev, 0.0)
-        m2 = jnp.sum(dev, axis=(1, 2, 3)).reshape(n, g, cg).sum(-1)
+        m, m2 = _masked_group_moments(u, mask, jnp.maximum(cnt, 1.0), g, per_frame=False)
         return m.reshape(n, 1, 1, g, 1), m2.reshape(n, 1, 1, g, 1), cnt
 
     def body(a, f, carry):
