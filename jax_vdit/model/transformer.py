@@ -254,16 +254,19 @@ def random_model(cfg: ModelConfig, seed: int = 0, scale: float = 0.02) -> OpenSo
     """
     graphdef, abstract = nnx.split(abstract_model(cfg))
     flat = nnx.to_flat_state(abstract)
-    makers: dict = {}
     key = jax.random.key(seed)
-    leaves = []
-    for i, (path, var) in enumerate(flat):
-        shape, dtype = var.shape, var.dtype
-        if (shape, dtype) not in makers:
-            makers[(shape, dtype)] = jax.jit(
-                lambda k, shape=shape, dtype=dtype: (jax.random.normal(k, shape, jnp.float32) * scale).astype(dtype))
-        leaves.append((path, var.replace(makers[(shape, dtype)](jax.random.fold_in(key, i)))))
+    scale = jnp.float32(scale)
+    leaves = [(path, var.replace(_scaled_normal(jax.random.fold_in(key, i), scale, shape=tuple(var.shape),
+                                                dtype=jnp.dtype(var.dtype))))
+              for i, (path, var) in enumerate(flat)]
     return nnx.merge(graphdef, nnx.from_flat_state(leaves))
+
+
+@functools.partial(jax.jit, static_argnames=("shape", "dtype"))
+def _scaled_normal(key: jax.Array, scale: jax.Array, *, shape: tuple[int, ...], dtype) -> jax.Array:
+    """N(0, scale^2) samples of ``shape`` drawn in fp32, cast to ``dtype``; one program per (shape, dtype), kept
+    across ``random_model`` calls of the process."""
+    return (jax.random.normal(key, shape, jnp.float32) * scale).astype(dtype)
 
 
 def abstract_model(cfg: ModelConfig) -> OpenSoraT2V:
