@@ -38,6 +38,7 @@ _T0 = time.perf_counter()  # the child's clock starts before jax is imported
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
+import gzip  # noqa: E402
 import os  # noqa: E402
 import datetime as dt  # noqa: E402
 import json  # noqa: E402
@@ -261,11 +262,12 @@ def run_cli(size: str, work: Path, vae_tiles: str = "exact") -> dict:
 
 
 # ------------------------------------------------------------------------------------------- scan vs unrolled
-def compare_scan(size: str, depths: list[int], specs: list[str], runs: int = 3, unrolls: tuple[int, ...] = (1,)
-                 ) -> list[dict]:
+def compare_scan(size: str, depths: list[int], specs: list[str], runs: int = 3, unrolls: tuple[int, ...] = (1,),
+                 hlo_dir: Path | None = None) -> list[dict]:
     """Compile the student sampler for each attention spec and depth, scanned (once per ``unrolls`` value, the
     layers per scan iteration) and unrolled (no persistent cache), then time ``runs`` runs of each executable
-    (median)."""
+    (median). ``hlo_dir``: also write each compiled program's HLO text there (gzipped), to see where the scanned
+    and unrolled programs differ."""
     import jax
 
     from jax_vdit import sampling
@@ -290,6 +292,12 @@ def compare_scan(size: str, depths: list[int], specs: list[str], runs: int = 3, 
                        "compile_s": round(sampler.compile_s, 3), "sample_s_median": round(timed[len(timed) // 2], 4),
                        "sample_s_runs": [round(x, 4) for x in times[1:]],
                        "hlo_while_loops": sampler.hlo_text().count(" while(")}
+                if hlo_dir is not None:
+                    hlo_dir.mkdir(parents=True, exist_ok=True)
+                    name = f"{spec.replace(':', '-')}_l{depth}_{'scan' if scan else 'unrolled'}_u{unroll}.hlo.txt.gz"
+                    with gzip.open(hlo_dir / name, "wt") as f:
+                        f.write(sampler.hlo_text())
+                    row["hlo_file"] = name
                 log(row)
                 rows.append(row)
                 del model, sampler
@@ -320,6 +328,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--attention", default="1:7", help="comma-separated attention specs for --compare-scan: dense, "
                    "k:m, mixed (k:m cycling over 1:m.. every layer, scanned in runs) or mixed-switch (the same "
                    "schedule in one scan with a switch over its masks)")
+    p.add_argument("--hlo-dir", default=None, help="--compare-scan also writes each compiled program's HLO text "
+                   "here (gzipped)")
     p.add_argument("--runs", type=int, default=3, help="timed runs per executable for --compare-scan")
     p.add_argument("--scan-unroll", default="1", help="comma-separated layers per scan iteration for the scanned "
                    "rows of --compare-scan (AttentionConfig.scan_unroll), e.g. 1,2")
@@ -349,7 +359,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.compare_scan:
         rows = compare_scan(args.size, [int(d) for d in args.depths.split(",")],
                             [a for a in args.attention.split(",") if a], runs=args.runs,
-                            unrolls=tuple(int(u) for u in args.scan_unroll.split(",") if u))
+                            unrolls=tuple(int(u) for u in args.scan_unroll.split(",") if u),
+                            hlo_dir=Path(args.hlo_dir) if args.hlo_dir else None)
         result = {**_meta(args), "rows": rows}
         name = f"compare_scan_{args.size}{suffix}.json"
     else:
