@@ -441,6 +441,30 @@ def _to_host_metrics(metrics: dict) -> dict[str, float]:
     return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
+@dataclass(frozen=True)
+class Deadline:
+    """A wall-time budget: ``seconds`` counted from ``start`` (a ``time.perf_counter()`` reading; default: now).
+
+    ``vdit`` commands start theirs when the command starts, so a ``--time-limit`` below a job's limit covers the
+    data preparation, checkpoint restore and compiling that come before the first step, not only the steps.
+    """
+
+    seconds: float
+    start: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self):
+        if not self.seconds >= 0:
+            raise ValueError(f"a time limit must be >= 0 seconds, got {self.seconds!r}")
+
+    def passed(self) -> bool:
+        return time.perf_counter() - self.start > self.seconds
+
+    @classmethod
+    def of(cls, limit: "float | Deadline | None") -> "Deadline | None":
+        """``limit`` as a deadline: seconds count from now; a deadline or None is returned unchanged."""
+        return limit if limit is None or isinstance(limit, Deadline) else cls(float(limit))
+
+
 @dataclass
 class RunResult:
     state: TrainState
@@ -465,7 +489,7 @@ def train(
     show_progress: bool = True,
     place_batch: Callable[[Mapping[str, np.ndarray]], Any] | None = None,
     extra_meta: dict | None = None,
-    time_limit_s: float | None = None,
+    time_limit_s: float | Deadline | None = None,
     mesh: jax.sharding.Mesh | None = None,
     sharding_rules: Any = None,
     evaluate: Callable[[int, RunResult], Mapping[str, float]] | None = None,
@@ -479,8 +503,9 @@ def train(
     early after that many steps of this call (a stand-in for an interrupted run in tests). ``frozen`` is passed
     to the objective unchanged (e.g. teacher parameters). ``place_batch`` moves a host batch to devices
     (default: ``jnp.asarray`` of every entry). ``time_limit_s``: stop (after writing a checkpoint) once this
-    much wall time has passed, e.g. before a preemption or a job time limit; rerun to continue. Returns the final
-    state (params and EMAs).
+    much wall time has passed since ``train`` was called (restoring and compiling included), or at a
+    :class:`Deadline` that started earlier, e.g. before a preemption or a job time limit; rerun to continue.
+    Returns the final state (params and EMAs).
 
     ``mesh`` (``jax_vdit.parallel.make_mesh``): data- and sequence-parallel training on it: the state is placed by
     ``sharding_rules`` (default ``parallel.DEFAULT_RULES``: replicated parameters), batches are split over
@@ -492,6 +517,7 @@ def train(
     appended to ``run_dir/evals.jsonl`` with the step. Use it for sample-quality checks during long runs (e.g.
     keeping the best checkpoint of a run that later degrades).
     """
+    deadline = Deadline.of(time_limit_s)
     if (evaluate is None) != (evaluate_every is None) or (evaluate_every is not None and evaluate_every < 1):
         raise ValueError("evaluate and evaluate_every go together, and evaluate_every must be >= 1")
     from tqdm import tqdm
@@ -550,7 +576,7 @@ def train(
             raise DeviceMemoryError(message) from err
         raise
     bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", disable=not show_progress)
-    t_last = t_start = time.perf_counter()
+    t_last = time.perf_counter()
     try:
         with open(run_dir / "metrics.jsonl", "a") as metrics_file:
             for step in range(start, end):
@@ -558,7 +584,7 @@ def train(
                 state, metrics = step_fn(state, batch, frozen)
                 pending.append((step, metrics))
                 done = step + 1
-                out_of_time = time_limit_s is not None and time.perf_counter() - t_start > time_limit_s
+                out_of_time = deadline is not None and deadline.passed()
                 if done % cfg.log_every == 0 or done == end or out_of_time:
                     now = time.perf_counter()
                     rate = len(pending) / max(now - t_last, 1e-9)
@@ -785,7 +811,7 @@ def plot_metrics(run_dir: str | Path, keys: tuple[str | tuple[str, ...], ...] = 
     return out
 
 __all__ = [
-    "ModelParts", "Objective", "RunResult", "StateCheckpoints", "TrainConfig", "TrainState", "check_resume_config",
+    "Deadline", "ModelParts", "Objective", "RunResult", "StateCheckpoints", "TrainConfig", "TrainState", "check_resume_config",
     "init_state", "make_optimizer", "run_config_mismatches", "make_train_step", "plot_metrics", "read_evals", "read_metrics", "train",
 ]
 

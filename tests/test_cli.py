@@ -341,3 +341,49 @@ def test_sample_command_passes_vae_tiles_to_the_pipeline(golden_dir, tmp_path, m
     except RuntimeError:
         pass
     assert seen["vae_tiles"] == "uniform"
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("argv, module, name", [
+    (["train-teacher", "--run", "r", "--world", "toy-tiny-5x16x16", "--model", "toy-tiny"], "jax_vdit.toy",
+     "train_teacher"),
+    (["distill", "mlcd", "--teacher", "t", "--data", "d", "--run", "r", "--no-compile-cache"],
+     "jax_vdit.distill.stages", "mlcd_folder"),
+    (["distill", "kd", "--student", "s", "--data", "d", "--run", "r", "--no-compile-cache"],
+     "jax_vdit.distill.stages", "kd_folder"),
+])
+def test_time_limit_counts_from_the_command_start(argv, module, name, monkeypatch, tmp_path):
+    """`--time-limit` reaches the training loop as a Deadline that started when the command started, so the
+    data rendering, loading and compiling before the first step count against it (a job's wall-time limit)."""
+    import importlib
+    import time
+
+    from jax_vdit import cli
+    from jax_vdit.cli import build_parser
+    from jax_vdit.training import Deadline
+
+    monkeypatch.chdir(tmp_path)
+    seen = {}
+
+    def capture(*args, time_limit_s=None, **kwargs):
+        seen["limit"], seen["called_at"] = time_limit_s, time.perf_counter()
+        raise _Stop
+
+    def slow_parser():  # stands in for the work a command does before training (imports, parsing, rendering)
+        time.sleep(0.3)
+        return build_parser()
+
+    monkeypatch.setattr(importlib.import_module(module), name, capture)
+    monkeypatch.setattr(cli, "build_parser", slow_parser)
+    before = time.perf_counter()
+    with pytest.raises(_Stop):
+        main([*argv, "--time-limit", "120"])
+    limit = seen["limit"]
+    assert isinstance(limit, Deadline) and limit.seconds == 120.0
+    assert before <= limit.start and seen["called_at"] - limit.start >= 0.3  # started before the slow part
+    with pytest.raises(_Stop):
+        main(argv)
+    assert seen["limit"] is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import jax
 import jax.numpy as jnp
@@ -66,6 +67,27 @@ def test_kill_and_resume_is_identical(tmp_path):
     ckpt_dirs = sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir() if p.name.isdigit())
     assert ckpt_dirs == ["12", "8"] or ckpt_dirs == ["12", "8"][::-1]
     assert json.loads((tmp_path / "b" / "train_config.json").read_text())["train_config"]["steps"] == 12
+
+
+def test_a_deadline_that_started_before_train_stops_it_at_once_with_a_checkpoint(tmp_path):
+    """A time limit counts from its Deadline's start (a command's start), not from the first step: a deadline
+    whose seconds had passed before ``train`` stops after one step with a checkpoint; the rerun finishes."""
+    from jax_vdit.training import Deadline
+
+    cfg = TrainConfig(steps=6, learning_rate=1e-3, log_every=3, checkpoint_every=6)
+    t0 = time.perf_counter()
+    deadline = Deadline(0.5, start=t0 - 1.0)  # started a second ago, half a second allowed
+    assert deadline.passed() and not Deadline(3600.0).passed()
+    stopped = train(init_model(CFG, seed=0), DiffusionObjective(), _batch_at, cfg, tmp_path, frozen=FROZEN,
+                    show_progress=False, time_limit_s=deadline)
+    assert int(stopped.state.step) == 1
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()] == ["1"]
+    resumed = train(init_model(CFG, seed=0), DiffusionObjective(), _batch_at, cfg, tmp_path, frozen=FROZEN,
+                    show_progress=False, time_limit_s=3600.0)
+    assert resumed.resumed_from == 1 and int(resumed.state.step) == 6
+    assert Deadline.of(None) is None and Deadline.of(deadline) is deadline and Deadline.of(2).seconds == 2.0
+    with pytest.raises(ValueError, match="time limit must be >= 0"):
+        Deadline(-1.0)
 
 
 def test_resume_with_another_model_is_refused(tmp_path):

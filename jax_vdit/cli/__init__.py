@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from jax_vdit.cli import convert, data, distill, sample, toy
 
@@ -29,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.perf_counter()  # a command's --time-limit counts from here
     args = build_parser().parse_args(argv)
+    args.started = started
     args.argv = list(sys.argv[2:] if argv is None else argv[1:])  # the subcommand's own arguments, for records
     try:
         return args.func(args)

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from jax_vdit.cli.compile_cache import add_compile_cache_arguments, setup_compile_cache
+from jax_vdit.cli.time_limit import command_deadline
 
 NAME = "distill"
 HELP = "distil a teacher into a few-step (MLCD), then tile-sparse (mask search + KD) student"
@@ -78,7 +79,7 @@ def _cmd_mlcd(args: argparse.Namespace) -> int:
     setup_compile_cache(args)
     _initialize_distributed(args)
     recipe = _recipe(args)
-    out = mlcd_folder(args.teacher, args.data, args.run, recipe, vae_dir=args.vae, time_limit_s=args.time_limit,
+    out = mlcd_folder(args.teacher, args.data, args.run, recipe, vae_dir=args.vae, time_limit_s=command_deadline(args),
                       show_progress=not args.no_progress, domain_check=_toy_check())
     return _report("mlcd", out, recipe.mlcd_steps, args.run)
 
@@ -100,7 +101,7 @@ def _cmd_kd(args: argparse.Namespace) -> int:
     setup_compile_cache(args)
     _initialize_distributed(args)
     recipe = _recipe(args, args.student)
-    out = kd_folder(args.student, args.data, args.run, recipe, vae_dir=args.vae, time_limit_s=args.time_limit,
+    out = kd_folder(args.student, args.data, args.run, recipe, vae_dir=args.vae, time_limit_s=command_deadline(args),
                     show_progress=not args.no_progress, domain_check=_toy_check())
     return _report("kd", out, recipe.kd_steps, args.run)
 
@@ -116,7 +117,8 @@ def _common(p: argparse.ArgumentParser, *, training: bool) -> None:
     add_compile_cache_arguments(p)
     if training:
         p.add_argument("--time-limit", type=float, default=None,
-                       help="stop after this many seconds with a final checkpoint; rerun to continue")
+                       help="stop with a checkpoint once this many seconds have passed since the command started "
+                            "(loading and compiling included); rerun to continue")
         p.add_argument("--vae", default=None, help="CausalVAE folder: periodic sample checks also write mp4s")
         p.add_argument("--distributed", action="store_true",
                        help="call jax.distributed.initialize() first (multi-host; each process reads its rows)")

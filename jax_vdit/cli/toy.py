@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from jax_vdit.cli.time_limit import command_deadline
+
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from jax_vdit.toy.demo import run_demo
@@ -38,7 +40,7 @@ def _cmd_train_teacher(args: argparse.Namespace) -> int:
 
     # a resumed run must use its original world, batch, learning rate, ...: refuse before rendering any data
     check_resume_config(args.run, recipe.train_config(), {"recipe": asdict(recipe)})
-    result = train_teacher(recipe, args.run, time_limit_s=args.time_limit, init_from=args.init_from, check=check,
+    result = train_teacher(recipe, args.run, time_limit_s=command_deadline(args), init_from=args.init_from, check=check,
                            adapt_to_world=args.adapt_to_world)
     if check is not None:
         print(f"ToyBench checks in {Path(args.run) / 'evals.jsonl'}; best EMA teacher in {Path(args.run) / BEST_EMA}")
@@ -148,7 +150,10 @@ def register(sub) -> None:
     t.add_argument("--compute-dtype", default="bfloat16")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--checkpoint-every", type=int, default=1000)
-    t.add_argument("--time-limit", type=float, default=None, help="stop (with a checkpoint) after this many seconds")
+    t.add_argument("--time-limit", type=float, default=None,
+                   help="stop with a checkpoint once this many seconds have passed since the command started (data "
+                        "rendering and compiling included; leave room for the last checkpoint and the export); "
+                        "rerun the same command to continue")
     t.add_argument("--export", default=None, help="write the EMA teacher here (release format) when done")
     t.add_argument("--init-from", default=None, help="start from these weights (e.g. jax_vdit/toy/assets/toy_teacher)")
     t.add_argument("--adapt-to-world", action="store_true",

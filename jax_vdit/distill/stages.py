@@ -35,7 +35,7 @@ from jax_vdit.distill.mlcd import MLCDObjective, segment_edges
 from jax_vdit.distill.recipe import DistillConfig, write_run_record
 from jax_vdit.model.attention import AttentionConfig
 from jax_vdit.student import DOMAIN_FILE
-from jax_vdit.training import ModelParts, RunResult, plot_metrics, train
+from jax_vdit.training import Deadline, ModelParts, RunResult, plot_metrics, train
 
 STUDENT_SUBDIR = "student"
 SEARCH_REPORT = "mask_search.json"
@@ -86,7 +86,7 @@ def _train(model, objective, batch_at, cfg, run_dir, frozen, devices: Devices, *
 
 def run_mlcd(student, teacher, batch_at: BatchAt, unconditional: Mapping[str, np.ndarray], recipe: DistillConfig,
              run_dir: str | Path, *, devices: Devices = Devices(), evaluate: Evaluate | None = None,
-             time_limit_s: float | None = None, stop_after: int | None = None, show_progress: bool = True,
+             time_limit_s: float | Deadline | None = None, stop_after: int | None = None, show_progress: bool = True,
              extra_meta: dict | None = None) -> RunResult:
     """Stage 1 (MLCD): train ``student`` (usually the teacher's weights, fp32 master copy) to jump to its segment
     edges, against the frozen ``teacher``'s CFG DDIM steps. ``batch_at(step)``: ``latents`` (B,C,T,H,W), ``text``
@@ -130,8 +130,8 @@ def search_stage(model, calibration: Sequence[dict], recipe: DistillConfig, *, n
 
 
 def run_kd(student, teacher, schedule, batch_at: BatchAt, recipe: DistillConfig, run_dir: str | Path, *,
-           devices: Devices = Devices(), evaluate: Evaluate | None = None, time_limit_s: float | None = None,
-           stop_after: int | None = None, show_progress: bool = True, extra_meta: dict | None = None,
+           devices: Devices = Devices(), evaluate: Evaluate | None = None,
+           time_limit_s: float | Deadline | None = None, stop_after: int | None = None, show_progress: bool = True, extra_meta: dict | None = None,
            timesteps: Sequence[int] | None = None) -> RunResult:
     """Stage 3 (KD): ``student`` (the dense MLCD weights, fp32) learns, with one tile mask per layer
     (``schedule``, run through ``recipe.kd_tile_backend``), the frozen dense ``teacher``'s noise prediction at the
@@ -296,9 +296,11 @@ def _check_world(model_dir: Path, loader, what: str) -> str | None:
 
 
 def mlcd_folder(teacher_dir: str | Path, data_dir: str | Path, run_dir: str | Path, recipe: DistillConfig, *,
-                vae_dir: str | Path | None = None, time_limit_s: float | None = None, stop_after: int | None = None,
-                show_progress: bool = True, domain_check: DomainCheck | None = None) -> StageOutput:
-    """``vdit distill mlcd``: teacher folder + prepared data -> ``run_dir/student`` (dense consistency student)."""
+                vae_dir: str | Path | None = None, time_limit_s: float | Deadline | None = None,
+                stop_after: int | None = None, show_progress: bool = True, domain_check: DomainCheck | None = None) -> StageOutput:
+    """``vdit distill mlcd``: teacher folder + prepared data -> ``run_dir/student`` (dense consistency student).
+    ``time_limit_s`` (seconds) counts from this call, loading included."""
+    time_limit_s = Deadline.of(time_limit_s)
     run_dir = Path(run_dir)
     write_run_record(run_dir, "mlcd", {"teacher": teacher_dir, "data": data_dir}, recipe)
     loader = _loader(data_dir, recipe)
@@ -364,10 +366,12 @@ def search_masks_folder(student_dir: str | Path, data_dir: str | Path, run_dir: 
 
 
 def kd_folder(student_dir: str | Path, data_dir: str | Path, run_dir: str | Path, recipe: DistillConfig, *,
-              vae_dir: str | Path | None = None, time_limit_s: float | None = None, stop_after: int | None = None,
-              show_progress: bool = True, domain_check: DomainCheck | None = None) -> StageOutput:
+              vae_dir: str | Path | None = None, time_limit_s: float | Deadline | None = None,
+              stop_after: int | None = None, show_progress: bool = True, domain_check: DomainCheck | None = None) -> StageOutput:
     """``vdit distill kd``: a student folder with ``mask_schedule.json`` (from search-masks) + data ->
-    ``run_dir/student`` (the sparse student, same masks)."""
+    ``run_dir/student`` (the sparse student, same masks). ``time_limit_s`` (seconds) counts from this call,
+    loading included."""
+    time_limit_s = Deadline.of(time_limit_s)
     import pallas_kernels
     from jax_vdit.student import MASK_SCHEDULE_FILE
 

@@ -22,7 +22,7 @@ from jax_vdit.toy.bench import sample_specs, toybench
 from jax_vdit.toy.models import export_release_folder, world_for
 from jax_vdit.toy.world import ToyWorldConfig, ValidationSplit, get_config, require_validation, validation_split
 from jax_vdit.toy.world.training_set import MixedTrainingSet, ToyTrainingSet
-from jax_vdit.training import RunResult, TrainConfig, plot_metrics, train
+from jax_vdit.training import Deadline, RunResult, TrainConfig, plot_metrics, train
 
 if TYPE_CHECKING:
     from jax_vdit.distill.recipe import DistillConfig
@@ -130,7 +130,7 @@ def _teacher_check_fn(check: TeacherCheck, split: ValidationSplit, run_dir: Path
 
 def train_teacher(recipe: TeacherRecipe, run_dir: str | Path, *, stop_after: int | None = None,
                   show_progress: bool = True, data: ToyTrainingSet | MixedTrainingSet | None = None,
-                  time_limit_s: float | None = None, init_from: str | Path | None = None,
+                  time_limit_s: float | Deadline | None = None, init_from: str | Path | None = None,
                   check: TeacherCheck | None = None, adapt_to_world: bool = False) -> RunResult:
     """Train (or resume) a toy teacher in ``run_dir``; writes metrics.jsonl, metrics.png and checkpoints.
 
@@ -138,7 +138,9 @@ def train_teacher(recipe: TeacherRecipe, run_dir: str | Path, *, stop_after: int
     already in ``run_dir`` still takes precedence (resume). Weights recorded in another toy world are refused
     unless ``adapt_to_world`` (a deliberate fine-tune onto ``recipe.world``, e.g. the anchored variant of the
     same world; the model config must still match). ``check``: periodic ToyBench of the EMA teacher
-    (``run_dir/evals.jsonl``) keeping the best one in ``run_dir/best_ema``."""
+    (``run_dir/evals.jsonl``) keeping the best one in ``run_dir/best_ema``. ``time_limit_s`` (seconds) counts
+    from this call, rendering the training set included."""
+    time_limit_s = Deadline.of(time_limit_s)
     run_dir = Path(run_dir)
     world = get_config(recipe.world)
     cfg = recipe.model_config()
@@ -225,7 +227,7 @@ def product_recipe(recipe: DistillRecipe, tile_backend: str = "gather") -> Disti
 
 
 def distill_mlcd(teacher, recipe: DistillRecipe, run_dir: str | Path, *, data: ToyTrainingSet | None = None,
-                 time_limit_s: float | None = None, show_progress: bool = True) -> RunResult:
+                 time_limit_s: float | Deadline | None = None, show_progress: bool = True) -> RunResult:
     """Stage 1: a multi-step consistency student initialised from the teacher (dense attention); runs
     ``jax_vdit.distill.stages.run_mlcd``, the function behind ``vdit distill mlcd``."""
     from jax_vdit.distill.stages import run_mlcd
@@ -260,7 +262,7 @@ def calibration_batches(world: ToyWorldConfig, recipe: DistillRecipe, timesteps:
 
 def distill_sparse(dense_student, schedule, recipe: DistillRecipe, run_dir: str | Path, *,
                    data: ToyTrainingSet | None = None, tile_backend: str = "auto", timesteps=None,
-                   time_limit_s: float | None = None, show_progress: bool = True) -> RunResult:
+                   time_limit_s: float | Deadline | None = None, show_progress: bool = True) -> RunResult:
     """Stage 3: knowledge distillation of the dense MLCD student into the same model with tile masks; runs
     ``jax_vdit.distill.stages.run_kd``, the function behind ``vdit distill kd``."""
     from jax_vdit.distill.stages import run_kd
