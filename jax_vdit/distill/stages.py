@@ -131,8 +131,8 @@ def search_stage(model, calibration: Sequence[dict], recipe: DistillConfig, *, n
 
 def run_kd(student, teacher, schedule, batch_at: BatchAt, recipe: DistillConfig, run_dir: str | Path, *,
            devices: Devices = Devices(), evaluate: Evaluate | None = None,
-           time_limit_s: float | Deadline | None = None, stop_after: int | None = None, show_progress: bool = True, extra_meta: dict | None = None,
-           timesteps: Sequence[int] | None = None) -> RunResult:
+           time_limit_s: float | Deadline | None = None, stop_after: int | None = None, show_progress: bool = True,
+           extra_meta: dict | None = None, timesteps: Sequence[int] | None = None) -> RunResult:
     """Stage 3 (KD): ``student`` (the dense MLCD weights, fp32) learns, with one tile mask per layer
     (``schedule``, run through ``recipe.kd_tile_backend``), the frozen dense ``teacher``'s noise prediction at the
     sampler's timesteps (or uniform ones, ``recipe.kd_timesteps``; ``timesteps`` overrides). The result's ``ema``
