@@ -263,11 +263,13 @@ def run_cli(size: str, work: Path, vae_tiles: str = "exact") -> dict:
 
 # ------------------------------------------------------------------------------------------- scan vs unrolled
 def compare_scan(size: str, depths: list[int], specs: list[str], runs: int = 3, unrolls: tuple[int, ...] = (1,),
-                 hlo_dir: Path | None = None) -> list[dict]:
+                 hlo_dir: Path | None = None, profile_dir: Path | None = None) -> list[dict]:
     """Compile the student sampler for each attention spec and depth, scanned (once per ``unrolls`` value, the
     layers per scan iteration) and unrolled (no persistent cache), then time ``runs`` runs of each executable
     (median). ``hlo_dir``: also write each compiled program's HLO text there (gzipped), to see where the scanned
-    and unrolled programs differ."""
+    and unrolled programs differ. ``profile_dir``: after the timed runs, one more run under ``jax.profiler.trace``
+    (a folder per program there) whose GPU kernel time by kind (:mod:`experiments.gpu_trace`) goes into the row as
+    ``gpu_ms_by_kind`` (ms per sampler call)."""
     import jax
 
     from jax_vdit import sampling
@@ -298,6 +300,15 @@ def compare_scan(size: str, depths: list[int], specs: list[str], runs: int = 3, 
                     with gzip.open(hlo_dir / name, "wt") as f:
                         f.write(sampler.hlo_text())
                     row["hlo_file"] = name
+                if profile_dir is not None:
+                    from experiments.gpu_trace import summarize
+
+                    trace = profile_dir / f"{spec.replace(':', '-')}_l{depth}_{'scan' if scan else 'unrolled'}_u{unroll}"
+                    with jax.profiler.trace(str(trace)):
+                        jax.block_until_ready(sampler(jax.random.key(runs + 1)))
+                    kinds = summarize(trace, steps=1)
+                    row["gpu_ms_by_kind"] = {k: round(v["ms_per_step"], 3) for k, v in kinds["kinds"].items()}
+                    row["gpu_ms"] = round(kinds["ms_per_step"], 3)
                 log(row)
                 rows.append(row)
                 del model, sampler
@@ -330,6 +341,8 @@ def main(argv: list[str] | None = None) -> None:
                    "schedule in one scan with a switch over its masks)")
     p.add_argument("--hlo-dir", default=None, help="--compare-scan also writes each compiled program's HLO text "
                    "here (gzipped)")
+    p.add_argument("--profile-dir", default=None, help="--compare-scan also profiles one more run of each program "
+                   "here and records its GPU kernel time by kind")
     p.add_argument("--runs", type=int, default=3, help="timed runs per executable for --compare-scan")
     p.add_argument("--scan-unroll", default="1", help="comma-separated layers per scan iteration for the scanned "
                    "rows of --compare-scan (AttentionConfig.scan_unroll), e.g. 1,2")
@@ -360,7 +373,8 @@ def main(argv: list[str] | None = None) -> None:
         rows = compare_scan(args.size, [int(d) for d in args.depths.split(",")],
                             [a for a in args.attention.split(",") if a], runs=args.runs,
                             unrolls=tuple(int(u) for u in args.scan_unroll.split(",") if u),
-                            hlo_dir=Path(args.hlo_dir) if args.hlo_dir else None)
+                            hlo_dir=Path(args.hlo_dir) if args.hlo_dir else None,
+                            profile_dir=Path(args.profile_dir) if args.profile_dir else None)
         result = {**_meta(args), "rows": rows}
         name = f"compare_scan_{args.size}{suffix}.json"
     else:

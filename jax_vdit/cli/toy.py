@@ -31,7 +31,7 @@ def _cmd_train_teacher(args: argparse.Namespace) -> int:
     recipe = TeacherRecipe(world=args.world, model=args.model, steps=args.steps, batch_size=args.batch,
                            learning_rate=args.lr, warmup_steps=args.warmup, num_samples=args.samples,
                            compute_dtype=args.compute_dtype, seed=args.seed, checkpoint_every=args.checkpoint_every,
-                           mix_world=args.mix_world, mix_fraction=args.mix_fraction)
+                           mix_world=args.mix_world, mix_fraction=args.mix_fraction, scan_layers=args.scan_layers)
     check = (TeacherCheck(every=args.check_every, steps=args.check_steps, prompts=args.check_prompts)
              if args.check_every else None)
     from dataclasses import asdict
@@ -149,6 +149,9 @@ def register(sub) -> None:
     t.add_argument("--samples", type=int, default=100_000)
     t.add_argument("--compute-dtype", default="bfloat16")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--scan-layers", action="store_true",
+                   help="scan the training step over the blocks (fewer compiled blocks; slower steps than the default "
+                        "unrolled loop, see TrainConfig.scan_layers)")
     t.add_argument("--checkpoint-every", type=int, default=1000)
     t.add_argument("--time-limit", type=float, default=None,
                    help="stop with a checkpoint once this many seconds have passed since the command started (data "

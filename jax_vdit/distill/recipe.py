@@ -48,6 +48,7 @@ class DistillConfig:
     compute_dtype: str = "bfloat16"
     teacher_dtype: str = "bfloat16"
     remat: bool = True
+    scan_layers: bool = False  # the training steps' loop over blocks (TrainConfig.scan_layers; unrolled is faster)
     # MLCD
     segments: int = 4
     solver_points: int = 50
@@ -125,7 +126,7 @@ class DistillConfig:
                            final_lr_fraction=self.final_lr_fraction, weight_decay=self.weight_decay, b1=self.b1,
                            b2=self.b2, grad_clip=self.grad_clip, emas=emas, seed=self.seed,
                            log_every=self.log_every, checkpoint_every=self.checkpoint_every,
-                           keep_checkpoints=self.keep_checkpoints)
+                           keep_checkpoints=self.keep_checkpoints, scan_layers=self.scan_layers)
 
     def mlcd_train_config(self) -> TrainConfig:
         """AdamW on the student with a ``target`` EMA (read by the loss) and an exported ``ema``."""

@@ -50,6 +50,7 @@ class TeacherRecipe:
     log_every: int = 50
     mix_world: str | None = None  # a curriculum world kept in every batch (e.g. "toy-sign-9x24x24-subframe")
     mix_fraction: float = 0.0  # its share of each batch
+    scan_layers: bool = False  # TrainConfig.scan_layers: the train step's loop over blocks (unrolled is faster)
 
     def __post_init__(self) -> None:
         if (self.mix_world is None) != (self.mix_fraction == 0.0):
@@ -76,7 +77,7 @@ class TeacherRecipe:
             lr_schedule=self.lr_schedule, final_lr_fraction=self.final_lr_fraction, b2=self.adam_b2,
             qk_clip_max_gain=self.qk_clip_max_gain, emas=(("ema", self.ema_decay),), seed=self.seed,
             log_every=self.log_every,
-            checkpoint_every=self.checkpoint_every,
+            checkpoint_every=self.checkpoint_every, scan_layers=self.scan_layers,
         )
 
 

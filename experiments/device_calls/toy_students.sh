@@ -1,0 +1,27 @@
+# runbook 6.2 + 6.3 in one device call (needs carry/full_teacher.tgz from toy_teacher_stage2.sh): bash experiments/device_calls/toy_students.sh
+source experiments/device_calls/common.sh
+# the stage-2 teacher: carried, or left in /tmp by toy_teacher_stage2.sh on the same (still warm) machine
+if [ -f carry/full_teacher.tgz ]; then tar xzf carry/full_teacher.tgz -C /tmp || exit 1
+elif [ -d /tmp/run_full/best_ema ]; then mkdir -p /tmp/full && cp -r /tmp/run_full/best_ema /tmp/full/
+else echo "no teacher: carry/full_teacher.tgz or /tmp/run_full/best_ema" >&2; exit 1; fi
+W=/tmp/distill; mkdir -p $W /tmp/teacher_eval
+teacher_evals() {
+  while [ ! -f $W/kd/student/diffusion_pytorch_model.safetensors ]; do sleep 5; done
+  for split in test validation; do
+    vdit toybench /tmp/full/best_ema --setting euler_ancestral:100:4 --setting ddim:4:4 --split $split --seeds 0,1,2 \
+      --json /tmp/teacher_eval/gpu_teacher_$split.json
+  done
+}
+teacher_evals > $OUT/teacher_eval.log 2>&1 &
+timeout ${TS:-540} python3 -m experiments.reproduce_toy_students --teacher /tmp/full/best_ema --skip-shipped \
+  --mlcd-time ${TC:-220} --kd-time ${TD:-100} --workdir $W --out /tmp/distill_report > $OUT/students.log 2>&1
+echo "students rc=$? after $(( $(date +%s) - T0 )) s"
+for i in $(seq 1 ${TW:-25}); do [ -f /tmp/teacher_eval/gpu_teacher_validation.json ] && break; sleep 2; done
+echo "teacher evals: $(ls /tmp/teacher_eval) after $(( $(date +%s) - T0 )) s"
+tail -3 $OUT/students.log
+mkdir -p /tmp/res && cp /tmp/gpu.txt /tmp/res/ && cp -r /tmp/distill_report /tmp/teacher_eval /tmp/res/ 2>/dev/null
+cp $W/*.json /tmp/res/ 2>/dev/null; cp -r $W/logs /tmp/res/ 2>/dev/null
+for s in mlcd search kd; do mkdir -p /tmp/res/$s; cp $W/$s/*.json* $W/$s/*.jsonl /tmp/res/$s/ 2>/dev/null; done
+tar czf $OUT/results.tgz -C /tmp res
+tar czf - -C $W mlcd/student kd/student 2>/dev/null | split -b 15M - $OUT/students.tgz.part-
+ls -la $OUT

@@ -1,0 +1,22 @@
+# runbook 6.1, stage 2 of the toy teacher, in one device call: TL=530 bash experiments/device_calls/toy_teacher_stage2.sh
+source experiments/device_calls/common.sh
+if ls carry/run_full.tgz.part-* >/dev/null 2>&1; then cat carry/run_full.tgz.part-* | tar xzf - -C /tmp; echo "restored /tmp/run_full"; fi
+TL=${TL:-530}
+echo "stage 2 start $(date -u +%H:%M:%S) TL=$TL"
+timeout $((TL+45)) bash -c "$(declare -f vdit); vdit train-teacher --world toy-9x24x24-subframe \
+  --init-from experiments/checkpoints/toy_teacher_stage1_sign_2026-12-06 --adapt-to-world \
+  --mix-world toy-sign-9x24x24-subframe --mix-fraction 0.25 --steps 16466 --check-every 1500 --run /tmp/run_full \
+  --time-limit $TL" > $OUT/train_stage2.log 2>&1
+echo "rc=$? after $(( $(date +%s) - T0 )) s"
+tail -3 $OUT/train_stage2.log
+mkdir -p /tmp/rec && cp /tmp/gpu.txt /tmp/run_full/metrics.jsonl /tmp/run_full/evals.jsonl /tmp/run_full/train_config.json /tmp/rec/ 2>/dev/null
+tar czf $OUT/record_stage2.tgz -C /tmp rec
+if grep -q '"step": 16466' /tmp/run_full/metrics.jsonl && [ -d /tmp/run_full/best_ema ]; then
+  mkdir -p /tmp/full && cp -r /tmp/run_full/best_ema /tmp/full/ && tar czf $OUT/full_teacher.tgz -C /tmp full
+  sha256sum /tmp/full/best_ema/*.safetensors
+else  # the newest checkpoint only (a run folder keeps two: 112 MB)
+  newest=$(ls /tmp/run_full/checkpoints | grep -E '^[0-9]+$' | sort -n | tail -1)
+  (cd /tmp && tar czf - $(find run_full -mindepth 1 -maxdepth 1 ! -name checkpoints) "run_full/checkpoints/$newest") \
+    | split -b 15M - $OUT/run_full.tgz.part-
+fi
+ls -la $OUT
