@@ -6,17 +6,22 @@ elif [ -d /tmp/run_full/best_ema ]; then mkdir -p /tmp/full && cp -r /tmp/run_fu
 else echo "no teacher: carry/full_teacher.tgz or /tmp/run_full/best_ema" >&2; exit 1; fi
 W=/tmp/distill; mkdir -p $W /tmp/teacher_eval
 teacher_evals() {
-  while [ ! -f $W/kd/student/diffusion_pytorch_model.safetensors ]; do sleep 5; done
+  # after the KD stage (its training no longer shares the GPU), or once the students' script has ended
+  while [ ! -f $W/kd/student/diffusion_pytorch_model.safetensors ] && [ ! -f /tmp/students_done ]; do sleep 5; done
   for split in test validation; do
     vdit toybench /tmp/full/best_ema --setting euler_ancestral:100:4 --setting ddim:4:4 --split $split --seeds 0,1,2 \
       --json /tmp/teacher_eval/gpu_teacher_$split.json
   done
 }
+rm -f /tmp/students_done
 teacher_evals > $OUT/teacher_eval.log 2>&1 &
+EVALS=$!
 timeout ${TS:-540} python3 -m experiments.reproduce_toy_students --teacher /tmp/full/best_ema --skip-shipped \
   --mlcd-time ${TC:-220} --kd-time ${TD:-100} --workdir $W --out /tmp/distill_report > $OUT/students.log 2>&1
 echo "students rc=$? after $(( $(date +%s) - T0 )) s"
-for i in $(seq 1 ${TW:-25}); do [ -f /tmp/teacher_eval/gpu_teacher_validation.json ] && break; sleep 2; done
+touch /tmp/students_done
+for i in $(seq 1 ${TW:-25}); do kill -0 $EVALS 2>/dev/null || break; sleep 2; done  # up to 2*TW s more
+kill $EVALS 2>/dev/null; pkill -f "toybench /tmp/full/best_ema" 2>/dev/null
 echo "teacher evals: $(ls /tmp/teacher_eval) after $(( $(date +%s) - T0 )) s"
 tail -3 $OUT/students.log
 mkdir -p /tmp/res && cp /tmp/gpu.txt /tmp/res/ && cp -r /tmp/distill_report /tmp/teacher_eval /tmp/res/ 2>/dev/null
