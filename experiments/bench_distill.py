@@ -61,15 +61,16 @@ def objectives(stage: str, student_parts, teacher_parts, frames: int, layers: in
                              timesteps=(999, 749, 499, 249))
 
 
-def abstract_inputs(student_cfg, teacher_cfg, latent, text_len, batch: int, stage: str):
-    """(parts, objective, tx, state, batch, frozen) with ShapeDtypeStruct leaves: nothing allocated."""
+def abstract_inputs(student_cfg, teacher_cfg, latent, text_len, batch: int, stage: str, scan_layers: bool = False):
+    """(parts, objective, tx, state, batch, frozen) with ShapeDtypeStruct leaves: nothing allocated.
+    ``scan_layers``: the train step's loop over blocks (``TrainConfig.scan_layers``)."""
     from jax_vdit.model.transformer import abstract_model
     from jax_vdit.training import ModelParts, TrainConfig, init_state, make_optimizer
 
     student, teacher = abstract_model(student_cfg), abstract_model(teacher_cfg)
     sp, tp = ModelParts(student), ModelParts(teacher)
     emas = (("target", 0.95), ("ema", 0.999)) if stage == "mlcd" else (("ema", 0.99),)
-    tcfg = TrainConfig(steps=10, emas=emas, weight_decay=0.0)
+    tcfg = TrainConfig(steps=10, emas=emas, weight_decay=0.0, scan_layers=scan_layers)
     tx = make_optimizer(tcfg)
     state = jax.eval_shape(lambda p: init_state(p, tcfg, tx), sp.params())
     c = student_cfg.caption_channels
@@ -102,14 +103,15 @@ def _shard_abstract(state, batch, frozen, mesh, rules):
     return state, batch, frozen
 
 
-def analyze(size: str, stage: str, batch: int, compile_: bool, fsdp_devices: int = 0) -> dict:
+def analyze(size: str, stage: str, batch: int, compile_: bool, fsdp_devices: int = 0, scan_layers: bool = False) -> dict:
     """Lower (and compile) the jitted train step on abstract inputs; XLA's memory and cost analyses. With
     ``fsdp_devices`` = N: the step of an N-device data-parallel mesh with FSDP rules (parameters, AdamW moments,
     EMAs and the frozen teacher split over ``data``; ``batch`` is the global batch), per device."""
     from jax_vdit.training import make_train_step, objective_for_mesh
 
     student_cfg, teacher_cfg, latent, text_len = configs(size)
-    sp, tp, tcfg, tx, state, b, frozen = abstract_inputs(student_cfg, teacher_cfg, latent, text_len, batch, stage)
+    sp, tp, tcfg, tx, state, b, frozen = abstract_inputs(student_cfg, teacher_cfg, latent, text_len, batch, stage,
+                                                         scan_layers)
     objective = objectives(stage, sp, tp, latent[1], student_cfg.num_layers)
     mesh = None
     if fsdp_devices:
@@ -161,7 +163,7 @@ def _memory_row(compiled) -> dict:
     return row
 
 
-def measure_step(size: str, stage: str, batch: int, steps: int) -> dict:
+def measure_step(size: str, stage: str, batch: int, steps: int, scan_layers: bool = False) -> dict:
     """Real arrays (random weights): lower and compile the step once (timed, with XLA's memory analysis), then
     time ``steps`` steps of that executable; peak device memory where the backend reports it."""
     from jax_vdit.model import random_model
@@ -169,7 +171,7 @@ def measure_step(size: str, stage: str, batch: int, steps: int) -> dict:
 
     student_cfg, teacher_cfg, latent, text_len = configs(size)
     student, teacher = random_model(student_cfg, seed=0), random_model(teacher_cfg, seed=1)
-    sp, tp, tcfg, tx, *_ = abstract_inputs(student_cfg, teacher_cfg, latent, text_len, batch, stage)
+    sp, tp, tcfg, tx, *_ = abstract_inputs(student_cfg, teacher_cfg, latent, text_len, batch, stage, scan_layers)
     sp, tp = ModelParts(student), ModelParts(teacher)
     state = init_state(sp.params(), tcfg, tx)
     c = student_cfg.caption_channels
@@ -244,26 +246,30 @@ def main(argv=None) -> None:
                         "must be visible; fake CPU devices will do)")
     p.add_argument("--stages", default="mlcd,kd,search", help="comma-separated: mlcd, kd, search (run mode); "
                    "peak memory is per process, so measure stages in separate processes to get each one's peak")
+    p.add_argument("--scan-layers", action="store_true", help="scan the train step over the blocks (TrainConfig."
+                   "scan_layers; default: unrolled, as `vdit distill` trains)")
     p.add_argument("--out", default=str(OUT))
     args = p.parse_args(argv)
     device = jax.devices()[0]
     header = {"date": datetime.date.today().isoformat(), "device": f"{device.platform}:{device.device_kind}",
-              "jax": jax.__version__, "command": "python -m experiments.bench_distill " + " ".join(
+              "jax": jax.__version__, "scan_layers": args.scan_layers, "command": "python -m experiments.bench_distill " + " ".join(
                   sys.argv[1:] if argv is None else argv), "size": args.size, "batch": args.batch}
     stages = [s for s in args.stages.split(",") if s]
     unknown = set(stages) - {"mlcd", "kd", "search"}
     if unknown:
         p.error(f"unknown stages {sorted(unknown)}")
     if args.analyze_only:
-        rows = {"analysis": [analyze(args.size, s, args.batch, not args.lower_only, args.fsdp_devices)
+        rows = {"analysis": [analyze(args.size, s, args.batch, not args.lower_only, args.fsdp_devices, args.scan_layers)
                              for s in stages if s != "search"]}
     else:
-        rows = {"steps": [measure_step(args.size, s, args.batch, args.steps) for s in stages if s != "search"]}
+        rows = {"steps": [measure_step(args.size, s, args.batch, args.steps, args.scan_layers)
+                          for s in stages if s != "search"]}
         if "search" in stages:
             rows["search"] = measure_search(args.size, args.clips)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     fsdp = f"_fsdp{args.fsdp_devices}" if args.fsdp_devices else ""
+    fsdp += "_scan" if args.scan_layers else ""
     tag = f"{args.size}_{'analysis' if args.analyze_only else 'run'}_{'-'.join(stages)}{fsdp}_{device.platform}"
     (out / f"{tag}.json").write_text(json.dumps({"header": header, **rows}, indent=2) + "\n")
     print(json.dumps({"header": header, **rows}, indent=1))

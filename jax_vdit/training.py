@@ -646,7 +646,9 @@ def is_out_of_memory(err: BaseException) -> bool:
 
 MEMORY_HINTS = ("Lower the memory of a step: rematerialise activations (vdit distill: --set remat=true), a smaller "
                 "batch (--set batch_size=N; vdit train-teacher: --batch N), or shard parameters and optimiser state "
-                "over more devices (--set fsdp=true --set mesh_data=N).")
+                "over more devices (--set fsdp=true --set mesh_data=N); or try the other loop over the blocks "
+                "(--set scan_layers=true|false; vdit train-teacher: --scan-layers): XLA plans a step's temporaries "
+                "differently for each.")
 
 
 def _kept(last_checkpoint: int | None) -> str:

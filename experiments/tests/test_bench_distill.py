@@ -31,3 +31,13 @@ def test_fsdp_analysis_splits_the_state_per_device(tmp_path):
     # per device: the state and teacher are split (not every tiny axis divides by 4, so less than 4x)
     assert four["argument_size_in_bytes"] < 0.6 * one["argument_size_in_bytes"]
     assert four["peak_estimate_bytes"] < one["peak_estimate_bytes"]
+
+
+def test_scan_layers_reaches_the_benchmarked_train_step():
+    """--scan-layers: bench_distill's TrainConfig (and so the step it times) scans the blocks; default unrolled."""
+    from experiments.bench_distill import abstract_inputs, configs
+
+    student_cfg, teacher_cfg, latent, text_len = configs("tiny")
+    for scan in (False, True):
+        tcfg = abstract_inputs(student_cfg, teacher_cfg, latent, text_len, 1, "kd", scan)[2]
+        assert tcfg.scan_layers is scan
