@@ -39,8 +39,9 @@ def _rows(out: str) -> list[dict]:
                           "all-reduce rendezvous (7 of 8 arrived) when the machine was heavily oversubscribed. "
                           "Not yet diagnosed.", strict=False)
 def test_fsdp_sharded_mlcd_and_kd_steps_equal_one_device():
+    # ~110 s beside another pytest-xdist worker on 2 cores; a hang (see the xfail reason) ends at the 300 s timeout
     proc = subprocess.run([sys.executable, str(WORKER), "devices"], cwd=ROOT, env=_env(), capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-6000:]
     rows = _rows(proc.stdout)
     assert rows[0] == {"check": "setup", "devices": 8} and rows[-1]["check"] == "done"
@@ -67,7 +68,7 @@ def _free_port() -> int:
                           "machines, as a hang would hold CI for its timeout", strict=False)
 def test_two_processes_reproduce_one_process_losses():
     one = subprocess.run([sys.executable, str(WORKER), "process", "0", "1", "0"], cwd=ROOT, env=_env(),
-                         capture_output=True, text=True, timeout=480)
+                         capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-6000:]
     ref = _rows(one.stdout)[0]
     port = _free_port()
@@ -75,7 +76,7 @@ def test_two_processes_reproduce_one_process_losses():
                               env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]
     try:
-        outs = [p.communicate(timeout=480) for p in procs]
+        outs = [p.communicate(timeout=300) for p in procs]
     finally:
         for p in procs:
             p.kill()
