@@ -831,21 +831,21 @@ __all__ = [
 ]
 
 
-def objective_with_layer_loop(objective: Any, scan_layers: bool) -> Any:
-    """A dataclass objective with ``scan_layers`` set in every ``AttentionConfig`` field (other objectives are
-    returned unchanged); see ``TrainConfig.scan_layers``."""
+def _map_attention_configs(objective: Any, change: Callable[[AttentionConfig], AttentionConfig]) -> Any:
+    """A dataclass objective with ``change`` applied to every ``AttentionConfig`` field (other objectives are
+    returned unchanged)."""
     if not dataclasses.is_dataclass(objective) or isinstance(objective, type):
         return objective
-    changes = {f.name: dataclasses.replace(getattr(objective, f.name), scan_layers=scan_layers)
+    changes = {f.name: change(getattr(objective, f.name))
                for f in dataclasses.fields(objective) if isinstance(getattr(objective, f.name), AttentionConfig)}
     return dataclasses.replace(objective, **changes) if changes else objective
+
+
+def objective_with_layer_loop(objective: Any, scan_layers: bool) -> Any:
+    """The objective with ``scan_layers`` set in every ``AttentionConfig`` field; see ``TrainConfig.scan_layers``."""
+    return _map_attention_configs(objective, lambda a: dataclasses.replace(a, scan_layers=scan_layers))
 
 
 def objective_for_mesh(objective: Any, mesh: jax.sharding.Mesh, rules: Any = None) -> Any:
-    """A dataclass objective with every ``AttentionConfig`` field passed through :func:`sequence_parallel`
-    (other objectives are returned unchanged)."""
-    if not dataclasses.is_dataclass(objective) or isinstance(objective, type):
-        return objective
-    changes = {f.name: sequence_parallel(getattr(objective, f.name), mesh, rules or parallel.DEFAULT_RULES)
-               for f in dataclasses.fields(objective) if isinstance(getattr(objective, f.name), AttentionConfig)}
-    return dataclasses.replace(objective, **changes) if changes else objective
+    """The objective with every ``AttentionConfig`` field passed through :func:`sequence_parallel`."""
+    return _map_attention_configs(objective, lambda a: sequence_parallel(a, mesh, rules or parallel.DEFAULT_RULES))
