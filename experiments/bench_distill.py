@@ -103,7 +103,8 @@ def _shard_abstract(state, batch, frozen, mesh, rules):
     return state, batch, frozen
 
 
-def analyze(size: str, stage: str, batch: int, compile_: bool, fsdp_devices: int = 0, scan_layers: bool = False) -> dict:
+def analyze(size: str, stage: str, batch: int, compile_: bool, fsdp_devices: int = 0,
+            scan_layers: bool = False) -> dict:
     """Lower (and compile) the jitted train step on abstract inputs; XLA's memory and cost analyses. With
     ``fsdp_devices`` = N: the step of an N-device data-parallel mesh with FSDP rules (parameters, AdamW moments,
     EMAs and the frozen teacher split over ``data``; ``batch`` is the global batch), per device."""
@@ -252,15 +253,16 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     device = jax.devices()[0]
     header = {"date": datetime.date.today().isoformat(), "device": f"{device.platform}:{device.device_kind}",
-              "jax": jax.__version__, "scan_layers": args.scan_layers, "command": "python -m experiments.bench_distill " + " ".join(
-                  sys.argv[1:] if argv is None else argv), "size": args.size, "batch": args.batch}
+              "jax": jax.__version__, "scan_layers": args.scan_layers,
+              "command": "python -m experiments.bench_distill " + " ".join(sys.argv[1:] if argv is None else argv),
+              "size": args.size, "batch": args.batch}
     stages = [s for s in args.stages.split(",") if s]
     unknown = set(stages) - {"mlcd", "kd", "search"}
     if unknown:
         p.error(f"unknown stages {sorted(unknown)}")
     if args.analyze_only:
-        rows = {"analysis": [analyze(args.size, s, args.batch, not args.lower_only, args.fsdp_devices, args.scan_layers)
-                             for s in stages if s != "search"]}
+        rows = {"analysis": [analyze(args.size, s, args.batch, not args.lower_only, args.fsdp_devices,
+                                     args.scan_layers) for s in stages if s != "search"]}
     else:
         rows = {"steps": [measure_step(args.size, s, args.batch, args.steps, args.scan_layers)
                           for s in stages if s != "search"]}
@@ -268,9 +270,8 @@ def main(argv=None) -> None:
             rows["search"] = measure_search(args.size, args.clips)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    fsdp = f"_fsdp{args.fsdp_devices}" if args.fsdp_devices else ""
-    fsdp += "_scan" if args.scan_layers else ""
-    tag = f"{args.size}_{'analysis' if args.analyze_only else 'run'}_{'-'.join(stages)}{fsdp}_{device.platform}"
+    variant = (f"_fsdp{args.fsdp_devices}" if args.fsdp_devices else "") + ("_scan" if args.scan_layers else "")
+    tag = f"{args.size}_{'analysis' if args.analyze_only else 'run'}_{'-'.join(stages)}{variant}_{device.platform}"
     (out / f"{tag}.json").write_text(json.dumps({"header": header, **rows}, indent=2) + "\n")
     print(json.dumps({"header": header, **rows}, indent=1))
 

@@ -294,16 +294,17 @@ def compare_scan(size: str, depths: list[int], specs: list[str], runs: int = 3, 
                        "compile_s": round(sampler.compile_s, 3), "sample_s_median": round(timed[len(timed) // 2], 4),
                        "sample_s_runs": [round(x, 4) for x in times[1:]],
                        "hlo_while_loops": sampler.hlo_text().count(" while(")}
+                program = f"{spec.replace(':', '-')}_l{depth}_{'scan' if scan else 'unrolled'}_u{unroll}"
                 if hlo_dir is not None:
                     hlo_dir.mkdir(parents=True, exist_ok=True)
-                    name = f"{spec.replace(':', '-')}_l{depth}_{'scan' if scan else 'unrolled'}_u{unroll}.hlo.txt.gz"
+                    name = f"{program}.hlo.txt.gz"
                     with gzip.open(hlo_dir / name, "wt") as f:
                         f.write(sampler.hlo_text())
                     row["hlo_file"] = name
                 if profile_dir is not None:
                     from experiments.gpu_trace import summarize
 
-                    trace = profile_dir / f"{spec.replace(':', '-')}_l{depth}_{'scan' if scan else 'unrolled'}_u{unroll}"
+                    trace = profile_dir / program
                     with jax.profiler.trace(str(trace)):
                         jax.block_until_ready(sampler(jax.random.key(runs + 1)))
                     kinds = summarize(trace, steps=1)
