@@ -43,7 +43,8 @@ def main(trace_dir: str) -> None:
     t0 = time.perf_counter()
     for s in range(10, 40):
         state, m = step(state, batches[s], frozen)
-    jax.block_until_ready(state); print("steps/s (device-resident batches):", 30 / (time.perf_counter() - t0), flush=True)
+    jax.block_until_ready(state)
+    print("steps/s (device-resident batches):", 30 / (time.perf_counter() - t0), flush=True)
     with jax.profiler.trace(trace_dir):
         for s in range(10, 30):
             state, m = step(state, batches[s], frozen)

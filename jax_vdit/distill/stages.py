@@ -297,7 +297,8 @@ def _check_world(model_dir: Path, loader, what: str) -> str | None:
 
 def mlcd_folder(teacher_dir: str | Path, data_dir: str | Path, run_dir: str | Path, recipe: DistillConfig, *,
                 vae_dir: str | Path | None = None, time_limit_s: float | Deadline | None = None,
-                stop_after: int | None = None, show_progress: bool = True, domain_check: DomainCheck | None = None) -> StageOutput:
+                stop_after: int | None = None, show_progress: bool = True,
+                domain_check: DomainCheck | None = None) -> StageOutput:
     """``vdit distill mlcd``: teacher folder + prepared data -> ``run_dir/student`` (dense consistency student).
     ``time_limit_s`` (seconds) counts from this call, loading included."""
     time_limit_s = Deadline.of(time_limit_s)
@@ -367,7 +368,8 @@ def search_masks_folder(student_dir: str | Path, data_dir: str | Path, run_dir: 
 
 def kd_folder(student_dir: str | Path, data_dir: str | Path, run_dir: str | Path, recipe: DistillConfig, *,
               vae_dir: str | Path | None = None, time_limit_s: float | Deadline | None = None,
-              stop_after: int | None = None, show_progress: bool = True, domain_check: DomainCheck | None = None) -> StageOutput:
+              stop_after: int | None = None, show_progress: bool = True,
+              domain_check: DomainCheck | None = None) -> StageOutput:
     """``vdit distill kd``: a student folder with ``mask_schedule.json`` (from search-masks) + data ->
     ``run_dir/student`` (the sparse student, same masks). ``time_limit_s`` (seconds) counts from this call,
     loading included."""
