@@ -269,7 +269,8 @@ def compare_scan(size: str, depths: list[int], specs: list[str], runs: int = 3, 
     (median). ``hlo_dir``: also write each compiled program's HLO text there (gzipped), to see where the scanned
     and unrolled programs differ. ``profile_dir``: after the timed runs, one more run under ``jax.profiler.trace``
     (a folder per program there) whose GPU kernel time by kind (:mod:`experiments.gpu_trace`) goes into the row as
-    ``gpu_ms_by_kind`` (ms per sampler call)."""
+    ``gpu_ms_by_kind`` (ms per sampler call), with ``gpu_kernels_by_kind`` (launches) and ``gpu_top_kernels`` (the
+    25 longest kernels)."""
     import jax
 
     from jax_vdit import sampling
@@ -307,9 +308,12 @@ def compare_scan(size: str, depths: list[int], specs: list[str], runs: int = 3, 
                     trace = profile_dir / program
                     with jax.profiler.trace(str(trace)):
                         jax.block_until_ready(sampler(jax.random.key(runs + 1)))
-                    kinds = summarize(trace, steps=1)
+                    kinds = summarize(trace, steps=1, top=25)
                     row["gpu_ms_by_kind"] = {k: round(v["ms_per_step"], 3) for k, v in kinds["kinds"].items()}
+                    row["gpu_kernels_by_kind"] = {k: int(v["kernels_per_step"]) for k, v in kinds["kinds"].items()}
                     row["gpu_ms"] = round(kinds["ms_per_step"], 3)
+                    row["gpu_top_kernels"] = [{"kernel": t["kernel"], "kind": t["kind"], "ms": round(t["ms_per_step"], 3),
+                                               "launches": int(t["per_step"])} for t in kinds["top"]]
                 log(row)
                 rows.append(row)
                 del model, sampler

@@ -1,9 +1,15 @@
 # runbook 6.2 + 6.3 in one device call (needs carry/full_teacher.tgz from toy_teacher_stage2.sh): bash experiments/device_calls/toy_students.sh
 source experiments/device_calls/common.sh
-# the stage-2 teacher: carried, or left in /tmp by toy_teacher_stage2.sh on the same (still warm) machine
+# Two processes share the GPU (the teacher's scores run beside the students' scores): each may take 45% of its
+# memory. With the default (75% each) the second one's cuBLAS handles and autotuning failed (2026-12-06).
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.45}
+# the stage-2 teacher: carried, or left in /tmp by toy_teacher_stage2.sh (or TEACHER_DIR) on the same warm machine
+TEACHER_DIR=${TEACHER_DIR:-/tmp/run_full/best_ema}
 if [ -f carry/full_teacher.tgz ]; then tar xzf carry/full_teacher.tgz -C /tmp || exit 1
-elif [ -d /tmp/run_full/best_ema ]; then mkdir -p /tmp/full && cp -r /tmp/run_full/best_ema /tmp/full/
-else echo "no teacher: carry/full_teacher.tgz or /tmp/run_full/best_ema" >&2; exit 1; fi
+elif [ "$TEACHER_DIR" = /tmp/full/best_ema ] && [ -d /tmp/full/best_ema ]; then :
+elif [ -d "$TEACHER_DIR" ]; then rm -rf /tmp/full && mkdir -p /tmp/full && cp -r "$TEACHER_DIR" /tmp/full/best_ema
+else echo "no teacher: carry/full_teacher.tgz or $TEACHER_DIR" >&2; exit 1; fi
+sha256sum /tmp/full/best_ema/*.safetensors
 W=/tmp/distill; mkdir -p $W /tmp/teacher_eval
 teacher_evals() {
   # after the KD stage (its training no longer shares the GPU), or once the students' script has ended
