@@ -312,8 +312,9 @@ def compare_scan(size: str, depths: list[int], specs: list[str], runs: int = 3, 
                     row["gpu_ms_by_kind"] = {k: round(v["ms_per_step"], 3) for k, v in kinds["kinds"].items()}
                     row["gpu_kernels_by_kind"] = {k: int(v["kernels_per_step"]) for k, v in kinds["kinds"].items()}
                     row["gpu_ms"] = round(kinds["ms_per_step"], 3)
-                    row["gpu_top_kernels"] = [{"kernel": t["kernel"], "kind": t["kind"], "ms": round(t["ms_per_step"], 3),
-                                               "launches": int(t["per_step"])} for t in kinds["top"]]
+                    row["gpu_top_kernels"] = [{"kernel": t["kernel"], "kind": t["kind"],
+                                               "ms": round(t["ms_per_step"], 3), "launches": int(t["per_step"])}
+                                              for t in kinds["top"]]
                 log(row)
                 rows.append(row)
                 del model, sampler

@@ -11,7 +11,8 @@ Runs, each as its own process (what a user types):
 with the shipped recipe (``jax_vdit.toy.recipes.product_recipe`` of the default ``DistillRecipe``: batch 64,
 MLCD 3000 steps at 5e-5, target EMA 0.95, 16 calibration clips at r = 0.1, KD 1000 steps at 3e-5), then scores the
 shipped students with the same ``vdit toybench`` calls on the same device. Writes ``reproduce_toy_students.json``
-(commands, stage seconds, every score) and ``reproduce_toy_students.md`` (the table) into ``--out``.
+(commands, stage seconds, every score) and ``reproduce_toy_students.md`` (the table) into ``--out``. A scoring run
+that fails is recorded as failed (with its log) and the others still run; the script then exits non-zero naming it.
 
     python -m experiments.reproduce_toy_students --out experiments/results/toy_students_cli
     python -m experiments.reproduce_toy_students --quick --out /tmp/repro      # CPU smoke run (minutes)
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from experiments.child_env import child_env
@@ -119,11 +121,7 @@ def main(argv: list[str] | None = None) -> None:
                                       "seconds": run(cmd, logs / f"{name}.log")}
             save_partial()
         for stage in ("mlcd", "kd"):
-            metrics = work / stage / "metrics.jsonl"
-            if metrics.is_file():
-                rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-                record["stages"][stage]["steps_done"] = max((r.get("step", 0) for r in rows), default=0)
-                record["stages"][stage]["checks"] = [r for r in rows if "alignment" in r]
+            record["stages"][stage] |= stage_progress(work / stage)
         search_report = work / "search" / "mask_search.json"
         if search_report.is_file():
             rep = json.loads(search_report.read_text())
@@ -132,15 +130,14 @@ def main(argv: list[str] | None = None) -> None:
         students = {"mlcd (commands)": work / "mlcd" / "student", "sparse (commands)": work / "kd" / "student"}
         if not args.skip_shipped:
             students |= {"mlcd (shipped)": SHIPPED["mlcd"], "sparse (shipped)": SHIPPED["sparse"]}
+        jobs = []
         for label, folder in students.items():
             for split, seeds in splits.items():
                 js = work / f"{label.split()[0]}_{'shipped' if 'shipped' in label else 'cli'}_{split}.json"
                 cmd = _vdit("toybench", str(folder), "--world", WORLD, "--split", split, "--seeds", seeds, *prompts,
                             "--json", str(js))
-                seconds = run(cmd, logs / f"toybench_{js.stem}.log")
-                scores = json.loads(js.read_text())
-                record["scores"].setdefault(label, {})[split] = {"seconds": seconds, **scores}
-                save_partial()
+                jobs.append((label, split, cmd, js, logs / f"toybench_{js.stem}.log"))
+        failures = score_all(jobs, record["scores"], run, save_partial)
         import shutil
 
         shutil.make_archive(str(out / "logs"), "gztar", logs)
@@ -157,6 +154,45 @@ def main(argv: list[str] | None = None) -> None:
     (out / "reproduce_toy_students.md").write_text(table(result))
     partial.unlink(missing_ok=True)
     print(table(result))
+    if failures:
+        raise SystemExit("scoring failed for " + ", ".join(failures) + " (the report holds the rest; logs in "
+                         f"{out / 'logs.tar.gz'})")
+
+
+def stage_progress(run_dir: Path) -> dict:
+    """``{"steps_done", "checks"}`` of a distillation run folder: the last logged step (``metrics.jsonl``) and the
+    validation checks (``evals.jsonl``); empty when the folder has neither."""
+    def rows(name: str) -> list[dict]:
+        path = run_dir / name
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    metrics, evals = rows("metrics.jsonl"), rows("evals.jsonl")
+    out: dict = {}
+    if metrics:
+        out["steps_done"] = max(r.get("step", 0) for r in metrics)
+    if metrics or evals:
+        out["checks"] = evals
+    return out
+
+
+def score_all(jobs: list[tuple[str, str, list[str], Path, Path]], scores: dict,
+              runner: Callable[[list[str], Path], float], save_partial: Callable[[], None]) -> list[str]:
+    """Run every ``(label, split, command, json file, log file)`` scoring job, even after one fails: each result
+    goes into ``scores[label][split]`` (``{"seconds", **toybench JSON}``, or ``{"failed": message, "log": file}``)
+    and is saved at once. Returns the ``"label/split"`` of the failed jobs."""
+    failures = []
+    for label, split, cmd, js, log_file in jobs:
+        try:
+            seconds = runner(cmd, log_file)
+            scores.setdefault(label, {})[split] = {"seconds": seconds, **json.loads(js.read_text())}
+        except (RuntimeError, OSError, ValueError) as err:
+            print(f"scoring {label} on {split} failed: {str(err).splitlines()[0]}", file=sys.stderr, flush=True)
+            scores.setdefault(label, {})[split] = {"failed": str(err).splitlines()[0], "log": log_file.name}
+            failures.append(f"{label}/{split}")
+        save_partial()
+    return failures
 
 
 def _alignment(scores: dict) -> tuple[float | None, float | None, dict]:
@@ -186,6 +222,9 @@ def table(result: dict) -> str:
         cells = []
         for split in ("validation", "test"):
             mean, sd, _ = _alignment(by_split.get(split, {}))
+            if "failed" in by_split.get(split, {}):
+                cells.append("failed")
+                continue
             cells.append("-" if mean is None else f"{mean:.3f}" + ("" if sd is None else f" +/- {sd:.3f}"))
         lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines) + "\n"
