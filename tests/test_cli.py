@@ -137,6 +137,7 @@ def test_sample_command_on_a_student_uses_student_json(tmp_path, capsys, monkeyp
     err = capsys.readouterr().err
     assert "consistency, 4 steps, edges 0,250,500,750, no CFG" in err and "student.json" in err
     (job,) = ran
+    assert job.attention.scan_layers  # the default layer loop
     student = load_toy_student(TOY_STUDENT_SPARSE_DIR)
     np.testing.assert_array_equal(job.plan.t_model, student.plan.t_model)
     assert [m.label() for m in job.attention.masks] == [m.label() for m in student.attention.masks]
@@ -150,6 +151,11 @@ def test_sample_command_on_a_student_uses_student_json(tmp_path, capsys, monkeyp
     assert main(base + ["--steps", "2", "--force", "--out", str(out)]) == 0
     forced = json.loads(out.with_name("s.safetensors.json").read_text())["videos"][0]
     assert forced["steps"] == 2 and forced["notes"] == ["forced num_inference_steps=2 (student.json: 4)"]
+    capsys.readouterr()
+    assert main(base + ["--layer-loop", "unrolled", "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert not ran[-1].attention.scan_layers and report["layer_loop"] == "unrolled"
+    assert [m.label() for m in ran[-1].attention.masks] == [m.label() for m in student.attention.masks]
 
 
 def test_help_lists_every_flag_with_help_and_defaults(capsys):

@@ -253,6 +253,19 @@ def test_vae_tiles_reach_the_decoder_and_bad_values_are_refused(pipe):
         dataclasses.replace(pipe, vae_tiles="padded")
 
 
+def test_the_unrolled_layer_loop_samples_the_same_latents_and_bad_values_are_refused(pipe):
+    """``layer_loop="unrolled"`` reaches the attention config of every job (each block its own program) and samples
+    what the scanned default samples (fp32); any other value is refused."""
+    unrolled = dataclasses.replace(pipe, layer_loop="unrolled")
+    kw = dict(prompt_embeds=embeddings(1), seed=2, num_inference_steps=2, guidance_scale=4.0, latent_dtype=jnp.float32)
+    assert pipe.prepare(**kw).attention.scan_layers and not unrolled.prepare(**kw).attention.scan_layers
+    a = pipe(output_type="latent", **kw).latents
+    b = unrolled(output_type="latent", **kw).latents
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * float(np.abs(a).max()))
+    with pytest.raises(PipelineInputError, match="layer_loop"):
+        dataclasses.replace(pipe, layer_loop="unroll")
+
+
 def test_decode_size_starts_the_vae_warmup_before_the_transformer_loads(hub_cache, monkeypatch):
     """``from_pretrained(decode_size=...)`` (what ``vdit sample`` passes): the VAE's stages for that size start
     compiling as soon as the VAE is loaded, before the transformer loads, and the job's warm-up is that one."""
