@@ -317,8 +317,8 @@ class OpenSoraPipeline:
         toy-world models, or ``google/mt5-xxl`` if it is already in the local Hugging Face cache; else none),
         "toy", a local mT5 folder or repo id, a :class:`TextEncoder`, or None (embeddings only).
         ``tile_backend``, ``mixed_masks`` and ``layer_loop`` go into every attention config the pipeline builds;
-        ``vae_tiles``: "exact" or "uniform" (see the class docstring). ``decode_size``: (frames, height, width) of the videos
-        that will be decoded (None entries: the checkpoint's defaults, as :meth:`prepare` fills them): the VAE's
+        ``vae_tiles``: "exact" or "uniform" (see the class docstring). ``decode_size``: (frames, height, width) of
+        the videos that will be decoded (None entries: the checkpoint's defaults, as :meth:`prepare` fills them): the VAE's
         stages for that size start compiling in a background thread as soon as the VAE is loaded, while the
         transformer and the text encoder load; :meth:`warm_up_decoder` of a job of that size returns that warm-up.
         """
