@@ -265,10 +265,13 @@ def test_train_teacher_command_mixes_a_world_and_toybench_writes_every_score(tmp
             "--mix-world", "toy-sign-5x16x16-subframe", "--mix-fraction", "0.25", "--export", str(tmp_path / "t")]
     assert main(args) == 2  # weights of another world, without --adapt-to-world
     assert "trained on the toy world 'toy-sign-5x16x16-subframe'" in capsys.readouterr().err
-    assert main(args + ["--adapt-to-world"]) == 0
+    cool_down = ["--lr-schedule", "cosine", "--final-lr-fraction", "0.1", "--warmup", "0"]
+    assert main(args + ["--adapt-to-world", *cool_down]) == 0
     meta = json.loads((run / "train_config.json").read_text())
     recipe = meta.get("recipe") or meta["extra"]["recipe"]
     assert recipe["mix_world"] == "toy-sign-5x16x16-subframe" and recipe["mix_fraction"] == 0.25
+    assert (recipe["lr_schedule"], recipe["final_lr_fraction"]) == ("cosine", 0.1)  # a cool-down stage
+    assert (meta["train_config"]["lr_schedule"], meta["train_config"]["final_lr_fraction"]) == ("cosine", 0.1)
     out = tmp_path / "tb.json"
     assert main(["toybench", str(tmp_path / "t"), "--setting", "ddim:2:none", "--prompts", "2", "--seeds", "0",
                  "--json", str(out)]) == 0
