@@ -188,8 +188,9 @@ def score_all(jobs: list[tuple[str, str, list[str], Path, Path]], scores: dict,
             seconds = runner(cmd, log_file)
             scores.setdefault(label, {})[split] = {"seconds": seconds, **json.loads(js.read_text())}
         except (RuntimeError, OSError, ValueError) as err:
-            print(f"scoring {label} on {split} failed: {str(err).splitlines()[0]}", file=sys.stderr, flush=True)
-            scores.setdefault(label, {})[split] = {"failed": str(err).splitlines()[0], "log": log_file.name}
+            message = (str(err).splitlines() or [repr(err)])[0]
+            print(f"scoring {label} on {split} failed: {message}", file=sys.stderr, flush=True)
+            scores.setdefault(label, {})[split] = {"failed": message, "log": log_file.name}
             failures.append(f"{label}/{split}")
         save_partial()
     return failures
