@@ -111,12 +111,13 @@ def _cfg_batch(x_in, text, mask, neg_text, neg_mask):
             None if mask is None else jnp.concatenate([neg_mask, mask]))
 
 
-def _guided_eps(model, x_in, t, text, mask, neg_text, neg_mask, guidance, attention):
+def _guided_eps(model, x_in, t, text, mask, neg_text, neg_mask, guidance, attention, stacked_runs=None):
     b = x_in.shape[0]
     xb, tb, mb = _cfg_batch(x_in, text, mask, neg_text, neg_mask)
     xb, tb, mb = (parallel.constrain_batch(a, attention.batch_axis) for a in (xb, tb, mb))  # CFG pair over "data"
     tt = jnp.full((xb.shape[0],), t, jnp.float32)
-    eps = model(xb, tt, tb, mb, attention=attention)
+    extra = {"stacked_runs": stacked_runs} if stacked_runs else {}  # model-like wrappers need not take it
+    eps = model(xb, tt, tb, mb, attention=attention, **extra)
     if neg_text is None:
         return eps
     eps_u, eps_c = eps[:b].astype(jnp.float32), eps[b:].astype(jnp.float32)
@@ -128,17 +129,20 @@ def _sample_fn(graphdef, state, x, key, text, mask, neg_text, neg_mask, guidance
     """Steps ``start .. stop - 1`` of ``plan`` from latents ``x`` (B, C, T, H, W); ``start``/``stop`` are traced, so one
     executable runs a whole plan, one step of it (a progress bar's host loop) or any resumed segment."""
     model = nnx.merge(graphdef, state)
+    # the scanned blocks' weights stacked once here, not again in every step's forward
+    runs = model.stack_block_runs(attention) if hasattr(model, "stack_block_runs") else {}
 
     def body(i, x):
         if method == "euler_ancestral":
             sigma, sigma_next = plan["sigmas"][i], plan["sigmas"][i + 1]
             x_in = schedules.scale_model_input(x, sigma)
-            eps = _guided_eps(model, x_in, plan["t_model"][i], text, mask, neg_text, neg_mask, guidance, attention)
+            eps = _guided_eps(model, x_in, plan["t_model"][i], text, mask, neg_text, neg_mask, guidance, attention,
+                              runs)
             z = jax.random.normal(jax.random.fold_in(key, i), x.shape, jnp.float32)
             x = schedules.euler_ancestral_step(x, eps, sigma, sigma_next, z)
         else:
             t, t_to = plan["t_model"][i], plan["t_to"][i]
-            eps = _guided_eps(model, x, t, text, mask, neg_text, neg_mask, guidance, attention)
+            eps = _guided_eps(model, x, t, text, mask, neg_text, neg_mask, guidance, attention, runs)
             x = schedules.jump(x, eps, t, t_to)
         return x.astype(latent_dtype)
 

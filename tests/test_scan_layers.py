@@ -243,3 +243,53 @@ def test_scan_unroll_is_the_same_function(golden4, mixed):
     for bad in (0, 1.5, True):
         with pytest.raises(ValueError, match="scan_unroll must be an int >= 1"):
             AttentionConfig(scan_unroll=bad)
+
+
+# --------------------------------------------------------------------------- weights stacked once per program
+@pytest.mark.parametrize("mixed", ["runs", "switch"])
+def test_prestacked_runs_give_the_same_forward(golden4, mixed):
+    """``model(..., stacked_runs=model.stack_block_runs(att))`` (what the sampler does once before its step loop)
+    equals the forward that stacks the weights itself; nothing is stacked for the unrolled loop."""
+    model, args = golden4
+    masks = (None, A, A, None) if mixed == "runs" else (A, None, A, None)
+    att = dataclasses.replace(_att(masks, True), mixed_masks=mixed)
+    runs = model.stack_block_runs(att)
+    assert sorted(runs) == ([(1, 3)] if mixed == "runs" else [(0, 4)])  # runs of one layer are not scanned
+    assert all(leaf.shape[0] == b - a for (a, b), state in runs.items() for leaf in jax.tree.leaves(state))
+    _close(model(*args, attention=att, stacked_runs=runs), model(*args, attention=att))
+    _close(model(*args, attention=att, stacked_runs=runs), model(*args, attention=_att(masks, False)))
+    assert model.stack_block_runs(_att(masks, False)) == {}
+
+
+def _output_shapes(eqns) -> list[tuple]:
+    """Output shapes of ``eqns`` and of every jaxpr nested in them (loop bodies, branches, calls)."""
+    shapes = []
+    for eqn in eqns:
+        shapes += [tuple(v.aval.shape) for v in eqn.outvars if hasattr(v.aval, "shape")]
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    shapes += _output_shapes(inner.eqns)
+    return shapes
+
+
+def test_the_sampler_stacks_the_block_weights_once_outside_its_step_loop():
+    """The scanned sampler's step loop must not copy every block's weights into a stacked array at each step: the
+    stacked weights (leading axis = the 3 layers) are made before the loop, and the loop body makes none."""
+    from jax_vdit import sampling
+
+    model = init_model(get_preset("tiny", num_layers=3), seed=0)
+    graphdef, state = nnx.split(model)
+    ddim = sampling.ddim(2)
+    text = jnp.zeros((1, 5, model.cfg.caption_channels))
+    jaxpr = jax.make_jaxpr(lambda s, x, start, stop: sampling._sample_fn(  # traced start/stop, as the sampler runs
+        graphdef, s, x, jax.random.key(0), text, jnp.ones((1, 5), bool), None, None, 1.0, ddim.arrays(), start, stop,
+        method=ddim.method, attention=_att(None, True), latent_dtype=jnp.float32))(
+        state, jnp.zeros((1, 4, 3, 8, 8)), jnp.int32(0), jnp.int32(2))
+    stacked = {(3, *leaf.shape) for leaf in jax.tree.leaves(nnx.state(model.blocks[0]))}
+    (loop,) = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "while"]
+    outside = _output_shapes([e for e in jaxpr.jaxpr.eqns if e is not loop])
+    assert stacked <= set(outside)  # every weight stacked before the loop
+    body = _output_shapes(loop.params["body_jaxpr"].jaxpr.eqns)
+    assert not stacked & set(body), stacked & set(body)

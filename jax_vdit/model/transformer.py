@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -146,13 +147,14 @@ class OpenSoraT2V(nnx.Module):
         return step(self.blocks[i], x, ctx.text, ctx.text_mask, ctx.t6, ctx.rope_cos, ctx.rope_sin)
 
     def run_blocks(self, start: int, stop: int, ctx: ForwardContext, x: jax.Array,
-                   attention: AttentionConfig) -> jax.Array:
+                   attention: AttentionConfig, stacked: Any = None) -> jax.Array:
         """Blocks ``start .. stop - 1``, which must share one tile mask, as one ``jax.lax.scan`` over their stacked
         weights (a run of one layer is called directly). x: (B, N, D) -> (B, N, D).
 
         The weights of the run are stacked along a new leading axis (a copy of the run's weights inside the traced
-        program); the scan body merges one layer's weights into the block's graph and calls the block, under
-        ``jax.checkpoint`` per block when ``cfg.remat``.
+        program), unless ``stacked`` gives them already stacked (:meth:`stack_block_runs`); the scan body merges one
+        layer's weights into the block's graph and calls the block, under ``jax.checkpoint`` per block when
+        ``cfg.remat``.
         """
         if not 0 <= start < stop <= self.cfg.num_layers:
             raise ValueError(f"layer run [{start}, {stop}) is not inside [0, {self.cfg.num_layers})")
@@ -161,7 +163,10 @@ class OpenSoraT2V(nnx.Module):
             raise ValueError(f"layers {start}..{stop - 1} do not share one tile mask; scan only runs of equal masks")
         if stop - start == 1:
             return self.run_block(start, ctx, x, attention)
-        graphdef, stacked = self.stacked_block_states(start, stop)
+        if stacked is None:
+            graphdef, stacked = self.stacked_block_states(start, stop)
+        else:
+            graphdef = nnx.split(self.blocks[start])[0]
         step = _block_step(tile_mask, ctx.tokens_per_frame, attention)
 
         def body(x, state):
@@ -172,6 +177,18 @@ class OpenSoraT2V(nnx.Module):
         x, _ = jax.lax.scan(lambda x, state: (body(x, state), None), x, stacked,
                             unroll=min(attention.scan_unroll, stop - start))
         return x
+
+    def stack_block_runs(self, attention: AttentionConfig) -> dict[tuple[int, int], Any]:
+        """The stacked weights of every scan that ``attention`` runs, ``{(start, stop): state}`` (``(0,
+        num_layers)`` for the switched scan; empty when the blocks are not scanned), for ``__call__(...,
+        stacked_runs=...)``. A program that runs the forward many times (the sampler's step loop) stacks the weights
+        once with this, instead of copying every block's weights again in every forward."""
+        n = self.cfg.num_layers
+        if not attention.scan_layers:
+            return {}
+        if attention.mixed_masks == "switch" and n > 1:
+            return {(0, n): self.stacked_block_states(0, n)[1]}
+        return {(a, b): self.stacked_block_states(a, b)[1] for a, b in attention.layer_runs(n) if b - a > 1}
 
     def stacked_block_states(self, start: int, stop: int):
         """(graph def, the weights of blocks ``start .. stop - 1`` stacked along a new leading axis)."""
@@ -184,12 +201,17 @@ class OpenSoraT2V(nnx.Module):
             states.append(st)
         return graphdef, jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
 
-    def run_blocks_switched(self, ctx: ForwardContext, x: jax.Array, attention: AttentionConfig) -> jax.Array:
-        """All blocks as one ``jax.lax.scan`` over their stacked weights and each layer's mask index; the body
-        picks the layer's tile mask with ``jax.lax.switch`` over the distinct masks of the schedule, so the
-        program holds one block per distinct mask, whatever the depth. x: (B, N, D) -> (B, N, D)."""
+    def run_blocks_switched(self, ctx: ForwardContext, x: jax.Array, attention: AttentionConfig,
+                            stacked: Any = None) -> jax.Array:
+        """All blocks as one ``jax.lax.scan`` over their stacked weights (``stacked``, or stacked here) and each
+        layer's mask index; the body picks the layer's tile mask with ``jax.lax.switch`` over the distinct masks of
+        the schedule, so the program holds one block per distinct mask, whatever the depth.
+        x: (B, N, D) -> (B, N, D)."""
         distinct, index = attention.distinct_masks(self.cfg.num_layers)
-        graphdef, stacked = self.stacked_block_states(0, self.cfg.num_layers)
+        if stacked is None:
+            graphdef, stacked = self.stacked_block_states(0, self.cfg.num_layers)
+        else:
+            graphdef = nnx.split(self.blocks[0])[0]
         steps = [_block_step(mask, ctx.tokens_per_frame, attention) for mask in distinct]
 
         def branch(step):
@@ -226,15 +248,19 @@ class OpenSoraT2V(nnx.Module):
         text_mask: jax.Array | None = None,
         *,
         attention: AttentionConfig = DENSE,
+        stacked_runs: dict[tuple[int, int], Any] | None = None,
     ) -> jax.Array:
+        """The noise prediction (B, C_out, T, H, W). ``stacked_runs``: the blocks' weights already stacked for
+        ``attention``'s scans (:meth:`stack_block_runs` of this model), or None to stack them here."""
         attention.check_num_layers(self.cfg.num_layers)
         ctx = self.prepare(latents, timestep, text, text_mask)
         x = ctx.x
+        runs = stacked_runs or {}
         if attention.scan_layers and attention.mixed_masks == "switch" and self.cfg.num_layers > 1:
-            x = self.run_blocks_switched(ctx, x, attention)
+            x = self.run_blocks_switched(ctx, x, attention, runs.get((0, self.cfg.num_layers)))
         elif attention.scan_layers:
             for start, stop in attention.layer_runs(self.cfg.num_layers):
-                x = self.run_blocks(start, stop, ctx, x, attention)
+                x = self.run_blocks(start, stop, ctx, x, attention, runs.get((start, stop)))
         else:
             for i in range(self.cfg.num_layers):
                 x = self.run_block(i, ctx, x, attention)
