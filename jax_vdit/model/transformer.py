@@ -163,10 +163,7 @@ class OpenSoraT2V(nnx.Module):
             raise ValueError(f"layers {start}..{stop - 1} do not share one tile mask; scan only runs of equal masks")
         if stop - start == 1:
             return self.run_block(start, ctx, x, attention)
-        if stacked is None:
-            graphdef, stacked = self.stacked_block_states(start, stop)
-        else:
-            graphdef = nnx.split(self.blocks[start])[0]
+        graphdef, stacked = self._run_states(start, stop, stacked)
         step = _block_step(tile_mask, ctx.tokens_per_frame, attention)
 
         def body(x, state):
@@ -190,6 +187,12 @@ class OpenSoraT2V(nnx.Module):
             return {(0, n): self.stacked_block_states(0, n)[1]}
         return {(a, b): self.stacked_block_states(a, b)[1] for a, b in attention.layer_runs(n) if b - a > 1}
 
+    def _run_states(self, start: int, stop: int, stacked: Any):
+        """(graph def, stacked weights) of blocks ``start .. stop - 1``: ``stacked`` when given, else stacked here."""
+        if stacked is None:
+            return self.stacked_block_states(start, stop)
+        return nnx.split(self.blocks[start])[0], stacked
+
     def stacked_block_states(self, start: int, stop: int):
         """(graph def, the weights of blocks ``start .. stop - 1`` stacked along a new leading axis)."""
         graphdef, first = nnx.split(self.blocks[start])
@@ -208,10 +211,7 @@ class OpenSoraT2V(nnx.Module):
         the schedule, so the program holds one block per distinct mask, whatever the depth.
         x: (B, N, D) -> (B, N, D)."""
         distinct, index = attention.distinct_masks(self.cfg.num_layers)
-        if stacked is None:
-            graphdef, stacked = self.stacked_block_states(0, self.cfg.num_layers)
-        else:
-            graphdef = nnx.split(self.blocks[0])[0]
+        graphdef, stacked = self._run_states(0, self.cfg.num_layers, stacked)
         steps = [_block_step(mask, ctx.tokens_per_frame, attention) for mask in distinct]
 
         def branch(step):
