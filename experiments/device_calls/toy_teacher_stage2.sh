@@ -1,4 +1,6 @@
 # runbook 6.1, stage 2 of the toy teacher, in one device call: TL=530 bash experiments/device_calls/toy_teacher_stage2.sh
+# The stage-1 export it starts from left the tree once both stage-2 runs had used it; restore it first with
+#   git checkout f655a42 -- experiments/checkpoints/toy_teacher_stage1_sign_2026-12-06
 source experiments/device_calls/common.sh
 if ls carry/run_full.tgz.part-* >/dev/null 2>&1; then cat carry/run_full.tgz.part-* | tar xzf - -C /tmp; echo "restored /tmp/run_full"; fi
 TL=${TL:-530}

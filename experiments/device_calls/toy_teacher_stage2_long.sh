@@ -1,4 +1,6 @@
 # Stage 2 of the toy teacher, the longer run (32,932 steps at the constant learning rate), resumed from a run
+# The stage-1 export it starts from left the tree once both stage-2 runs had used it; restore it first with
+#   git checkout f655a42 -- experiments/checkpoints/toy_teacher_stage1_sign_2026-12-06
 # folder brought back in parts (carry/run_long/run_long.tgz.part-* and their SHA256SUMS; 62 MB, more than one call
 # carries beside the tree). The parts travel over two calls on one warm machine and gather in /tmp:
 #   KEEP=experiments/checkpoints/toy_teacher_stage1_sign_2026-12-06/diffusion_pytorch_model.safetensors \
