@@ -396,3 +396,37 @@ def test_time_limit_counts_from_the_command_start(argv, module, name, monkeypatc
     with pytest.raises(_Stop):
         main(argv)
     assert seen["limit"] is None
+
+
+def test_a_second_sample_command_in_a_fresh_process_compiles_nothing(golden_dir, tmp_path):
+    """`vdit sample` twice with one persistent cache, each in its own process: the second reads every program
+    from the cache (loading's layout programs, the warm-up's sampler and the small eager ops) and compiles none;
+    its report says so. Without caching programs that compile in under a second (JAX's default threshold) the
+    second run compiled its 28 layout programs again."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    emb = _embeddings(tmp_path / "emb.safetensors")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    reports = []
+    for run in range(2):
+        cmd = [sys.executable, "-c", "import sys; from jax_vdit.cli import main; sys.exit(main(sys.argv[1:]))",
+               "sample", str(golden_dir / "opensora_v12" / "tiny_a"), "--embeddings", str(emb),
+               "--compile-cache", str(tmp_path / "xla"), "--steps", "2", "--guidance", "4", "--latents-only",
+               "--out", str(tmp_path / f"lat{run}.safetensors"), "--param-dtype", "float32",
+               "--compute-dtype", "float32", "--quiet"]
+        proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        reports.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    first, second = reports
+    assert first["load_compile"]["programs"] >= 1 and first["load_compile"]["cache_misses"] >= 1, first
+    for phase in ("load_compile", "compile"):
+        assert second[phase]["cache_misses"] == 0, (phase, second[phase])
+        assert second[phase]["cache_hits"] == second[phase]["programs"] == first[phase]["programs"], (
+            phase, first[phase], second[phase])
+    assert second["run_compile"]["programs"] == 0, second["run_compile"]
+    np.testing.assert_array_equal(load_file(str(tmp_path / "lat0.safetensors"))["latents"],
+                                  load_file(str(tmp_path / "lat1.safetensors"))["latents"])

@@ -132,14 +132,16 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from jax_vdit.sampling import StepTimer
 
     t0 = time.perf_counter()
-    pipe = OpenSoraPipeline.from_pretrained(
-        args.checkpoint, args.variant or None, config=args.config,
-        vae=None if args.latents_only else (args.vae or "auto"),
-        text_encoder=None if args.text_encoder == "none" else args.text_encoder,
-        param_dtype=args.param_dtype, compute_dtype=args.compute_dtype, tile_backend=args.tile_backend,
-        mixed_masks=args.mixed_masks, vae_tiles=args.vae_tiles, layer_loop=args.layer_loop,
-        decode_size=None if args.latents_only else (args.frames, args.height, args.width),  # VAE compiles early
-        revision=args.revision, local_files_only=True if args.offline else None)
+    load_meter = CompileMeter()  # this thread: the programs that place and lay out the weights, not the VAE's
+    with load_meter:
+        pipe = OpenSoraPipeline.from_pretrained(
+            args.checkpoint, args.variant or None, config=args.config,
+            vae=None if args.latents_only else (args.vae or "auto"),
+            text_encoder=None if args.text_encoder == "none" else args.text_encoder,
+            param_dtype=args.param_dtype, compute_dtype=args.compute_dtype, tile_backend=args.tile_backend,
+            mixed_masks=args.mixed_masks, vae_tiles=args.vae_tiles, layer_loop=args.layer_loop,
+            decode_size=None if args.latents_only else (args.frames, args.height, args.width),  # VAE compiles early
+            revision=args.revision, local_files_only=True if args.offline else None)
     load_s = time.perf_counter() - t0
     edges = None if args.edges is None else [int(e) for e in args.edges.split(",")]
     job = pipe.prepare(prompts, args.negative_prompt, prompt_embeds=embeds, num_frames=args.frames,
@@ -175,7 +177,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     latents_file = out if out.suffix == ".safetensors" else out.with_suffix(".safetensors")
     save_file({"latents": latents}, str(latents_file))
     write_sidecar(latents_file, {"videos": records, "command": ["vdit", "sample", *getattr(args, "argv", [])]})
-    report = {"load_s": round(load_s, 2), "compile_s": round(warmup_compile.compile_s, 2),
+    report = {"load_s": round(load_s, 2), "load_compile": load_meter.report(),
+              "compile_s": round(warmup_compile.compile_s, 2),
               "compile": warmup_compile.report(), "run_compile": run_compile.report(),
               "warmup_s": round(warmup_s, 2), "sampling_s": round(sample_s, 2),
               "s_per_step_median": round(step_median, 4), "videos": len(job.videos),

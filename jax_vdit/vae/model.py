@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jax_vdit.abstract_init import abstract
 from jax_vdit.vae import ops
 from jax_vdit.vae.config import ComputeConfig, VAEConfig
 
@@ -392,9 +393,7 @@ def abstract_vae(
     config: VAEConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, compute: ComputeConfig = ComputeConfig()
 ) -> CausalVAE:
     """A :class:`CausalVAE` whose parameters are shape/dtype placeholders (nothing allocated)."""
-    return nnx.eval_shape(
-        lambda: CausalVAE(config, dtype=dtype, param_dtype=param_dtype, compute=compute, rngs=nnx.Rngs(0))
-    )
+    return abstract(lambda rngs: CausalVAE(config, dtype=dtype, param_dtype=param_dtype, compute=compute, rngs=rngs))
 
 
 def random_vae(
