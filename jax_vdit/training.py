@@ -575,12 +575,16 @@ def train(
     try:
         first_batch = place(batch_at(start)) if start < end else None
         limit = device_bytes_limit()
-        if first_batch is not None and limit is not None:
+        host = host_bytes_available() if limit is None and jax.local_devices()[0].platform == "cpu" else None
+        if first_batch is not None and (limit is not None or host is not None):
             # compile the step now (the jitted call below reuses it) and refuse a step that cannot fit, before it
-            # runs: on a GPU an over-full step can crawl through allocator retries for minutes instead of failing
+            # runs: on a GPU an over-full step can crawl through allocator retries for minutes instead of failing;
+            # on the CPU the failure surfaced only at the first log step, after every step up to it was dispatched
             needed = step_memory_bytes(step_fn, state, first_batch, frozen)
-            if needed is not None and needed["peak"] > limit:
+            if needed is not None and limit is not None and needed["peak"] > limit:
                 raise DeviceMemoryError(step_does_not_fit_message(needed, limit, ckpts.latest_step()))
+            if needed is not None and host is not None and needed["peak"] - needed["arguments"] > host:
+                raise DeviceMemoryError(step_does_not_fit_host_message(needed, host, ckpts.latest_step()))
     except BaseException as err:  # out of memory placing the first batch or compiling the step: named as such
         oom = isinstance(err, jax.errors.JaxRuntimeError) and is_out_of_memory(err)
         message = out_of_memory_message(err, start + 1, ckpts.latest_step()) if oom else None
@@ -680,6 +684,19 @@ def device_bytes_limit() -> int | None:
     return int(limit) if limit else None
 
 
+def host_bytes_available() -> int | None:
+    """Bytes of host memory the kernel could give this process now without swapping (``MemAvailable`` of
+    ``/proc/meminfo``; None where that file does not exist). The CPU backend's arrays live there."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 def device_bytes_in_use() -> int:
     """Bytes the first local device's allocator holds now (0 where the backend does not say)."""
     return int(_memory_stats().get("bytes_in_use", 0))
@@ -734,6 +751,17 @@ def step_does_not_fit_message(needed: dict[str, int], bytes_limit: int, last_che
             f"{needed['temporaries'] / gib:.1f} GiB), and the device's allocator may use {bytes_limit / gib:.1f} GiB "
             f"(XLA_PYTHON_CLIENT_MEM_FRACTION sets that share of the card). Nothing ran; {_kept(last_checkpoint)}. "
             + MEMORY_HINTS)
+
+
+def step_does_not_fit_host_message(needed: dict[str, int], available: int, last_checkpoint: int | None) -> str:
+    """Why a CPU training step was refused before it ran: what it allocates beyond its arguments (which are
+    already in memory) against the host memory available."""
+    gib = 2**30
+    new = needed["peak"] - needed["arguments"]
+    return (f"the training step does not fit in this host's memory (cpu): XLA's memory analysis of the compiled step "
+            f"allocates {new / gib:.1f} GiB beyond its arguments (temporaries {needed['temporaries'] / gib:.1f} GiB: "
+            f"activations kept for the backward pass, attention scores), and the host has {available / gib:.1f} GiB "
+            f"available (MemAvailable). Nothing ran; {_kept(last_checkpoint)}. " + MEMORY_HINTS)
 
 
 def _nanmean(values: list[float]) -> float:
