@@ -583,8 +583,9 @@ def train(
             needed = step_memory_bytes(step_fn, state, first_batch, frozen)
             if needed is not None and limit is not None and needed["peak"] > limit:
                 raise DeviceMemoryError(step_does_not_fit_message(needed, limit, ckpts.latest_step()))
-            if needed is not None and host is not None and needed["peak"] - needed["arguments"] > host:
-                raise DeviceMemoryError(step_does_not_fit_host_message(needed, host, ckpts.latest_step()))
+            devices = 1 if mesh is None else max(1, len(mesh.local_devices))
+            if needed is not None and host is not None and host_step_bytes(needed, devices) > host:
+                raise DeviceMemoryError(step_does_not_fit_host_message(needed, host, ckpts.latest_step(), devices))
     except BaseException as err:  # out of memory placing the first batch or compiling the step: named as such
         oom = isinstance(err, jax.errors.JaxRuntimeError) and is_out_of_memory(err)
         message = out_of_memory_message(err, start + 1, ckpts.latest_step()) if oom else None
@@ -753,14 +754,24 @@ def step_does_not_fit_message(needed: dict[str, int], bytes_limit: int, last_che
             + MEMORY_HINTS)
 
 
-def step_does_not_fit_host_message(needed: dict[str, int], available: int, last_checkpoint: int | None) -> str:
+def host_step_bytes(needed: dict[str, int], devices: int = 1) -> int:
+    """Host memory a CPU step allocates beyond its arguments (already in memory): XLA's per-device analysis
+    (outputs not aliased to donated arguments, and temporaries) times the CPU devices of its mesh, which all
+    allocate from the same host memory."""
+    return devices * (needed["peak"] - needed["arguments"])
+
+
+def step_does_not_fit_host_message(needed: dict[str, int], available: int, last_checkpoint: int | None,
+                                   devices: int = 1) -> str:
     """Why a CPU training step was refused before it ran: what it allocates beyond its arguments (which are
-    already in memory) against the host memory available."""
+    already in memory), on each of ``devices`` CPU devices, against the host memory available."""
     gib = 2**30
     new = needed["peak"] - needed["arguments"]
+    per = f" on each of {devices} CPU devices" if devices > 1 else ""
     return (f"the training step does not fit in this host's memory (cpu): XLA's memory analysis of the compiled step "
-            f"allocates {new / gib:.1f} GiB beyond its arguments (temporaries {needed['temporaries'] / gib:.1f} GiB: "
-            f"activations kept for the backward pass, attention scores), and the host has {available / gib:.1f} GiB "
+            f"allocates {new / gib:.1f} GiB{per} beyond its arguments (temporaries "
+            f"{needed['temporaries'] / gib:.1f} GiB: activations kept for the backward pass, attention scores), and "
+            f"the host has {available / gib:.1f} GiB "
             f"available (MemAvailable). Nothing ran; {_kept(last_checkpoint)}. " + MEMORY_HINTS)
 
 

@@ -282,6 +282,10 @@ def test_a_cpu_step_that_cannot_fit_in_host_memory_is_refused_before_it_runs(tmp
                    show_progress=False)
     assert int(result.state.step) == 2 and len(seen) == 1
     assert 1000 < seen[0]["peak"] - seen[0]["arguments"] < 2**40
+    # on a mesh of CPU devices each device's new allocations come out of the same host memory
+    needed = {"arguments": 1000, "outputs": 1000, "aliased": 0, "temporaries": 2000, "peak": 4000}
+    assert training.host_step_bytes(needed) == 3000 and training.host_step_bytes(needed, devices=2) == 6000
+    assert "on each of 2 CPU devices" in training.step_does_not_fit_host_message(needed, 5000, None, devices=2)
 
 
 def test_a_step_that_cannot_fit_is_refused_before_it_runs(tmp_path, monkeypatch):
