@@ -15,7 +15,7 @@ timeout ${TA:-300} python3 -m experiments.bench_first_video --size full --cases 
   --vae-tiles ${VAE_TILES:-exact} --out $OUT \
   > $OUT/first_video_student.log 2>&1
 echo "student cases rc=$? after $(( $(date +%s) - T0 )) s"
-timeout ${TB:-170} python3 -m experiments.bench_first_video --size full --cli --vae-tiles ${VAE_TILES:-exact} --out $OUT > $OUT/first_video_cli.log 2>&1
+timeout ${TB:-190} python3 -m experiments.bench_first_video --size full --cli --vae-tiles ${VAE_TILES:-exact} --out $OUT > $OUT/first_video_cli.log 2>&1
 echo "cli rc=$? after $(( $(date +%s) - T0 )) s"
 cp /tmp/gpu.txt $OUT/
 find $OUT -name "*.mp4" -size +2M -delete  # the videos themselves are not needed back
