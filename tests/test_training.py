@@ -259,11 +259,14 @@ def test_out_of_memory_names_the_step_the_size_and_the_settings_that_help(tmp_pa
 def test_a_cpu_step_that_cannot_fit_in_host_memory_is_refused_before_it_runs(tmp_path, monkeypatch):
     """On the CPU (no allocator limit) the compiled step's new allocations (outputs and temporaries beyond its
     arguments) are compared with the host's available memory: too much stops with a DeviceMemoryError naming both,
-    before any step runs (XLA:CPU failed only at the first log step, after every step up to it was dispatched);
-    enough trains, compiled once."""
+    before any step runs (XLA:CPU failed only at the first log step, after every step up to it was dispatched).
+    Every other CPU training test of the suite runs through the same check with the real MemAvailable and trains."""
     from jax_vdit import training
 
-    assert training.host_bytes_available() is None or training.host_bytes_available() > 0
+    import os
+
+    if os.path.exists("/proc/meminfo"):  # Linux: the real reading is a positive byte count
+        assert training.host_bytes_available() > 2**20
     cfg = TrainConfig(steps=2, learning_rate=1e-3, log_every=1, checkpoint_every=2)
     monkeypatch.setattr(training, "device_bytes_limit", lambda: None)
     monkeypatch.setattr(training, "host_bytes_available", lambda: 1000)
@@ -274,14 +277,6 @@ def test_a_cpu_step_that_cannot_fit_in_host_memory_is_refused_before_it_runs(tmp
     assert "does not fit in this host's memory (cpu)" in message and "GiB available (MemAvailable)" in message
     assert "Nothing ran" in message and "--batch N" in message
     assert not (tmp_path / "tight" / "metrics.jsonl").exists()
-    seen = []
-    real = training.step_memory_bytes
-    monkeypatch.setattr(training, "step_memory_bytes", lambda *a: seen.append(real(*a)) or seen[-1])
-    monkeypatch.setattr(training, "host_bytes_available", lambda: 2**40)
-    result = train(init_model(CFG, seed=0), DiffusionObjective(), _batch_at, cfg, tmp_path / "roomy", frozen=FROZEN,
-                   show_progress=False)
-    assert int(result.state.step) == 2 and len(seen) == 1
-    assert 1000 < seen[0]["peak"] - seen[0]["arguments"] < 2**40
     # on a mesh of CPU devices each device's new allocations come out of the same host memory
     needed = {"arguments": 1000, "outputs": 1000, "aliased": 0, "temporaries": 2000, "peak": 4000}
     assert training.host_step_bytes(needed) == 3000 and training.host_step_bytes(needed, devices=2) == 6000
