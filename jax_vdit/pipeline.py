@@ -27,6 +27,7 @@ import dataclasses
 import json
 import math
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from jax_vdit import sampling
 from jax_vdit.config import VAE_SPATIAL, VAE_TEMPORAL, VideoSize
@@ -279,6 +281,7 @@ class OpenSoraPipeline:
     mixed_masks: str = "runs"
     vae_tiles: str = "exact"
     layer_loop: str = "scan"
+    load_seconds: dict = field(default_factory=dict, compare=False)  # from_pretrained: wall seconds per part
     _decoder_warmups: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # ---------------------------------------------------------------------------------------------------------
@@ -358,14 +361,22 @@ class OpenSoraPipeline:
             if vae is True and vae_dir is None:
                 raise FileNotFoundError(f"no vae/ folder beside {model_dir}; pass vae=PATH")
         vae_model = None
+        seconds = {}
+        t0 = time.perf_counter()
         if vae_dir is not None:
             vae_model = load_vae(vae_dir, dtype=jnp.bfloat16 if compute_dtype == "bfloat16" else jnp.float32)
+        seconds["vae"] = time.perf_counter() - t0
         early = None  # the VAE's stages compile in the background while the transformer and text encoder load
         if vae_model is not None and decode_size is not None:
             early = _start_decoder_warmup(vae_model, model_dir, config, decode_size, vae_tiles)
         try:
+            t0 = time.perf_counter()
             transformer = load_model(model_dir, param_dtype=param_dtype, compute_dtype=compute_dtype, config=config)
+            jax.block_until_ready(jax.tree.leaves(nnx.state(transformer)))  # placed on the device, not just queued
+            seconds["transformer"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
             encoder = _resolve_text_encoder(text_encoder, root, model_dir, hub)
+            seconds["text_encoder"] = time.perf_counter() - t0
         except BaseException:
             if early is not None:
                 early[2].set()  # no decode will follow: stop the warm-up, so the error ends the process promptly
@@ -380,7 +391,7 @@ class OpenSoraPipeline:
                   "text_encoder": None if encoder is None else encoder.source,
                   "param_dtype": param_dtype, "compute_dtype": compute_dtype}
         pipe = cls(transformer, vae_model, encoder, settings, attention_spec, tile_backend, student, source,
-                   mixed_masks, vae_tiles, layer_loop)
+                   mixed_masks, vae_tiles, layer_loop, {k: round(v, 3) for k, v in seconds.items()})
         if early is not None:
             shape, future, _ = early
             pipe._decoder_warmups[shape] = future  # warm_up_decoder() of a job of this size returns it

@@ -177,7 +177,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     latents_file = out if out.suffix == ".safetensors" else out.with_suffix(".safetensors")
     save_file({"latents": latents}, str(latents_file))
     write_sidecar(latents_file, {"videos": records, "command": ["vdit", "sample", *getattr(args, "argv", [])]})
-    report = {"load_s": round(load_s, 2), "load_compile": load_meter.report(),
+    report = {"load_s": round(load_s, 2), "load": pipe.load_seconds, "load_compile": load_meter.report(),
               "compile_s": round(warmup_compile.compile_s, 2),
               "compile": warmup_compile.report(), "run_compile": run_compile.report(),
               "warmup_s": round(warmup_s, 2), "sampling_s": round(sample_s, 2),
