@@ -13,14 +13,6 @@ timeout $((TL+45)) bash -c "$(declare -f vdit); vdit train-teacher --world toy-9
   --steps $STEPS --check-every 1500 --run /tmp/run_cool --time-limit $TL" > $OUT/train_cooldown.log 2>&1
 echo "rc=$? after $(( $(date +%s) - T0 )) s"
 grep -v "^train:" $OUT/train_cooldown.log | tail -3
-mkdir -p /tmp/rec && cp /tmp/gpu.txt /tmp/run_cool/metrics.jsonl /tmp/run_cool/evals.jsonl /tmp/run_cool/train_config.json /tmp/rec/
-tar czf $OUT/record_cooldown.tgz -C /tmp rec
-if grep -q "\"step\": $STEPS" /tmp/run_cool/metrics.jsonl && [ -d /tmp/run_cool/best_ema ]; then
-  rm -rf /tmp/full && mkdir -p /tmp/full && cp -r /tmp/run_cool/best_ema /tmp/full/ && tar czf $OUT/full_teacher.tgz -C /tmp full
-  sha256sum /tmp/full/best_ema/*.safetensors
-else  # stopped early: the newest checkpoint comes back in parts; rerun the same command on the restored folder
-  newest=$(ls /tmp/run_cool/checkpoints | grep -E '^[0-9]+$' | sort -n | tail -1)
-  (cd /tmp && tar czf - $(find run_cool -mindepth 1 -maxdepth 1 ! -name checkpoints) "run_cool/checkpoints/$newest") \
-    | split -b 15M - $OUT/run_cool.tgz.part-
-fi
+source experiments/device_calls/bring_back.sh
+bring_back_teacher_run /tmp/run_cool $STEPS cooldown
 ls -la $OUT

@@ -11,14 +11,6 @@ timeout $((TL+45)) bash -c "$(declare -f vdit); vdit train-teacher --world toy-9
   --time-limit $TL" > $OUT/train_stage2.log 2>&1
 echo "rc=$? after $(( $(date +%s) - T0 )) s"
 tail -3 $OUT/train_stage2.log
-mkdir -p /tmp/rec && cp /tmp/gpu.txt /tmp/run_full/metrics.jsonl /tmp/run_full/evals.jsonl /tmp/run_full/train_config.json /tmp/rec/ 2>/dev/null
-tar czf $OUT/record_stage2.tgz -C /tmp rec
-if grep -q '"step": 16466' /tmp/run_full/metrics.jsonl && [ -d /tmp/run_full/best_ema ]; then
-  mkdir -p /tmp/full && cp -r /tmp/run_full/best_ema /tmp/full/ && tar czf $OUT/full_teacher.tgz -C /tmp full
-  sha256sum /tmp/full/best_ema/*.safetensors
-else  # the newest checkpoint only (a run folder keeps two: 112 MB)
-  newest=$(ls /tmp/run_full/checkpoints | grep -E '^[0-9]+$' | sort -n | tail -1)
-  (cd /tmp && tar czf - $(find run_full -mindepth 1 -maxdepth 1 ! -name checkpoints) "run_full/checkpoints/$newest") \
-    | split -b 15M - $OUT/run_full.tgz.part-
-fi
+source experiments/device_calls/bring_back.sh
+bring_back_teacher_run /tmp/run_full 16466 stage2
 ls -la $OUT

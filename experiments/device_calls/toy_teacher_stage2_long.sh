@@ -31,14 +31,6 @@ timeout $((TL+45)) bash -c "$(declare -f vdit); vdit train-teacher --world toy-9
   --time-limit $TL" > $OUT/train_stage2_long.log 2>&1
 echo "rc=$? after $(( $(date +%s) - T0 )) s"
 grep -v "^train:" $OUT/train_stage2_long.log | tail -3
-mkdir -p /tmp/rec && cp /tmp/gpu.txt /tmp/run_long/metrics.jsonl /tmp/run_long/evals.jsonl /tmp/run_long/train_config.json /tmp/rec/
-tar czf $OUT/record_stage2_long.tgz -C /tmp rec
-if grep -q '"step": 32932' /tmp/run_long/metrics.jsonl && [ -d /tmp/run_long/best_ema ]; then
-  rm -rf /tmp/full && mkdir -p /tmp/full && cp -r /tmp/run_long/best_ema /tmp/full/ && tar czf $OUT/full_teacher.tgz -C /tmp full
-  sha256sum /tmp/full/best_ema/*.safetensors
-else
-  newest=$(ls /tmp/run_long/checkpoints | grep -E '^[0-9]+$' | sort -n | tail -1)
-  (cd /tmp && tar czf - $(find run_long -mindepth 1 -maxdepth 1 ! -name checkpoints) "run_long/checkpoints/$newest") \
-    | split -b 15M - $OUT/run_long.tgz.part-
-fi
+source experiments/device_calls/bring_back.sh
+bring_back_teacher_run /tmp/run_long 32932 stage2_long
 ls -la $OUT
