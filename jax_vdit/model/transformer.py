@@ -184,9 +184,13 @@ class OpenSoraT2V(nnx.Module):
         n = self.cfg.num_layers
         if not attention.scan_layers:
             return {}
-        if attention.mixed_masks == "switch" and n > 1:
+        if self._switched(attention):
             return {(0, n): self.stacked_block_states(0, n)[1]}
         return {(a, b): self.stacked_block_states(a, b)[1] for a, b in attention.layer_runs(n) if b - a > 1}
+
+    def _switched(self, attention: AttentionConfig) -> bool:
+        """Whether ``attention`` runs all blocks as one scan that switches masks (:meth:`run_blocks_switched`)."""
+        return attention.scan_layers and attention.mixed_masks == "switch" and self.cfg.num_layers > 1
 
     def _run_states(self, start: int, stop: int, stacked: Any):
         """(graph def, stacked weights) of blocks ``start .. stop - 1``: ``stacked`` when given, else stacked here."""
@@ -257,7 +261,7 @@ class OpenSoraT2V(nnx.Module):
         ctx = self.prepare(latents, timestep, text, text_mask)
         x = ctx.x
         runs = stacked_runs or {}
-        if attention.scan_layers and attention.mixed_masks == "switch" and self.cfg.num_layers > 1:
+        if self._switched(attention):
             x = self.run_blocks_switched(ctx, x, attention, runs.get((0, self.cfg.num_layers)))
         elif attention.scan_layers:
             for start, stop in attention.layer_runs(self.cfg.num_layers):
