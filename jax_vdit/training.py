@@ -766,7 +766,7 @@ def step_does_not_fit_host_message(needed: dict[str, int], available: int, last_
     """Why a CPU training step was refused before it ran: what it allocates beyond its arguments (which are
     already in memory), on each of ``devices`` CPU devices, against the host memory available."""
     gib = 2**30
-    new = needed["peak"] - needed["arguments"]
+    new = host_step_bytes(needed)  # one device's share
     per = f" on each of {devices} CPU devices" if devices > 1 else ""
     return (f"the training step does not fit in this host's memory (cpu): XLA's memory analysis of the compiled step "
             f"allocates {new / gib:.1f} GiB{per} beyond its arguments (temporaries "
