@@ -235,3 +235,73 @@ def test_the_first_non_finite_weight_in_key_order_is_named(golden_dir, tmp_path)
     save_file(tensors, folder / "diffusion_pytorch_model.safetensors")
     with pytest.raises(NonFiniteWeightError, match="'transformer_blocks.0.attn2.to_v.weight' has 2 non-finite"):
         jax_vdit.load_model(folder)
+
+
+class _SlowSource:
+    """A tensor source whose reads take ``delay`` seconds each (sleeping, as a file read waits on the disk)."""
+
+    def __init__(self, n: int, delay: float, concurrent: bool, fail: str | None = None):
+        import threading
+
+        self.names = [f"t{i}" for i in range(n)]
+        self.delay, self.fail, self.concurrent_reads = delay, fail, concurrent
+        self.threads: set[str] = set()
+        self._lock = threading.Lock()
+
+    def read(self, name: str) -> np.ndarray:
+        import threading
+        import time
+
+        with self._lock:
+            self.threads.add(threading.current_thread().name)
+        time.sleep(self.delay)
+        if name == self.fail:
+            raise OSError(f"disk error in {name}")
+        return np.full((3,), int(name[1:]), np.int32)
+
+
+def test_read_ahead_overlaps_reads_with_the_callers_work_and_keeps_the_order():
+    """The loader reads the next tensors while the current one is placed: with reads and the caller's work each
+    0.05 s, 12 tensors take about 0.65 s instead of 1.2 s (the bound leaves room for a loaded machine)."""
+    import time
+
+    from jax_vdit.io.tensors import read_ahead
+
+    source = _SlowSource(12, 0.05, concurrent=True)
+    t0 = time.perf_counter()
+    got = []
+    for name, value in read_ahead(source, source.names):
+        time.sleep(0.05)
+        got.append((name, int(value[0])))
+    elapsed = time.perf_counter() - t0
+    assert got == [(f"t{i}", i) for i in range(12)]
+    assert elapsed < 0.95, elapsed
+    assert all(t.startswith("tensor-read") for t in source.threads)
+
+
+def test_read_ahead_reads_in_the_callers_thread_when_the_source_cannot_read_concurrently():
+    import threading
+
+    from jax_vdit.io.tensors import read_ahead
+
+    source = _SlowSource(4, 0.0, concurrent=False)
+    assert [n for n, _ in read_ahead(source, source.names)] == source.names
+    assert source.threads == {threading.current_thread().name}
+
+
+def test_a_failed_read_ahead_raises_at_its_tensor_with_the_tensors_before_it_delivered():
+    from jax_vdit.io.tensors import read_ahead
+
+    source = _SlowSource(8, 0.01, concurrent=True, fail="t5")
+    seen = []
+    with pytest.raises(OSError, match="disk error in t5"):
+        for name, _ in read_ahead(source, source.names):
+            seen.append(name)
+    assert seen == ["t0", "t1", "t2", "t3", "t4"]
+
+
+def test_safetensors_reads_are_declared_concurrent_and_torch_reads_are_not():
+    from jax_vdit.io.tensors import SafetensorsSource, TorchSource
+
+    assert SafetensorsSource.concurrent_reads is True
+    assert not getattr(TorchSource, "concurrent_reads", False)

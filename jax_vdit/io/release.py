@@ -21,7 +21,7 @@ import numpy as np
 from jax_vdit.config import ModelConfig, get_preset, load_release_config
 from jax_vdit.io.key_map import KeyMap, check_finite, check_keys, non_finite_error, set_path
 from jax_vdit.io.params import model_from_pure_params
-from jax_vdit.io.tensors import TensorSource, open_tensors
+from jax_vdit.io.tensors import TensorSource, open_tensors, read_ahead
 from jax_vdit.model.transformer import OpenSoraT2V
 
 # non-persistent sin-cos buffers of the release's PatchEmbed2D; unused with RoPE
@@ -88,8 +88,9 @@ def stream_release_params(
     """Check the source against the key map, then read each tensor once into a nested pure dict.
 
     Each tensor is finite-checked, transformed to our layout and cast to ``cfg.param_dtype``; ``to_array``
-    then places it (default: ``jnp.asarray`` on the default device). Host memory holds one tensor at a time
-    beyond what ``to_array`` keeps.
+    then places it (default: ``jnp.asarray`` on the default device). The next few tensors are read from the file
+    while the current one is placed (:func:`~jax_vdit.io.tensors.read_ahead`); host memory holds at most five
+    tensors beyond what ``to_array`` keeps.
     """
     key_map = release_key_map(cfg)
     check_keys(key_map, source.infos(), what="release checkpoint")
@@ -97,8 +98,8 @@ def stream_release_params(
     place = to_array or jnp.asarray
     tree: dict = {}
     checks: list[tuple[str, Any]] = []
-    for name, rule in key_map.rules.items():
-        raw = source.read(name)
+    for name, raw in read_ahead(source, key_map.rules):
+        rule = key_map.rules[name]
         if to_array is None and raw.dtype in _DEVICE_LAYOUT_DTYPES:
             # transposed and cast on the device: the host only reads the file (NumPy's strided transposes and
             # casts of a 2.77B checkpoint took about a minute on two CPU cores)

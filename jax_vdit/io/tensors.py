@@ -13,9 +13,12 @@ Every tensor comes back as a NumPy array in its stored dtype (``ml_dtypes.bfloat
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -68,8 +71,11 @@ class SafetensorsSource:
     """One or several ``.safetensors`` files; tensor names must be unique across files.
 
     Tensors are read with plain positioned file reads rather than a memory map, so reading a large checkpoint
-    tensor by tensor does not leave file pages counted in the process's resident memory.
+    tensor by tensor does not leave file pages counted in the process's resident memory. Each read opens its own
+    file handle, so several threads may read at once (``concurrent_reads``).
     """
+
+    concurrent_reads = True
 
     def __init__(self, files: list[Path]):
         self._where: dict[str, tuple[Path, int, int]] = {}
@@ -141,6 +147,30 @@ class SafetensorsSource:
 
 
 _TORCH_NESTING_KEYS = ("ema_state_dict", "state_dict", "model", "gen_model", "module")
+
+
+def read_ahead(source: TensorSource, names: Iterable[str], depth: int = 4) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield ``(name, tensor)`` for ``names`` in order, reading up to ``depth`` tensors ahead in two background
+    threads when the source allows concurrent reads (``concurrent_reads``), so the file reads overlap whatever the
+    caller does with each tensor (host-to-device copies, layout programs). Host memory holds at most ``depth + 1``
+    tensors beyond what the caller keeps. Other sources, or ``depth=0``, are read one at a time in the caller's
+    thread. A failed read raises in the caller when its tensor's turn comes."""
+    names = iter(names)
+    if depth <= 0 or not getattr(source, "concurrent_reads", False):
+        for name in names:
+            yield name, source.read(name)
+        return
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tensor-read")
+    try:
+        pending = deque((name, pool.submit(source.read, name)) for name in itertools.islice(names, depth))
+        while pending:
+            name, future = pending.popleft()
+            following = next(names, None)
+            if following is not None:
+                pending.append((following, pool.submit(source.read, following)))
+            yield name, future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _unwrap_torch_state(obj: Any) -> dict[str, Any]:
