@@ -111,24 +111,3 @@ def test_recipe_with_a_mix_world_trains_and_records_it(tmp_path):
     assert int(result.state.step) == 2 and np.isfinite(result.history[-1]["loss"])
     meta = (tmp_path / "run" / "train_config.json").read_text()
     assert '"mix_world": "toy-sign-5x16x16-subframe"' in meta and '"mix_fraction": 0.25' in meta
-
-
-def test_the_kept_stage2_teacher_is_intact_and_loads_for_the_cool_down():
-    """experiments/checkpoints/ keeps the long stage 2's chosen EMA for the cool-down stage (`--init-from`): the
-    bytes its README names, the full world recorded, and it loads as a toy teacher with the toy-teacher
-    architecture."""
-    import hashlib
-    from pathlib import Path
-
-    from jax_vdit.config import get_preset
-    from jax_vdit.toy.models import load_toy_teacher, recorded_world
-
-    folder = (Path(__file__).resolve().parents[1] / "experiments" / "checkpoints"
-              / "toy_teacher_stage2_long_step21000_2026-12-06")
-    digest = hashlib.sha256((folder / "diffusion_pytorch_model.safetensors").read_bytes()).hexdigest()
-    assert digest in (folder.parent / "README.md").read_text()
-    assert recorded_world(folder) == "toy-9x24x24-subframe"
-    model = load_toy_teacher(folder)
-    expected = get_preset("toy-teacher")
-    assert (model.cfg.num_layers, model.cfg.num_attention_heads, model.cfg.attention_head_dim) == (
-        expected.num_layers, expected.num_attention_heads, expected.attention_head_dim)

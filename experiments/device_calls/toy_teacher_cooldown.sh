@@ -3,6 +3,8 @@
 # 1e-4 with a cosine decay to 0, validation checks every 1,500 steps choosing the best EMA. Then, on the same warm
 # machine: TEACHER_DIR=/tmp/full/best_ema bash experiments/device_calls/toy_students.sh (TS=540).
 # No stash needed: the tree plus .whl fits the call.
+# Ran 2026-12-06 (experiments/results/toy_splits/retrained_cooldown_h100_2026-12-06/); INIT has left the tree since:
+# git checkout 0d3f4d5 -- experiments/checkpoints/toy_teacher_stage2_long_step21000_2026-12-06 before a rerun.
 source experiments/device_calls/common.sh
 INIT=experiments/checkpoints/toy_teacher_stage2_long_step21000_2026-12-06
 STEPS=${STEPS:-6000}
