@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", type=int, default=3, help="timed runs per executable for --compare-scan")
     p.add_argument("--scan-unroll", default="1", help="comma-separated layers per scan iteration for the scanned "
                    "rows of --compare-scan (AttentionConfig.scan_unroll), e.g. 1,2")
-    p.add_argument("--vae-tiles", default="exact", help="comma-separated: exact (each tile shape its own VAE "
+    p.add_argument("--vae-tiles", default="uniform", help="comma-separated: exact (each tile shape its own VAE "
                    "programs), uniform (every tile zero-padded to the full tile: one set of programs)")
     p.add_argument("--cli", action="store_true", help="time `vdit sample` of a random student folder instead")
     p.add_argument("--out", default=None, help="write results JSON here (a folder)")

@@ -257,7 +257,7 @@ class OpenSoraPipeline:
     ``source`` (where each part came from; recorded in sidecars) and ``mixed_masks`` (how a scanned forward runs a
     schedule whose mask changes from layer to layer: "runs" or "switch", see
     :class:`~jax_vdit.model.AttentionConfig`) and ``vae_tiles`` (how the VAE decodes the release's tiles: "exact",
-    each tile shape its own programs, or "uniform", every tile zero-padded to the full tile size so that the edge
+    each tile shape its own programs, or "uniform" (the default), every tile zero-padded to the full tile size so that the edge
     tiles share the interior tiles' programs: 4-8x fewer programs to compile at 720p, the same pixels up to
     float rounding, edge tiles at full-tile compute; see :class:`~jax_vdit.vae.TilingConfig`) and ``layer_loop``
     (the transformer's blocks in one scanned loop, "scan": compiles in seconds; or "unrolled": each block compiled on
@@ -279,7 +279,7 @@ class OpenSoraPipeline:
     student: dict | None = None
     source: dict = field(default_factory=dict)
     mixed_masks: str = "runs"
-    vae_tiles: str = "exact"
+    vae_tiles: str = "uniform"
     layer_loop: str = "scan"
     load_seconds: dict = field(default_factory=dict, compare=False)  # from_pretrained: wall seconds per part
     _decoder_warmups: dict = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -298,7 +298,7 @@ class OpenSoraPipeline:
         compute_dtype: str = "bfloat16",
         tile_backend: str = "auto",
         mixed_masks: str = "runs",
-        vae_tiles: str = "exact",
+        vae_tiles: str = "uniform",
         layer_loop: str = "scan",
         decode_size: tuple[int | None, int | None, int | None] | None = None,
         revision: str | None = None,

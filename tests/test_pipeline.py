@@ -244,11 +244,12 @@ def test_text_embeddings_from_a_file_keep_their_negative(tmp_path):
 
 
 def test_vae_tiles_reach_the_decoder_and_bad_values_are_refused(pipe):
-    """``vae_tiles="uniform"`` decodes (and warms up) with zero-padded uniform tiles; anything else is refused."""
-    assert not pipe.decode_tiling.uniform_tiles
-    uniform = dataclasses.replace(pipe, vae_tiles="uniform")
-    assert uniform.decode_tiling.uniform_tiles
-    assert uniform.decode_tiling.tile_latent_min_size == pipe.decode_tiling.tile_latent_min_size == 64
+    """``vae_tiles="uniform"`` (the default) decodes (and warms up) with zero-padded uniform tiles, "exact" with
+    each tile's own shape; anything else is refused."""
+    assert pipe.vae_tiles == "uniform" and pipe.decode_tiling.uniform_tiles
+    exact = dataclasses.replace(pipe, vae_tiles="exact")
+    assert not exact.decode_tiling.uniform_tiles
+    assert exact.decode_tiling.tile_latent_min_size == pipe.decode_tiling.tile_latent_min_size == 64
     with pytest.raises(PipelineInputError, match="vae_tiles"):
         dataclasses.replace(pipe, vae_tiles="padded")
 
