@@ -87,56 +87,89 @@ def stream_release_params(
 ) -> dict:
     """Check the source against the key map, then read each tensor once into a nested pure dict.
 
-    Each tensor is finite-checked, transformed to our layout and cast to ``cfg.param_dtype``; ``to_array``
-    then places it (default: ``jnp.asarray`` on the default device). The next few tensors are read from the file
-    while the current one is placed (:func:`~jax_vdit.io.tensors.read_ahead`); host memory holds at most five
+    Each tensor is finite-checked, transformed to our layout and cast to ``cfg.param_dtype``. By default this
+    happens on the device, one parameter group at a time (everything outside the blocks, then each block): the
+    group's tensors are copied over together and laid out by one program, which every block shares, so a
+    32-layer checkpoint needs two layout programs and 33 dispatches, not one per tensor. ``to_array`` instead
+    converts on the host and places each tensor itself. The next few tensors are read from the file while the
+    current group is placed (:func:`~jax_vdit.io.tensors.read_ahead`); host memory holds one group and a few
     tensors beyond what ``to_array`` keeps.
     """
     key_map = release_key_map(cfg)
     check_keys(key_map, source.infos(), what="release checkpoint")
     dtype = np.dtype(cfg.param_jnp_dtype)
     place = to_array or jnp.asarray
+    groups = _param_groups(key_map)
+    reads = read_ahead(source, [name for names in groups.values() for name in names])
     tree: dict = {}
-    checks: list[tuple[str, Any]] = []
-    for name, raw in read_ahead(source, key_map.rules):
-        rule = key_map.rules[name]
-        if to_array is None and raw.dtype in _DEVICE_LAYOUT_DTYPES:
+    checks: list[tuple[list[str], Any]] = []
+    for names in groups.values():
+        batch = [next(reads) for _ in names]
+        on_device = [(n, raw) for n, raw in batch if to_array is None and raw.dtype in _DEVICE_LAYOUT_DTYPES]
+        for name, raw in batch:  # other dtypes (and ``to_array``): converted on the host
+            if to_array is not None or raw.dtype not in _DEVICE_LAYOUT_DTYPES:
+                set_path(tree, key_map.rules[name].path, place(_read_rule(source, name, key_map.rules[name], dtype, raw)))
+        if on_device:
             # transposed and cast on the device: the host only reads the file (NumPy's strided transposes and
             # casts of a 2.77B checkpoint took about a minute on two CPU cores)
-            value, check = _to_param_layout(jnp.asarray(raw), rule.transform, dtype)
-            checks.append((name, check))
-        else:
-            value = place(_read_rule(source, name, rule, dtype, raw))
-        del raw
-        set_path(tree, rule.path, value)
+            arrays = jax.device_put([raw for _, raw in on_device])
+            outs, check = _group_to_param_layout(
+                tuple(arrays), tuple(key_map.rules[n].transform for n, _ in on_device), dtype)
+            for (name, _), out in zip(on_device, outs):
+                set_path(tree, key_map.rules[name].path, out)
+            checks.append(([n for n, _ in on_device], check))
+        del batch, on_device
         if progress is not None:
-            progress(name)
-    _raise_on_failed_checks(checks, dtype)
+            for name in names:
+                progress(name)
+    _raise_on_failed_checks(checks, dtype, order=list(key_map.rules))
     return tree
 
 
 _DEVICE_LAYOUT_DTYPES = tuple(np.dtype(d) for d in ("float32", "float16", jnp.bfloat16))
 
 
+def _param_groups(key_map: KeyMap) -> dict[str, list[str]]:
+    """Release tensor names by parameter group: "main" (everything outside the blocks), then "blocks/<i>" in
+    order. The blocks' groups have the same shapes and layouts, so they share one layout program."""
+    groups: dict[str, list[str]] = {"main": []}
+    for name, rule in key_map.rules.items():
+        groups.setdefault(f"blocks/{rule.path[1]}" if rule.path[0] == "blocks" else "main", []).append(name)
+    return {g: names for g, names in groups.items() if names}
+
+
 @functools.partial(jax.jit, static_argnums=(1, 2))
-def _to_param_layout(raw: jax.Array, transform, dtype: np.dtype):
-    """One release tensor -> our layout and ``dtype`` on the device, with what the host path checks: the number
-    of non-finite source values, whether the cast stayed finite, and the largest source magnitude."""
-    src = raw.astype(jnp.float32)
-    out = transform(raw).astype(dtype)
-    return out, (jnp.sum(~jnp.isfinite(src)), jnp.all(jnp.isfinite(out)), jnp.max(jnp.abs(src)))
+def _group_to_param_layout(raws: tuple[jax.Array, ...], transforms: tuple, dtype: np.dtype):
+    """A group of release tensors -> our layout and ``dtype`` on the device, with what the host path checks, one
+    entry per tensor: the number of non-finite source values, whether the cast stayed finite, and the largest
+    source magnitude."""
+    outs, bad, cast_ok, peak = [], [], [], []
+    for raw, transform in zip(raws, transforms):
+        src = raw.astype(jnp.float32)
+        out = transform(raw).astype(dtype)
+        outs.append(out)
+        bad.append(jnp.sum(~jnp.isfinite(src)))
+        cast_ok.append(jnp.all(jnp.isfinite(out)))
+        peak.append(jnp.max(jnp.abs(src)))
+    return tuple(outs), (jnp.stack(bad), jnp.stack(cast_ok), jnp.stack(peak))
 
 
-def _raise_on_failed_checks(checks: list[tuple[str, Any]], dtype: np.dtype) -> None:
-    """Raise the host path's errors, in key order, for tensors read through :func:`_to_param_layout` (one
-    transfer of all the flags)."""
+def _raise_on_failed_checks(checks: list[tuple[list[str], Any]], dtype: np.dtype, order: list[str]) -> None:
+    """Raise the host path's errors for tensors laid out by :func:`_group_to_param_layout` (one transfer of all
+    the flags), for the first failing tensor in key-map ``order``."""
     if not checks:
         return
-    for name, (bad, cast_ok, peak) in zip([n for n, _ in checks], jax.device_get([c for _, c in checks])):
-        if int(bad):
-            raise non_finite_error(name, int(bad))
-        if not bool(cast_ok):
-            raise cast_range_error(name, dtype, float(peak))
+    found: dict[str, tuple[int, bool, float]] = {}
+    for names, (bad, cast_ok, peak) in zip([n for n, _ in checks], jax.device_get([c for _, c in checks])):
+        for i, name in enumerate(names):
+            if int(bad[i]) or not bool(cast_ok[i]):
+                found[name] = (int(bad[i]), bool(cast_ok[i]), float(peak[i]))
+    for name in order:
+        if name in found:
+            bad, cast_ok, peak = found[name]
+            if bad:
+                raise non_finite_error(name, bad)
+            raise cast_range_error(name, dtype, peak)
 
 
 def stream_release_groups(
