@@ -314,7 +314,7 @@ def test_loading_lays_out_each_block_with_one_shared_program(golden_dir, tmp_pat
     golden model needs the same two programs as its 2 layers and equals them layer for layer."""
     import jax
 
-    from jax_vdit.io import release as release_io
+    from jax_vdit.io import device_layout
     from jax_vdit.io.load import load_model
     from jax_vdit.io.params import pure_params
 
@@ -329,9 +329,9 @@ def test_loading_lays_out_each_block_with_one_shared_program(golden_dir, tmp_pat
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "num_layers": 4}))
 
-    release_io._group_to_param_layout.clear_cache()
+    device_layout.group_to_layout.clear_cache()
     params = pure_params(load_model(folder))
-    assert release_io._group_to_param_layout._cache_size() == 2
+    assert device_layout.group_to_layout._cache_size() == 2
     blocks = params["blocks"]
     for i in (0, 1):
         for a, b in zip(jax.tree.leaves(blocks[i]), jax.tree.leaves(blocks[i + 2])):

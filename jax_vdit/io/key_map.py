@@ -129,3 +129,14 @@ def set_path(tree: dict, path: StatePath, value) -> None:
     for p in path[:-1]:
         node = node.setdefault(p, {})
     node[path[-1]] = value
+
+
+class CastRangeError(ValueError):
+    """A finite source tensor has values that the target dtype cannot hold (they would become Inf)."""
+
+
+def cast_range_error(name: str, dtype: np.dtype, peak: float) -> CastRangeError:
+    """The error for a finite tensor ``name`` whose largest magnitude ``peak`` does not fit ``dtype``."""
+    return CastRangeError(
+        f"tensor {name!r} does not fit {np.dtype(dtype).name}: its largest magnitude {peak:.4g} exceeds the "
+        f"dtype's maximum {float(np.finfo(dtype).max):.4g}; convert to float32 or bfloat16 instead")

@@ -7,21 +7,26 @@ shape, in one pass, before any data is read), then streamed one tensor at a time
 
 from __future__ import annotations
 
-import functools
 import json
-
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jax_vdit.config import ModelConfig, get_preset, load_release_config
-from jax_vdit.io.key_map import KeyMap, check_finite, check_keys, non_finite_error, set_path
+from jax_vdit.io.device_layout import place_groups
+from jax_vdit.io.key_map import (  # noqa: F401  (CastRangeError: re-exported)
+    CastRangeError,
+    KeyMap,
+    cast_range_error,
+    check_finite,
+    check_keys,
+    set_path,
+)
 from jax_vdit.io.params import model_from_pure_params
-from jax_vdit.io.tensors import TensorSource, open_tensors, read_ahead
+from jax_vdit.io.tensors import TensorSource, open_tensors
 from jax_vdit.model.transformer import OpenSoraT2V
 
 # non-persistent sin-cos buffers of the release's PatchEmbed2D; unused with RoPE
@@ -57,10 +62,6 @@ def release_key_map(cfg: ModelConfig) -> KeyMap:
     return km
 
 
-class CastRangeError(ValueError):
-    """A finite source tensor has values that the target dtype cannot hold (they would become Inf)."""
-
-
 def _read_rule(source: TensorSource, name: str, rule, dtype: np.dtype, raw: np.ndarray | None = None) -> np.ndarray:
     raw = source.read(name) if raw is None else raw
     check_finite(name, raw)
@@ -69,13 +70,6 @@ def _read_rule(source: TensorSource, name: str, rule, dtype: np.dtype, raw: np.n
     if out.dtype != raw.dtype and not np.isfinite(out.astype(np.float32, copy=False)).all():
         raise cast_range_error(name, dtype, float(np.max(np.abs(raw.astype(np.float32)))))
     return out
-
-
-def cast_range_error(name: str, dtype: np.dtype, peak: float) -> CastRangeError:
-    """The error for a finite tensor ``name`` whose largest magnitude ``peak`` does not fit ``dtype``."""
-    return CastRangeError(
-        f"tensor {name!r} does not fit {np.dtype(dtype).name}: its largest magnitude {peak:.4g} exceeds the "
-        f"dtype's maximum {float(np.finfo(dtype).max):.4g}; convert to float32 or bfloat16 instead")
 
 
 def stream_release_params(
@@ -98,35 +92,9 @@ def stream_release_params(
     key_map = release_key_map(cfg)
     check_keys(key_map, source.infos(), what="release checkpoint")
     dtype = np.dtype(cfg.param_jnp_dtype)
-    place = to_array or jnp.asarray
-    groups = _param_groups(key_map)
-    reads = read_ahead(source, [name for names in groups.values() for name in names])
-    tree: dict = {}
-    checks: list[tuple[list[str], Any]] = []
-    for names in groups.values():
-        batch = [next(reads) for _ in names]
-        on_device = [(n, raw) for n, raw in batch if to_array is None and raw.dtype in _DEVICE_LAYOUT_DTYPES]
-        for name, raw in batch:  # other dtypes (and ``to_array``): converted on the host
-            if to_array is not None or raw.dtype not in _DEVICE_LAYOUT_DTYPES:
-                set_path(tree, key_map.rules[name].path, place(_read_rule(source, name, key_map.rules[name], dtype, raw)))
-        if on_device:
-            # transposed and cast on the device: the host only reads the file (NumPy's strided transposes and
-            # casts of a 2.77B checkpoint took about a minute on two CPU cores)
-            arrays = jax.device_put([raw for _, raw in on_device])
-            outs, check = _group_to_param_layout(
-                tuple(arrays), tuple(key_map.rules[n].transform for n, _ in on_device), dtype)
-            for (name, _), out in zip(on_device, outs):
-                set_path(tree, key_map.rules[name].path, out)
-            checks.append(([n for n, _ in on_device], check))
-        del batch, on_device
-        if progress is not None:
-            for name in names:
-                progress(name)
-    _raise_on_failed_checks(checks, dtype, order=list(key_map.rules))
-    return tree
-
-
-_DEVICE_LAYOUT_DTYPES = tuple(np.dtype(d) for d in ("float32", "float16", jnp.bfloat16))
+    return place_groups(source, key_map, _param_groups(key_map), dtype,
+                        host_convert=lambda name, rule, raw: _read_rule(source, name, rule, dtype, raw),
+                        to_array=to_array, progress=progress)
 
 
 def _param_groups(key_map: KeyMap) -> dict[str, list[str]]:
@@ -136,40 +104,6 @@ def _param_groups(key_map: KeyMap) -> dict[str, list[str]]:
     for name, rule in key_map.rules.items():
         groups.setdefault(f"blocks/{rule.path[1]}" if rule.path[0] == "blocks" else "main", []).append(name)
     return {g: names for g, names in groups.items() if names}
-
-
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def _group_to_param_layout(raws: tuple[jax.Array, ...], transforms: tuple, dtype: np.dtype):
-    """A group of release tensors -> our layout and ``dtype`` on the device, with what the host path checks, one
-    entry per tensor: the number of non-finite source values, whether the cast stayed finite, and the largest
-    source magnitude."""
-    outs, bad, cast_ok, peak = [], [], [], []
-    for raw, transform in zip(raws, transforms):
-        src = raw.astype(jnp.float32)
-        out = transform(raw).astype(dtype)
-        outs.append(out)
-        bad.append(jnp.sum(~jnp.isfinite(src)))
-        cast_ok.append(jnp.all(jnp.isfinite(out)))
-        peak.append(jnp.max(jnp.abs(src)))
-    return tuple(outs), (jnp.stack(bad), jnp.stack(cast_ok), jnp.stack(peak))
-
-
-def _raise_on_failed_checks(checks: list[tuple[list[str], Any]], dtype: np.dtype, order: list[str]) -> None:
-    """Raise the host path's errors for tensors laid out by :func:`_group_to_param_layout` (one transfer of all
-    the flags), for the first failing tensor in key-map ``order``."""
-    if not checks:
-        return
-    found: dict[str, tuple[int, bool, float]] = {}
-    for names, (bad, cast_ok, peak) in zip([n for n, _ in checks], jax.device_get([c for _, c in checks])):
-        for i, name in enumerate(names):
-            if int(bad[i]) or not bool(cast_ok[i]):
-                found[name] = (int(bad[i]), bool(cast_ok[i]), float(peak[i]))
-    for name in order:
-        if name in found:
-            bad, cast_ok, peak = found[name]
-            if bad:
-                raise non_finite_error(name, bad)
-            raise cast_range_error(name, dtype, peak)
 
 
 def stream_release_groups(
