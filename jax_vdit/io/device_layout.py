@@ -53,10 +53,11 @@ def place_groups(
     tree: dict = {}
     checks: list[tuple[list[str], Any]] = []
     for names in groups.values():
-        batch = [next(reads) for _ in names]
-        on_device = [(n, raw) for n, raw in batch if to_array is None and raw.dtype in DEVICE_LAYOUT_DTYPES]
-        for name, raw in batch:
-            if to_array is not None or raw.dtype not in DEVICE_LAYOUT_DTYPES:
+        on_device = []
+        for name, raw in (next(reads) for _ in names):
+            if to_array is None and raw.dtype in DEVICE_LAYOUT_DTYPES:
+                on_device.append((name, raw))
+            else:
                 set_path(tree, key_map.rules[name].path, place(host_convert(name, key_map.rules[name], raw)))
         if on_device:
             arrays = jax.device_put([raw for _, raw in on_device])
@@ -65,7 +66,7 @@ def place_groups(
             for (name, _), out in zip(on_device, outs):
                 set_path(tree, key_map.rules[name].path, out)
             checks.append(([n for n, _ in on_device], check))
-        del batch, on_device
+        del on_device
         if progress is not None:
             for name in names:
                 progress(name)

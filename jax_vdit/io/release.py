@@ -114,13 +114,9 @@ def stream_release_groups(
     key_map = release_key_map(cfg)
     check_keys(key_map, source.infos(), what="release checkpoint")
     dtype = np.dtype(cfg.param_jnp_dtype)
-    groups: dict[str, list[str]] = {}
-    for name, rule in key_map.rules.items():
-        group = f"blocks/{rule.path[1]}" if rule.path[0] == "blocks" else "main"
-        groups.setdefault(group, []).append(name)
-    for group in ["main"] + [g for g in groups if g != "main"]:
+    for group, names in _param_groups(key_map).items():
         tree: dict = {}
-        for name in groups[group]:
+        for name in names:
             rule = key_map.rules[name]
             path = rule.path[2:] if group != "main" else rule.path
             set_path(tree, path, _read_rule(source, name, rule, dtype))
