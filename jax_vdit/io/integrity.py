@@ -79,13 +79,26 @@ def _is_float(dtype: np.dtype) -> bool:
     return np.dtype(dtype).kind == "f" or np.dtype(dtype).name in ("bfloat16", "float8_e4m3fn", "float8_e5m2")
 
 
-def finite_numpy(a: Any) -> bool:
-    """True when a host array has no NaN or Inf (always True for integer and bool arrays)."""
+_EXPONENT_MASKS = {"bfloat16": 0x7F80, "float16": 0x7C00}
+
+
+def count_non_finite_numpy(a: Any) -> int:
+    """The number of NaN and Inf entries of a host array (0 for integer and bool arrays). 16-bit floats are
+    tested on their bits (NaN and Inf are the values whose exponent bits are all ones), without a float32 copy."""
     a = np.asarray(a)
     if not _is_float(a.dtype):
-        return True
+        return 0
+    mask = _EXPONENT_MASKS.get(np.dtype(a.dtype).name)
+    if mask is not None:
+        bits = np.ascontiguousarray(a).reshape(-1).view(np.uint16)
+        return int(np.count_nonzero((bits & np.uint16(mask)) == mask))
     values = a if a.dtype.itemsize >= 4 else a.astype(np.float32)
-    return bool(np.isfinite(values).all())
+    return int(values.size - np.count_nonzero(np.isfinite(values)))
+
+
+def finite_numpy(a: Any) -> bool:
+    """True when a host array has no NaN or Inf (always True for integer and bool arrays)."""
+    return count_non_finite_numpy(a) == 0
 
 
 def record_numpy(a: Any) -> ArrayRecord:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from jax_vdit.io.integrity import count_non_finite_numpy
 from jax_vdit.io.tensors import TensorInfo
 
 StatePath = tuple[str | int, ...]
@@ -96,9 +97,9 @@ def check_keys(key_map: KeyMap, found: Mapping[str, TensorInfo], *, what: str = 
 
 def check_finite(name: str, array: np.ndarray) -> None:
     """Raise :class:`NonFiniteWeightError` naming the tensor if it has NaN or Inf entries."""
-    values = np.asarray(array, dtype=np.float32) if array.dtype.kind == "V" or array.dtype.itemsize < 4 else array
-    if values.dtype.kind == "f" and not np.isfinite(values).all():
-        raise non_finite_error(name, int(np.size(values) - np.isfinite(values).sum()))
+    bad = count_non_finite_numpy(array)
+    if bad:
+        raise non_finite_error(name, bad)
 
 
 def non_finite_error(name: str, bad: int) -> NonFiniteWeightError:

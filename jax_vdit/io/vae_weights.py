@@ -169,7 +169,9 @@ def load_vae_weights(vae: CausalVAE, source: TensorSource, *, what: str = "check
     for name, rule in km.rules.items():
         array = source.read(name)
         check_finite(name, array)
-        array = rule.transform(np.asarray(array)).astype(np.float32).astype(param_dtype)
+        array = rule.transform(np.asarray(array))
+        if array.dtype != param_dtype:  # through float32, so that float16 -> bfloat16 rounds once
+            array = array.astype(np.float32, copy=False).astype(param_dtype)
         set_path(values, rule.path, jnp.asarray(array))
     nnx.replace_by_pure_dict(state, values)
     return nnx.merge(graphdef, state)
