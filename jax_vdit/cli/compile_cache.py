@@ -33,8 +33,8 @@ def setup_compile_cache(args: argparse.Namespace) -> str | None:
     path = Path(args.compile_cache).expanduser()
     path.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))
-    # every program, not only those that compile for over a second (JAX's default): loading a checkpoint lays
-    # out each distinct tensor shape with a small program (about 28 for the release transformer), and a warm run
-    # that compiled them all again would not be warm
+    # every program, not only those that compile for over a second (JAX's default): loading a checkpoint and
+    # preparing a sampler build many small programs (a cold `vdit sample` of the release student built 54 while
+    # loading), and a warm run that compiled them all again would not be warm
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     return str(path)
