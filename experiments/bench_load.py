@@ -52,20 +52,18 @@ def write_random_release_folder(preset: str, folder: Path, seed: int = 0) -> dic
     return {"tensors": len(tensors), "bytes": int(sum(t.nbytes for t in tensors.values()))}
 
 
-def per_tensor_groups(names) -> dict[str, list[str]]:
+def per_tensor_groups(key_map) -> dict[str, list[str]]:
     """One group per tensor: the layout the grouped loader replaced (a program per distinct shape and layout,
     a dispatch per tensor)."""
-    return {name: [name] for name in names}
+    return {name: [name] for name in key_map.rules}
 
 
 def child(folder: Path, grouping: str, cache: Path) -> dict:
     """One fresh process: read-only pass, then the load with ``grouping``; the figures as a dict."""
     import jax
-    import numpy as np
 
     from jax_vdit.compile_meter import CompileMeter
     from jax_vdit.io import release
-    from jax_vdit.io.device_layout import place_groups
     from jax_vdit.io.params import model_from_pure_params
     from jax_vdit.io.tensors import open_tensors, read_ahead
 
@@ -79,13 +77,8 @@ def child(folder: Path, grouping: str, cache: Path) -> dict:
     read_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     with CompileMeter() as meter:
-        if grouping == "grouped":
-            params = release.stream_release_params(cfg, source)
-        else:
-            key_map = release.release_key_map(cfg)
-            dtype = np.dtype(cfg.param_jnp_dtype)
-            params = place_groups(source, key_map, per_tensor_groups(key_map.rules), dtype,
-                                  host_convert=lambda name, rule, raw: release._read_rule(source, name, rule, dtype, raw))
+        params = release.stream_release_params(cfg, source,
+                                               groups=per_tensor_groups if grouping == "per_tensor" else None)
         jax.block_until_ready(params)
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()

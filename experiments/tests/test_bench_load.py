@@ -11,19 +11,15 @@ def test_per_tensor_baseline_equals_the_grouped_loader(tmp_path):
 
     from experiments.bench_load import per_tensor_groups, write_random_release_folder
     from jax_vdit.io import release
-    from jax_vdit.io.device_layout import place_groups
     from jax_vdit.io.tensors import open_tensors
 
     written = write_random_release_folder("toy-tiny", tmp_path / "m")
     cfg = release.resolve_config(tmp_path / "m", None, {})
     source = open_tensors(tmp_path / "m")
     grouped = release.stream_release_params(cfg, source)
-    key_map = release.release_key_map(cfg)
-    dtype = np.dtype(cfg.param_jnp_dtype)
-    per_tensor = place_groups(source, key_map, per_tensor_groups(key_map.rules), dtype,
-                              host_convert=lambda name, rule, raw: release._read_rule(source, name, rule, dtype, raw))
+    per_tensor = release.stream_release_params(cfg, source, groups=per_tensor_groups)
     source.close()
-    assert written["tensors"] == len(key_map.rules)
+    assert written["tensors"] == len(release.release_key_map(cfg).rules)
     a, b = jax.tree.leaves(grouped), jax.tree.leaves(per_tensor)
     assert len(a) == len(b) == written["tensors"]
     for x, y in zip(a, b):

@@ -78,6 +78,7 @@ def stream_release_params(
     *,
     to_array: Callable[[np.ndarray], Any] | None = None,
     progress: Callable[[str], None] | None = None,
+    groups: Callable[[KeyMap], dict[str, list[str]]] | None = None,
 ) -> dict:
     """Check the source against the key map, then read each tensor once into a nested pure dict.
 
@@ -87,12 +88,13 @@ def stream_release_params(
     32-layer checkpoint needs two layout programs and 33 dispatches, not one per tensor. ``to_array`` instead
     converts on the host and places each tensor itself. The next few tensors are read from the file while the
     current group is placed (:func:`~jax_vdit.io.tensors.read_ahead`); host memory holds one group and a few
-    tensors beyond what ``to_array`` keeps.
+    tensors beyond what ``to_array`` keeps. ``groups`` (key map -> name lists; default: main, then each block)
+    sets how the tensors are grouped for the device (benchmarks compare other groupings).
     """
     key_map = release_key_map(cfg)
     check_keys(key_map, source.infos(), what="release checkpoint")
     dtype = np.dtype(cfg.param_jnp_dtype)
-    return place_groups(source, key_map, _param_groups(key_map), dtype,
+    return place_groups(source, key_map, (groups or _param_groups)(key_map), dtype,
                         host_convert=lambda name, rule, raw: _read_rule(source, name, rule, dtype, raw),
                         to_array=to_array, progress=progress)
 
