@@ -20,7 +20,7 @@ and the ``while`` loops in the compiled HLO (no persistent cache).
 on every layer), a release-format VAE folder and a caption-embeddings file, then runs
 ``vdit sample STUDENT --vae VAE --embeddings E`` twice with one fresh ``--compile-cache``: cold, then warm. Each
 wall time is measured around the process and includes reading the checkpoint (from the page cache: it was just
-written), the CLI's one-step warm-up, the 4 steps, the decode and the mp4.
+written), the CLI's zero-step warm-up, the 4 steps, the decode and the mp4.
 
 ``--size full93`` runs the student at 93x720p (latents 4x24x90x160) with the paper's 3:21 mask on every layer.
 ``--size tiny`` runs everything at a CPU-sized scale (the ``tiny`` preset with 8 latent frames, a narrow VAE) so
@@ -48,7 +48,7 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from experiments.child_env import child_env, parent_releases_gpu_memory  # noqa: E402
+from experiments.child_env import ORIGINAL_ENV, child_env, parent_releases_gpu_memory  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = ("student", "teacher")
@@ -232,32 +232,43 @@ def case_name(case: str, vae_warmup: bool, vae_tiles: str) -> str:
     return case + ("" if vae_warmup else "-sequential-vae") + ("" if vae_tiles == "exact" else f"-{vae_tiles}-vae")
 
 
-def run_cli(size: str, work: Path, vae_tiles: str = "exact") -> dict:
-    """``vdit sample`` of a random student, cold then warm (one fresh compile cache); wall seconds and reports."""
+def run_cli(size: str, work: Path, vae_tiles: str = "exact", baseline_tree: Path | None = None) -> dict:
+    """``vdit sample`` of a random student, cold then warm (one fresh compile cache); wall seconds and reports.
+
+    ``baseline_tree``: also run the command from that source tree (another commit's checkout), on the same inputs
+    with its own fresh cache, alternating with this tree (baseline cold, cold, baseline warm, warm); its runs are
+    under ``"baseline"``."""
     t = time.perf_counter()
     student, vae, embeddings = write_student_inputs(size, work)
     out = {"write_inputs_s": round(time.perf_counter() - t, 1)}
     _, (_, t, h, w), _, _ = SIZES[size]
     video = ["--frames", str((t - 1) * 4 + 1), "--height", str(h * 8), "--width", str(w * 8)]
-    cache = work / "xla-cli"
-    env = child_env()
+    trees = ([("baseline", Path(baseline_tree).resolve())] if baseline_tree else []) + [("", ROOT)]
+    if baseline_tree:
+        out["baseline"] = {"tree": str(trees[0][1])}
     for phase in ("cold", "warm"):
-        cmd = [sys.executable, "-c", "import sys; from jax_vdit.cli import main; sys.exit(main(sys.argv[1:]))",
-               "sample", str(student), "--vae", str(vae), "--embeddings", str(embeddings), "--compile-cache",
-               str(cache), "--out", str(work / f"cli_{phase}.safetensors"), "--quiet", "--vae-tiles", vae_tiles,
-               *video]
-        if not size.startswith("full"):
-            cmd += ["--param-dtype", "float32", "--compute-dtype", "float32"]
-        shown = "vdit " + " ".join(cmd[3:])
-        log(f"cli {phase}: {shown}")
-        t = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-        wall = time.perf_counter() - t
-        if proc.returncode != 0:
-            raise RuntimeError(f"cli {phase} failed:\n{proc.stderr[-6000:]}")
-        report = json.loads(proc.stdout.strip().splitlines()[-1])
-        out[phase] = {"wall_s": round(wall, 2), "command": shown, "report": report}
-        log(f"cli {phase}: {wall:.1f} s; {report}")
+        for name, tree in trees:
+            tag = f"{name} {phase}".strip()
+            cmd = [sys.executable, "-c", "import sys; from jax_vdit.cli import main; sys.exit(main(sys.argv[1:]))",
+                   "sample", str(student), "--vae", str(vae), "--embeddings", str(embeddings), "--compile-cache",
+                   str(work / f"xla-cli{'-' + name if name else ''}"),
+                   "--out", str(work / f"cli_{tag.replace(' ', '_')}.safetensors"), "--quiet", "--vae-tiles",
+                   vae_tiles, *video]
+            if not size.startswith("full"):
+                cmd += ["--param-dtype", "float32", "--compute-dtype", "float32"]
+            shown = "vdit " + " ".join(cmd[3:])
+            log(f"cli {tag}: {shown}")
+            env = child_env()
+            if name:  # the other tree first on the path, run from its root
+                env["PYTHONPATH"] = str(tree) + os.pathsep + ORIGINAL_ENV.get("PYTHONPATH", "")
+            t = time.perf_counter()
+            proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
+            wall = time.perf_counter() - t
+            if proc.returncode != 0:
+                raise RuntimeError(f"cli {tag} failed:\n{proc.stderr[-6000:]}")
+            report = json.loads(proc.stdout.strip().splitlines()[-1])
+            (out[name] if name else out)[phase] = {"wall_s": round(wall, 2), "command": shown, "report": report}
+            log(f"cli {tag}: {wall:.1f} s; {report}")
     return out
 
 
@@ -355,6 +366,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--vae-tiles", default="uniform", help="comma-separated: exact (each tile shape its own VAE "
                    "programs), uniform (every tile zero-padded to the full tile: one set of programs)")
     p.add_argument("--cli", action="store_true", help="time `vdit sample` of a random student folder instead")
+    p.add_argument("--baseline-tree", default=None, help="--cli also runs the command from this source tree (a "
+                   "checkout of another commit) on the same inputs, alternating with this one")
     p.add_argument("--out", default=None, help="write results JSON here (a folder)")
     p.add_argument("--tag", default=None, help="suffix of the results file name")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -373,7 +386,8 @@ def main(argv: list[str] | None = None) -> None:
         parent_releases_gpu_memory()
     if args.cli:
         with tempfile.TemporaryDirectory(prefix="first_video_cli_") as work:
-            result = {**_meta(args), "cli": run_cli(args.size, Path(work), vae_tiles=tiles[0])}
+            result = {**_meta(args), "cli": run_cli(args.size, Path(work), vae_tiles=tiles[0],
+                                                    baseline_tree=args.baseline_tree)}
         name = f"first_video_cli_{args.size}{suffix}.json"
     elif args.compare_scan:
         rows = compare_scan(args.size, [int(d) for d in args.depths.split(",")],

@@ -109,19 +109,24 @@ def first_video_table(rows: list[dict]) -> str:
 
 def cli_table(runs: list[tuple[str, dict]]) -> str:
     """``vdit sample`` of a random student folder, cold then warm: wall seconds around the process and its report."""
-    lines = ["| size | phase | wall s | goal s | load s | compile s (programs, cache misses) | sampling s | VAE compile "
-             "wait s | VAE wait + decode + mp4 s | device |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = ["| size | code | phase | wall s | goal s | load s (its programs) | compile s (programs, cache misses) | "
+             "sampling s | VAE compile wait s | VAE wait + decode + mp4 s | device |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for _, data in runs:
         goals = GOALS.get(data.get("size"), (None, None))
-        for phase, goal in zip(("cold", "warm"), goals):
-            r = data["cli"].get(phase)
-            if r is None:
-                continue
-            rep, comp = r["report"], r["report"].get("compile", {})
-            lines.append(f"| {data.get('size')} | {phase} | {r['wall_s']:.1f} | {'-' if goal is None else f'<= {goal:g}'}"
-                         f" | {_f(rep.get('load_s'), 1)} | {_f(rep.get('compile_s'), 1)} ({comp.get('programs')}, "
-                         f"{comp.get('cache_misses')}) | {_f(rep.get('sampling_s'))} | "
-                         f"{_f(rep.get('vae_compile_wait_s'))} | {_f(rep.get('decode_s'))} | {data.get('device')} |")
+        # a run with --baseline-tree holds the other tree's runs under "baseline": that row first
+        for code, runs_of in (("baseline", data["cli"].get("baseline", {})), ("this", data["cli"])):
+            for phase, goal in zip(("cold", "warm"), goals):
+                r = runs_of.get(phase)
+                if r is None:
+                    continue
+                rep, comp = r["report"], r["report"].get("compile", {})
+                load_programs = rep.get("load_compile", {}).get("programs")
+                lines.append(f"| {data.get('size')} | {code} | {phase} | {r['wall_s']:.1f} | "
+                             f"{'-' if goal is None else f'<= {goal:g}'} | {_f(rep.get('load_s'), 1)} "
+                             f"({load_programs}) | {_f(rep.get('compile_s'), 1)} ({comp.get('programs')}, "
+                             f"{comp.get('cache_misses')}) | {_f(rep.get('sampling_s'))} | "
+                             f"{_f(rep.get('vae_compile_wait_s'))} | {_f(rep.get('decode_s'))} | {data.get('device')} |")
     return "\n".join(lines)
 
 

@@ -27,8 +27,10 @@ import dataclasses
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ from flax import nnx
 
 from jax_vdit import sampling
 from jax_vdit.config import VAE_SPATIAL, VAE_TEMPORAL, VideoSize
+from jax_vdit.host_arrays import to_device
 from jax_vdit.model.attention import AttentionConfig, attention_from_spec
 from jax_vdit.text_encoder import TextEncoder, load_embeddings
 
@@ -225,12 +228,11 @@ def _decode_tiling(vae_tiles: str):
     return TilingConfig.sample_script(uniform_tiles=vae_tiles == "uniform")
 
 
-def _start_decoder_warmup(vae, model_dir: Path, config, decode_size, vae_tiles: str):
-    """((1, C, t, h, w), future, cancel event) of a background warm-up of the decode of ``decode_size`` videos, or
-    None where the size cannot be told without loading the transformer (an orbax checkpoint) or is not one the model
-    can make (:meth:`OpenSoraPipeline.prepare` reports that)."""
-    import threading
-
+def _start_decoder_warmup(vae, model_dir: Path, config, decode_size, vae_tiles: str, cancel):
+    """((1, C, t, h, w), future) of a background warm-up of the decode of ``decode_size`` videos (it stops early
+    once ``cancel``, a ``threading.Event``, is set), or None where the size cannot be told without loading the
+    transformer (an orbax checkpoint) or is not one the model can make (:meth:`OpenSoraPipeline.prepare` reports
+    that)."""
     from jax_vdit.io.checkpoints import is_orbax_model_dir
     from jax_vdit.io.release import resolve_config
     from jax_vdit.vae.warmup import precompile_decode_in_background
@@ -244,8 +246,30 @@ def _start_decoder_warmup(vae, model_dir: Path, config, decode_size, vae_tiles: 
     except (ValueError, OSError):
         return None
     shape = (1, *size.latent_shape)
-    cancel = threading.Event()
-    return shape, precompile_decode_in_background(vae, shape, tiling=_decode_tiling(vae_tiles), cancel=cancel), cancel
+    return shape, precompile_decode_in_background(vae, shape, tiling=_decode_tiling(vae_tiles), cancel=cancel)
+
+
+def _load_vae_in_background(vae_dir: Path, dtype, warmup: tuple | None, cancel) -> Future:
+    """Load the VAE from ``vae_dir`` in a background thread, then (``warmup`` = (model_dir, config, decode_size,
+    vae_tiles)) start compiling its decode stages there. The future's result: (VAE, load seconds, the
+    :func:`_start_decoder_warmup` result or None). Nothing starts once ``cancel`` is set."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from jax_vdit.io import load_vae
+
+    def work():
+        t0 = time.perf_counter()
+        vae = load_vae(vae_dir, dtype=dtype)
+        seconds = time.perf_counter() - t0
+        early = None
+        if warmup is not None and not cancel.is_set():
+            early = _start_decoder_warmup(vae, *warmup, cancel=cancel)
+        return vae, seconds, early
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vae-load")
+    future = pool.submit(work)
+    pool.shutdown(wait=False)
+    return future
 
 
 @dataclass
@@ -324,12 +348,14 @@ class OpenSoraPipeline:
         the videos that will be decoded (None entries: the checkpoint's defaults, as :meth:`prepare` fills them): the VAE's
         stages for that size start compiling in a background thread as soon as the VAE is loaded, while the
         transformer and the text encoder load; :meth:`warm_up_decoder` of a job of that size returns that warm-up.
+        The VAE itself loads in a background thread beside the transformer. ``load_seconds``: wall seconds of each
+        part ("vae" overlaps "transformer"; "vae_wait": how long the VAE kept the pipeline waiting after the rest).
         """
         if vae_tiles not in VAE_TILES:
             raise PipelineInputError(f"vae_tiles must be one of {VAE_TILES}, not {vae_tiles!r}")
         if layer_loop not in LAYER_LOOPS:
             raise PipelineInputError(f"layer_loop must be one of {LAYER_LOOPS}, not {layer_loop!r}")
-        from jax_vdit.io import load_model, load_vae
+        from jax_vdit.io import load_model
         from jax_vdit.io.hub import has_weights, looks_like_repo_id, resolve_pretrained
         from jax_vdit.student import is_student_folder, read_student_info
 
@@ -360,15 +386,13 @@ class OpenSoraPipeline:
                     break
             if vae is True and vae_dir is None:
                 raise FileNotFoundError(f"no vae/ folder beside {model_dir}; pass vae=PATH")
-        vae_model = None
         seconds = {}
-        t0 = time.perf_counter()
-        if vae_dir is not None:
-            vae_model = load_vae(vae_dir, dtype=jnp.bfloat16 if compute_dtype == "bfloat16" else jnp.float32)
-        seconds["vae"] = time.perf_counter() - t0
-        early = None  # the VAE's stages compile in the background while the transformer and text encoder load
-        if vae_model is not None and decode_size is not None:
-            early = _start_decoder_warmup(vae_model, model_dir, config, decode_size, vae_tiles)
+        # the VAE loads in a background thread while the transformer and text encoder load here; its stages then
+        # compile in the background (decode_size given) while the transformer compiles and samples
+        cancel = threading.Event()
+        vae_load = None if vae_dir is None else _load_vae_in_background(
+            vae_dir, jnp.bfloat16 if compute_dtype == "bfloat16" else jnp.float32,
+            None if decode_size is None else (model_dir, config, decode_size, vae_tiles), cancel)
         try:
             t0 = time.perf_counter()
             transformer = load_model(model_dir, param_dtype=param_dtype, compute_dtype=compute_dtype, config=config)
@@ -377,9 +401,11 @@ class OpenSoraPipeline:
             t0 = time.perf_counter()
             encoder = _resolve_text_encoder(text_encoder, root, model_dir, hub)
             seconds["text_encoder"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            vae_model, seconds["vae"], early = (None, 0.0, None) if vae_load is None else vae_load.result()
+            seconds["vae_wait"] = time.perf_counter() - t0
         except BaseException:
-            if early is not None:
-                early[2].set()  # no decode will follow: stop the warm-up, so the error ends the process promptly
+            cancel.set()  # no decode will follow: stop the VAE's work, so the error ends the process promptly
             raise
         if student is not None:
             settings = SamplerSettings("consistency", len(student["edges"]), tuple(sorted(student["edges"])), None)
@@ -393,7 +419,7 @@ class OpenSoraPipeline:
         pipe = cls(transformer, vae_model, encoder, settings, attention_spec, tile_backend, student, source,
                    mixed_masks, vae_tiles, layer_loop, {k: round(v, 3) for k, v in seconds.items()})
         if early is not None:
-            shape, future, _ = early
+            shape, future = early
             pipe._decoder_warmups[shape] = future  # warm_up_decoder() of a job of this size returns it
         return pipe
 
@@ -539,17 +565,19 @@ class OpenSoraPipeline:
         kwargs = {}
         if job.settings.uses_cfg:
             q = 0 if t.negative_text.shape[0] == 1 else p
-            kwargs = dict(negative_text=jnp.asarray(t.negative_text[q:q + 1]),
-                          negative_mask=jnp.asarray(t.negative_mask[q:q + 1]), guidance_scale=job.settings.guidance_scale)
-        return sampling.sample(self.transformer, jnp.asarray(t.text[p:p + 1]), jnp.asarray(t.text_mask[p:p + 1]),
-                               key=jax.random.key(video.seed), latent_shape=job.latent_shape,
+            kwargs = dict(negative_text=to_device(t.negative_text[q:q + 1]),
+                          negative_mask=to_device(t.negative_mask[q:q + 1]), guidance_scale=job.settings.guidance_scale)
+        return sampling.sample(self.transformer, to_device(t.text[p:p + 1]), to_device(t.text_mask[p:p + 1]),
+                               key=jax.random.key(to_device(video.seed, np.uint32)),  # no staging program
+                               latent_shape=job.latent_shape,
                                plan=job.plan if plan is None else plan, attention=job.attention,
                                latent_dtype=job.latent_dtype, progress=progress, mesh=mesh, **kwargs)
 
     def warm_up(self, job: Job, *, mesh=None, progress: bool = False) -> None:
-        """Compile the sampler for ``job`` by running one step of its first video with the same program as
-        :meth:`run` (``progress``: whether that run has a progress callback)."""
-        out = self._sample_one(job, job.videos[0], plan=job.plan.truncated(1), mesh=mesh,
+        """Compile the sampler for ``job``: its first video's initial noise and a run of zero steps of the same
+        program as :meth:`run` (the step range is data), so that no step is spent (``progress``: whether that run
+        has a progress callback)."""
+        out = self._sample_one(job, job.videos[0], plan=job.plan.truncated(0), mesh=mesh,
                                progress=(lambda step: None) if progress else None)
         jax.block_until_ready(out)
 

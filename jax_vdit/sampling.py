@@ -30,6 +30,7 @@ from flax import nnx
 
 import pallas_kernels
 from jax_vdit import executable_store, parallel, schedules
+from jax_vdit.host_arrays import to_device
 from jax_vdit.model.attention import DENSE, AttentionConfig, sequence_parallel
 
 MAX_PLAN_STEPS = 1000
@@ -57,9 +58,9 @@ class SamplingPlan:
         return dataclasses.replace(self, num_steps=min(num_steps, self.num_steps))
 
     def arrays(self) -> dict[str, jax.Array]:
-        return {"t_model": jnp.asarray(self.t_model), "t_to": jnp.asarray(self.t_to),
-                "sigmas": jnp.asarray(self.sigmas), "num_steps": jnp.asarray(self.num_steps, jnp.int32),
-                "init_scale": jnp.asarray(self.init_scale, jnp.float32)}
+        return {"t_model": to_device(self.t_model, np.float32), "t_to": to_device(self.t_to, np.float32),
+                "sigmas": to_device(self.sigmas, np.float32), "num_steps": to_device(self.num_steps, np.int32),
+                "init_scale": to_device(self.init_scale, np.float32)}
 
 
 def _pad(values: np.ndarray, length: int) -> np.ndarray:
@@ -153,10 +154,20 @@ _STATIC = ("graphdef", "method", "attention", "latent_dtype")
 _sample_jit = jax.jit(_sample_fn, static_argnames=_STATIC, donate_argnums=(2,))
 
 
-@functools.partial(jax.jit, static_argnames=("latent_dtype",))
-def _initial_latents(noise: jax.Array, init_scale: jax.Array, *, latent_dtype) -> jax.Array:
-    """N(0, I) noise (fp32) * the plan's ``init_scale``, stored in ``latent_dtype``."""
-    return (noise.astype(jnp.float32) * init_scale).astype(latent_dtype)
+@functools.partial(jax.jit, static_argnames=("shape", "latent_dtype"))
+def _initial_latents(key: jax.Array, init_scale: jax.Array, *, shape: tuple[int, ...],
+                     latent_dtype) -> tuple[jax.Array, jax.Array]:
+    """(ancestral-noise key, N(0, I) noise of ``shape`` drawn in fp32 * the plan's ``init_scale``, stored in
+    ``latent_dtype``) from ``key``: one program for what eager calls did in five."""
+    init_key, noise_key = jax.random.split(key)
+    noise = jax.random.normal(init_key, shape, jnp.float32)
+    return noise_key, (noise * init_scale).astype(latent_dtype)
+
+
+@jax.jit
+def _noise_key(key: jax.Array) -> jax.Array:
+    """The ancestral-noise key of ``key`` (what :func:`_initial_latents` returns first), for a resumed run."""
+    return jax.random.split(key)[1]
 
 
 def _as_3d(text: jax.Array | None, mask: jax.Array | None):
@@ -193,17 +204,16 @@ class _Program:
             raise ValueError("pass latents exactly when resuming (start_step > 0): the latents after start_step steps")
         if latents is not None and tuple(latents.shape) != self.batch_shape:
             raise ValueError(f"latents {tuple(latents.shape)} do not match (batch, *latent_shape) = {self.batch_shape}")
-        init_key, noise_key = jax.random.split(key)
         dtype = self.statics["latent_dtype"]
         if latents is None:
-            noise = jax.random.normal(init_key, self.batch_shape, jnp.float32)
-            x = _initial_latents(noise, jnp.asarray(self.plan.init_scale, jnp.float32), latent_dtype=dtype)
+            noise_key, x = _initial_latents(key, to_device(self.plan.init_scale, np.float32),
+                                            shape=self.batch_shape, latent_dtype=dtype)
         else:  # a copy: the sampler donates its latents buffer
-            x = jnp.array(latents, dtype=dtype, copy=True)
+            noise_key, x = _noise_key(key), jnp.array(latents, dtype=dtype, copy=True)
         return self.place(noise_key), self.place(x)
 
     def args(self, x, noise_key, start: int, stop: int) -> tuple:
-        steps = self.place((jnp.asarray(start, jnp.int32), jnp.asarray(stop, jnp.int32)))
+        steps = self.place((to_device(start, np.int32), to_device(stop, np.int32)))
         return (self.state, x, noise_key, *self.inputs, *steps)
 
     def run(self, runner: Callable, key: jax.Array, *, num_steps: int | None, start_step: int,
@@ -242,7 +252,7 @@ def _program(model, text, text_mask, *, latent_shape, plan: SamplingPlan, negati
         if (negative_mask is None) != (text_mask is None):
             raise ValueError("pass text masks for both the prompt and the negative prompt, or for neither")
     graphdef, state = nnx.split(model)
-    inputs = (text, text_mask, negative_text, negative_mask, jnp.asarray(guidance_scale, jnp.float32), plan.arrays())
+    inputs = (text, text_mask, negative_text, negative_mask, to_device(guidance_scale, np.float32), plan.arrays())
     if mesh is not None:
         mesh = parallel.as_auto_mesh(mesh)
         attention = sequence_parallel(attention, mesh, sharding_rules)

@@ -422,9 +422,13 @@ def test_a_second_sample_command_in_a_fresh_process_compiles_nothing(golden_dir,
         assert proc.returncode == 0, proc.stderr[-4000:]
         reports.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     first, second = reports
-    assert set(second["load"]) == {"vae", "transformer", "text_encoder"}  # where the load seconds went
+    assert set(second["load"]) == {"vae", "vae_wait", "transformer", "text_encoder"}  # where the load seconds went
     assert 0 < second["load"]["transformer"] <= second["load_s"] and second["load"]["vae"] >= 0
-    assert first["load_compile"]["programs"] >= 1 and first["load_compile"]["cache_misses"] >= 1, first
+    assert first["load_compile"]["cache_misses"] >= 1, first
+    # no program per tensor shape (host arrays are copied, not staged): loading lays out the weights in two
+    # programs (the blocks' group and the rest); sampling needs the seed, the initial noise and the sampler
+    assert first["load_compile"]["programs"] <= 2, first["load_compile"]
+    assert first["compile"]["programs"] <= 3, first["compile"]
     for phase in ("load_compile", "compile"):
         assert second[phase]["cache_misses"] == 0, (phase, second[phase])
         assert second[phase]["cache_hits"] == second[phase]["programs"] == first[phase]["programs"], (

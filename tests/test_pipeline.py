@@ -267,28 +267,42 @@ def test_the_unrolled_layer_loop_samples_the_same_latents_and_bad_values_are_ref
         dataclasses.replace(pipe, layer_loop="unroll")
 
 
-def test_decode_size_starts_the_vae_warmup_before_the_transformer_loads(hub_cache, monkeypatch):
-    """``from_pretrained(decode_size=...)`` (what ``vdit sample`` passes): the VAE's stages for that size start
-    compiling as soon as the VAE is loaded, before the transformer loads, and the job's warm-up is that one."""
+def test_the_vae_loads_beside_the_transformer_and_starts_its_warmup(hub_cache, monkeypatch):
+    """``from_pretrained(decode_size=...)`` (what ``vdit sample`` passes): the VAE loads in a background thread while
+    the transformer loads (each load waits here until the other has started: one after the other would time out),
+    then its stages for that size start compiling there, and the job's warm-up is that one."""
+    import threading
+
     import jax_vdit.io as jio
     from jax_vdit.vae import warmup
 
     events: list[tuple] = []
-    real_load, real_warmup = jio.load_model, warmup.precompile_decode_in_background
+    started = {"vae": threading.Event(), "transformer": threading.Event()}
+    real_load, real_load_vae, real_warmup = jio.load_model, jio.load_vae, warmup.precompile_decode_in_background
 
     def load_model(*args, **kwargs):
-        events.append(("transformer",))
+        started["transformer"].set()
+        assert started["vae"].wait(60), "the VAE did not start loading while the transformer loaded"
         return real_load(*args, **kwargs)
 
+    def load_vae(*args, **kwargs):
+        started["vae"].set()
+        events.append(("vae load", threading.current_thread() is threading.main_thread()))
+        assert started["transformer"].wait(60), "the transformer did not start loading while the VAE loaded"
+        return real_load_vae(*args, **kwargs)
+
     def precompile(vae, shape, **kwargs):
-        events.append(("vae", tuple(shape), kwargs["tiling"].uniform_tiles))
+        events.append(("vae warm-up", tuple(shape), kwargs["tiling"].uniform_tiles))
         return real_warmup(vae, shape, **kwargs)
 
     monkeypatch.setattr(jio, "load_model", load_model)
+    monkeypatch.setattr(jio, "load_vae", load_vae)
     monkeypatch.setattr(warmup, "precompile_decode_in_background", precompile)
     pipe = OpenSoraPipeline.from_pretrained(RELEASE_REPO, variant="29x720p", cache_dir=hub_cache, local_files_only=True,
                                             decode_size=(None, None, None), vae_tiles="uniform", **F32)
-    assert events == [("vae", (1, 4, 3, 8, 10), True), ("transformer",)]  # the checkpoint's default size
+    # loaded off the main thread; the warm-up at the checkpoint's default size
+    assert events == [("vae load", False), ("vae warm-up", (1, 4, 3, 8, 10), True)]
+    assert pipe.vae is not None and set(pipe.load_seconds) == {"vae", "vae_wait", "transformer", "text_encoder"}
     job = pipe.prepare(prompt_embeds=embeddings(1), num_inference_steps=2)
     future = pipe.warm_up_decoder(job)
     assert future is not None and len(events) == 2  # the early warm-up, not a second one
@@ -299,9 +313,24 @@ def test_decode_size_starts_the_vae_warmup_before_the_transformer_loads(hub_cach
     assert len(events) == 2
 
 
+def test_a_failed_vae_load_is_raised_by_from_pretrained(hub_cache, monkeypatch):
+    """The background VAE load's error reaches the caller, as it was raised."""
+    import jax_vdit.io as jio
+
+    def broken(*args, **kwargs):
+        raise OSError("vae weights unreadable")
+
+    monkeypatch.setattr(jio, "load_vae", broken)
+    with pytest.raises(OSError, match="vae weights unreadable"):
+        OpenSoraPipeline.from_pretrained(RELEASE_REPO, variant="29x720p", cache_dir=hub_cache, local_files_only=True,
+                                         decode_size=(None, None, None), **F32)
+
+
 def test_a_failed_transformer_load_stops_the_early_vae_warmup(hub_cache, monkeypatch):
     """The error is raised at once, and the background warm-up stops instead of compiling every stage first (which
-    would keep the process from exiting)."""
+    would keep the process from exiting). The transformer's load fails here once the warm-up has started."""
+    import time as _time
+
     import jax_vdit.io as jio
     from jax_vdit.vae import warmup
 
@@ -313,6 +342,9 @@ def test_a_failed_transformer_load_stops_the_early_vae_warmup(hub_cache, monkeyp
         return futures[-1]
 
     def broken(*args, **kwargs):
+        deadline = _time.monotonic() + 60
+        while not futures and _time.monotonic() < deadline:
+            _time.sleep(0.01)
         raise OSError("weights unreadable")
 
     monkeypatch.setattr(warmup, "precompile_decode_in_background", precompile)

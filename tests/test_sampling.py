@@ -137,3 +137,18 @@ def test_invalid_plans_and_shapes(model, text):
     with pytest.raises(ValueError, match="masks for both"):
         sampling.sample(model, pos, mask, key=jax.random.key(0), latent_shape=SHAPE, plan=sampling.ddim(2),
                         negative_text=neg)
+
+
+def test_the_initial_latents_program_draws_what_the_eager_calls_drew():
+    """``_initial_latents`` (one program) returns the noise key and the scaled noise that the eager
+    split -> normal -> scale -> cast sequence gave, bit for bit; ``_noise_key`` is the same key (resumed runs)."""
+    from jax_vdit.sampling import _initial_latents, _noise_key
+
+    key = jax.random.key(1234)
+    init_key, noise_key = jax.random.split(key)
+    expected = (jax.random.normal(init_key, (1, 4, 3, 8, 10), jnp.float32) * np.float32(14.6)).astype(jnp.bfloat16)
+    got_key, got = _initial_latents(key, jnp.float32(14.6), shape=(1, 4, 3, 8, 10), latent_dtype=jnp.dtype(jnp.bfloat16))
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(expected, np.float32))
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(jax.random.key_data(got_key), jax.random.key_data(noise_key))
+    np.testing.assert_array_equal(jax.random.key_data(_noise_key(key)), jax.random.key_data(noise_key))

@@ -2,7 +2,7 @@
 
 A thin front end over :class:`jax_vdit.pipeline.OpenSoraPipeline`: every input is checked before any model is
 loaded (sizes, steps, finite guidance, paths, finite embeddings, the mesh), then the pipeline loads, the sampler
-compiles once (a one-step warm-up of the same program the timed run uses) and every video is sampled with its own
+compiles once (a zero-step run of the same program the timed run uses) and every video is sampled with its own
 seed. The JSON report on stdout gives load, compile and sampling times separately.
 """
 
@@ -156,7 +156,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     # the VAE's stages compile in a background thread (started when the VAE loaded, before the transformer) while
     # the transformer loads, compiles and samples
     vae_warmup = pipe.warm_up_decoder(job)  # None without a VAE (--latents-only)
-    # compile: a one-step run of the very program the timed run uses (same progress setting, same shapes)
+    # compile: a zero-step run of the very program the timed run uses (same progress setting, same shapes)
     t0 = time.perf_counter()
     with CompileMeter() as warmup_compile:  # JAX's own compile-duration events, this thread only
         pipe.warm_up(job, mesh=mesh, progress=True)

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax_vdit.host_arrays import to_device
 from jax_vdit.io.key_map import (
     KeyMap,
     TensorRule,
@@ -41,14 +42,14 @@ def place_groups(
 
     Float tensors are laid out on the default device by :func:`group_to_layout`, one call per group. Others, or
     every tensor when ``to_array`` is given, go through ``host_convert(name, rule, raw)`` (which checks them and
-    raises its own errors) and are placed by ``to_array`` (default ``jnp.asarray``). The device's checks raise at
+    raises its own errors) and are placed by ``to_array`` (default :func:`~jax_vdit.host_arrays.to_device`). The device's checks raise at
     the end, for the first failing tensor in the key map's order: a non-finite source value
     (:class:`~jax_vdit.io.key_map.NonFiniteWeightError`) or a cast that overflows ``dtype``
     (:class:`~jax_vdit.io.key_map.CastRangeError`). Reads run a few tensors ahead of the placing
     (:func:`~jax_vdit.io.tensors.read_ahead`); host memory holds one group and a few tensors beyond what
     ``to_array`` keeps.
     """
-    place = to_array or jnp.asarray
+    place = to_array or to_device
     reads = read_ahead(source, [name for names in groups.values() for name in names])
     tree: dict = {}
     checks: list[tuple[list[str], Any]] = []

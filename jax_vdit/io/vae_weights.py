@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jax_vdit.host_arrays import to_device
 from jax_vdit.io.tensors import TensorSource, open_tensors
 from jax_vdit.vae.config import ComputeConfig, VAEConfig, VAEConfigError
 from jax_vdit.vae.model import CausalVAE, abstract_vae
@@ -172,7 +173,7 @@ def load_vae_weights(vae: CausalVAE, source: TensorSource, *, what: str = "check
         array = rule.transform(np.asarray(array))
         if array.dtype != param_dtype:  # through float32, so that float16 -> bfloat16 rounds once
             array = array.astype(np.float32, copy=False).astype(param_dtype)
-        set_path(values, rule.path, jnp.asarray(array))
+        set_path(values, rule.path, to_device(array))
     nnx.replace_by_pure_dict(state, values)
     return nnx.merge(graphdef, state)
 

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax_vdit.host_arrays import to_device
 from jax_vdit.vae.model import CausalVAE
 from jax_vdit.vae.runtime import DiagonalGaussian, decode_nthwc, encode_moments_nthwc
 from jax_vdit.vae.tiling import TilingConfig
@@ -24,6 +25,12 @@ def _to_uint8(x: jax.Array) -> jax.Array:
     return (jnp.clip(x.astype(F32) / 2.0 + 0.5, 0.0, 1.0) * 255.0).astype(jnp.uint8)
 
 
+@jax.jit
+def _scaled_channels_last(latents: jax.Array, scale: jax.Array) -> jax.Array:
+    """DiT latents (B, C, t, h, w) -> float32 (B, t, h, w, C) divided by ``scale``, in one program."""
+    return jnp.transpose(latents.astype(F32) / scale, (0, 2, 3, 4, 1))
+
+
 def decode_latents_to_video(
     vae: CausalVAE,
     latents: jax.Array,
@@ -36,11 +43,11 @@ def decode_latents_to_video(
     Computes ``decode(latents / 0.18215)`` (tiled with the release's sample-script tiles by default; pass
     ``tiling=None`` to decode in one piece) and maps pixels with ``clamp(x/2 + 0.5, 0, 1) * 255 -> uint8``.
     """
-    latents = jnp.asarray(latents)
+    latents = to_device(latents)
     if latents.ndim != 5 or latents.shape[1] != vae.config.embed_dim:
         raise ValueError(f"latents must have shape (B, {vae.config.embed_dim}, t, h, w); got {tuple(latents.shape)}")
     scale = vae.config.scaling_factor if scaling_factor is None else scaling_factor
-    z = jnp.transpose(latents.astype(F32) / scale, (0, 2, 3, 4, 1))
+    z = _scaled_channels_last(latents, to_device(scale, np.float32))
     frames = decode_nthwc(vae, z, tiling=tiling)  # (B, T, H, W, 3): already frame-major, channels-last
     return np.asarray(_to_uint8(frames))
 

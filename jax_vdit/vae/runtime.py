@@ -21,9 +21,11 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jax_vdit import executable_store
+from jax_vdit.host_arrays import to_device
 from jax_vdit.vae import ops
 from jax_vdit.vae.model import CausalVAE
 from jax_vdit.vae.tiling import TilingConfig, assemble_tiles, tile_starts, time_chunks
@@ -254,7 +256,7 @@ class TileRegion(nnx.Module):
     def __init__(self, frames: int, rows: int, cols: int, base: tuple[int, int, int]):
         if not (0 < frames <= base[0] and 0 < rows <= base[1] and 0 < cols <= base[2]):
             raise ValueError(f"a tile of {frames} x {rows} x {cols} does not fit the padded tile {tuple(base)}")
-        self.size = nnx.Variable(jnp.asarray([frames, rows, cols], jnp.int32))
+        self.size = nnx.Variable(to_device([frames, rows, cols], np.int32))
         self.base = tuple(int(b) for b in base)
 
 
