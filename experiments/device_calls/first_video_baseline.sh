@@ -1,7 +1,7 @@
-# Issue 19, one device call (about 420 s after the machine starts): `vdit sample` of the 29x720p 4-step 1:7
-# student, cold then warm, from this tree and from a baseline tree (another commit's checkout) on the same inputs
-# (`bench_first_video --cli --baseline-tree`); then the loader's grouping against one group per tensor
-# (`bench_load`); then the PyTorch release's time to its first step (`bench_torch_release`). Random weights.
+# Issue 19, one device call (up to LIMIT=570 s): `vdit sample` of the 29x720p 4-step 1:7 student, cold then warm, from this tree and from a baseline tree (another commit's checkout) on the same inputs
+# (`bench_first_video --cli --baseline-tree`); then the PyTorch release's time to its first step
+# (`bench_torch_release`); with FULL93=1 the 93x720p 3:21 student's command; then, in the time left, the loader's
+# grouping against one group per tensor (`bench_load`). Random weights.
 # Carried, all ignored by git (see README.md here):
 #   .whl, .whl_av (PyAV), BASE (default carry/base_tree: `git archive COMMIT jax_vdit pallas_kernels convert
 #   experiments/__init__.py experiments/child_env.py pyproject.toml | tar -x -C carry/base_tree`),
@@ -15,13 +15,21 @@ BASE=${BASE:-carry/base_tree}
 timeout ${TA:-260} python3 -m experiments.bench_first_video --size full --cli --baseline-tree "$BASE" --out $OUT \
   > $OUT/first_video_cli.log 2>&1
 echo "cli rc=$? after $(( $(date +%s) - T0 )) s"
-timeout ${TB:-170} python3 -m experiments.bench_load --preset osp-v1.2-29x720p --out $OUT > $OUT/bench_load.log 2>&1
-echo "load rc=$? after $(( $(date +%s) - T0 )) s"
 if [ -d carry/osp_v120 ] && [ -d carry/relwhl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/relsite carry/relwhl/*.whl
-  PYTHONPATH=/tmp/relsite:$PWD timeout ${TC:-110} python3 -m experiments.bench_torch_release --src carry/osp_v120 \
+  PYTHONPATH=/tmp/relsite:$PWD timeout ${TC:-100} python3 -m experiments.bench_torch_release --src carry/osp_v120 \
     --size 29x720p --steps 3 --runs 2 --out $OUT > $OUT/torch_release.log 2>&1
   echo "torch rc=$? after $(( $(date +%s) - T0 )) s"
+fi
+if [ "${FULL93:-0}" = 1 ]; then  # the 93x720p 3:21 student's command too, cold then warm (goal 40 s cold)
+  timeout ${TD:-150} python3 -m experiments.bench_first_video --size full93 --cli --out $OUT \
+    > $OUT/first_video_cli_full93.log 2>&1
+  echo "cli full93 rc=$? after $(( $(date +%s) - T0 )) s"
+fi
+LEFT=$(( ${LIMIT:-570} - ($(date +%s) - T0) - 10 ))
+if [ $LEFT -gt 60 ]; then  # what time is left: the loader's grouping against one group per tensor
+  timeout $LEFT python3 -m experiments.bench_load --preset osp-v1.2-29x720p --out $OUT > $OUT/bench_load.log 2>&1
+  echo "load rc=$? after $(( $(date +%s) - T0 )) s"
 fi
 cp /tmp/gpu.txt $OUT/
 find $OUT -name "*.mp4" -delete
