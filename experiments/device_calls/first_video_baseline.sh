@@ -1,4 +1,5 @@
-# Issue 19, one device call (up to LIMIT=570 s): `vdit sample` of the 29x720p 4-step 1:7 student, cold then warm, from this tree and from a baseline tree (another commit's checkout) on the same inputs
+# Issue 19, one device call (up to LIMIT=570 s): `vdit sample` of the 29x720p 4-step 1:7 student, cold then warm,
+# from this tree and from a baseline tree (another commit's checkout) on the same inputs
 # (`bench_first_video --cli --baseline-tree`); then the PyTorch release's time to its first step
 # (`bench_torch_release`); with FULL93=1 the 93x720p 3:21 student's command; then, in the time left, the loader's
 # grouping against one group per tensor (`bench_load`). Random weights.
