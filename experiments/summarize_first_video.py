@@ -122,9 +122,10 @@ def cli_table(runs: list[tuple[str, dict]]) -> str:
                     continue
                 rep, comp = r["report"], r["report"].get("compile", {})
                 load_programs = rep.get("load_compile", {}).get("programs")
+                load_programs = "" if load_programs is None else f" ({load_programs})"
                 lines.append(f"| {data.get('size')} | {code} | {phase} | {r['wall_s']:.1f} | "
-                             f"{'-' if goal is None else f'<= {goal:g}'} | {_f(rep.get('load_s'), 1)} "
-                             f"({load_programs}) | {_f(rep.get('compile_s'), 1)} ({comp.get('programs')}, "
+                             f"{'-' if goal is None else f'<= {goal:g}'} | {_f(rep.get('load_s'), 1)}"
+                             f"{load_programs} | {_f(rep.get('compile_s'), 1)} ({comp.get('programs')}, "
                              f"{comp.get('cache_misses')}) | {_f(rep.get('sampling_s'))} | "
                              f"{_f(rep.get('vae_compile_wait_s'))} | {_f(rep.get('decode_s'))} | {data.get('device')} |")
     return "\n".join(lines)

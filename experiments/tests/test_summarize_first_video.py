@@ -65,8 +65,25 @@ def test_cli_runs_get_their_own_table_with_the_goals(tmp_path):
          "cli": {"cold": {"wall_s": 18.25, "report": report}, "warm": {"wall_s": 7.5, "report": report}}}))
     main(["--dir", str(tmp_path)])
     text = (tmp_path / "first_video.md").read_text()
-    assert "| full | cold | 18.2 | <= 20 | 4.0 | 9.5 (13, 2) | 1.80 | 0.10 | 2.00 | H200 |" in text
-    assert "| full | warm | 7.5 | <= 8 |" in text
+    assert "| full | this | cold | 18.2 | <= 20 | 4.0 | 9.5 (13, 2) | 1.80 | 0.10 | 2.00 | H200 |" in text
+    assert "| full | this | warm | 7.5 | <= 8 |" in text
+    assert "| baseline |" not in text
+
+
+def test_a_baseline_trees_runs_come_first_in_the_cli_table(tmp_path):
+    """``--baseline-tree`` puts the other tree's runs under ``cli.baseline``: their rows precede this tree's."""
+    base = {"load_s": 9.5, "load_compile": {"programs": 54}, "compile_s": 6.1, "compile": {"programs": 13,
+            "cache_misses": 13}, "sampling_s": 1.95, "vae_compile_wait_s": 0.24, "decode_s": 3.99}
+    this = dict(base, load_s=5.0, load_compile={"programs": 2}, compile={"programs": 3, "cache_misses": 3})
+    (tmp_path / "first_video_cli_full.json").write_text(json.dumps(
+        {"command": "python -m experiments.bench_first_video --size full --cli --baseline-tree B", "size": "full",
+         "device": "H100", "cli": {"cold": {"wall_s": 16.0, "report": this},
+                                   "baseline": {"tree": "B", "cold": {"wall_s": 24.1, "report": base}}}}))
+    main(["--dir", str(tmp_path)])
+    lines = (tmp_path / "first_video.md").read_text().splitlines()
+    rows = [line for line in lines if line.startswith("| full |")]
+    assert rows[0].startswith("| full | baseline | cold | 24.1 | <= 20 | 9.5 (54) | 6.1 (13, 13) |")
+    assert rows[1].startswith("| full | this | cold | 16.0 | <= 20 | 5.0 (2) | 6.1 (3, 3) |")
     assert not (tmp_path / "first_video.png").exists()  # no fresh-process cases: nothing to plot
 
 
