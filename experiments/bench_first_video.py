@@ -232,34 +232,57 @@ def case_name(case: str, vae_warmup: bool, vae_tiles: str) -> str:
     return case + ("" if vae_warmup else "-sequential-vae") + ("" if vae_tiles == "exact" else f"-{vae_tiles}-vae")
 
 
-def run_cli(size: str, work: Path, vae_tiles: str = "exact", baseline_tree: Path | None = None) -> dict:
+def parse_cli_variant(text: str) -> tuple[str, list[str], dict[str, str]]:
+    """``NAME=TOKENS``: a variant of the command, its extra arguments and environment (tokens ``KEY=VALUE`` with
+    an upper-case KEY set the environment; the rest are arguments), e.g. ``after-load=--vae-warmup after-load``
+    or ``switch=JAX_VDIT_SWITCH_INTERVAL=0.001``."""
+    name, sep, tokens = text.partition("=")
+    if not sep or not name or not name.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"a CLI variant is NAME=ARGS (NAME of letters, digits, - and _), got {text!r}")
+    args, env = [], {}
+    for token in tokens.split():
+        key, is_env, value = token.partition("=")
+        if is_env and key.isupper() and not key.startswith("-"):
+            env[key] = value
+        else:
+            args.append(token)
+    return name, args, env
+
+
+def run_cli(size: str, work: Path, vae_tiles: str = "exact", baseline_tree: Path | None = None,
+            variants: list[str] = ()) -> dict:
     """``vdit sample`` of a random student, cold then warm (one fresh compile cache); wall seconds and reports.
 
     ``baseline_tree``: also run the command from that source tree (another commit's checkout), on the same inputs
-    with its own fresh cache, alternating with this tree (baseline cold, cold, baseline warm, warm); its runs are
-    under ``"baseline"``."""
+    with its own fresh cache; its runs are under ``"baseline"``. ``variants`` (see :func:`parse_cli_variant`): this
+    tree's command with other arguments or environment, each under its name with its own cache. All cold runs come
+    first, in the order baseline, this tree, the variants, then the warm runs in the same order."""
     t = time.perf_counter()
     student, vae, embeddings = write_student_inputs(size, work)
     out = {"write_inputs_s": round(time.perf_counter() - t, 1)}
     _, (_, t, h, w), _, _ = SIZES[size]
     video = ["--frames", str((t - 1) * 4 + 1), "--height", str(h * 8), "--width", str(w * 8)]
-    trees = ([("baseline", Path(baseline_tree).resolve())] if baseline_tree else []) + [("", ROOT)]
+    runs = ([("baseline", Path(baseline_tree).resolve(), [], {})] if baseline_tree else []) + [("", ROOT, [], {})]
+    runs += [(name, ROOT, args, env) for name, args, env in map(parse_cli_variant, variants)]
     if baseline_tree:
-        out["baseline"] = {"tree": str(trees[0][1])}
+        out["baseline"] = {"tree": str(runs[0][1])}
+    for name, _, args, env in runs[1 + bool(baseline_tree):]:
+        out[name] = {"args": args, "env": env}
     for phase in ("cold", "warm"):
-        for name, tree in trees:
+        for name, tree, extra_args, extra_env in runs:
             tag = f"{name} {phase}".strip()
             cmd = [sys.executable, "-c", "import sys; from jax_vdit.cli import main; sys.exit(main(sys.argv[1:]))",
                    "sample", str(student), "--vae", str(vae), "--embeddings", str(embeddings), "--compile-cache",
                    str(work / f"xla-cli{'-' + name if name else ''}"),
                    "--out", str(work / f"cli_{tag.replace(' ', '_')}.safetensors"), "--quiet", "--vae-tiles",
-                   vae_tiles, *video]
+                   vae_tiles, *video, *extra_args]
             if not size.startswith("full"):
                 cmd += ["--param-dtype", "float32", "--compute-dtype", "float32"]
-            shown = "vdit " + " ".join(cmd[3:])
+            shown = " ".join(f"{k}={v}" for k, v in extra_env.items()) + (" " if extra_env else "")
+            shown += "vdit " + " ".join(cmd[3:])
             log(f"cli {tag}: {shown}")
-            env = child_env()
-            if name:  # the other tree first on the path, run from its root
+            env = child_env(**extra_env)
+            if tree != ROOT:  # the other tree first on the path, run from its root
                 env["PYTHONPATH"] = str(tree) + os.pathsep + ORIGINAL_ENV.get("PYTHONPATH", "")
             t = time.perf_counter()
             proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
@@ -368,12 +391,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cli", action="store_true", help="time `vdit sample` of a random student folder instead")
     p.add_argument("--baseline-tree", default=None, help="--cli also runs the command from this source tree (a "
                    "checkout of another commit) on the same inputs, alternating with this one")
+    p.add_argument("--cli-variant", action="append", default=[], help="--cli also runs NAME=ARGS: this tree's "
+                   "command with more arguments (KEY=VALUE tokens with an upper-case KEY set the environment), on "
+                   "the same inputs with its own cache; repeat for several")
     p.add_argument("--out", default=None, help="write results JSON here (a folder)")
     p.add_argument("--tag", default=None, help="suffix of the results file name")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--cache", default=None, help=argparse.SUPPRESS)
     p.add_argument("--video", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    for variant in args.cli_variant:
+        try:
+            parse_cli_variant(variant)
+        except ValueError as err:
+            p.error(str(err))
     if args.child:
         print(json.dumps(child(args.size, args.child, args.cache, args.video, vae_warmup=args.vae_warmup != "off",
                                teacher_steps=args.teacher_steps, vae_tiles=args.vae_tiles)))
@@ -387,7 +418,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.cli:
         with tempfile.TemporaryDirectory(prefix="first_video_cli_") as work:
             result = {**_meta(args), "cli": run_cli(args.size, Path(work), vae_tiles=tiles[0],
-                                                    baseline_tree=args.baseline_tree)}
+                                                    baseline_tree=args.baseline_tree, variants=args.cli_variant)}
         name = f"first_video_cli_{args.size}{suffix}.json"
     elif args.compare_scan:
         rows = compare_scan(args.size, [int(d) for d in args.depths.split(",")],

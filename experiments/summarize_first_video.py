@@ -114,8 +114,10 @@ def cli_table(runs: list[tuple[str, dict]]) -> str:
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for _, data in runs:
         goals = GOALS.get(data.get("size"), (None, None))
-        # a run with --baseline-tree holds the other tree's runs under "baseline": that row first
-        for code, runs_of in (("baseline", data["cli"].get("baseline", {})), ("this", data["cli"])):
+        # a run with --baseline-tree holds the other tree's runs under "baseline" (its rows first); --cli-variant
+        # runs are under their names (after this tree's), each with its "args"
+        variants = [(name, runs) for name, runs in data["cli"].items() if isinstance(runs, dict) and "args" in runs]
+        for code, runs_of in [("baseline", data["cli"].get("baseline", {})), ("this", data["cli"]), *variants]:
             for phase, goal in zip(("cold", "warm"), goals):
                 r = runs_of.get(phase)
                 if r is None:

@@ -438,3 +438,27 @@ def test_a_second_sample_command_in_a_fresh_process_compiles_nothing(golden_dir,
     assert second["run_compile"]["programs"] == 0, second["run_compile"]
     np.testing.assert_array_equal(load_file(str(tmp_path / "lat0.safetensors"))["latents"],
                                   load_file(str(tmp_path / "lat1.safetensors"))["latents"])
+
+
+@pytest.mark.parametrize("value", ["fast", "0", "2"])
+def test_a_bad_switch_interval_is_refused_by_name(value, monkeypatch):
+    from jax_vdit.cli.sample import SWITCH_INTERVAL_ENV, set_switch_interval
+
+    monkeypatch.setenv(SWITCH_INTERVAL_ENV, value)
+    with pytest.raises(ValueError, match=SWITCH_INTERVAL_ENV):
+        set_switch_interval()
+
+
+def test_the_switch_interval_is_set_from_the_environment(monkeypatch):
+    import sys
+
+    from jax_vdit.cli.sample import SWITCH_INTERVAL_ENV, set_switch_interval
+
+    before = sys.getswitchinterval()
+    try:
+        monkeypatch.delenv(SWITCH_INTERVAL_ENV, raising=False)
+        assert set_switch_interval() is None and sys.getswitchinterval() == before
+        monkeypatch.setenv(SWITCH_INTERVAL_ENV, "0.001")
+        assert set_switch_interval() == 0.001 and abs(sys.getswitchinterval() - 0.001) < 1e-9
+    finally:
+        sys.setswitchinterval(before)

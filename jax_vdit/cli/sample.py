@@ -117,8 +117,30 @@ def make_cli_mesh(args: argparse.Namespace):
     return make_mesh(seq=seq, data=data)
 
 
+SWITCH_INTERVAL_ENV = "JAX_VDIT_SWITCH_INTERVAL"
+
+
+def set_switch_interval() -> float | None:
+    """``$JAX_VDIT_SWITCH_INTERVAL`` seconds as Python's thread switch interval (``sys.setswitchinterval``; Python's
+    default is 0.005): a shorter one lets the thread that loads the transformer (file reads and device copies that
+    release Python's lock) take the lock back sooner from the VAE's background planning and tracing. Returns the
+    value set, or None when the variable is unset."""
+    value = os.environ.get(SWITCH_INTERVAL_ENV)
+    if not value:
+        return None
+    try:
+        interval = float(value)
+    except ValueError as err:
+        raise ValueError(f"${SWITCH_INTERVAL_ENV} must be a number of seconds, got {value!r}") from err
+    if not 0 < interval <= 1:
+        raise ValueError(f"${SWITCH_INTERVAL_ENV} must be in (0, 1] seconds, got {value!r}")
+    sys.setswitchinterval(interval)
+    return interval
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     prompts, embeds = check_inputs(args)  # no model work before this passes
+    switch_interval = set_switch_interval()
     mesh = make_cli_mesh(args)
     cache = setup_compile_cache(args)
 
@@ -140,7 +162,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             text_encoder=None if args.text_encoder == "none" else args.text_encoder,
             param_dtype=args.param_dtype, compute_dtype=args.compute_dtype, tile_backend=args.tile_backend,
             mixed_masks=args.mixed_masks, vae_tiles=args.vae_tiles, layer_loop=args.layer_loop,
-            decode_size=None if args.latents_only else (args.frames, args.height, args.width),  # VAE compiles early
+            # the VAE's stages start compiling as soon as the VAE is loaded (early), or after the transformer loads
+            decode_size=None if args.latents_only or args.vae_warmup != "early" else
+            (args.frames, args.height, args.width),
             revision=args.revision, local_files_only=True if args.offline else None)
     load_s = time.perf_counter() - t0
     edges = None if args.edges is None else [int(e) for e in args.edges.split(",")]
@@ -153,9 +177,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     print(f"vdit sample: {job.describe()} ({source}; seeds {job.videos[0].seed}..{job.videos[-1].seed})",
           file=sys.stderr)
 
-    # the VAE's stages compile in a background thread (started when the VAE loaded, before the transformer) while
+    # the VAE's stages compile in a background thread (started when the VAE loaded, or now: --vae-warmup) while
     # the transformer loads, compiles and samples
-    vae_warmup = pipe.warm_up_decoder(job)  # None without a VAE (--latents-only)
+    vae_warmup = None if args.vae_warmup == "off" else pipe.warm_up_decoder(job)  # None without a VAE
     # compile: a zero-step run of the very program the timed run uses (same progress setting, same shapes)
     t0 = time.perf_counter()
     with CompileMeter() as warmup_compile:  # JAX's own compile-duration events, this thread only
@@ -183,7 +207,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
               "warmup_s": round(warmup_s, 2), "sampling_s": round(sample_s, 2),
               "s_per_step_median": round(step_median, 4), "videos": len(job.videos),
               "latent_shape": list(latents.shape), "out": str(latents_file), "compile_cache": cache,
-              "sampler": job.settings.describe(), "attention": job.attention_spec, "layer_loop": pipe.layer_loop}
+              "sampler": job.settings.describe(), "attention": job.attention_spec, "layer_loop": pipe.layer_loop,
+              "vae_warmup": None if pipe.vae is None else args.vae_warmup, "switch_interval": switch_interval}
     if pipe.vae is not None:
         t0 = time.perf_counter()
         report["vae_tiles"] = pipe.vae_tiles
@@ -276,6 +301,11 @@ def register(sub) -> None:
                         "default: one set of VAE programs for all tile shapes, 10 instead of 40 at 29x720p; 16 s "
                         "instead of 63 s of cold compiling on an H100; the same pixels up to float rounding; the "
                         "edge tiles cost full-tile compute), or each at its own shape (exact)")
+    g.add_argument("--vae-warmup", choices=("early", "after-load", "off"), default="early",
+                   help="when the VAE's decode stages start compiling (or loading from the executable store) in a "
+                        "background thread: as soon as the VAE is loaded (early, beside the transformer's load), "
+                        "once the transformer is loaded (after-load: beside its compile and sampling only), or not "
+                        "at all (off: each stage compiles when the decode reaches it)")
     g.add_argument("--fp32-latents", action="store_true", help="keep latents in fp32 between steps (default bf16)")
     g.add_argument("--force", action="store_true", help="allow flags that contradict a student's student.json "
                    "(recorded in the sidecar)")
