@@ -358,6 +358,27 @@ class _Stop(Exception):
     pass
 
 
+@pytest.mark.parametrize("when, decode_size", [("early", (9, 64, 80)), ("after-load", None), ("off", None)])
+def test_vae_warmup_decides_whether_the_pipeline_starts_the_decode_warmup_while_loading(
+        when, decode_size, golden_dir, tmp_path, monkeypatch):
+    """``--vae-warmup early`` hands the video size to ``from_pretrained`` (the VAE's stages start compiling as soon
+    as it is loaded); ``after-load`` and ``off`` do not (the command starts it after the load, or never)."""
+    from jax_vdit.pipeline import OpenSoraPipeline
+
+    seen: dict = {}
+
+    def capture(*args, **kwargs):
+        seen.update(kwargs)
+        raise _Stop
+
+    monkeypatch.setattr(OpenSoraPipeline, "from_pretrained", capture)
+    emb = _embeddings(tmp_path / "emb.safetensors")
+    with pytest.raises(_Stop):
+        main(["sample", str(golden_dir / "opensora_v12" / "tiny_a"), "--embeddings", str(emb), "--vae-warmup", when,
+              "--frames", "9", "--height", "64", "--width", "80", "--no-compile-cache"])
+    assert seen["decode_size"] == decode_size
+
+
 @pytest.mark.parametrize("argv, module, name", [
     (["train-teacher", "--run", "r", "--world", "toy-tiny-5x16x16", "--model", "toy-tiny"], "jax_vdit.toy",
      "train_teacher"),
