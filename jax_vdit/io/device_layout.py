@@ -42,8 +42,8 @@ def place_groups(
 
     Float tensors are laid out on the default device by :func:`group_to_layout`, one call per group. Others, or
     every tensor when ``to_array`` is given, go through ``host_convert(name, rule, raw)`` (which checks them and
-    raises its own errors) and are placed by ``to_array`` (default :func:`~jax_vdit.host_arrays.to_device`). The device's checks raise at
-    the end, for the first failing tensor in the key map's order: a non-finite source value
+    raises its own errors) and are placed by ``to_array`` (default :func:`~jax_vdit.host_arrays.to_device`). The
+    device's checks raise at the end, for the first failing tensor in the key map's order: a non-finite source value
     (:class:`~jax_vdit.io.key_map.NonFiniteWeightError`) or a cast that overflows ``dtype``
     (:class:`~jax_vdit.io.key_map.CastRangeError`). Reads run a few tensors ahead of the placing
     (:func:`~jax_vdit.io.tensors.read_ahead`); host memory holds one group and a few tensors beyond what
