@@ -129,7 +129,8 @@ def cli_table(runs: list[tuple[str, dict]]) -> str:
                              f"{'-' if goal is None else f'<= {goal:g}'} | {_f(rep.get('load_s'), 1)}"
                              f"{load_programs} | {_f(rep.get('compile_s'), 1)} ({comp.get('programs')}, "
                              f"{comp.get('cache_misses')}) | {_f(rep.get('sampling_s'))} | "
-                             f"{_f(rep.get('vae_compile_wait_s'))} | {_f(rep.get('decode_s'))} | {data.get('device')} |")
+                             f"{_f(rep.get('vae_compile_wait_s'))} | {_f(rep.get('decode_s'))} | "
+                             f"{data.get('device')} |")
     return "\n".join(lines)
 
 

@@ -147,7 +147,8 @@ def test_the_initial_latents_program_draws_what_the_eager_calls_drew():
     key = jax.random.key(1234)
     init_key, noise_key = jax.random.split(key)
     expected = (jax.random.normal(init_key, (1, 4, 3, 8, 10), jnp.float32) * np.float32(14.6)).astype(jnp.bfloat16)
-    got_key, got = _initial_latents(key, jnp.float32(14.6), shape=(1, 4, 3, 8, 10), latent_dtype=jnp.dtype(jnp.bfloat16))
+    got_key, got = _initial_latents(key, jnp.float32(14.6), shape=(1, 4, 3, 8, 10),
+                                    latent_dtype=jnp.dtype(jnp.bfloat16))
     np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(expected, np.float32))
     assert got.dtype == jnp.bfloat16
     np.testing.assert_array_equal(jax.random.key_data(got_key), jax.random.key_data(noise_key))
