@@ -69,6 +69,55 @@ def test_warm_process_loads_every_stage_without_lowering_and_decodes_the_same(va
     assert len(compile_log()) == cold.stages and all(e["loaded"] for e in compile_log())
 
 
+def test_a_recorded_decode_plan_loads_every_stage_without_planning_and_decodes_the_same(vae, store, monkeypatch):
+    """Once a decode's stages are all stored, their names are recorded; a warm process reads them without tracing
+    the decode (planning would hold Python's lock) and decodes the same pixels. A damaged record, or a stage file
+    gone, falls back to planning."""
+    from jax_vdit.vae import warmup
+
+    z = jax.random.normal(jax.random.key(0), LATENT)
+    tiles = dataclasses.replace(TILES, uniform_tiles=True)
+    cold = precompile_decode(vae, LATENT, tiling=tiles)
+    assert cold.planned and cold.compiled == cold.stages
+    (record,) = store.glob("*" + warmup.PLAN_SUFFIX)
+    assert len(json.loads(record.read_text())["stages"]) == cold.stages
+    reference = decode_latents_to_video(vae, z, tiling=tiles)
+
+    clear_compile_cache()  # a new process, as far as the stage cache knows
+    real_plan = warmup.plan_decode
+
+    def no_planning(*args, **kwargs):
+        raise AssertionError("the decode was planned although its record and every stage are stored")
+
+    real_lower = runtime.lower_stage
+    monkeypatch.setattr(warmup, "plan_decode", no_planning)
+    monkeypatch.setattr(runtime, "lower_stage", _no_lowering)
+    warm = precompile_decode(vae, LATENT, tiling=tiles)
+    assert not warm.planned and warm.loaded == warm.stages == cold.stages and warm.compiled == 0
+    np.testing.assert_array_equal(decode_latents_to_video(vae, z, tiling=tiles), reference)
+    assert len(compile_log()) == cold.stages and all(e["loaded"] for e in compile_log())
+    assert not runtime._PRELOADED  # every preloaded executable went to a stage
+
+    # another latent shape or tiling is another record
+    plan_file = warmup._decode_plan_file
+    assert plan_file(vae, LATENT, tiles) == record
+    assert plan_file(vae, (1, 4, 3, 6, 8), tiles) != record != plan_file(vae, LATENT, TILES)
+
+    monkeypatch.setattr(warmup, "plan_decode", real_plan)
+    monkeypatch.setattr(runtime, "lower_stage", real_lower)
+    names = json.loads(record.read_text())["stages"]
+    record.write_text("not json")  # a damaged record: planned again (the stages still load from the store)
+    clear_compile_cache()
+    assert precompile_decode(vae, LATENT, tiling=tiles).planned
+    stage_file = store / f"{names[0]}.bin"
+    stage_file.unlink()  # a stage gone from the store: planned, compiled again, and the record rewritten
+    clear_compile_cache()
+    again = precompile_decode(vae, LATENT, tiling=tiles)
+    assert again.planned and again.compiled >= 1 and stage_file.is_file()
+    clear_compile_cache()
+    assert not precompile_decode(vae, LATENT, tiling=tiles).planned
+
+
 def test_a_damaged_file_is_ignored_and_compiled_again(vae, store):
     z = jax.random.normal(jax.random.key(1), LATENT)
     tiles = dataclasses.replace(TILES, uniform_tiles=True)  # fewer programs to compile

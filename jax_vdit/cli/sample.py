@@ -216,6 +216,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             warm = vae_warmup.result()
             report["vae_stages"] = warm.stages
             report["vae_stages_loaded"] = warm.loaded  # from the executable store, not compiled
+            report["vae_planned"] = warm.planned  # False: a recorded plan, no tracing of the decode
             report["vae_compile_s"] = warm.total_s  # background, overlapping the transformer's work
             report["vae_compile_wait_s"] = round(time.perf_counter() - t0, 2)
         t1 = time.perf_counter()

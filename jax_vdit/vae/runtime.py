@@ -66,6 +66,7 @@ class DiagonalGaussian:
 _CACHE: dict = {}
 _LOG: list[dict] = []
 _LOCK = threading.Lock()
+_PRELOADED: dict[str, tuple] = {}  # store name -> (executable, extra), read ahead by preload_stored_stages
 _RECORDING = threading.local()  # .calls: list of StageCall while recording_stages() is active
 
 
@@ -146,7 +147,11 @@ def load_stored_stage(fn: Callable, key, x_spec) -> bool:
     if executable_store.store_directory() is None:
         return False
     t0 = time.perf_counter()
-    found = executable_store.load(_stored_name(key))
+    name = _stored_name(key)
+    with _LOCK:
+        found = _PRELOADED.pop(name, None)
+    if found is None:
+        found = executable_store.load(name)
     if found is None:
         return False
     compiled, (out_shape, donated) = found
@@ -155,6 +160,28 @@ def load_stored_stage(fn: Callable, key, x_spec) -> bool:
         if key not in _CACHE:
             _CACHE[key] = (compiled, out_shape)
             _LOG.append(entry)
+    return True
+
+
+def stored_stage_name(call: StageCall) -> str:
+    """The executable store's name of ``call``'s stage program."""
+    return _stored_name(stage_key(call))
+
+
+def preload_stored_stages(names: list[str]) -> bool:
+    """Read the stage executables ``names`` from the executable store into memory, without tracing anything, so
+    that the decode's stages take them (:func:`load_stored_stage`) instead of reading the store one by one; False
+    (and nothing kept) when the store is off or any of them is missing or unusable."""
+    if executable_store.store_directory() is None:
+        return False
+    found = {}
+    for name in names:
+        entry = executable_store.load(name)
+        if entry is None:
+            return False
+        found[name] = entry
+    with _LOCK:
+        _PRELOADED.update(found)
     return True
 
 
@@ -245,6 +272,7 @@ def clear_compile_cache() -> None:
     with _LOCK:
         _CACHE.clear()
         _LOG.clear()
+        _PRELOADED.clear()
 
 
 # ----------------------------------------------------------------------------------------------- tile regions
