@@ -192,8 +192,8 @@ def precompile_decode(vae: CausalVAE, latent_shape: Sequence[int], *,
 
     With the executable store on, a decode whose every stage is stored is recorded there (the stages' store
     names); a later process then reads those executables without planning the decode at all (planning traces the
-    whole decode abstractly and holds Python's lock: 1.6-1.9 s at 29x720p on a 2-core CPU, time the transformer's
-    load beside it waits for). Its report says ``planned=False``."""
+    whole decode abstractly and holds Python's lock: 1.7 s at 29x720p, 7.0 s at 93x720p on a 2-core CPU, time the
+    transformer's load beside it waits for). Its report says ``planned=False``."""
     t0 = time.perf_counter()
     record = _decode_plan_file(vae, latent_shape, tiling)
     names = _read_decode_plan(record)
