@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import pickle
 import threading
@@ -117,11 +118,49 @@ def save(key: str, compiled, extra: Any = None) -> bool:
 
         payload, in_tree, out_tree = serialize(compiled)
         body = pickle.dumps((payload, in_tree, out_tree, extra), protocol=pickle.HIGHEST_PROTOCOL)
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / f".{key}.{os.getpid()}.{threading.get_ident()}.tmp"
-        tmp.write_bytes(MAGIC + hashlib.sha256(body).digest() + body)
-        os.replace(tmp, path)  # atomic: a reader sees the old file, the new one, or none
+        _write_atomically(path, MAGIC + hashlib.sha256(body).digest() + body)
         return True
     except Exception as err:  # noqa: BLE001 - the store is an optimisation
         _warn_once("could not write", path, err)
         return False
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """A reader sees the old file, the new one, or none; concurrent writers (threads, processes) do not clash."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def has(key: str) -> bool:
+    """Whether the store holds an executable file for ``key`` (not whether it loads)."""
+    directory = store_directory()
+    return directory is not None and (directory / f"{key}.bin").is_file()
+
+
+def save_record(name: str, record: Any) -> bool:
+    """Write a small JSON ``record`` (e.g. which executables a program needs) under ``name`` in the store; False
+    where the store is off or the write fails (the record is an optimisation)."""
+    directory = store_directory()
+    if directory is None:
+        return False
+    try:
+        _write_atomically(directory / f"{name}.json", json.dumps(record).encode())
+        return True
+    except (OSError, TypeError, ValueError):
+        return False
+
+
+def load_record(name: str) -> Any:
+    """The JSON record saved under ``name``, or None where the store is off or the record is absent or damaged."""
+    directory = store_directory()
+    if directory is None:
+        return None
+    try:
+        return json.loads((directory / f"{name}.json").read_text())
+    except (OSError, ValueError):
+        return None

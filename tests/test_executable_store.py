@@ -79,7 +79,7 @@ def test_a_recorded_decode_plan_loads_every_stage_without_planning_and_decodes_t
     tiles = dataclasses.replace(TILES, uniform_tiles=True)
     cold = precompile_decode(vae, LATENT, tiling=tiles)
     assert cold.planned and cold.compiled == cold.stages
-    (record,) = store.glob("*" + warmup.PLAN_SUFFIX)
+    (record,) = store.glob("*.decode-plan.json")
     assert len(json.loads(record.read_text())["stages"]) == cold.stages
     reference = decode_latents_to_video(vae, z, tiling=tiles)
 
@@ -99,9 +99,9 @@ def test_a_recorded_decode_plan_loads_every_stage_without_planning_and_decodes_t
     assert not runtime._PRELOADED  # every preloaded executable went to a stage
 
     # another latent shape or tiling is another record
-    plan_file = warmup._decode_plan_file
-    assert plan_file(vae, LATENT, tiles) == record
-    assert plan_file(vae, (1, 4, 3, 6, 8), tiles) != record != plan_file(vae, LATENT, TILES)
+    plan_name = warmup._decode_plan_name
+    assert store / f"{plan_name(vae, LATENT, tiles)}.json" == record
+    assert plan_name(vae, (1, 4, 3, 6, 8), tiles) != record.stem != plan_name(vae, LATENT, TILES)
 
     monkeypatch.setattr(warmup, "plan_decode", real_plan)
     monkeypatch.setattr(runtime, "lower_stage", real_lower)

@@ -28,7 +28,7 @@ import jax  # noqa: E402
 from experiments.bench_first_video import _vae  # noqa: E402
 from jax_vdit import executable_store  # noqa: E402
 from jax_vdit.vae import TilingConfig, clear_compile_cache  # noqa: E402
-from jax_vdit.vae.warmup import PLAN_SUFFIX, plan_decode, precompile_decode  # noqa: E402
+from jax_vdit.vae.warmup import plan_decode, precompile_decode  # noqa: E402
 
 
 def time_planning(vae, latent_shape, tiling, repeats: int) -> dict:
@@ -54,9 +54,8 @@ def time_warm_warmup(vae, latent_shape, tiling, repeats: int) -> dict:
             for _ in range(repeats):
                 for kind in ("planned", "recorded"):
                     if kind == "planned":
-                        records = {p: p.read_text() for p in store.glob("*" + PLAN_SUFFIX)}
-                        for p in records:
-                            p.unlink()
+                        for record in store.glob("*.decode-plan.json"):
+                            record.unlink()
                     clear_compile_cache()
                     report = precompile_decode(vae, latent_shape, tiling=tiling)
                     assert report.planned == (kind == "planned") and report.loaded == report.stages

@@ -17,14 +17,12 @@ cache when it is on), so the decode that follows finds them.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -148,40 +146,28 @@ def precompile(calls: Sequence[StageCall], *, workers: int | None = None, plan_s
                         total_s=round(plan_s + time.perf_counter() - t0, 3), workers=workers, loaded=loaded)
 
 
-PLAN_SUFFIX = ".decode-plan.json"
-
-
-def _decode_plan_file(vae: CausalVAE, latent_shape: Sequence[int], tiling: TilingConfig | None) -> Path | None:
-    """Where the executable store keeps the stage names of this decode (the VAE's structure and dtypes, the latent
+def _decode_plan_name(vae: CausalVAE, latent_shape: Sequence[int], tiling: TilingConfig | None) -> str | None:
+    """The executable store's record name of this decode's stages (the VAE's structure and dtypes, the latent
     shape, the tiling, and the code: see :func:`jax_vdit.executable_store.store_key`); None with the store off."""
-    directory = executable_store.store_directory()
-    if directory is None:
+    if executable_store.store_directory() is None:
         return None
     description = ("vae-decode-plan", repr(nnx.graphdef(vae)), repr(vae.config), str(jnp.dtype(vae.param_dtype)),
                    tuple(int(n) for n in latent_shape), repr(tiling))
     # keyed by the same code as the stages' own names: a change of the VAE's code is a new record
-    return directory / (executable_store.store_key(description, str(runtime._PACKAGE_DIR)) + PLAN_SUFFIX)
+    return executable_store.store_key(description, str(runtime._PACKAGE_DIR)) + ".decode-plan"
 
 
-def _read_decode_plan(path: Path | None) -> list[str] | None:
-    try:
-        names = json.loads(path.read_text())["stages"] if path is not None else None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # absent or damaged: plan by tracing
+def _recorded_stages(name: str | None) -> list[str] | None:
+    record = None if name is None else executable_store.load_record(name)
+    names = record.get("stages") if isinstance(record, dict) else None
     return names if isinstance(names, list) and names and all(isinstance(n, str) for n in names) else None
 
 
-def _write_decode_plan(path: Path, calls: Sequence[StageCall]) -> None:
-    """Record the store names of ``calls`` once every one of them is in the store (written atomically)."""
+def _record_stages(name: str, calls: Sequence[StageCall]) -> None:
+    """Record the store names of ``calls`` once every one of them is in the store."""
     names = [stored_stage_name(call) for call in _distinct(calls)]
-    if not all((path.parent / f"{name}.bin").is_file() for name in names):
-        return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        tmp.write_text(json.dumps({"stages": names}))
-        os.replace(tmp, path)
-    except OSError:  # the record is an optimisation: the next process plans by tracing
-        tmp.unlink(missing_ok=True)
+    if all(executable_store.has(n) for n in names):
+        executable_store.save_record(name, {"stages": names})
 
 
 def precompile_decode(vae: CausalVAE, latent_shape: Sequence[int], *,
@@ -192,18 +178,18 @@ def precompile_decode(vae: CausalVAE, latent_shape: Sequence[int], *,
 
     With the executable store on, a decode whose every stage is stored is recorded there (the stages' store
     names); a later process then reads those executables without planning the decode at all (planning traces the
-    whole decode abstractly and holds Python's lock: 1.7 s at 29x720p, 7.0 s at 93x720p on a 2-core CPU, time the
+    whole decode abstractly and holds Python's lock: 2.0 s at 29x720p, 7.4 s at 93x720p on a 2-core CPU, time the
     transformer's load beside it waits for). Its report says ``planned=False``."""
     t0 = time.perf_counter()
-    record = _decode_plan_file(vae, latent_shape, tiling)
-    names = _read_decode_plan(record)
+    record = _decode_plan_name(vae, latent_shape, tiling)
+    names = _recorded_stages(record)
     if names is not None and preload_stored_stages(names):
         return WarmupReport(stages=len(names), compiled=0, plan_s=0.0, lower_s=0.0,
                             total_s=round(time.perf_counter() - t0, 3), workers=0, loaded=len(names), planned=False)
     calls = plan_decode(vae, latent_shape, tiling=tiling)
     report = precompile(calls, workers=workers, plan_s=time.perf_counter() - t0, cancel=cancel)
     if record is not None and not (cancel is not None and cancel.is_set()):
-        _write_decode_plan(record, calls)
+        _record_stages(record, calls)
     return report
 
 
