@@ -48,7 +48,7 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from experiments.child_env import ORIGINAL_ENV, child_env, parent_releases_gpu_memory  # noqa: E402
+from experiments.child_env import child_env, parent_releases_gpu_memory  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = ("student", "teacher")
@@ -262,12 +262,13 @@ def run_cli(size: str, work: Path, vae_tiles: str = "exact", baseline_tree: Path
     out = {"write_inputs_s": round(time.perf_counter() - t, 1)}
     _, (_, t, h, w), _, _ = SIZES[size]
     video = ["--frames", str((t - 1) * 4 + 1), "--height", str(h * 8), "--width", str(w * 8)]
-    runs = ([("baseline", Path(baseline_tree).resolve(), [], {})] if baseline_tree else []) + [("", ROOT, [], {})]
-    runs += [(name, ROOT, args, env) for name, args, env in map(parse_cli_variant, variants)]
-    if baseline_tree:
-        out["baseline"] = {"tree": str(runs[0][1])}
-    for name, _, args, env in runs[1 + bool(baseline_tree):]:
+    variant_runs = [(name, ROOT, args, env) for name, args, env in map(parse_cli_variant, variants)]
+    for name, _, args, env in variant_runs:
         out[name] = {"args": args, "env": env}
+    runs = [("", ROOT, [], {}), *variant_runs]
+    if baseline_tree:
+        runs.insert(0, ("baseline", Path(baseline_tree).resolve(), [], {}))
+        out["baseline"] = {"tree": str(runs[0][1])}
     for phase in ("cold", "warm"):
         for name, tree, extra_args, extra_env in runs:
             tag = f"{name} {phase}".strip()
@@ -281,11 +282,8 @@ def run_cli(size: str, work: Path, vae_tiles: str = "exact", baseline_tree: Path
             shown = " ".join(f"{k}={v}" for k, v in extra_env.items()) + (" " if extra_env else "")
             shown += "vdit " + " ".join(cmd[3:])
             log(f"cli {tag}: {shown}")
-            env = child_env(**extra_env)
-            if tree != ROOT:  # the other tree first on the path, run from its root
-                env["PYTHONPATH"] = str(tree) + os.pathsep + ORIGINAL_ENV.get("PYTHONPATH", "")
-            t = time.perf_counter()
-            proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
+            t = time.perf_counter()  # run from the tree's root, the tree first on the path
+            proc = subprocess.run(cmd, cwd=tree, env=child_env(tree, **extra_env), capture_output=True, text=True)
             wall = time.perf_counter() - t
             if proc.returncode != 0:
                 raise RuntimeError(f"cli {tag} failed:\n{proc.stderr[-6000:]}")

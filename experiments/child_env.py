@@ -27,10 +27,10 @@ def parent_releases_gpu_memory() -> None:
     os.environ.update(PARENT_SETTINGS)
 
 
-def child_env(**extra: str) -> dict[str, str]:
-    """The environment for a child: the parent's original one (JAX's allocator defaults), this repository first
-    on ``PYTHONPATH``, plus ``extra``."""
+def child_env(root: Path = ROOT, **extra: str) -> dict[str, str]:
+    """The environment for a child: the parent's original one (JAX's allocator defaults), ``root`` (this
+    repository, or another commit's source tree) first on ``PYTHONPATH``, plus ``extra``."""
     env = dict(ORIGINAL_ENV)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + ORIGINAL_ENV.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(root) + os.pathsep + ORIGINAL_ENV.get("PYTHONPATH", "")
     env.update(extra)
     return env

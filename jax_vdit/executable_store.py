@@ -80,12 +80,16 @@ def _warn_once(what: str, path: Path, err: BaseException) -> None:
                       RuntimeWarning, stacklevel=3)
 
 
+def _file(directory: Path, key: str) -> Path:
+    return directory / f"{key}.bin"
+
+
 def load(key: str) -> tuple[Any, Any] | None:
     """(the loaded executable, the extra value saved with it) for ``key``, or None when absent or unusable."""
     directory = store_directory()
     if directory is None:
         return None
-    path = directory / f"{key}.bin"
+    path = _file(directory, key)
     try:
         blob = path.read_bytes()
     except FileNotFoundError:
@@ -112,7 +116,7 @@ def save(key: str, compiled, extra: Any = None) -> bool:
     directory = store_directory()
     if directory is None:
         return False
-    path = directory / f"{key}.bin"
+    path = _file(directory, key)
     try:
         from jax.experimental.serialize_executable import serialize
 
@@ -139,7 +143,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
 def has(key: str) -> bool:
     """Whether the store holds an executable file for ``key`` (not whether it loads)."""
     directory = store_directory()
-    return directory is not None and (directory / f"{key}.bin").is_file()
+    return directory is not None and _file(directory, key).is_file()
 
 
 def save_record(name: str, record: Any) -> bool:

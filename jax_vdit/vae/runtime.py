@@ -130,6 +130,12 @@ def _stored_name(key) -> str:
     fn, graphdefs, signature, shape, dtype, donate = key
     description = (f"{fn.__module__}.{fn.__qualname__}", tuple(str(g) for g in graphdefs), signature, shape, dtype,
                    donate, flax.__version__)
+    return store_name(description)
+
+
+def store_name(description) -> str:
+    """The executable store's key of anything built by the VAE's code (a stage, a recorded decode plan): a change
+    of that code is a new key."""
     return executable_store.store_key(description, str(_PACKAGE_DIR))
 
 

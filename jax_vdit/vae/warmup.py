@@ -29,7 +29,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jax_vdit import executable_store
-from jax_vdit.vae import runtime
 from jax_vdit.vae.model import CausalVAE
 from jax_vdit.vae.pipeline import RELEASE_TILING
 from jax_vdit.vae.runtime import (
@@ -43,6 +42,7 @@ from jax_vdit.vae.runtime import (
     preload_stored_stages,
     recording_stages,
     stage_key,
+    store_name,
     stored_stage_name,
 )
 from jax_vdit.vae.tiling import TilingConfig
@@ -153,8 +153,7 @@ def _decode_plan_name(vae: CausalVAE, latent_shape: Sequence[int], tiling: Tilin
         return None
     description = ("vae-decode-plan", repr(nnx.graphdef(vae)), repr(vae.config), str(jnp.dtype(vae.param_dtype)),
                    tuple(int(n) for n in latent_shape), repr(tiling))
-    # keyed by the same code as the stages' own names: a change of the VAE's code is a new record
-    return executable_store.store_key(description, str(runtime._PACKAGE_DIR)) + ".decode-plan"
+    return store_name(description) + ".decode-plan"  # keyed by the VAE's code, as the stages' own names
 
 
 def _recorded_stages(name: str | None) -> list[str] | None:
