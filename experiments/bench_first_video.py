@@ -201,7 +201,8 @@ def run_case(size: str, case: str, work: Path, *, vae_warmup: bool = True, teach
 
 # ---------------------------------------------------------------------------------------------- the CLI itself
 def write_student_inputs(size: str, work: Path) -> tuple[Path, Path, Path]:
-    """A random-weight student folder (release format, bf16 at full size), a VAE folder and an embeddings file."""
+    """A random-weight student folder (release format, bf16 at full size), a VAE folder and an embeddings file
+    (with a negative, so that a variant may sample it as a teacher with CFG)."""
     import jax
     import numpy as np
     from safetensors.numpy import save_file
@@ -222,8 +223,9 @@ def write_student_inputs(size: str, work: Path) -> tuple[Path, Path, Path]:
     del model
     vae = write_vae_folder(_vae(size), work / "vae", dtype=dtype)
     embeddings = work / "embeddings.safetensors"
-    save_file({"text": np.asarray(jax.device_get(text), np.float32), "text_mask": np.asarray(mask, np.int32)},
-              str(embeddings))
+    text = np.asarray(jax.device_get(text), np.float32)  # a negative too: the teacher's CFG path (--cli variants)
+    save_file({"text": text, "text_mask": np.asarray(mask, np.int32), "negative_text": -text,
+               "negative_mask": np.asarray(mask, np.int32)}, str(embeddings))
     return student, vae, embeddings
 
 
