@@ -129,6 +129,27 @@ def save(key: str, compiled, extra: Any = None) -> bool:
         return False
 
 
+def compile_and_save(key: str, lowered, extra: Any = None):
+    """``lowered.compile()``, saved under ``key`` (see :func:`save`) unless this backend cannot serialize it.
+
+    On XLA:CPU an executable that JAX read from its persistent compilation cache serializes without its compiled
+    functions: loaded in another process it fails when run (``NOT_FOUND: Function ... not found``). Such an
+    executable is not saved there; the next process reads it from JAX's cache again (tracing and lowering it) and
+    the store fills once XLA compiles the program itself. Other backends save either kind."""
+    from jax_vdit.compile_meter import CompileMeter
+
+    with CompileMeter() as meter:
+        compiled = lowered.compile()
+    if meter.cache_hits == 0 or not _reloads_lose_code():
+        save(key, compiled, extra)
+    return compiled
+
+
+def _reloads_lose_code() -> bool:
+    """Whether executables read from JAX's persistent cache lose their code when serialized again (XLA:CPU)."""
+    return jax.default_backend() == "cpu"
+
+
 def _write_atomically(path: Path, data: bytes) -> None:
     """A reader sees the old file, the new one, or none; concurrent writers (threads, processes) do not clash."""
     path.parent.mkdir(parents=True, exist_ok=True)

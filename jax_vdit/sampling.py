@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -312,6 +313,12 @@ def sample(
 
 _PACKAGE_DIRS = (str(Path(__file__).resolve().parent), str(Path(pallas_kernels.__file__).resolve().parent))
 _STORED: dict[str, Callable] = {}  # executables of this process by store key (loaded or compiled)
+_LOADED: set[str] = set()  # the keys of those read from the store
+
+
+def samplers_loaded_from_store() -> int:
+    """How many sampler executables this process has read from the executable store (not traced or compiled)."""
+    return len(_LOADED)
 
 
 def _attention_description(attention: AttentionConfig) -> tuple:
@@ -329,6 +336,28 @@ def _abstract(leaf) -> tuple:
     return tuple(leaf.shape), str(leaf.dtype), bool(getattr(leaf, "weak_type", False))
 
 
+_ADDRESS = re.compile(r"<(function|class|built-in function|built-in method) ([\w.<>]+) at (0x[0-9a-f]+)>")
+
+
+def graph_description(graphdef) -> str:
+    """``repr(graphdef)`` with each function or class held as a static attribute (e.g. a ``Linear``'s
+    ``dot_general``) named by its module and qualified name instead of its memory address, which differs from one
+    process to the next: the text is the same in every process for the same model. An address that names no
+    attribute of ``graphdef`` (e.g. a function inside a ``functools.partial``) is kept: such a key is then this
+    process's alone (a compile next time, never a wrong executable)."""
+    named = {}
+    for _, attribute in getattr(graphdef, "attributes", ()):
+        value = getattr(attribute, "value", None)
+        if callable(value) and hasattr(value, "__qualname__"):
+            named[id(value)] = f"{getattr(value, '__module__', None)}.{value.__qualname__}"
+
+    def name(match: re.Match) -> str:
+        found = named.get(int(match.group(3), 16))
+        return match.group(0) if found is None else f"<{match.group(1)} {found}>"
+
+    return _ADDRESS.sub(name, repr(graphdef))
+
+
 def sampler_store_key(prog: "_Program", args: tuple) -> str:
     """The executable store's key of the sampler program for ``args`` (see :mod:`jax_vdit.executable_store`): the
     model's graph definition, the sampler method, latent dtype, every attention setting (masks by their bits), the
@@ -336,7 +365,7 @@ def sampler_store_key(prog: "_Program", args: tuple) -> str:
     device and numerics settings: :func:`jax_vdit.executable_store.environment_fingerprint`)."""
     leaves, treedef = jax.tree.flatten(args)
     statics = prog.statics
-    description = ("sampler", repr(prog.graphdef), statics["method"], str(statics["latent_dtype"]),
+    description = ("sampler", graph_description(prog.graphdef), statics["method"], str(statics["latent_dtype"]),
                    _attention_description(statics["attention"]), str(treedef), tuple(_abstract(x) for x in leaves))
     return executable_store.store_key(description, *_PACKAGE_DIRS)
 
@@ -353,12 +382,8 @@ def _stored_executable(key: str):
         found = executable_store.load(key)
         if found is not None:
             executable = _STORED[key] = found[0]
+            _LOADED.add(key)
     return executable
-
-
-def _store_executable(key: str, executable) -> None:
-    executable_store.save(key, executable)
-    _STORED[key] = executable
 
 
 def _stored_runner(prog: "_Program") -> Callable | None:
@@ -377,8 +402,8 @@ def _stored_runner(prog: "_Program") -> Callable | None:
             key = keys[shapes] = sampler_store_key(prog, args)
         executable = _stored_executable(key)
         if executable is None:
-            executable = _sample_jit.lower(prog.graphdef, *args, **prog.statics).compile()
-            _store_executable(key, executable)
+            executable = _STORED[key] = executable_store.compile_and_save(
+                key, _sample_jit.lower(prog.graphdef, *args, **prog.statics))
         return executable(*args)
 
     return run
@@ -446,10 +471,10 @@ def compile_sampler(
             return CompiledSampler(found, 0.0, time.perf_counter() - t0, prog)
         lowered = _sample_jit.lower(prog.graphdef, *args, **prog.statics)
         t1 = time.perf_counter()
-        executable = lowered.compile()
+        executable = lowered.compile() if stored is None else executable_store.compile_and_save(stored, lowered)
         t2 = time.perf_counter()
         if stored is not None:
-            _store_executable(stored, executable)
+            _STORED[stored] = executable
     return CompiledSampler(executable, t1 - t0, t2 - t1, prog)
 
 

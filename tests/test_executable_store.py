@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -296,3 +297,68 @@ def test_compile_sampler_reads_and_fills_the_same_store(store, monkeypatch):
     np.testing.assert_array_equal(np.asarray(loaded(jax.random.key(5))), reference)
     np.testing.assert_array_equal(np.asarray(sampling.sample(model, text, mask, key=jax.random.key(5), **kwargs)),
                                   reference)
+
+
+_STORE_CHILD = r"""
+import json, os, sys
+os.environ["JAX_VDIT_EXECUTABLE_STORE"] = "1"
+import jax, jax.numpy as jnp
+jax.config.update("jax_compilation_cache_dir", sys.argv[1])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # as `vdit sample` sets it
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+from jax_vdit import executable_store
+from jax_vdit.compile_meter import CompileMeter
+
+def f(x):  # a concatenate fusion: the code XLA:CPU loses when it serializes a cache-read executable
+    return jnp.tanh(jnp.concatenate([x[:, :8] * 2, x[:, 8:] + 1], axis=1)).sum()
+
+x = jnp.ones((16, 16))
+if sys.argv[2] == "compile":
+    with CompileMeter() as meter:
+        executable_store.compile_and_save("k" * 64, jax.jit(f).lower(x))
+    print(json.dumps({"cache_hits": meter.cache_hits, "stored": executable_store.has("k" * 64)}))
+else:
+    found = executable_store.load("k" * 64)
+    print(json.dumps({"value": None if found is None else float(found[0](x))}))
+"""
+
+
+def test_an_executable_read_from_jax_cache_is_not_stored_on_the_cpu(tmp_path):
+    """A fresh compile is stored and runs in another process; with the store emptied, the same program read from
+    JAX's persistent cache is not stored on XLA:CPU (serialized again it loses its code: the process after it
+    failed with ``NOT_FOUND: Function ... not found`` when it ran what the store gave it)."""
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+    def child(mode: str) -> dict:
+        proc = subprocess.run([sys.executable, "-c", _STORE_CHILD, str(tmp_path / "xla"), mode], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    expected = float(np.tanh(np.concatenate([np.full((16, 8), 2.0), np.full((16, 8), 2.0)], axis=1)).sum())
+    assert child("compile") == {"cache_hits": 0, "stored": True}
+    assert child("run")["value"] == pytest.approx(expected, rel=1e-6)
+    for path in (tmp_path / "xla" / executable_store.SUBDIR).glob("*.bin"):
+        path.unlink()
+    assert child("compile") == {"cache_hits": 1, "stored": False}
+    assert child("run") == {"value": None}
+
+
+def test_the_sampler_key_names_functions_not_their_addresses(store):
+    """A ``Linear`` holds ``dot_general`` and ``promote_dtype`` as static attributes; their addresses differ from
+    one process to the next, so a key built from ``repr(graphdef)`` never matched in a new process and every warm
+    `vdit sample` traced, lowered and compiled the sampler again."""
+    import functools
+
+    from flax import nnx
+
+    from jax_vdit import sampling
+
+    graphdef, _ = nnx.split(nnx.Linear(2, 3, rngs=nnx.Rngs(0)))
+    assert " at 0x" in repr(graphdef)
+    text = sampling.graph_description(graphdef)
+    assert " at 0x" not in text and re.search(r"<function [\w.]+\.dot_general>", text), text
+
+    other = nnx.Linear(2, 3, dot_general=functools.partial(jax.lax.dot_general), rngs=nnx.Rngs(0))
+    assert " at 0x" in sampling.graph_description(nnx.split(other)[0])  # not an attribute itself: kept, not guessed

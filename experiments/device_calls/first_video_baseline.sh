@@ -1,9 +1,9 @@
 # Issue 19, one device call (up to LIMIT=570 s): `vdit sample` of the 29x720p 4-step 1:7 student, cold then warm,
 # from this tree and from a baseline tree (another commit's checkout) on the same inputs
 # (`bench_first_video --cli --baseline-tree`); then the PyTorch release's time to its first step
-# (`bench_torch_release`); with TEACHER=1 the dense teacher's command beside them; with FULL93=1 the 93x720p 3:21
-# student's command; then, in the time left, the loader's grouping against one group per tensor (`bench_load`).
-# Random weights.
+# (`bench_torch_release`). RESERIALIZE=1 first runs `experiments.studies.reserialize_cached_executable`; TEACHER=1
+# adds the dense teacher's command; FULL93=1 the 93x720p 3:21 student's command; then, in the time left, the
+# loader's grouping against one group per tensor (`bench_load`). Random weights.
 # Carried, all ignored by git (see README.md here):
 #   .whl, .whl_av (PyAV), BASE (default carry/base_tree: `git archive COMMIT jax_vdit pallas_kernels convert
 #   experiments/__init__.py experiments/child_env.py pyproject.toml | tar -x -C carry/base_tree`),
@@ -13,6 +13,10 @@ source experiments/device_calls/common.sh
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site_av .whl_av/*.whl \
   && export PYTHONPATH=/tmp/site_av:$PYTHONPATH
 python3 -c "import av; print('av', av.__version__)" || { echo "no PyAV: carry .whl_av" >&2; exit 1; }
+if [ "${RESERIALIZE:-0}" = 1 ]; then  # does an executable read from JAX's cache serialize again? (about 20 s)
+  timeout 120 python3 -m experiments.studies.reserialize_cached_executable --out $OUT > /dev/null 2>&1
+  echo "reserialize rc=$? after $(( $(date +%s) - T0 )) s"
+fi
 BASE=${BASE:-carry/base_tree}
 # TEACHER=1: also the dense teacher's command (Euler-ancestral with CFG, TEACHER_STEPS=10) on the same folder
 TEACHER_VARIANT="teacher${TEACHER_STEPS:-10}=--force --sampler euler_ancestral --steps ${TEACHER_STEPS:-10} --guidance 7.5 --attention dense"

@@ -148,6 +148,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     import jax.numpy as jnp
     from safetensors.numpy import save_file
 
+    from jax_vdit import sampling
     from jax_vdit.compile_meter import CompileMeter
 
     from jax_vdit.pipeline import OpenSoraPipeline, PipelineOutput, save_outputs, write_sidecar
@@ -204,6 +205,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     report = {"load_s": round(load_s, 2), "load": pipe.load_seconds, "load_compile": load_meter.report(),
               "compile_s": round(warmup_compile.compile_s, 2),
               "compile": warmup_compile.report(), "run_compile": run_compile.report(),
+              "sampler_from_store": sampling.samplers_loaded_from_store() > 0,  # not traced, lowered or compiled
               "warmup_s": round(warmup_s, 2), "sampling_s": round(sample_s, 2),
               "s_per_step_median": round(step_median, 4), "videos": len(job.videos),
               "latent_shape": list(latents.shape), "out": str(latents_file), "compile_cache": cache,

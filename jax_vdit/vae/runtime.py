@@ -197,9 +197,10 @@ def finish_stage(fn: Callable, key, lowered, out_shape, donated: bool, x_spec, l
     if key in _CACHE:
         return
     t0 = time.perf_counter()
-    compiled = lowered.compile()
-    if executable_store.store_directory() is not None:
-        executable_store.save(_stored_name(key), compiled, (out_shape, donated))
+    if executable_store.store_directory() is None:
+        compiled = lowered.compile()
+    else:
+        compiled = executable_store.compile_and_save(_stored_name(key), lowered, (out_shape, donated))
     entry = _log_entry(fn, x_spec, donated, lower_s + time.perf_counter() - t0, loaded=False)
     try:
         mem = compiled.memory_analysis()
