@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jax_vdit import sampling
+from jax_vdit import executable_store, sampling
 from jax_vdit.config import VAE_SPATIAL, VAE_TEMPORAL, VideoSize
 from jax_vdit.host_arrays import to_device
 from jax_vdit.model.attention import AttentionConfig, attention_from_spec
@@ -249,6 +249,39 @@ def _start_decoder_warmup(vae, model_dir: Path, config, decode_size, vae_tiles: 
     return shape, precompile_decode_in_background(vae, shape, tiling=_decode_tiling(vae_tiles), cancel=cancel)
 
 
+def _compile_sampler_in_background(cls, model_dir: Path, load_args: dict, parts: dict, job_args: Mapping,
+                                   cancel) -> Future:
+    """A future of {"seconds", "compile" (this thread's :class:`~jax_vdit.compile_meter.CompileMeter` report),
+    "error"} of compiling, or reading from the executable store, the sampler of the job that
+    ``prepare(**job_args)`` makes, on a pipeline (``parts``: its fields) whose transformer has only the shapes
+    of the one at ``model_dir`` (``load_args``: :func:`~jax_vdit.io.load.model_config`'s arguments). Nothing
+    starts once ``cancel`` is set."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from jax_vdit.compile_meter import CompileMeter
+    from jax_vdit.io.load import model_config
+    from jax_vdit.model import abstract_model
+
+    def work() -> dict:
+        t0 = time.perf_counter()
+        error = None
+        with CompileMeter() as meter:
+            try:
+                shapes = cls(abstract_model(model_config(model_dir, **load_args)), **parts)
+                job = shapes.prepare(**job_args)
+                if not cancel.is_set():
+                    shapes.compile_sampler(job)
+                    shapes.draw_first_noise(job)
+            except Exception as err:  # noqa: BLE001 - the caller compiles instead; prepare() raises it there
+                error = f"{type(err).__name__}: {err}"
+        return {"seconds": round(time.perf_counter() - t0, 3), "compile": meter.report(), "error": error}
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sampler-compile")
+    future = pool.submit(work)
+    pool.shutdown(wait=False)
+    return future
+
+
 def _load_vae_in_background(vae_dir: Path, dtype, warmup: tuple | None, cancel) -> Future:
     """Load the VAE from ``vae_dir`` in a background thread, then (``warmup`` = (model_dir, config, decode_size,
     vae_tiles)) start compiling its decode stages there. The future's result: (VAE, load seconds, the
@@ -307,6 +340,9 @@ class OpenSoraPipeline:
     layer_loop: str = "scan"
     load_seconds: dict = field(default_factory=dict, compare=False)  # from_pretrained: wall seconds per part
     _decoder_warmups: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _early_sampler: Future | None = field(default=None, init=False, repr=False, compare=False)
+    # from_pretrained(early_job=...): seconds of the background compile, its compile report, its wait, any error
+    early_sampler: dict | None = field(default=None, init=False, repr=False, compare=False)
 
     # ---------------------------------------------------------------------------------------------------------
     @classmethod
@@ -325,6 +361,7 @@ class OpenSoraPipeline:
         vae_tiles: str = "uniform",
         layer_loop: str = "scan",
         decode_size: tuple[int | None, int | None, int | None] | None = None,
+        early_job: Mapping[str, Any] | None = None,
         revision: str | None = None,
         cache_dir: str | os.PathLike | None = None,
         local_files_only: bool | None = None,
@@ -350,6 +387,13 @@ class OpenSoraPipeline:
         transformer and the text encoder load; :meth:`warm_up_decoder` of a job of that size returns that warm-up.
         The VAE itself loads in a background thread beside the transformer. ``load_seconds``: wall seconds of each
         part ("vae" overlaps "transformer"; "vae_wait": how long the VAE kept the pipeline waiting after the rest).
+        ``early_job``: the keyword arguments of the :meth:`prepare` call that will follow, with ``prompt_embeds``
+        (precomputed embeddings: no text encoder is needed to know the text's shape): the sampler for that job then
+        compiles in a background thread from the model's shapes alone while the weights load, and
+        :meth:`warm_up` waits for it instead of compiling. It needs the executable store
+        (:mod:`jax_vdit.executable_store`: JAX's persistent cache on) and one device; otherwise, or with prompts,
+        it is ignored. A failure there (e.g. a bad input) is only recorded in ``early_sampler``: :meth:`prepare`
+        raises it in the caller's thread.
         """
         if vae_tiles not in VAE_TILES:
             raise PipelineInputError(f"vae_tiles must be one of {VAE_TILES}, not {vae_tiles!r}")
@@ -386,6 +430,13 @@ class OpenSoraPipeline:
                     break
             if vae is True and vae_dir is None:
                 raise FileNotFoundError(f"no vae/ folder beside {model_dir}; pass vae=PATH")
+        if student is not None:
+            settings = SamplerSettings("consistency", len(student["edges"]), tuple(sorted(student["edges"])), None)
+            attention_spec = student["mask_schedule_file"] or "dense"
+        else:
+            settings, attention_spec = RELEASE_SETTINGS, "dense"
+        parts = dict(settings=settings, attention_spec=attention_spec, tile_backend=tile_backend, student=student,
+                     mixed_masks=mixed_masks, vae_tiles=vae_tiles, layer_loop=layer_loop)
         seconds = {}
         # the VAE loads in a background thread while the transformer and text encoder load here; its stages then
         # compile in the background (decode_size given) while the transformer compiles and samples
@@ -393,6 +444,12 @@ class OpenSoraPipeline:
         vae_load = None if vae_dir is None else _load_vae_in_background(
             vae_dir, jnp.bfloat16 if compute_dtype == "bfloat16" else jnp.float32,
             None if decode_size is None else (model_dir, config, decode_size, vae_tiles), cancel)
+        early_sampler = None
+        if early_job is not None and early_job.get("prompt_embeds") is not None and \
+                executable_store.store_directory() is not None and jax.local_device_count() == 1:
+            early_sampler = _compile_sampler_in_background(
+                cls, model_dir, dict(config=config, param_dtype=param_dtype, compute_dtype=compute_dtype), parts,
+                early_job, cancel)
         try:
             t0 = time.perf_counter()
             transformer = load_model(model_dir, param_dtype=param_dtype, compute_dtype=compute_dtype, config=config)
@@ -407,17 +464,13 @@ class OpenSoraPipeline:
         except BaseException:
             cancel.set()  # no decode will follow: stop the VAE's work, so the error ends the process promptly
             raise
-        if student is not None:
-            settings = SamplerSettings("consistency", len(student["edges"]), tuple(sorted(student["edges"])), None)
-            attention_spec = student["mask_schedule_file"] or "dense"
-        else:
-            settings, attention_spec = RELEASE_SETTINGS, "dense"
         source = {"model": name, "variant": variant if model_dir != root else None, "transformer": str(model_dir),
                   "vae": None if vae_dir is None else str(vae_dir),
                   "text_encoder": None if encoder is None else encoder.source,
                   "param_dtype": param_dtype, "compute_dtype": compute_dtype}
-        pipe = cls(transformer, vae_model, encoder, settings, attention_spec, tile_backend, student, source,
-                   mixed_masks, vae_tiles, layer_loop, {k: round(v, 3) for k, v in seconds.items()})
+        pipe = cls(transformer, vae_model, encoder, source=source,
+                   load_seconds={k: round(v, 3) for k, v in seconds.items()}, **parts)
+        pipe._early_sampler = early_sampler
         if early is not None:
             shape, future = early
             pipe._decoder_warmups[shape] = future  # warm_up_decoder() of a job of this size returns it
@@ -558,25 +611,49 @@ class OpenSoraPipeline:
                    jnp.dtype(latent_dtype), tuple(notes))
 
     # ---------------------------------------------------------------------------------------------------------
-    def _sample_one(self, job: Job, video: VideoJob, *, plan: sampling.SamplingPlan | None = None,
-                    mesh=None, progress: Callable[[int], None] | None = None) -> jax.Array:
+    def _sampler_arguments(self, job: Job, video: VideoJob) -> tuple[jax.Array, jax.Array, dict]:
+        """(text (1, L, C), text mask (1, L), the other keyword arguments of :func:`~jax_vdit.sampling.sample`)
+        for ``video`` of ``job``."""
         t = job.text
         p = video.prompt_index
-        kwargs = {}
+        kwargs = dict(latent_shape=job.latent_shape, attention=job.attention, latent_dtype=job.latent_dtype)
         if job.settings.uses_cfg:
             q = 0 if t.negative_text.shape[0] == 1 else p
-            kwargs = dict(negative_text=to_device(t.negative_text[q:q + 1]),
+            kwargs.update(negative_text=to_device(t.negative_text[q:q + 1]),
                           negative_mask=to_device(t.negative_mask[q:q + 1]), guidance_scale=job.settings.guidance_scale)
-        return sampling.sample(self.transformer, to_device(t.text[p:p + 1]), to_device(t.text_mask[p:p + 1]),
+        return to_device(t.text[p:p + 1]), to_device(t.text_mask[p:p + 1]), kwargs
+
+    def _sample_one(self, job: Job, video: VideoJob, *, plan: sampling.SamplingPlan | None = None,
+                    mesh=None, progress: Callable[[int], None] | None = None) -> jax.Array:
+        text, mask, kwargs = self._sampler_arguments(job, video)
+        return sampling.sample(self.transformer, text, mask,
                                key=jax.random.key(to_device(video.seed, np.uint32)),  # no staging program
-                               latent_shape=job.latent_shape,
-                               plan=job.plan if plan is None else plan, attention=job.attention,
-                               latent_dtype=job.latent_dtype, progress=progress, mesh=mesh, **kwargs)
+                               plan=job.plan if plan is None else plan, progress=progress, mesh=mesh, **kwargs)
+
+    def compile_sampler(self, job: Job, *, mesh=None) -> sampling.CompiledSampler:
+        """The sampler program of ``job`` (:func:`~jax_vdit.sampling.compile_sampler`), compiled or read from the
+        executable store, not run. The transformer may be abstract (``jax.ShapeDtypeStruct`` leaves, e.g.
+        :func:`~jax_vdit.model.abstract_model`): only shapes matter, and with the executable store on, a pipeline
+        of the loaded model then runs this executable without tracing it again."""
+        text, mask, kwargs = self._sampler_arguments(job, job.videos[0])
+        return sampling.compile_sampler(self.transformer, text, mask, plan=job.plan, mesh=mesh, **kwargs)
+
+    def draw_first_noise(self, job: Job) -> None:
+        """Draw the first video's initial noise once and drop it: this process then has the two small programs
+        that make a key and the noise (:meth:`warm_up` and :meth:`run` find them compiled)."""
+        key = jax.random.key(to_device(job.videos[0].seed, np.uint32))
+        jax.block_until_ready(sampling.initial_latents(key, job.plan, (1, *job.latent_shape), job.latent_dtype))
 
     def warm_up(self, job: Job, *, mesh=None, progress: bool = False) -> None:
         """Compile the sampler for ``job``: its first video's initial noise and a run of zero steps of the same
         program as :meth:`run` (the step range is data), so that no step is spent (``progress``: whether that run
-        has a progress callback)."""
+        has a progress callback). Waits first for the sampler that :meth:`from_pretrained` compiled in the
+        background (``early_job``), whose figures go into ``early_sampler``."""
+        if self._early_sampler is not None:
+            t0 = time.perf_counter()
+            done = self._early_sampler.result()
+            self.early_sampler = dict(done, wait_s=round(time.perf_counter() - t0, 3))
+            self._early_sampler = None
         out = self._sample_one(job, job.videos[0], plan=job.plan.truncated(0), mesh=mesh,
                                progress=(lambda step: None) if progress else None)
         jax.block_until_ready(out)

@@ -165,6 +165,14 @@ def _initial_latents(key: jax.Array, init_scale: jax.Array, *, shape: tuple[int,
     return noise_key, (noise * init_scale).astype(latent_dtype)
 
 
+def initial_latents(key: jax.Array, plan: SamplingPlan, shape: tuple[int, ...],
+                    latent_dtype) -> tuple[jax.Array, jax.Array]:
+    """(ancestral-noise key, initial latents of ``shape`` in ``latent_dtype``) that :func:`sample` starts ``plan``
+    from for ``key``: the same program."""
+    return _initial_latents(key, to_device(plan.init_scale, np.float32), shape=tuple(shape),
+                            latent_dtype=jnp.dtype(latent_dtype))
+
+
 @jax.jit
 def _noise_key(key: jax.Array) -> jax.Array:
     """The ancestral-noise key of ``key`` (what :func:`_initial_latents` returns first), for a resumed run."""
@@ -207,8 +215,7 @@ class _Program:
             raise ValueError(f"latents {tuple(latents.shape)} do not match (batch, *latent_shape) = {self.batch_shape}")
         dtype = self.statics["latent_dtype"]
         if latents is None:
-            noise_key, x = _initial_latents(key, to_device(self.plan.init_scale, np.float32),
-                                            shape=self.batch_shape, latent_dtype=dtype)
+            noise_key, x = initial_latents(key, self.plan, self.batch_shape, dtype)
         else:  # a copy: the sampler donates its latents buffer
             noise_key, x = _noise_key(key), jnp.array(latents, dtype=dtype, copy=True)
         return self.place(noise_key), self.place(x)

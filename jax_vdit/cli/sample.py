@@ -154,6 +154,12 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from jax_vdit.pipeline import OpenSoraPipeline, PipelineOutput, save_outputs, write_sidecar
     from jax_vdit.sampling import StepTimer
 
+    edges = None if args.edges is None else [int(e) for e in args.edges.split(",")]
+    job_args = dict(prompt=prompts, negative_prompt=args.negative_prompt, prompt_embeds=embeds,
+                    num_frames=args.frames, height=args.height, width=args.width, num_inference_steps=args.steps,
+                    guidance_scale=args.guidance, sampler=args.sampler, edges=edges, seed=args.seed,
+                    num_videos_per_prompt=args.num_videos_per_prompt, attention=args.attention,
+                    latent_dtype=jnp.float32 if args.fp32_latents else jnp.bfloat16, force=args.force)
     t0 = time.perf_counter()
     load_meter = CompileMeter()  # this thread: the programs that place and lay out the weights, not the VAE's
     with load_meter:
@@ -166,14 +172,11 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             # the VAE's stages start compiling as soon as the VAE is loaded (early), or after the transformer loads
             decode_size=None if args.latents_only or args.vae_warmup != "early" else
             (args.frames, args.height, args.width),
+            # the sampler compiles from the model's shapes while the weights load (embeddings given, one device)
+            early_job=job_args if mesh is None else None,
             revision=args.revision, local_files_only=True if args.offline else None)
     load_s = time.perf_counter() - t0
-    edges = None if args.edges is None else [int(e) for e in args.edges.split(",")]
-    job = pipe.prepare(prompts, args.negative_prompt, prompt_embeds=embeds, num_frames=args.frames,
-                       height=args.height, width=args.width, num_inference_steps=args.steps,
-                       guidance_scale=args.guidance, sampler=args.sampler, edges=edges, seed=args.seed,
-                       num_videos_per_prompt=args.num_videos_per_prompt, attention=args.attention,
-                       latent_dtype=jnp.float32 if args.fp32_latents else jnp.bfloat16, force=args.force)
+    job = pipe.prepare(**job_args)
     source = "student.json" if pipe.student is not None else "checkpoint defaults"
     print(f"vdit sample: {job.describe()} ({source}; seeds {job.videos[0].seed}..{job.videos[-1].seed})",
           file=sys.stderr)
@@ -206,6 +209,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
               "compile_s": round(warmup_compile.compile_s, 2),
               "compile": warmup_compile.report(), "run_compile": run_compile.report(),
               "sampler_from_store": sampling.samplers_loaded_from_store() > 0,  # not traced, lowered or compiled
+              # compiled (or read from the store) in a background thread while the weights loaded: its seconds,
+              # compile report, warm-up's wait for it, any error (then the warm-up compiled it); None: not tried
+              "sampler_early": pipe.early_sampler,
               "warmup_s": round(warmup_s, 2), "sampling_s": round(sample_s, 2),
               "s_per_step_median": round(step_median, 4), "videos": len(job.videos),
               "latent_shape": list(latents.shape), "out": str(latents_file), "compile_cache": cache,
