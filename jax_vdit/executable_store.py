@@ -19,6 +19,7 @@ the program is compiled again. Like JAX's cache, the files are unpickled: keep t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -35,6 +36,28 @@ SUBDIR = "jax_vdit_executables"
 ENV_SWITCH = "JAX_VDIT_EXECUTABLE_STORE"
 MAGIC = b"jax-vdit-executable-1\n"
 _warned: set[str] = set()
+_problems: list[str] = []  # every file ignored or not written in this process, why (see problems())
+
+
+def problems() -> list[str]:
+    """Each executable file this process ignored (damaged, unloadable) or could not write, with the reason."""
+    return list(_problems)
+
+
+@contextlib.contextmanager
+def constants_embedded():
+    """Programs lowered inside this context carry their closed-over constants (RoPE tables, the noise schedule,
+    tile masks) inside them. Where JAX hoists constants into extra arguments instead
+    (``jax_use_simplified_jaxpr_constants``), ``serialize_executable`` refuses the program ("serialize_executables
+    with const_args") and the store could not keep it. JAX has no public context for the setting."""
+    from jax._src import config as jax_config
+
+    state = getattr(jax_config, "embedded_constants_max_bytes", None)
+    if state is None:
+        yield
+        return
+    with state(1 << 62):
+        yield
 
 
 def store_directory() -> Path | None:
@@ -74,6 +97,7 @@ def store_key(description: Any, *package_dirs: str) -> str:
 
 
 def _warn_once(what: str, path: Path, err: BaseException) -> None:
+    _problems.append(f"{what} {path.name}: {type(err).__name__}: {err}")
     if what not in _warned:
         _warned.add(what)
         warnings.warn(f"executable store: {what} {path} ({type(err).__name__}: {err}); compiling instead",

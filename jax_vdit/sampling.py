@@ -409,8 +409,9 @@ def _stored_runner(prog: "_Program") -> Callable | None:
             key = keys[shapes] = sampler_store_key(prog, args)
         executable = _stored_executable(key)
         if executable is None:
-            executable = _STORED[key] = executable_store.compile_and_save(
-                key, _sample_jit.lower(prog.graphdef, *args, **prog.statics))
+            with executable_store.constants_embedded():
+                lowered = _sample_jit.lower(prog.graphdef, *args, **prog.statics)
+            executable = _STORED[key] = executable_store.compile_and_save(key, lowered)
         return executable(*args)
 
     return run
@@ -476,7 +477,8 @@ def compile_sampler(
         found = None if stored is None else _stored_executable(stored)  # no tracing, no lowering
         if found is not None:
             return CompiledSampler(found, 0.0, time.perf_counter() - t0, prog)
-        lowered = _sample_jit.lower(prog.graphdef, *args, **prog.statics)
+        with executable_store.constants_embedded() if stored is not None else contextlib.nullcontext():
+            lowered = _sample_jit.lower(prog.graphdef, *args, **prog.statics)
         t1 = time.perf_counter()
         executable = lowered.compile() if stored is None else executable_store.compile_and_save(stored, lowered)
         t2 = time.perf_counter()

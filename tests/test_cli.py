@@ -380,6 +380,32 @@ def test_vae_warmup_decides_whether_the_pipeline_starts_the_decode_warmup_while_
     assert seen["decode_size"] == decode_size
 
 
+@pytest.mark.parametrize("flags, early", [([], True), (["--sampler-compile", "after-load"], False),
+                                          (["--sp-size", "1"], False)])
+def test_sampler_compile_decides_whether_the_pipeline_compiles_it_while_loading(flags, early, golden_dir, tmp_path,
+                                                                                monkeypatch):
+    """By default ``from_pretrained`` gets the job's arguments (the sampler compiles from the model's shapes while
+    the weights load); ``--sampler-compile after-load`` and a device mesh do not."""
+    from jax_vdit.pipeline import OpenSoraPipeline
+
+    seen: dict = {}
+
+    def capture(*args, **kwargs):
+        seen.update(kwargs)
+        raise _Stop
+
+    monkeypatch.setattr(OpenSoraPipeline, "from_pretrained", capture)
+    emb = _embeddings(tmp_path / "emb.safetensors")
+    with pytest.raises(_Stop):
+        main(["sample", str(golden_dir / "opensora_v12" / "tiny_a"), "--embeddings", str(emb), "--steps", "3",
+              "--frames", "9", "--height", "64", "--width", "80", "--no-compile-cache", *flags])
+    if early:
+        job = seen["early_job"]
+        assert job["num_inference_steps"] == 3 and job["num_frames"] == 9 and job["prompt_embeds"] is not None
+    else:
+        assert seen["early_job"] is None
+
+
 @pytest.mark.parametrize("argv, module, name", [
     (["train-teacher", "--run", "r", "--world", "toy-tiny-5x16x16", "--model", "toy-tiny"], "jax_vdit.toy",
      "train_teacher"),

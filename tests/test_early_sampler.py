@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax._src import compilation_cache  # reset_cache: no public way to re-point JAX's cache
 
 from jax_vdit import executable_store, sampling
 from jax_vdit.compile_meter import CompileMeter
@@ -32,10 +33,12 @@ def store(tmp_path, monkeypatch):
     previous = jax.config.jax_compilation_cache_dir
     monkeypatch.setenv(executable_store.ENV_SWITCH, "1")
     jax.config.update("jax_compilation_cache_dir", str(tmp_path / "cache"))
+    compilation_cache.reset_cache()  # JAX's cache follows the new folder (it keeps the first one it opened)
     sampling._STORED.clear()
     yield tmp_path / "cache" / executable_store.SUBDIR
     sampling._STORED.clear()
     jax.config.update("jax_compilation_cache_dir", previous)
+    compilation_cache.reset_cache()
 
 
 class _NoTracing:

@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jax._src import compilation_cache  # reset_cache: no public way to re-point JAX's cache
+
 from jax_vdit import executable_store
 from jax_vdit.vae import TilingConfig, clear_compile_cache, compile_log, decode_latents_to_video
 from jax_vdit.vae import runtime
@@ -38,10 +40,19 @@ def store(tmp_path, monkeypatch):
     previous = jax.config.jax_compilation_cache_dir
     monkeypatch.setenv(executable_store.ENV_SWITCH, "1")
     jax.config.update("jax_compilation_cache_dir", str(tmp_path / "cache"))
+    compilation_cache.reset_cache()  # JAX's cache follows the new folder (it keeps the first one it opened)
     clear_compile_cache()
     yield tmp_path / "cache" / executable_store.SUBDIR
     clear_compile_cache()
     jax.config.update("jax_compilation_cache_dir", previous)
+    compilation_cache.reset_cache()
+
+
+def _forget_jax_cache(store: Path) -> None:
+    """Empty JAX's persistent cache beside ``store``, so that what compiles next is compiled by XLA: on the CPU an
+    executable read from that cache (which another test of this process may have turned on) is not stored."""
+    for entry in store.parent.glob("*-cache"):
+        entry.unlink()
 
 
 def _no_lowering(*args, **kwargs):
@@ -126,8 +137,7 @@ def test_a_damaged_file_is_ignored_and_compiled_again(vae, store):
     reference = decode_latents_to_video(vae, z, tiling=tiles)
     victim = sorted(store.glob("*.bin"))[0]
     victim.write_bytes(victim.read_bytes()[:-100])  # truncated
-    for entry in store.parent.glob("*-cache"):  # compiled by XLA below: an executable read from JAX's persistent
-        entry.unlink()  # cache (another test of this process may have turned it on) is not stored on the CPU
+    _forget_jax_cache(store)
     clear_compile_cache()
     executable_store._warned.clear()
     with warnings.catch_warnings(record=True) as caught:
@@ -221,6 +231,7 @@ def test_the_sampler_loads_from_the_store_without_tracing_and_samples_the_same(s
     monkeypatch.setattr(executable_store, "store_directory", lambda: None)  # the jitted path, for reference
     reference = np.asarray(sampling.sample(model, text, mask, key=jax.random.key(5), **kwargs))
     monkeypatch.undo()
+    _forget_jax_cache(store)
     monkeypatch.setenv(executable_store.ENV_SWITCH, "1")
     sampling._STORED.clear()
     first = np.asarray(sampling.sample(model, text, mask, key=jax.random.key(5), **kwargs))
@@ -364,3 +375,40 @@ def test_the_sampler_key_names_functions_not_their_addresses(store):
 
     other = nnx.Linear(2, 3, dot_general=functools.partial(jax.lax.dot_general), rngs=nnx.Rngs(0))
     assert " at 0x" in sampling.graph_description(nnx.split(other)[0])  # not an attribute itself: kept, not guessed
+
+
+_HOISTING_CHILD = r"""
+import hashlib, json, os, sys
+os.environ["JAX_VDIT_EXECUTABLE_STORE"] = "1"
+os.environ["JAX_USE_SIMPLIFIED_JAXPR_CONSTANTS"] = "1"  # JAX hoists closed-over constants into arguments
+import jax, numpy as np
+jax.config.update("jax_compilation_cache_dir", sys.argv[1])
+sys.path.insert(0, sys.argv[2])
+from test_executable_store import _sampler_inputs
+from jax_vdit import executable_store
+sampling, model, text, mask, kwargs = _sampler_inputs()
+kwargs = dict(kwargs, plan=sampling.consistency((0, 500)), negative_text=None, negative_mask=None)
+out = np.asarray(sampling.sample(model, text, mask, key=jax.random.key(5), **kwargs))
+print(json.dumps({"problems": executable_store.problems(), "loaded": sampling.samplers_loaded_from_store(),
+                  "latents": hashlib.sha256(out.tobytes()).hexdigest()}))
+"""
+
+
+def test_the_sampler_is_stored_where_jax_hoists_constants_into_arguments(tmp_path):
+    """Newer JAX passes closed-over constants (RoPE tables, the noise schedule, tile masks) to the executable as
+    extra arguments, which ``serialize_executable`` refuses ("serialize_executables with const_args"): on the GPU
+    the 1:7 student's sampler was never stored. It is lowered with its constants embedded: stored by the first
+    process, loaded by the second, the same latents."""
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    rows = []
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", _HOISTING_CHILD, str(tmp_path / "xla"),
+                               str(Path(__file__).parent)], cwd=root, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    first, second = rows
+    assert first["problems"] == [] and first["loaded"] == 0, first
+    assert second["problems"] == [] and second["loaded"] == 1, second
+    assert second["latents"] == first["latents"]

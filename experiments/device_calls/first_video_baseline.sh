@@ -2,8 +2,9 @@
 # from this tree and from a baseline tree (another commit's checkout) on the same inputs
 # (`bench_first_video --cli --baseline-tree`); then the PyTorch release's time to its first step
 # (`bench_torch_release`). RESERIALIZE=1 first runs `experiments.studies.reserialize_cached_executable`; TEACHER=1
-# adds the dense teacher's command; FULL93=1 the 93x720p 3:21 student's command; then, in the time left, the
-# loader's grouping against one group per tensor (`bench_load`). Random weights.
+# adds the dense teacher's command, VARIANT=NAME=ARGS another variant of this tree's; FULL93=1 the 93x720p 3:21
+# student's command; then, in the time left, the loader's grouping against one group per tensor (`bench_load`).
+# Random weights.
 # Carried, all ignored by git (see README.md here):
 #   .whl, .whl_av (PyAV), BASE (default carry/base_tree: `git archive COMMIT jax_vdit pallas_kernels convert
 #   experiments/__init__.py experiments/child_env.py pyproject.toml | tar -x -C carry/base_tree`),
@@ -19,10 +20,13 @@ if [ "${RESERIALIZE:-0}" = 1 ]; then  # does an executable read from JAX's cache
 fi
 BASE=${BASE:-carry/base_tree}
 # TEACHER=1: also the dense teacher's command (Euler-ancestral with CFG, TEACHER_STEPS=10) on the same folder
-TEACHER_VARIANT="teacher${TEACHER_STEPS:-10}=--force --sampler euler_ancestral --steps ${TEACHER_STEPS:-10} --guidance 7.5 --attention dense"
-VARIANT_ARGS=(); [ "${TEACHER:-0}" = 1 ] && VARIANT_ARGS=(--cli-variant "$TEACHER_VARIANT")
-timeout ${TA:-260} python3 -m experiments.bench_first_video --size full --cli --baseline-tree "$BASE" "${VARIANT_ARGS[@]}" \
-  --out $OUT > $OUT/first_video_cli.log 2>&1
+STEPS10=${TEACHER_STEPS:-10}
+TEACHER_VARIANT="teacher$STEPS10=--force --sampler euler_ancestral --steps $STEPS10 --guidance 7.5 --attention dense"
+VARIANT_ARGS=()
+if [ "${TEACHER:-0}" = 1 ]; then VARIANT_ARGS+=(--cli-variant "$TEACHER_VARIANT"); fi
+if [ -n "${VARIANT:-}" ]; then VARIANT_ARGS+=(--cli-variant "$VARIANT"); fi  # NAME=ARGS: this tree's command again
+timeout ${TA:-260} python3 -m experiments.bench_first_video --size full --cli --baseline-tree "$BASE" \
+  "${VARIANT_ARGS[@]}" --out $OUT > $OUT/first_video_cli.log 2>&1
 echo "cli rc=$? after $(( $(date +%s) - T0 )) s"
 if [ -d carry/osp_v120 ] && [ -d carry/relwhl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/relsite carry/relwhl/*.whl

@@ -148,7 +148,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     import jax.numpy as jnp
     from safetensors.numpy import save_file
 
-    from jax_vdit import sampling
+    from jax_vdit import executable_store, sampling
     from jax_vdit.compile_meter import CompileMeter
 
     from jax_vdit.pipeline import OpenSoraPipeline, PipelineOutput, save_outputs, write_sidecar
@@ -173,7 +173,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             decode_size=None if args.latents_only or args.vae_warmup != "early" else
             (args.frames, args.height, args.width),
             # the sampler compiles from the model's shapes while the weights load (embeddings given, one device)
-            early_job=job_args if mesh is None else None,
+            early_job=job_args if mesh is None and args.sampler_compile == "early" else None,
             revision=args.revision, local_files_only=True if args.offline else None)
     load_s = time.perf_counter() - t0
     job = pipe.prepare(**job_args)
@@ -211,7 +211,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
               "sampler_from_store": sampling.samplers_loaded_from_store() > 0,  # not traced, lowered or compiled
               # compiled (or read from the store) in a background thread while the weights loaded: its seconds,
               # compile report, warm-up's wait for it, any error (then the warm-up compiled it); None: not tried
-              "sampler_early": pipe.early_sampler,
+              "sampler_early": pipe.early_sampler, "sampler_compile": args.sampler_compile,
               "warmup_s": round(warmup_s, 2), "sampling_s": round(sample_s, 2),
               "s_per_step_median": round(step_median, 4), "videos": len(job.videos),
               "latent_shape": list(latents.shape), "out": str(latents_file), "compile_cache": cache,
@@ -235,6 +235,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         report["write_s"] = round(time.perf_counter() - t2, 2)  # mp4 encoding and sidecars
         report["decode_s"] = round(time.perf_counter() - t0, 2)  # the wait for the VAE's stages, both above
         report["videos_written"] = [str(p) for p in paths]
+    report["executable_store_problems"] = executable_store.problems()  # files ignored or not written, and why
     print(json.dumps(report))
     return 0
 
@@ -310,6 +311,10 @@ def register(sub) -> None:
                         "default: one set of VAE programs for all tile shapes, 10 instead of 40 at 29x720p; 16 s "
                         "instead of 63 s of cold compiling on an H100; the same pixels up to float rounding; the "
                         "edge tiles cost full-tile compute), or each at its own shape (exact)")
+    g.add_argument("--sampler-compile", choices=("early", "after-load"), default="early",
+                   help="when the sampler compiles (or loads from the executable store): in a background thread "
+                        "from the model's shapes while the weights load (early, the default; with --embeddings on "
+                        "one device), or in the warm-up after the load")
     g.add_argument("--vae-warmup", choices=("early", "after-load", "off"), default="early",
                    help="when the VAE's decode stages start compiling (or loading from the executable store) in a "
                         "background thread: as soon as the VAE is loaded (early, beside the transformer's load), "
