@@ -109,9 +109,10 @@ def first_video_table(rows: list[dict]) -> str:
 
 def cli_table(runs: list[tuple[str, dict]]) -> str:
     """``vdit sample`` of a random student folder, cold then warm: wall seconds around the process and its report."""
-    lines = ["| size | code | phase | wall s | goal s | load s (its programs) | compile s (programs, cache misses) | "
-             "sampling s | VAE compile wait s | VAE wait + decode + mp4 s | device |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = ["| size | code | phase | wall s | goal s | load s (its programs) | warm-up compile s (programs, cache "
+             "misses) | sampler compiled beside the load: s (programs, cache misses; warm-up's wait s) | sampler "
+             "from the store | sampling s | VAE compile wait s | VAE wait + decode + mp4 s | device |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|"]
     for _, data in runs:
         goals = GOALS.get(data.get("size"), (None, None))
         # a run with --baseline-tree holds the other tree's runs under "baseline" (its rows first); --cli-variant
@@ -125,10 +126,16 @@ def cli_table(runs: list[tuple[str, dict]]) -> str:
                 rep, comp = r["report"], r["report"].get("compile", {})
                 load_programs = rep.get("load_compile", {}).get("programs")
                 load_programs = "" if load_programs is None else f" ({load_programs})"
+                early = rep.get("sampler_early")
+                early = "-" if not early else (
+                    f"{early['seconds']:.1f} ({early['compile']['programs']}, {early['compile']['cache_misses']}; "
+                    f"{early['wait_s']:.2f})" + (f" error: {early['error']}" if early.get("error") else ""))
+                stored = rep.get("sampler_from_store")
                 lines.append(f"| {data.get('size')} | {code} | {phase} | {r['wall_s']:.1f} | "
                              f"{'-' if goal is None else f'<= {goal:g}'} | {_f(rep.get('load_s'), 1)}"
                              f"{load_programs} | {_f(rep.get('compile_s'), 1)} ({comp.get('programs')}, "
-                             f"{comp.get('cache_misses')}) | {_f(rep.get('sampling_s'))} | "
+                             f"{comp.get('cache_misses')}) | {early} | {'-' if stored is None else stored} | "
+                             f"{_f(rep.get('sampling_s'))} | "
                              f"{_f(rep.get('vae_compile_wait_s'))} | {_f(rep.get('decode_s'))} | "
                              f"{data.get('device')} |")
     return "\n".join(lines)
