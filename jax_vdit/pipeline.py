@@ -228,14 +228,12 @@ def _decode_tiling(vae_tiles: str):
     return TilingConfig.sample_script(uniform_tiles=vae_tiles == "uniform")
 
 
-def _start_decoder_warmup(vae, model_dir: Path, config, decode_size, vae_tiles: str, cancel):
-    """((1, C, t, h, w), future) of a background warm-up of the decode of ``decode_size`` videos (it stops early
-    once ``cancel``, a ``threading.Event``, is set), or None where the size cannot be told without loading the
-    transformer (an orbax checkpoint) or is not one the model can make (:meth:`OpenSoraPipeline.prepare` reports
-    that)."""
+def _decode_shape(model_dir: Path, config, decode_size) -> tuple[int, ...] | None:
+    """(1, C, t, h, w) of the latents of ``decode_size`` videos, or None where the size cannot be told without
+    loading the transformer (an orbax checkpoint) or is not one the model can make (:meth:`OpenSoraPipeline.prepare`
+    reports that)."""
     from jax_vdit.io.checkpoints import is_orbax_model_dir
     from jax_vdit.io.release import resolve_config
-    from jax_vdit.vae.warmup import precompile_decode_in_background
 
     if is_orbax_model_dir(model_dir):
         return None
@@ -245,8 +243,35 @@ def _start_decoder_warmup(vae, model_dir: Path, config, decode_size, vae_tiles: 
         size = VideoSize(frames or base.frames, height or base.height, width or base.width)
     except (ValueError, OSError):
         return None
-    shape = (1, *size.latent_shape)
-    return shape, precompile_decode_in_background(vae, shape, tiling=_decode_tiling(vae_tiles), cancel=cancel)
+    return (1, *size.latent_shape)
+
+
+def _start_decoder_warmup(vae, model_dir: Path, config, decode_size, vae_tiles: str, cancel, workers=None):
+    """((1, C, t, h, w), future) of a background warm-up of the decode of ``decode_size`` videos (it stops early
+    once ``cancel``, a ``threading.Event``, is set), or None where the size cannot be told (:func:`_decode_shape`).
+    ``workers``: (compile processes of :mod:`jax_vdit.vae.compile_worker`, a list their reports go into): the
+    warm-up first waits for them, then reads from the executable store what they compiled."""
+    from jax_vdit.vae import compile_worker
+    from jax_vdit.vae.warmup import precompile_decode, precompile_decode_in_background
+
+    shape = _decode_shape(model_dir, config, decode_size)
+    if shape is None:
+        return None
+    tiling = _decode_tiling(vae_tiles)
+    if not workers:
+        return shape, precompile_decode_in_background(vae, shape, tiling=tiling, cancel=cancel)
+    procs, reports = workers
+
+    def after_workers():
+        reports.extend(compile_worker.wait(procs, cancel))
+        return precompile_decode(vae, shape, tiling=tiling, cancel=cancel)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vae-warmup")
+    future = pool.submit(after_workers)
+    pool.shutdown(wait=False)
+    return shape, future
 
 
 def _compile_sampler_in_background(cls, model_dir: Path, load_args: dict, parts: dict, job_args: Mapping,
@@ -284,7 +309,8 @@ def _compile_sampler_in_background(cls, model_dir: Path, load_args: dict, parts:
 
 def _load_vae_in_background(vae_dir: Path, dtype, warmup: tuple | None, cancel) -> Future:
     """Load the VAE from ``vae_dir`` in a background thread, then (``warmup`` = (model_dir, config, decode_size,
-    vae_tiles)) start compiling its decode stages there. The future's result: (VAE, load seconds, the
+    vae_tiles, compile processes and their reports' list or None)) start compiling its decode stages
+    there. The future's result: (VAE, load seconds, the
     :func:`_start_decoder_warmup` result or None). Nothing starts once ``cancel`` is set."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -296,7 +322,8 @@ def _load_vae_in_background(vae_dir: Path, dtype, warmup: tuple | None, cancel) 
         seconds = time.perf_counter() - t0
         early = None
         if warmup is not None and not cancel.is_set():
-            early = _start_decoder_warmup(vae, *warmup, cancel=cancel)
+            model_dir, config, decode_size, vae_tiles, workers = warmup
+            early = _start_decoder_warmup(vae, model_dir, config, decode_size, vae_tiles, cancel, workers)
         return vae, seconds, early
 
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vae-load")
@@ -343,6 +370,8 @@ class OpenSoraPipeline:
     _early_sampler: Future | None = field(default=None, init=False, repr=False, compare=False)
     # from_pretrained(early_job=...): seconds of the background compile, its compile report, its wait, any error
     early_sampler: dict | None = field(default=None, init=False, repr=False, compare=False)
+    # from_pretrained(vae_compile_processes=N): each compile process's report, once the decode's warm-up has them
+    vae_compile_workers: list | None = field(default=None, init=False, repr=False, compare=False)
 
     # ---------------------------------------------------------------------------------------------------------
     @classmethod
@@ -362,6 +391,7 @@ class OpenSoraPipeline:
         layer_loop: str = "scan",
         decode_size: tuple[int | None, int | None, int | None] | None = None,
         early_job: Mapping[str, Any] | None = None,
+        vae_compile_processes: int = 0,
         revision: str | None = None,
         cache_dir: str | os.PathLike | None = None,
         local_files_only: bool | None = None,
@@ -393,7 +423,9 @@ class OpenSoraPipeline:
         :meth:`warm_up` waits for it instead of compiling. It needs the executable store
         (:mod:`jax_vdit.executable_store`: JAX's persistent cache on) and one device; otherwise, or with prompts,
         it is ignored. A failure there (e.g. a bad input) is only recorded in ``early_sampler``: :meth:`prepare`
-        raises it in the caller's thread.
+        raises it in the caller's thread. ``vae_compile_processes`` (with ``decode_size``, the executable store on):
+        the VAE's stages compile in that many separate processes (:mod:`jax_vdit.vae.compile_worker`), which have
+        their own Python lock, instead of a thread of this process; their reports go into ``vae_compile_workers``.
         """
         if vae_tiles not in VAE_TILES:
             raise PipelineInputError(f"vae_tiles must be one of {VAE_TILES}, not {vae_tiles!r}")
@@ -441,9 +473,20 @@ class OpenSoraPipeline:
         # the VAE loads in a background thread while the transformer and text encoder load here; its stages then
         # compile in the background (decode_size given) while the transformer compiles and samples
         cancel = threading.Event()
+        workers = None
+        if vae_dir is not None and decode_size is not None and vae_compile_processes > 0 and \
+                executable_store.store_directory() is not None:
+            from jax_vdit.vae import compile_worker
+
+            shape = _decode_shape(model_dir, config, decode_size)
+            vae_dtype = "bfloat16" if compute_dtype == "bfloat16" else "float32"
+            if shape is not None and compile_worker.needed(vae_dir, shape, dtype=vae_dtype, tiles=vae_tiles):
+                workers = (compile_worker.start(vae_dir, shape, dtype=vae_dtype, tiles=vae_tiles,  # each loads the
+                                                cache=jax.config.jax_compilation_cache_dir,  # VAE itself
+                                                processes=vae_compile_processes), [])
         vae_load = None if vae_dir is None else _load_vae_in_background(
             vae_dir, jnp.bfloat16 if compute_dtype == "bfloat16" else jnp.float32,
-            None if decode_size is None else (model_dir, config, decode_size, vae_tiles), cancel)
+            None if decode_size is None else (model_dir, config, decode_size, vae_tiles, workers), cancel)
         early_sampler = None
         if early_job is not None and early_job.get("prompt_embeds") is not None and \
                 executable_store.store_directory() is not None and jax.local_device_count() == 1:
@@ -471,6 +514,7 @@ class OpenSoraPipeline:
         pipe = cls(transformer, vae_model, encoder, source=source,
                    load_seconds={k: round(v, 3) for k, v in seconds.items()}, **parts)
         pipe._early_sampler = early_sampler
+        pipe.vae_compile_workers = None if workers is None else workers[1]  # filled once they have finished
         if early is not None:
             shape, future = early
             pipe._decoder_warmups[shape] = future  # warm_up_decoder() of a job of this size returns it

@@ -381,11 +381,12 @@ def test_vae_warmup_decides_whether_the_pipeline_starts_the_decode_warmup_while_
 
 
 @pytest.mark.parametrize("flags, early", [([], True), (["--sampler-compile", "after-load"], False),
-                                          (["--sp-size", "1"], False)])
+                                          (["--sp-size", "1"], False), (["--vae-compile-processes", "2"], True)])
 def test_sampler_compile_decides_whether_the_pipeline_compiles_it_while_loading(flags, early, golden_dir, tmp_path,
                                                                                 monkeypatch):
     """By default ``from_pretrained`` gets the job's arguments (the sampler compiles from the model's shapes while
-    the weights load); ``--sampler-compile after-load`` and a device mesh do not."""
+    the weights load); ``--sampler-compile after-load`` and a device mesh do not. ``--vae-compile-processes``
+    reaches it too."""
     from jax_vdit.pipeline import OpenSoraPipeline
 
     seen: dict = {}
@@ -399,6 +400,7 @@ def test_sampler_compile_decides_whether_the_pipeline_compiles_it_while_loading(
     with pytest.raises(_Stop):
         main(["sample", str(golden_dir / "opensora_v12" / "tiny_a"), "--embeddings", str(emb), "--steps", "3",
               "--frames", "9", "--height", "64", "--width", "80", "--no-compile-cache", *flags])
+    assert seen["vae_compile_processes"] == (2 if "--vae-compile-processes" in flags else 0)
     if early:
         job = seen["early_job"]
         assert job["num_inference_steps"] == 3 and job["num_frames"] == 9 and job["prompt_embeds"] is not None

@@ -2,7 +2,7 @@
 # from this tree and from a baseline tree (another commit's checkout) on the same inputs
 # (`bench_first_video --cli --baseline-tree`); then the PyTorch release's time to its first step
 # (`bench_torch_release`). RESERIALIZE=1 first runs `experiments.studies.reserialize_cached_executable`; TEACHER=1
-# adds the dense teacher's command, VARIANT=NAME=ARGS another variant of this tree's; FULL93=1 the 93x720p 3:21
+# adds the dense teacher's command, VARIANT="NAME=ARGS;..." other variants of this tree's; FULL93=1 the 93x720p 3:21
 # student's command; then, in the time left, the loader's grouping against one group per tensor (`bench_load`).
 # Random weights.
 # Carried, all ignored by git (see README.md here):
@@ -24,7 +24,8 @@ STEPS10=${TEACHER_STEPS:-10}
 TEACHER_VARIANT="teacher$STEPS10=--force --sampler euler_ancestral --steps $STEPS10 --guidance 7.5 --attention dense"
 VARIANT_ARGS=()
 if [ "${TEACHER:-0}" = 1 ]; then VARIANT_ARGS+=(--cli-variant "$TEACHER_VARIANT"); fi
-if [ -n "${VARIANT:-}" ]; then VARIANT_ARGS+=(--cli-variant "$VARIANT"); fi  # NAME=ARGS: this tree's command again
+IFS=';' read -ra MORE <<< "${VARIANT:-}"  # NAME=ARGS[;NAME=ARGS...]: this tree's command with other arguments
+for v in "${MORE[@]}"; do VARIANT_ARGS+=(--cli-variant "$v"); done
 timeout ${TA:-260} python3 -m experiments.bench_first_video --size full --cli --baseline-tree "$BASE" \
   "${VARIANT_ARGS[@]}" --out $OUT > $OUT/first_video_cli.log 2>&1
 echo "cli rc=$? after $(( $(date +%s) - T0 )) s"

@@ -174,6 +174,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             (args.frames, args.height, args.width),
             # the sampler compiles from the model's shapes while the weights load (embeddings given, one device)
             early_job=job_args if mesh is None and args.sampler_compile == "early" else None,
+            vae_compile_processes=args.vae_compile_processes,
             revision=args.revision, local_files_only=True if args.offline else None)
     load_s = time.perf_counter() - t0
     job = pipe.prepare(**job_args)
@@ -227,6 +228,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             report["vae_planned"] = warm.planned  # False: a recorded plan, no tracing of the decode
             report["vae_compile_s"] = warm.total_s  # background, overlapping the transformer's work
             report["vae_compile_wait_s"] = round(time.perf_counter() - t0, 2)
+            report["vae_compile_workers"] = pipe.vae_compile_workers  # None: compiled in a thread of this process
         t1 = time.perf_counter()
         frames = pipe.decode(latents)
         t2 = time.perf_counter()
@@ -320,6 +322,10 @@ def register(sub) -> None:
                         "background thread: as soon as the VAE is loaded (early, beside the transformer's load), "
                         "once the transformer is loaded (after-load: beside its compile and sampling only), or not "
                         "at all (off: each stage compiles when the decode reaches it)")
+    g.add_argument("--vae-compile-processes", type=int, default=0, metavar="N",
+                   help="compile the VAE's decode stages in N separate processes (each with its own Python lock; "
+                        "they hand the stages over through the executable store) instead of a background thread "
+                        "(0, the default); with --vae-warmup early and the compile cache on")
     g.add_argument("--fp32-latents", action="store_true", help="keep latents in fp32 between steps (default bf16)")
     g.add_argument("--force", action="store_true", help="allow flags that contradict a student's student.json "
                    "(recorded in the sidecar)")

@@ -17,6 +17,7 @@ cache when it is on), so the decode that follows finds them.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -162,6 +163,14 @@ def _recorded_stages(name: str | None) -> list[str] | None:
     return names if isinstance(names, list) and names and all(isinstance(n, str) for n in names) else None
 
 
+def decode_is_stored(vae: CausalVAE, latent_shape: Sequence[int], *,
+                     tiling: TilingConfig | None = RELEASE_TILING) -> bool:
+    """Whether the executable store holds this decode's recorded plan and every stage it names (``vae`` may be
+    abstract: only its structure and dtypes matter): then :func:`precompile_decode` compiles and plans nothing."""
+    names = _recorded_stages(_decode_plan_name(vae, latent_shape, tiling))
+    return names is not None and all(executable_store.has(n) for n in names)
+
+
 def _record_stages(name: str, calls: Sequence[StageCall]) -> None:
     """Record the store names of ``calls`` once every one of them is in the store."""
     names = [stored_stage_name(call) for call in _distinct(calls)]
@@ -171,22 +180,29 @@ def _record_stages(name: str, calls: Sequence[StageCall]) -> None:
 
 def precompile_decode(vae: CausalVAE, latent_shape: Sequence[int], *,
                       tiling: TilingConfig | None = RELEASE_TILING, workers: int | None = None,
-                      cancel: threading.Event | None = None) -> WarmupReport:
+                      cancel: threading.Event | None = None, part: tuple[int, int] = (0, 1)) -> WarmupReport:
     """Plan and compile every stage of decoding DiT latents of ``latent_shape`` (B, C, t, h, w); no stage starts
-    once ``cancel`` is set.
+    once ``cancel`` is set. ``part`` (k, n): only every n-th distinct stage from the k-th (for n processes that
+    share the work through the executable store, :mod:`jax_vdit.vae.compile_worker`).
 
     With the executable store on, a decode whose every stage is stored is recorded there (the stages' store
     names); a later process then reads those executables without planning the decode at all (planning traces the
     whole decode abstractly and holds Python's lock: 2.0 s at 29x720p, 7.4 s at 93x720p on a 2-core CPU, time the
     transformer's load beside it waits for). Its report says ``planned=False``."""
+    k, n = part
+    if not 0 <= k < n:
+        raise ValueError(f"part must be (k, n) with 0 <= k < n, got {part}")
     t0 = time.perf_counter()
     record = _decode_plan_name(vae, latent_shape, tiling)
     names = _recorded_stages(record)
-    if names is not None and preload_stored_stages(names):
+    if names is not None and preload_stored_stages(names[k::n]):
         return WarmupReport(stages=len(names), compiled=0, plan_s=0.0, lower_s=0.0,
-                            total_s=round(time.perf_counter() - t0, 3), workers=0, loaded=len(names), planned=False)
+                            total_s=round(time.perf_counter() - t0, 3), workers=0, loaded=len(names[k::n]),
+                            planned=False)
     calls = plan_decode(vae, latent_shape, tiling=tiling)
-    report = precompile(calls, workers=workers, plan_s=time.perf_counter() - t0, cancel=cancel)
+    report = precompile(_distinct(calls)[k::n], workers=workers, plan_s=time.perf_counter() - t0, cancel=cancel)
+    if n > 1:  # the stages of the whole decode, whichever part this process compiled
+        report = dataclasses.replace(report, stages=len(_distinct(calls)))
     if record is not None and not (cancel is not None and cancel.is_set()):
         _record_stages(record, calls)
     return report

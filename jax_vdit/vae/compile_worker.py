@@ -1,0 +1,147 @@
+"""Compile a VAE decode's stages in separate processes, into the executable store, while this process works.
+
+In a background thread of the process that loads and compiles the transformer, the VAE's decode warm-up plans
+the decode (tracing it abstractly) and traces and lowers every stage: pure Python, which holds the interpreter's
+lock that the transformer's load and compile need too (measured on an H100: with both compiling beside the load,
+each took about twice as long as alone). A process has its own lock. :func:`start` launches ``processes`` of::
+
+    python -m jax_vdit.vae.compile_worker --vae DIR --dtype bfloat16 --latent-shape 1,4,8,90,160 \
+        --tiles uniform --cache DIR --part K/N
+
+each of which loads the VAE, plans the decode and compiles every N-th distinct stage from the K-th into the
+executable store inside JAX's persistent cache (``--cache``; the store is required: it is how the stages come
+back). The last to finish records the decode's plan; :func:`wait` then returns, and
+:func:`jax_vdit.vae.warmup.precompile_decode` in the parent reads every stage from the store without planning or
+tracing. A stage a worker did not deliver (it failed, was killed, or XLA:CPU read it from JAX's cache, which the
+store does not keep) is compiled by the parent as before. The workers do not preallocate GPU memory
+(``XLA_PYTHON_CLIENT_PREALLOCATE=false``) and are terminated when the parent exits first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+TILES = ("exact", "uniform")
+_RUNNING: list[subprocess.Popen] = []
+
+
+def _terminate_running() -> None:
+    for proc in _RUNNING:
+        if proc.poll() is None:
+            proc.terminate()
+
+
+atexit.register(_terminate_running)
+
+
+def start(vae_dir: str | os.PathLike, latent_shape: Sequence[int], *, dtype: str, tiles: str, cache: str,
+          processes: int = 1) -> list[subprocess.Popen]:
+    """Launch ``processes`` workers for the decode of ``latent_shape`` (B, C, t, h, w) with the VAE at ``vae_dir``
+    in ``dtype`` ("bfloat16" or "float32") and the release tiling run as ``tiles`` ("exact" or "uniform"), sharing
+    JAX's persistent cache folder ``cache``. Their output goes to this process's stderr."""
+    if processes < 1:
+        raise ValueError(f"processes must be >= 1, got {processes}")
+    if tiles not in TILES:
+        raise ValueError(f"tiles must be one of {TILES}, got {tiles!r}")
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+    root = str(Path(__file__).resolve().parents[2])  # this package, whatever the working folder
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    shape = ",".join(str(int(n)) for n in latent_shape)
+    procs = []
+    for k in range(processes):
+        cmd = [sys.executable, "-m", "jax_vdit.vae.compile_worker", "--vae", str(vae_dir), "--dtype", dtype,
+               "--latent-shape", shape, "--tiles", tiles, "--cache", str(cache), "--part", f"{k}/{processes}"]
+        errors = tempfile.TemporaryFile(mode="w+")  # read back only for a failed worker's report
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=errors, text=True)
+        proc.errors = errors
+        procs.append(proc)
+    _RUNNING.extend(procs)
+    return procs
+
+
+def needed(vae_dir: str | os.PathLike, latent_shape: Sequence[int], *, dtype: str, tiles: str) -> bool:
+    """False when the executable store already holds every stage of this decode and its recorded plan (a warm
+    run: starting processes would only cost their start), judged from the VAE's config alone."""
+    import jax.numpy as jnp
+
+    from jax_vdit.io.vae_weights import _resolve_files
+    from jax_vdit.vae import TilingConfig, abstract_vae
+    from jax_vdit.vae.warmup import decode_is_stored
+
+    jdtype = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
+    cfg, _ = _resolve_files(Path(vae_dir), None)
+    shapes = abstract_vae(cfg, dtype=jdtype, param_dtype=jdtype)
+    tiling = TilingConfig.sample_script(uniform_tiles=tiles == "uniform")
+    return not decode_is_stored(shapes, latent_shape, tiling=tiling)
+
+
+def wait(procs: Sequence[subprocess.Popen], cancel=None) -> list[dict]:
+    """Wait for the workers (terminating them once ``cancel``, a ``threading.Event``, is set); each one's report
+    (its JSON line: stages, compiled, loaded, seconds) or ``{"error": ...}`` for one that failed."""
+    reports = []
+    for proc in procs:
+        while proc.poll() is None:
+            if cancel is not None and cancel.is_set():
+                proc.terminate()
+            time.sleep(0.02)
+        out = proc.stdout.read() if proc.stdout else ""
+        try:
+            reports.append(json.loads(out.strip().splitlines()[-1]))
+        except (ValueError, IndexError):
+            errors = getattr(proc, "errors", None)
+            tail = ""
+            if errors is not None:
+                errors.seek(0)
+                tail = errors.read()[-600:]
+            reports.append({"error": f"exit {proc.returncode}: {tail}"})
+        if proc in _RUNNING:
+            _RUNNING.remove(proc)
+    return reports
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--vae", required=True, help="CausalVAE folder")
+    p.add_argument("--dtype", choices=("bfloat16", "float32"), required=True)
+    p.add_argument("--latent-shape", required=True, help="B,C,t,h,w of the latents to decode")
+    p.add_argument("--tiles", choices=TILES, required=True, help="the release tiling, exact or uniform tiles")
+    p.add_argument("--cache", required=True, help="JAX's persistent compilation cache folder (holds the store)")
+    p.add_argument("--part", default="0/1", help="K/N: compile every N-th distinct stage from the K-th")
+    args = p.parse_args(argv)
+    t0 = time.perf_counter()
+    k, n = (int(v) for v in args.part.split("/"))
+    shape = tuple(int(v) for v in args.latent_shape.split(","))
+
+    import jax
+    import jax.numpy as jnp
+
+    jax.config.update("jax_compilation_cache_dir", str(Path(args.cache).expanduser()))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # as `vdit sample` sets it
+    from jax_vdit import executable_store
+    from jax_vdit.io import load_vae
+    from jax_vdit.vae import TilingConfig
+    from jax_vdit.vae.warmup import precompile_decode
+
+    if executable_store.store_directory() is None:
+        raise SystemExit("compile_worker: the executable store is off ($JAX_VDIT_EXECUTABLE_STORE): nothing would "
+                         "reach the parent")
+    vae = load_vae(args.vae, dtype=jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32)
+    report = precompile_decode(vae, shape, tiling=TilingConfig.sample_script(uniform_tiles=args.tiles == "uniform"),
+                               part=(k, n))
+    print(json.dumps({"part": args.part, "stages": report.stages, "compiled": report.compiled,
+                      "loaded": report.loaded, "seconds": round(time.perf_counter() - t0, 3),
+                      "problems": executable_store.problems()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

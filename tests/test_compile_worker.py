@@ -1,0 +1,76 @@
+"""The VAE's decode stages compiled in separate processes (``jax_vdit.vae.compile_worker``): two workers share the
+stages through the executable store, the parent then reads every one without planning or compiling and decodes
+the same pixels; a warm store needs no workers; a failed worker is reported and the parent compiles instead."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax._src import compilation_cache  # reset_cache: no public way to re-point JAX's cache
+
+from jax_vdit import executable_store
+from jax_vdit.io.vae_weights import write_vae_folder
+from jax_vdit.vae import TilingConfig, clear_compile_cache, compile_worker, decode_latents_to_video
+from jax_vdit.vae.warmup import decode_is_stored, precompile_decode
+
+LATENT = (1, 4, 3, 6, 7)
+TILES = TilingConfig.sample_script(uniform_tiles=True)  # what the workers use for tiles="uniform"
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    previous = jax.config.jax_compilation_cache_dir
+    monkeypatch.setenv(executable_store.ENV_SWITCH, "1")
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "cache"))
+    compilation_cache.reset_cache()
+    clear_compile_cache()
+    yield tmp_path / "cache"
+    clear_compile_cache()
+    jax.config.update("jax_compilation_cache_dir", previous)
+    compilation_cache.reset_cache()
+
+
+@pytest.fixture
+def vae_dir(micro_vae, tmp_path):
+    return write_vae_folder(micro_vae, tmp_path / "vae", dtype="float32")
+
+
+def test_two_workers_fill_the_store_and_the_parent_reads_every_stage(micro_vae, vae_dir, store):
+    from jax_vdit.io import load_vae
+
+    vae = load_vae(vae_dir, dtype=jnp.float32)
+    z = jax.random.normal(jax.random.key(3), LATENT)
+    assert compile_worker.needed(vae_dir, LATENT, dtype="float32", tiles="uniform")
+    reports = compile_worker.wait(compile_worker.start(vae_dir, LATENT, dtype="float32", tiles="uniform",
+                                                       cache=str(store), processes=2))
+    assert all("error" not in r for r in reports), reports
+    assert sum(r["compiled"] for r in reports) == reports[0]["stages"] > 2 and {r["part"] for r in reports} == {
+        "0/2", "1/2"}
+    assert decode_is_stored(vae, LATENT, tiling=TILES)
+    assert not compile_worker.needed(vae_dir, LATENT, dtype="float32", tiles="uniform")  # warm: no workers
+    report = precompile_decode(vae, LATENT, tiling=TILES)
+    assert report.compiled == 0 and report.loaded == report.stages == reports[0]["stages"] and not report.planned
+    frames = decode_latents_to_video(vae, z, tiling=TILES)
+
+    clear_compile_cache()
+    jax.config.update("jax_compilation_cache_dir", None)  # the store off: compiled here, for reference
+    np.testing.assert_array_equal(frames, decode_latents_to_video(vae, z, tiling=TILES))
+
+
+def test_a_failed_worker_is_reported_and_the_parent_compiles(vae_dir, store, tmp_path):
+    from jax_vdit.io import load_vae
+
+    reports = compile_worker.wait(compile_worker.start(tmp_path / "no_vae", LATENT, dtype="float32",
+                                                       tiles="uniform", cache=str(store)))
+    assert len(reports) == 1 and "error" in reports[0] and "no_vae" in reports[0]["error"], reports
+    report = precompile_decode(load_vae(vae_dir, dtype=jnp.float32), LATENT, tiling=TILES)
+    assert report.loaded == 0 and report.compiled == report.stages > 2
+
+
+def test_bad_arguments_are_refused(vae_dir, store):
+    with pytest.raises(ValueError, match="processes"):
+        compile_worker.start(vae_dir, LATENT, dtype="float32", tiles="uniform", cache=str(store), processes=0)
+    with pytest.raises(ValueError, match="tiles"):
+        compile_worker.start(vae_dir, LATENT, dtype="float32", tiles="square", cache=str(store))
