@@ -62,11 +62,15 @@ def test_cli_runs_get_their_own_table_with_the_goals(tmp_path):
               "vae_compile_wait_s": 0.1, "decode_s": 2.0}
     (tmp_path / "first_video_cli_full.json").write_text(json.dumps(
         {"command": "python -m experiments.bench_first_video --size full --cli", "size": "full", "device": "H200",
-         "cli": {"cold": {"wall_s": 18.25, "report": report}, "warm": {"wall_s": 7.5, "report": report}}}))
+         "cli": {"cold": {"wall_s": 18.25, "report": report}, "warm": {"wall_s": 7.5, "report": dict(
+             report, compile_s=0.0, compile={"programs": 0, "cache_misses": 0}, sampler_from_store=True,
+             sampler_early={"seconds": 0.4, "compile": {"programs": 2, "cache_misses": 0}, "wait_s": 0.0,
+                            "error": None})}}}))
     main(["--dir", str(tmp_path)])
     text = (tmp_path / "first_video.md").read_text()
-    assert "| full | this | cold | 18.2 | <= 20 | 4.0 | 9.5 (13, 2) | 1.80 | 0.10 | 2.00 | H200 |" in text
-    assert "| full | this | warm | 7.5 | <= 8 |" in text
+    assert "| full | this | cold | 18.2 | <= 20 | 4.0 | 9.5 (13, 2) | - | - | 1.80 | 0.10 | 2.00 | H200 |" in text
+    # the sampler compiled (here: read from the store) in the background while the weights loaded
+    assert "| full | this | warm | 7.5 | <= 8 | 4.0 | 0.0 (0, 0) | 0.4 (2, 0; 0.00) | True | 1.80 |" in text
     assert "| baseline |" not in text
 
 
