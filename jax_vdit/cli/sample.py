@@ -172,7 +172,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             # the VAE's stages start compiling as soon as the VAE is loaded (early), or after the transformer loads
             decode_size=None if args.latents_only or args.vae_warmup != "early" else
             (args.frames, args.height, args.width),
-            # the sampler compiles from the model's shapes while the weights load (embeddings given, one device)
+            # --sampler-compile early: the sampler compiles from the model's shapes while the weights load
             early_job=job_args if mesh is None and args.sampler_compile == "early" else None,
             vae_compile_processes=args.vae_compile_processes,
             revision=args.revision, local_files_only=True if args.offline else None)
@@ -313,10 +313,11 @@ def register(sub) -> None:
                         "default: one set of VAE programs for all tile shapes, 10 instead of 40 at 29x720p; 16 s "
                         "instead of 63 s of cold compiling on an H100; the same pixels up to float rounding; the "
                         "edge tiles cost full-tile compute), or each at its own shape (exact)")
-    g.add_argument("--sampler-compile", choices=("early", "after-load"), default="early",
-                   help="when the sampler compiles (or loads from the executable store): in a background thread "
-                        "from the model's shapes while the weights load (early, the default; with --embeddings on "
-                        "one device), or in the warm-up after the load")
+    g.add_argument("--sampler-compile", choices=("early", "after-load"), default="after-load",
+                   help="when the sampler compiles (or loads from the executable store): in the warm-up after the "
+                        "load (after-load, the default), or in a background thread from the model's shapes while "
+                        "the weights load (early; with --embeddings on one device; on an H100 it made a cold run "
+                        "2.3 s slower: three threads then compete for Python's lock and the CPU)")
     g.add_argument("--vae-warmup", choices=("early", "after-load", "off"), default="early",
                    help="when the VAE's decode stages start compiling (or loading from the executable store) in a "
                         "background thread: as soon as the VAE is loaded (early, beside the transformer's load), "
