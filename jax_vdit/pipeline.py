@@ -251,6 +251,8 @@ def _start_decoder_warmup(vae, model_dir: Path, config, decode_size, vae_tiles: 
     once ``cancel``, a ``threading.Event``, is set), or None where the size cannot be told (:func:`_decode_shape`).
     ``workers``: (compile processes of :mod:`jax_vdit.vae.compile_worker`, a list their reports go into): the
     warm-up first waits for them, then reads from the executable store what they compiled."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from jax_vdit.vae import compile_worker
     from jax_vdit.vae.warmup import precompile_decode, precompile_decode_in_background
 
@@ -260,13 +262,11 @@ def _start_decoder_warmup(vae, model_dir: Path, config, decode_size, vae_tiles: 
     tiling = _decode_tiling(vae_tiles)
     if not workers:
         return shape, precompile_decode_in_background(vae, shape, tiling=tiling, cancel=cancel)
-    procs, reports = workers
+    processes, reports = workers
 
     def after_workers():
-        reports.extend(compile_worker.wait(procs, cancel))
+        reports.extend(compile_worker.wait(processes, cancel))
         return precompile_decode(vae, shape, tiling=tiling, cancel=cancel)
-
-    from concurrent.futures import ThreadPoolExecutor
 
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vae-warmup")
     future = pool.submit(after_workers)

@@ -74,3 +74,15 @@ def test_bad_arguments_are_refused(vae_dir, store):
         compile_worker.start(vae_dir, LATENT, dtype="float32", tiles="uniform", cache=str(store), processes=0)
     with pytest.raises(ValueError, match="tiles"):
         compile_worker.start(vae_dir, LATENT, dtype="float32", tiles="square", cache=str(store))
+
+
+def test_a_cancelled_wait_terminates_the_workers(vae_dir, store):
+    import threading
+
+    cancel = threading.Event()
+    cancel.set()  # e.g. the transformer failed to load: no decode will follow
+    workers = compile_worker.start(vae_dir, LATENT, dtype="float32", tiles="uniform", cache=str(store),
+                                   processes=2)
+    reports = compile_worker.wait(workers, cancel)
+    assert all(w.process.returncode not in (None, 0) for w in workers)
+    assert all("error" in r for r in reports) and not compile_worker._RUNNING

@@ -194,6 +194,11 @@ def _resolve_files(path: Path, config: str | os.PathLike | VAEConfig | None) -> 
     return cfg, path
 
 
+def read_vae_config(path: str | os.PathLike) -> VAEConfig:
+    """The :class:`VAEConfig` that :func:`load_vae` would use for ``path``, without reading any weights."""
+    return _resolve_files(Path(path), None)[0]
+
+
 def load_vae(
     path: str | os.PathLike,
     *,

@@ -28,7 +28,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 TILES = ("exact", "uniform")
 _RUNNING: list[subprocess.Popen] = []
@@ -43,11 +45,21 @@ def _terminate_running() -> None:
 atexit.register(_terminate_running)
 
 
+@dataclass
+class Worker:
+    """A running compile process and the files its stdout and stderr go to (read back once it has finished: a
+    pipe nobody reads while it runs could fill and stall it)."""
+
+    process: subprocess.Popen
+    stdout: IO[str]
+    stderr: IO[str]
+
+
 def start(vae_dir: str | os.PathLike, latent_shape: Sequence[int], *, dtype: str, tiles: str, cache: str,
-          processes: int = 1) -> list[subprocess.Popen]:
+          processes: int = 1) -> list[Worker]:
     """Launch ``processes`` workers for the decode of ``latent_shape`` (B, C, t, h, w) with the VAE at ``vae_dir``
     in ``dtype`` ("bfloat16" or "float32") and the release tiling run as ``tiles`` ("exact" or "uniform"), sharing
-    JAX's persistent cache folder ``cache``. Their output goes to this process's stderr."""
+    JAX's persistent cache folder ``cache``."""
     if processes < 1:
         raise ValueError(f"processes must be >= 1, got {processes}")
     if tiles not in TILES:
@@ -56,16 +68,14 @@ def start(vae_dir: str | os.PathLike, latent_shape: Sequence[int], *, dtype: str
     root = str(Path(__file__).resolve().parents[2])  # this package, whatever the working folder
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     shape = ",".join(str(int(n)) for n in latent_shape)
-    procs = []
+    workers = []
     for k in range(processes):
         cmd = [sys.executable, "-m", "jax_vdit.vae.compile_worker", "--vae", str(vae_dir), "--dtype", dtype,
                "--latent-shape", shape, "--tiles", tiles, "--cache", str(cache), "--part", f"{k}/{processes}"]
-        errors = tempfile.TemporaryFile(mode="w+")  # read back only for a failed worker's report
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=errors, text=True)
-        proc.errors = errors
-        procs.append(proc)
-    _RUNNING.extend(procs)
-    return procs
+        out, err = tempfile.TemporaryFile(mode="w+"), tempfile.TemporaryFile(mode="w+")
+        workers.append(Worker(subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True), out, err))
+    _RUNNING.extend(w.process for w in workers)
+    return workers
 
 
 def needed(vae_dir: str | os.PathLike, latent_shape: Sequence[int], *, dtype: str, tiles: str) -> bool:
@@ -73,36 +83,38 @@ def needed(vae_dir: str | os.PathLike, latent_shape: Sequence[int], *, dtype: st
     run: starting processes would only cost their start), judged from the VAE's config alone."""
     import jax.numpy as jnp
 
-    from jax_vdit.io.vae_weights import _resolve_files
+    from jax_vdit.io.vae_weights import read_vae_config
     from jax_vdit.vae import TilingConfig, abstract_vae
     from jax_vdit.vae.warmup import decode_is_stored
 
     jdtype = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
-    cfg, _ = _resolve_files(Path(vae_dir), None)
-    shapes = abstract_vae(cfg, dtype=jdtype, param_dtype=jdtype)
+    shapes = abstract_vae(read_vae_config(vae_dir), dtype=jdtype, param_dtype=jdtype)
     tiling = TilingConfig.sample_script(uniform_tiles=tiles == "uniform")
     return not decode_is_stored(shapes, latent_shape, tiling=tiling)
 
 
-def wait(procs: Sequence[subprocess.Popen], cancel=None) -> list[dict]:
+def wait(workers: Sequence[Worker], cancel=None) -> list[dict]:
     """Wait for the workers (terminating them once ``cancel``, a ``threading.Event``, is set); each one's report
-    (its JSON line: stages, compiled, loaded, seconds) or ``{"error": ...}`` for one that failed."""
+    (its JSON line: stages, compiled, loaded, seconds) or ``{"error": ...}`` with the end of its stderr."""
     reports = []
-    for proc in procs:
-        while proc.poll() is None:
-            if cancel is not None and cancel.is_set():
-                proc.terminate()
-            time.sleep(0.02)
-        out = proc.stdout.read() if proc.stdout else ""
+    for worker in workers:
+        proc = worker.process
+        while True:
+            try:
+                proc.wait(timeout=0.05)
+                break
+            except subprocess.TimeoutExpired:
+                if cancel is not None and cancel.is_set():
+                    proc.terminate()
+        worker.stdout.seek(0)
+        lines = worker.stdout.read().strip().splitlines()
         try:
-            reports.append(json.loads(out.strip().splitlines()[-1]))
+            reports.append(json.loads(lines[-1]))
         except (ValueError, IndexError):
-            errors = getattr(proc, "errors", None)
-            tail = ""
-            if errors is not None:
-                errors.seek(0)
-                tail = errors.read()[-600:]
-            reports.append({"error": f"exit {proc.returncode}: {tail}"})
+            worker.stderr.seek(0)
+            reports.append({"error": f"exit {proc.returncode}: {worker.stderr.read()[-600:]}"})
+        worker.stdout.close()
+        worker.stderr.close()
         if proc in _RUNNING:
             _RUNNING.remove(proc)
     return reports
