@@ -364,30 +364,13 @@ def test_vae_warmup_decides_whether_the_pipeline_starts_the_decode_warmup_while_
         when, decode_size, golden_dir, tmp_path, monkeypatch):
     """``--vae-warmup early`` hands the video size to ``from_pretrained`` (the VAE's stages start compiling as soon
     as it is loaded); ``after-load`` and ``off`` do not (the command starts it after the load, or never)."""
-    from jax_vdit.pipeline import OpenSoraPipeline
-
-    seen: dict = {}
-
-    def capture(*args, **kwargs):
-        seen.update(kwargs)
-        raise _Stop
-
-    monkeypatch.setattr(OpenSoraPipeline, "from_pretrained", capture)
-    emb = _embeddings(tmp_path / "emb.safetensors")
-    with pytest.raises(_Stop):
-        main(["sample", str(golden_dir / "opensora_v12" / "tiny_a"), "--embeddings", str(emb), "--vae-warmup", when,
-              "--frames", "9", "--height", "64", "--width", "80", "--no-compile-cache"])
+    seen = _from_pretrained_arguments(golden_dir, tmp_path, monkeypatch, ["--vae-warmup", when])
     assert seen["decode_size"] == decode_size
 
 
-@pytest.mark.parametrize("flags, early", [([], False), (["--sampler-compile", "early"], True),
-                                          (["--sampler-compile", "early", "--sp-size", "1"], False),
-                                          (["--vae-compile-processes", "2"], False)])
-def test_sampler_compile_decides_whether_the_pipeline_compiles_it_while_loading(flags, early, golden_dir, tmp_path,
-                                                                                monkeypatch):
-    """With ``--sampler-compile early`` ``from_pretrained`` gets the job's arguments (the sampler compiles from the
-    model's shapes while the weights load); by default (after-load) or with a device mesh it does not.
-    ``--vae-compile-processes`` reaches it too."""
+def _from_pretrained_arguments(golden_dir, tmp_path, monkeypatch, flags: list[str]) -> dict:
+    """The keyword arguments `vdit sample` (tiny_a, 9x64x80, 3 steps, embeddings) with ``flags`` hands to
+    ``OpenSoraPipeline.from_pretrained`` (stopped there)."""
     from jax_vdit.pipeline import OpenSoraPipeline
 
     seen: dict = {}
@@ -401,6 +384,18 @@ def test_sampler_compile_decides_whether_the_pipeline_compiles_it_while_loading(
     with pytest.raises(_Stop):
         main(["sample", str(golden_dir / "opensora_v12" / "tiny_a"), "--embeddings", str(emb), "--steps", "3",
               "--frames", "9", "--height", "64", "--width", "80", "--no-compile-cache", *flags])
+    return seen
+
+
+@pytest.mark.parametrize("flags, early", [([], False), (["--sampler-compile", "early"], True),
+                                          (["--sampler-compile", "early", "--sp-size", "1"], False),
+                                          (["--vae-compile-processes", "2"], False)])
+def test_sampler_compile_decides_whether_the_pipeline_compiles_it_while_loading(flags, early, golden_dir, tmp_path,
+                                                                                monkeypatch):
+    """With ``--sampler-compile early`` ``from_pretrained`` gets the job's arguments (the sampler compiles from the
+    model's shapes while the weights load); by default (after-load) or with a device mesh it does not.
+    ``--vae-compile-processes`` reaches it too."""
+    seen = _from_pretrained_arguments(golden_dir, tmp_path, monkeypatch, flags)
     assert seen["vae_compile_processes"] == (2 if "--vae-compile-processes" in flags else 0)
     if early:
         job = seen["early_job"]

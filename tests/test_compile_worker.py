@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax._src import compilation_cache  # reset_cache: no public way to re-point JAX's cache
 
 from jax_vdit import executable_store
 from jax_vdit.io.vae_weights import write_vae_folder
@@ -20,16 +19,9 @@ TILES = TilingConfig.sample_script(uniform_tiles=True)  # what the workers use f
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch):
-    previous = jax.config.jax_compilation_cache_dir
-    monkeypatch.setenv(executable_store.ENV_SWITCH, "1")
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "cache"))
-    compilation_cache.reset_cache()
-    clear_compile_cache()
-    yield tmp_path / "cache"
-    clear_compile_cache()
-    jax.config.update("jax_compilation_cache_dir", previous)
-    compilation_cache.reset_cache()
+def store(executable_store_on):
+    """JAX's cache folder (holding the executable store, on: tests/conftest.py) that the workers share."""
+    return executable_store_on.parent
 
 
 @pytest.fixture

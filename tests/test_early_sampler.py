@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax._src import compilation_cache  # reset_cache: no public way to re-point JAX's cache
 
 from jax_vdit import executable_store, sampling
 from jax_vdit.compile_meter import CompileMeter
@@ -28,17 +27,9 @@ def hub_cache(tmp_path_factory):
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch):
-    """The executable store on, in a fresh cache folder (as `vdit sample` has it); JAX's setting restored."""
-    previous = jax.config.jax_compilation_cache_dir
-    monkeypatch.setenv(executable_store.ENV_SWITCH, "1")
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "cache"))
-    compilation_cache.reset_cache()  # JAX's cache follows the new folder (it keeps the first one it opened)
-    sampling._STORED.clear()
-    yield tmp_path / "cache" / executable_store.SUBDIR
-    sampling._STORED.clear()
-    jax.config.update("jax_compilation_cache_dir", previous)
-    compilation_cache.reset_cache()
+def store(executable_store_on):
+    """The executable store on, in a fresh cache folder (tests/conftest.py), as `vdit sample` has it."""
+    return executable_store_on
 
 
 class _NoTracing:

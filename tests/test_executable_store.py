@@ -17,8 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax._src import compilation_cache  # reset_cache: no public way to re-point JAX's cache
-
 from jax_vdit import executable_store
 from jax_vdit.vae import TilingConfig, clear_compile_cache, compile_log, decode_latents_to_video
 from jax_vdit.vae import runtime
@@ -35,17 +33,9 @@ def vae(micro_vae):
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch):
-    """The store on, in a fresh cache folder; JAX's cache setting restored afterwards."""
-    previous = jax.config.jax_compilation_cache_dir
-    monkeypatch.setenv(executable_store.ENV_SWITCH, "1")
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "cache"))
-    compilation_cache.reset_cache()  # JAX's cache follows the new folder (it keeps the first one it opened)
-    clear_compile_cache()
-    yield tmp_path / "cache" / executable_store.SUBDIR
-    clear_compile_cache()
-    jax.config.update("jax_compilation_cache_dir", previous)
-    compilation_cache.reset_cache()
+def store(executable_store_on):
+    """The store on, in a fresh cache folder (tests/conftest.py)."""
+    return executable_store_on
 
 
 def _forget_jax_cache(store: Path) -> None:
