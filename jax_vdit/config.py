@@ -179,6 +179,11 @@ PRESET_LATENT_SHAPES: dict[str, tuple[int, int, int]] = {
 }
 
 
+def dtype_policy(param_dtype: str | None, compute_dtype: str | None) -> dict[str, str]:
+    """The ``ModelConfig`` fields a loader overrides: those of ``param_dtype`` / ``compute_dtype`` that are given."""
+    return {k: v for k, v in (("param_dtype", param_dtype), ("compute_dtype", compute_dtype)) if v is not None}
+
+
 def get_preset(name: str, **overrides: Any) -> ModelConfig:
     """A named preset, optionally with fields replaced (e.g. ``compute_dtype="float32"``)."""
     if name not in PRESETS:

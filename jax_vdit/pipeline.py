@@ -41,6 +41,7 @@ import numpy as np
 from flax import nnx
 
 from jax_vdit import executable_store, sampling
+from jax_vdit.background import in_background
 from jax_vdit.config import VAE_SPATIAL, VAE_TEMPORAL, VideoSize
 from jax_vdit.host_arrays import to_device
 from jax_vdit.model.attention import AttentionConfig, attention_from_spec
@@ -251,8 +252,6 @@ def _start_decoder_warmup(vae, model_dir: Path, config, decode_size, vae_tiles: 
     once ``cancel``, a ``threading.Event``, is set), or None where the size cannot be told (:func:`_decode_shape`).
     ``workers``: (compile processes of :mod:`jax_vdit.vae.compile_worker`, a list their reports go into): the
     warm-up first waits for them, then reads from the executable store what they compiled."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from jax_vdit.vae import compile_worker
     from jax_vdit.vae.warmup import precompile_decode, precompile_decode_in_background
 
@@ -268,10 +267,7 @@ def _start_decoder_warmup(vae, model_dir: Path, config, decode_size, vae_tiles: 
         reports.extend(compile_worker.wait(processes, cancel))
         return precompile_decode(vae, shape, tiling=tiling, cancel=cancel)
 
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vae-warmup")
-    future = pool.submit(after_workers)
-    pool.shutdown(wait=False)
-    return shape, future
+    return shape, in_background("vae-warmup", after_workers)
 
 
 def _compile_sampler_in_background(cls, model_dir: Path, load_args: dict, parts: dict, job_args: Mapping,
@@ -281,8 +277,6 @@ def _compile_sampler_in_background(cls, model_dir: Path, load_args: dict, parts:
     ``prepare(**job_args)`` makes, on a pipeline (``parts``: its fields) whose transformer has only the shapes
     of the one at ``model_dir`` (``load_args``: :func:`~jax_vdit.io.load.model_config`'s arguments). Nothing
     starts once ``cancel`` is set."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from jax_vdit.compile_meter import CompileMeter
     from jax_vdit.io.load import model_config
     from jax_vdit.model import abstract_model
@@ -301,10 +295,7 @@ def _compile_sampler_in_background(cls, model_dir: Path, load_args: dict, parts:
                 error = f"{type(err).__name__}: {err}"
         return {"seconds": round(time.perf_counter() - t0, 3), "compile": meter.report(), "error": error}
 
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sampler-compile")
-    future = pool.submit(work)
-    pool.shutdown(wait=False)
-    return future
+    return in_background("sampler-compile", work)
 
 
 def _load_vae_in_background(vae_dir: Path, dtype, warmup: tuple | None, cancel) -> Future:
@@ -312,8 +303,6 @@ def _load_vae_in_background(vae_dir: Path, dtype, warmup: tuple | None, cancel) 
     vae_tiles, compile processes and their reports' list or None)) start compiling its decode stages
     there. The future's result: (VAE, load seconds, the
     :func:`_start_decoder_warmup` result or None). Nothing starts once ``cancel`` is set."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from jax_vdit.io import load_vae
 
     def work():
@@ -326,10 +315,7 @@ def _load_vae_in_background(vae_dir: Path, dtype, warmup: tuple | None, cancel) 
             early = _start_decoder_warmup(vae, model_dir, config, decode_size, vae_tiles, cancel, workers)
         return vae, seconds, early
 
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vae-load")
-    future = pool.submit(work)
-    pool.shutdown(wait=False)
-    return future
+    return in_background("vae-load", work)
 
 
 @dataclass

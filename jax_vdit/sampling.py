@@ -393,6 +393,13 @@ def _stored_executable(key: str):
     return executable
 
 
+def _lower_for_store(prog: "_Program", args: tuple):
+    """The sampler lowered for ``args`` with its constants inside it, so that the store can serialize it
+    (:func:`jax_vdit.executable_store.constants_embedded`)."""
+    with executable_store.constants_embedded():
+        return _sample_jit.lower(prog.graphdef, *args, **prog.statics)
+
+
 def _stored_runner(prog: "_Program") -> Callable | None:
     """A runner that takes the sampler's executable from the executable store (or compiles and stores it), so a
     warm process neither traces nor lowers the sampler; None (use the jitted function) on a mesh or with the
@@ -409,9 +416,7 @@ def _stored_runner(prog: "_Program") -> Callable | None:
             key = keys[shapes] = sampler_store_key(prog, args)
         executable = _stored_executable(key)
         if executable is None:
-            with executable_store.constants_embedded():
-                lowered = _sample_jit.lower(prog.graphdef, *args, **prog.statics)
-            executable = _STORED[key] = executable_store.compile_and_save(key, lowered)
+            executable = _STORED[key] = executable_store.compile_and_save(key, _lower_for_store(prog, args))
         return executable(*args)
 
     return run
@@ -477,8 +482,8 @@ def compile_sampler(
         found = None if stored is None else _stored_executable(stored)  # no tracing, no lowering
         if found is not None:
             return CompiledSampler(found, 0.0, time.perf_counter() - t0, prog)
-        with executable_store.constants_embedded() if stored is not None else contextlib.nullcontext():
-            lowered = _sample_jit.lower(prog.graphdef, *args, **prog.statics)
+        lowered = _sample_jit.lower(prog.graphdef, *args, **prog.statics) if stored is None else \
+            _lower_for_store(prog, args)
         t1 = time.perf_counter()
         executable = lowered.compile() if stored is None else executable_store.compile_and_save(stored, lowered)
         t2 = time.perf_counter()

@@ -32,7 +32,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jax_vdit.config import ModelConfig
+from jax_vdit.config import ModelConfig, dtype_policy
 from jax_vdit.io.integrity import (ArrayRecord, CheckpointIntegrityError, non_finite_names, record_numpy, text_digest,
                                    verify)
 from jax_vdit.io.key_map import NonFiniteWeightError, check_tree_shapes
@@ -286,7 +286,7 @@ def load_model_checkpoint(path: str | Path, *, param_dtype: str | None = None, c
         warnings.warn(f"{path} has no {INTEGRITY_NAME} (written by an older jax-vdit): only shapes and finiteness "
                       "are checked; re-save or re-convert it to get checksums", stacklevel=2)
     cfg = read_model_config(path, integrity)
-    policy = {k: v for k, v in (("param_dtype", param_dtype), ("compute_dtype", compute_dtype)) if v is not None}
+    policy = dtype_policy(param_dtype, compute_dtype)
     if policy:
         cfg = cfg.replace(**policy)
     return model_from_pure_params(cfg, restore_params(path, cfg, integrity))

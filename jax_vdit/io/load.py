@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jax_vdit.config import ModelConfig
+from jax_vdit.config import ModelConfig, dtype_policy
 from jax_vdit.io.checkpoints import is_orbax_model_dir, load_model_checkpoint, read_integrity, read_model_config
 from jax_vdit.io.release import load_release, resolve_config
 from jax_vdit.io.tensors import find_weight_files
@@ -43,7 +43,7 @@ def model_config(
     """The config :func:`load_model` would give the model at ``path`` (same arguments), read without loading any
     weights: e.g. to build the model's shapes (:func:`~jax_vdit.model.abstract_model`) while the weights load."""
     path = Path(path)
-    policy = {k: v for k, v in (("param_dtype", param_dtype), ("compute_dtype", compute_dtype)) if v is not None}
+    policy = dtype_policy(param_dtype, compute_dtype)
     if is_orbax_model_dir(path):
         cfg = read_model_config(path, read_integrity(path))
         return cfg.replace(**policy) if policy else cfg

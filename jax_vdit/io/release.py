@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jax_vdit.config import ModelConfig, get_preset, load_release_config
+from jax_vdit.config import ModelConfig, dtype_policy, get_preset, load_release_config
 from jax_vdit.io.device_layout import place_groups
 from jax_vdit.io.key_map import (  # noqa: F401  (CastRangeError: re-exported)
     CastRangeError,
@@ -163,7 +163,7 @@ def load_release(
 ) -> OpenSoraT2V:
     """Load a release folder (``config.json`` + weights), a lone ``.safetensors`` or a PyTorch pickle."""
     path = Path(path)
-    policy = {k: v for k, v in (("param_dtype", param_dtype), ("compute_dtype", compute_dtype)) if v is not None}
+    policy = dtype_policy(param_dtype, compute_dtype)
     cfg = resolve_config(path, config, policy)
     source = open_tensors(path)
     try:

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jax_vdit import executable_store
+from jax_vdit.background import in_background
 from jax_vdit.vae.model import CausalVAE
 from jax_vdit.vae.pipeline import RELEASE_TILING
 from jax_vdit.vae.runtime import (
@@ -223,7 +224,5 @@ def precompile_decode_in_background(vae: CausalVAE, latent_shape: Sequence[int],
     :class:`WarmupReport`, or raises what the compile raised). Wait for it before decoding. Set ``cancel`` when the
     decode will not happen (e.g. loading the transformer failed): the thread then stops after the stage it is
     compiling, instead of keeping the process from exiting until every stage is compiled."""
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vae-warmup")
-    future = pool.submit(precompile_decode, vae, latent_shape, tiling=tiling, workers=workers, cancel=cancel)
-    pool.shutdown(wait=False)
-    return future
+    return in_background("vae-warmup", precompile_decode, vae, latent_shape, tiling=tiling, workers=workers,
+                         cancel=cancel)
