@@ -19,8 +19,9 @@ import tempfile
 MODE = sys.argv[1]
 if MODE == "devices":
     # a loaded 2-core machine can keep some of the 8 device threads from a collective for longer than the default
-    os.environ["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=8 --xla_cpu_collective_call_terminate_timeout_seconds=900"
-                               " --xla_cpu_collective_timeout_seconds=900")
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+                               " --xla_cpu_collective_call_terminate_timeout_seconds=900"
+                               " --xla_cpu_collective_timeout_seconds=900").strip()
 
 import jax  # noqa: E402
 

@@ -24,7 +24,8 @@ TOL = 2e-5  # relative; fp32 with another reduction order per shard layout
 
 def _env() -> dict:
     env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
+    # the worker sets its own device count; the compile-speed flags of tests/conftest.py are kept
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f)
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return env

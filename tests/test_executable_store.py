@@ -342,7 +342,7 @@ def test_an_executable_read_from_jax_cache_is_not_stored_on_the_cpu(tmp_path):
 
     expected = float(np.tanh(np.concatenate([np.full((16, 8), 2.0), np.full((16, 8), 2.0)], axis=1)).sum())
     assert child("compile") == {"cache_hits": 0, "stored": True}
-    assert child("run")["value"] == pytest.approx(expected, rel=1e-6)
+    assert child("run")["value"] == pytest.approx(expected, rel=1e-5)  # a float32 sum of 256 tanh
     for path in (tmp_path / "xla" / executable_store.SUBDIR).glob("*.bin"):
         path.unlink()
     assert child("compile") == {"cache_hits": 1, "stored": False}

@@ -33,7 +33,8 @@ FP32_TOL = 5e-6  # relative; observed ~2e-7 .. 8e-7 (different reduction orders 
 def worker_rows() -> list[dict]:
     """Run every multi-device check once (about 1-2 minutes on 2 CPU cores) and parse its JSON lines."""
     env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
+    # the worker sets its own device count; the compile-speed flags of tests/conftest.py are kept
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f)
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "parallel_worker.py")], cwd=ROOT, env=env,

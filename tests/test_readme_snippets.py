@@ -40,9 +40,8 @@ def workdir(tmp_path_factory) -> Path:
 def run_blocks(blocks: list[str], work: Path, devices: int = 1) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_CACHE=str(work / "hf_cache"), HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu",
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.pop("XLA_FLAGS", None)
-    if devices > 1:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    if devices > 1:  # beside the flags this process has (tests/conftest.py)
+        env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
     script = work / f"snippets_{devices}.py"
     script.write_text("\n\n".join(blocks))
     proc = subprocess.run([sys.executable, str(script)], cwd=work, env=env, capture_output=True, text=True,
