@@ -194,6 +194,18 @@ class PipelineOutput:
     paths: list[Path] = field(default_factory=list)
 
 
+@dataclass
+class DecodedVideos:
+    """What :meth:`OpenSoraPipeline.decode_and_write` did: the videos written (not the sidecars), their frames
+    (N, F, H, W, 3) uint8 when kept, seconds until the last frames reached the host (``decoded_s``) and in all
+    (``total_s``: the rest is the encoding of the last part and the sidecars)."""
+
+    paths: list[Path]
+    frames: np.ndarray | list | None = None
+    decoded_s: float = 0.0
+    total_s: float = 0.0
+
+
 def default_size(cfg) -> VideoSize:
     """The pixel size a model was configured for: (4 (T-1) + 1) x 8 H x 8 W of its ``sample_size``."""
     return VideoSize(VAE_TEMPORAL * (cfg.sample_size_t - 1) + 1, VAE_SPATIAL * cfg.sample_size[0],
@@ -738,14 +750,48 @@ class OpenSoraPipeline:
         if self.vae is None:
             raise PipelineInputError("this pipeline has no VAE: load it with vae=PATH (the release's vae/ folder) "
                                      "or ask for output_type='latent'")
-        from jax_vdit.vae import decode_latents_to_video
+        return np.concatenate([np.concatenate([np.asarray(p) for p in self.decode_parts(latents[i:i + 1])], axis=1)
+                               for i in range(len(latents))])
+
+    def decode_parts(self, latents: np.ndarray) -> list[jax.Array]:
+        """One video's latents (1, C, T, H, W) -> its uint8 frames on the device, one (1, T_i, 8H, 8W, 3) array per
+        time chunk of the decode tiling, all dispatched (see ``jax_vdit.vae.decode_latents_to_video_parts``)."""
+        if self.vae is None:
+            raise PipelineInputError("this pipeline has no VAE: load it with vae=PATH (the release's vae/ folder) "
+                                     "or ask for output_type='latent'")
+        from jax_vdit.vae import decode_latents_to_video_parts
 
         pending = self._decoder_warmups.pop((1, *np.shape(latents)[1:]), None)
         if pending is not None:
             pending.result()  # the stages this decode needs are (being) compiled in the background
+        return decode_latents_to_video_parts(self.vae, latents, tiling=self.decode_tiling)
 
-        return np.concatenate([decode_latents_to_video(self.vae, latents[i:i + 1], tiling=self.decode_tiling)
-                               for i in range(len(latents))])
+    def decode_and_write(self, latents: np.ndarray, records: list[dict], output_path: str | os.PathLike, *,
+                         fps: int = 24, keep_frames: bool = False) -> DecodedVideos:
+        """Decode each video and write it as :func:`save_outputs` does (``name.mp4`` or ``name_0.mp4``, ... with
+        a JSON sidecar each), encoding a video's first time chunks while the device decodes its later ones.
+        ``keep_frames``: also return the frames (N, F, H, W, 3) uint8."""
+        from jax_vdit.vae import write_video_parts
+
+        t0 = time.perf_counter()
+        out = DecodedVideos(paths=[], frames=[] if keep_frames else None)
+        for i, (path, record) in enumerate(zip(output_files(output_path, len(latents)), records)):
+            kept: list[np.ndarray] = []
+
+            def arrived(index: int, frames: np.ndarray, kept=kept) -> None:
+                out.decoded_s = time.perf_counter() - t0  # the newest part reached the host
+                if keep_frames:
+                    kept.append(frames)
+
+            final = write_video_parts(self.decode_parts(latents[i:i + 1]), path, fps=fps, on_part=arrived)
+            write_sidecar(final, record | {"fps": fps})
+            out.paths.append(final)
+            if keep_frames:
+                out.frames.append(np.concatenate(kept)[None])
+        out.total_s = time.perf_counter() - t0
+        if keep_frames:
+            out.frames = np.concatenate(out.frames)
+        return out
 
     @property
     def decode_tiling(self):
@@ -799,9 +845,11 @@ class OpenSoraPipeline:
         if output_type == "np":
             self.warm_up_decoder(job)
         latents = self.run(job, mesh=mesh, progress=progress)
-        frames = self.decode(latents) if output_type == "np" else None
-        records = self.records(job, fps=fps if frames is not None else None)
-        out = PipelineOutput(latents, frames, records)
+        records = self.records(job, fps=fps if output_type == "np" else None)
+        if output_type == "np" and output_path is not None:  # each video encoded while the device decodes it
+            written = self.decode_and_write(latents, records, output_path, fps=fps, keep_frames=True)
+            return PipelineOutput(latents, written.frames, records, written.paths)
+        out = PipelineOutput(latents, self.decode(latents) if output_type == "np" else None, records)
         if output_path is not None:
             out.paths = save_outputs(out, output_path, fps=fps)
         return out

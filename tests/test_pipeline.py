@@ -126,6 +126,7 @@ def test_output_equals_the_sampling_call_and_seeds_do_not_depend_on_the_batch(pi
 def test_decoded_video_and_sidecar(pipe, tmp_path):
     out = pipe(prompt_embeds=embeddings(1), num_inference_steps=2, seed=1, output_path=tmp_path / "v.mp4", fps=12)
     assert out.frames.shape == (1, 9, 64, 80, 3) and out.frames.dtype == np.uint8
+    np.testing.assert_array_equal(out.frames, pipe.decode(out.latents))  # the frames kept while writing
     (path,) = out.paths
     import imageio.v3 as iio
 

@@ -21,14 +21,17 @@ from jax_vdit.vae import (
     debug_taps,
     decode,
     decode_latents_to_video,
+    decode_latents_to_video_parts,
     encode,
     encode_video_to_latents,
     random_vae,
     write_video,
+    write_video_parts,
 )
 from jax_vdit.io import load_vae
 from jax_vdit.vae import pipeline as vae_pipeline
 from jax_vdit.vae.runtime import decode_nthwc, encode_moments_nthwc, tile_runner, tiled_apply
+from jax_vdit.vae.tiling import time_chunks
 from jax_vdit.io.key_map import NonFiniteWeightError, WeightMismatchError
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "causalvae_v12" / "tiny_a"  # = ../shared/golden
@@ -223,6 +226,65 @@ def test_decode_latents_to_video_maps_pixels_like_the_release(vae, golden):
     # uint8 truncation of values within 1e-5 of the reference: allow an off-by-one at integer boundaries
     assert np.abs(frames.astype(int) - expect.astype(int)).max() <= 1
     assert np.mean(frames == expect) > 0.999
+
+
+def test_decode_parts_are_the_tiled_decode_chunk_by_chunk(vae, golden):
+    """One uint8 part per time chunk of the release tiling, on the device, in order; joined they are the golden
+    tiled decode mapped to pixels (the first chunk's frames, then each later chunk's without the frame it shares)."""
+    latent = golden[0]["latent"] * 0.18215  # (1, 4, 3, 8, 8): 2 time chunks of 2 latent frames
+    parts = decode_latents_to_video_parts(vae, latent, tiling=GOLDEN_TILING)
+    assert len(parts) == len(time_chunks(3, GOLDEN_TILING.tile_latent_min_size_t)) == 2
+    assert all(isinstance(p, jax.Array) and p.dtype == jnp.uint8 for p in parts)
+    assert [p.shape[1] for p in parts] == [5, 4]  # 4 * 2 - 3 frames, then 4 * 2 - 3 - 1
+    joined = np.concatenate([np.asarray(p) for p in parts], axis=1)
+    np.testing.assert_array_equal(joined, decode_latents_to_video(vae, latent, tiling=GOLDEN_TILING))
+    ref = np.transpose(golden[1]["decoded_tiled"], (0, 2, 3, 4, 1))
+    expect = (np.clip(ref / 2 + 0.5, 0, 1) * 255).astype(np.uint8)
+    assert np.abs(joined.astype(int) - expect.astype(int)).max() <= 1 and np.mean(joined == expect) > 0.999
+
+
+@pytest.mark.filterwarnings("ignore:os.fork")
+@pytest.mark.parametrize("encoder", ["imageio", "pyav"])
+def test_write_video_parts_encodes_a_part_before_reading_the_next(tmp_path, monkeypatch, encoder):
+    """The writer reads part k + 1 only after it has encoded every frame of part k (so the device can still be
+    computing it), and the file equals the one written from the whole array. A bad part leaves no file."""
+    if encoder == "pyav":
+        if not _has_pyav():
+            pytest.skip("PyAV not installed")
+        monkeypatch.setattr(vae_pipeline, "_ffmpeg_available", lambda: False)
+    frames = np.random.default_rng(0).integers(0, 255, (9, 16, 24, 3), dtype=np.uint8)
+    whole = write_video(frames, tmp_path / "whole.mp4", fps=8)
+    real = vae_pipeline._write_mp4_imageio if encoder == "imageio" else vae_pipeline._write_mp4_pyav
+    events: list[str] = []
+
+    def spy(stream, path, fps):
+        def counted():
+            for frame in stream:
+                events.append("encode")
+                yield frame
+
+        real(counted(), path, fps)
+
+    monkeypatch.setattr(vae_pipeline, f"_write_mp4_{encoder}", spy)
+
+    def parts():
+        events.append("read 0")
+        yield jnp.asarray(frames[:5])  # a device array, as the decoder gives
+        events.append("read 1")
+        yield frames[None, 5:]  # (1, T, H, W, 3) is taken too
+
+    arrived = []
+    path = write_video_parts(parts(), tmp_path / "parts.mp4", fps=8, on_part=lambda i, f: arrived.append((i, len(f))))
+    assert events == ["read 0"] + ["encode"] * 5 + ["read 1"] + ["encode"] * 4
+    assert arrived == [(0, 5), (1, 4)]
+    assert path.read_bytes() == whole.read_bytes()
+    with pytest.raises(ValueError, match="uint8"):
+        write_video_parts([frames[:5], frames[5:].astype(np.float32)], tmp_path / "bad.mp4")
+    with pytest.raises(ValueError, match="part 1 has frames of"):
+        write_video_parts([frames[:5], frames[5:, :8]], tmp_path / "bad.mp4")
+    with pytest.raises(ValueError, match="no frames"):
+        write_video_parts([], tmp_path / "bad.mp4")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["parts.mp4", "whole.mp4"]  # nothing half-written left
 
 
 def test_encode_video_to_latents(vae, golden):

@@ -151,7 +151,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from jax_vdit import executable_store, sampling
     from jax_vdit.compile_meter import CompileMeter
 
-    from jax_vdit.pipeline import OpenSoraPipeline, PipelineOutput, save_outputs, write_sidecar
+    from jax_vdit.pipeline import OpenSoraPipeline, write_sidecar
     from jax_vdit.sampling import StepTimer
 
     edges = None if args.edges is None else [int(e) for e in args.edges.split(",")]
@@ -229,14 +229,12 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             report["vae_compile_s"] = warm.total_s  # background, overlapping the transformer's work
             report["vae_compile_wait_s"] = round(time.perf_counter() - t0, 2)
             report["vae_compile_workers"] = pipe.vae_compile_workers  # None: compiled in a thread of this process
-        t1 = time.perf_counter()
-        frames = pipe.decode(latents)
-        t2 = time.perf_counter()
-        paths = save_outputs(PipelineOutput(latents, frames, records), out, fps=args.fps)
-        report["vae_decode_s"] = round(t2 - t1, 2)  # the VAE and the frames' copy to the host
-        report["write_s"] = round(time.perf_counter() - t2, 2)  # mp4 encoding and sidecars
+        # each video's first time chunks are encoded while the device decodes its later ones
+        written = pipe.decode_and_write(latents, records, out, fps=args.fps)
+        report["vae_decode_s"] = round(written.decoded_s, 2)  # until the last frames reached the host
+        report["write_s"] = round(written.total_s - written.decoded_s, 2)  # the encoding left then, sidecars
         report["decode_s"] = round(time.perf_counter() - t0, 2)  # the wait for the VAE's stages, both above
-        report["videos_written"] = [str(p) for p in paths]
+        report["videos_written"] = [str(p) for p in written.paths]
     report["executable_store_problems"] = executable_store.problems()  # files ignored or not written, and why
     print(json.dumps(report))
     return 0

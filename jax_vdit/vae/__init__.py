@@ -14,7 +14,13 @@ Lower level: :func:`decode` / :func:`encode` on (B, C, T, H, W) arrays, with ``t
 
 from jax_vdit.vae.config import SCALING_FACTOR, ComputeConfig, VAEConfig, VAEConfigError
 from jax_vdit.vae.model import CausalVAE, abstract_vae, param_count, random_vae
-from jax_vdit.vae.pipeline import decode_latents_to_video, encode_video_to_latents, write_video
+from jax_vdit.vae.pipeline import (
+    decode_latents_to_video,
+    decode_latents_to_video_parts,
+    encode_video_to_latents,
+    write_video,
+    write_video_parts,
+)
 from jax_vdit.vae.runtime import (
     DiagonalGaussian,
     clear_compile_cache,
@@ -22,10 +28,12 @@ from jax_vdit.vae.runtime import (
     debug_taps,
     decode,
     decode_nthwc,
+    decode_nthwc_parts,
     encode,
     encode_moments_nthwc,
     tile_runner,
     tiled_apply,
+    tiled_apply_parts,
 )
 from jax_vdit.vae.tiling import TilingConfig, TilingConfigError
 
@@ -44,7 +52,9 @@ __all__ = [
     "debug_taps",
     "decode",
     "decode_latents_to_video",
+    "decode_latents_to_video_parts",
     "decode_nthwc",
+    "decode_nthwc_parts",
     "encode",
     "encode_moments_nthwc",
     "encode_video_to_latents",
@@ -52,5 +62,7 @@ __all__ = [
     "random_vae",
     "tile_runner",
     "tiled_apply",
+    "tiled_apply_parts",
     "write_video",
+    "write_video_parts",
 ]

@@ -480,7 +480,14 @@ def tile_runner(vae: CausalVAE, kind: str = "decode", *, uniform_size: tuple[int
     return partial(_run_batched, kind, vae, uniform_size=uniform_size)
 
 
-def tiled_apply(
+def tiled_apply(run_tiles: TileRunner, x: jax.Array, **kw) -> jax.Array:
+    """The release's time-chunk + spatial-tile driver on channels-last ``x`` (N, T, H, W, C): the pieces of
+    :func:`tiled_apply_parts` (same keyword arguments) joined along time."""
+    parts = tiled_apply_parts(run_tiles, x, **kw)
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
+
+
+def tiled_apply_parts(
     run_tiles: TileRunner,
     x: jax.Array,
     *,
@@ -489,8 +496,11 @@ def tiled_apply(
     out_size: int,
     overlap: float,
     max_tile_batch: int = 1,
-) -> jax.Array:
-    """The release's time-chunk + spatial-tile driver on channels-last ``x`` (N, T, H, W, C).
+) -> list[jax.Array]:
+    """The release's time-chunk + spatial-tile driver on channels-last ``x`` (N, T, H, W, C), one output per
+    time chunk, in order and without the frame a chunk shares with the one before: joined along axis 1 they are
+    the whole output. Everything is dispatched before this returns (nothing waits for the device), so a caller
+    can use the first chunk's output while the device computes the rest.
 
     ``run_tiles(tiles, max_batch)`` maps a list of input tiles to their outputs (the decoder or the encoder);
     ``in_size``/``in_t`` are the input tile size and chunk length, ``out_size`` the output tile size (blend
@@ -521,20 +531,27 @@ def tiled_apply(
         for ci in range(len(chunks)):
             out = assemble(flat[ci * k : (ci + 1) * k])
             parts.append(out if ci == 0 else out[:, 1:])
-    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
+    return parts
 
 
 def decode_nthwc(vae: CausalVAE, z: jax.Array, *, tiling: TilingConfig | None = None) -> jax.Array:
     """Raw latent (N, t, h, w, C) -> video (N, T, H, W, 3) in the compute dtype, tiled as the release when
     ``tiling`` is given and the latent exceeds its tile sizes."""
+    parts = decode_nthwc_parts(vae, z, tiling=tiling)
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
+
+
+def decode_nthwc_parts(vae: CausalVAE, z: jax.Array, *, tiling: TilingConfig | None = None) -> list[jax.Array]:
+    """:func:`decode_nthwc` as its time chunks' frames (N, T_i, H, W, 3), in order, all dispatched: joined along
+    axis 1 they are the video. One part when the latent is decoded in one piece."""
     _check_nonempty("latent", z, "(N, t, h, w, C)")
     _, t, h, w, _ = z.shape
     if tiling is None or not tiling.decode_needs_tiling(t, h, w):
-        return _run_batched("decode", vae, [z], 1)[0]
+        return [_run_batched("decode", vae, [z], 1)[0]]
     size = tiling.tile_latent_min_size
     longest = max(e - s for s, e in time_chunks(t, tiling.tile_latent_min_size_t))
     uniform = (longest, min(size, h), min(size, w)) if tiling.uniform_tiles else None  # the grid's largest tile
-    return tiled_apply(
+    return tiled_apply_parts(
         tile_runner(vae, "decode", uniform_size=uniform),
         z,
         in_size=tiling.tile_latent_min_size,
