@@ -201,7 +201,7 @@ class DecodedVideos:
     (``total_s``: the rest is the encoding of the last part and the sidecars)."""
 
     paths: list[Path]
-    frames: np.ndarray | list | None = None
+    frames: np.ndarray | None = None
     decoded_s: float = 0.0
     total_s: float = 0.0
 
@@ -774,23 +774,21 @@ class OpenSoraPipeline:
         from jax_vdit.vae import write_video_parts
 
         t0 = time.perf_counter()
-        out = DecodedVideos(paths=[], frames=[] if keep_frames else None)
+        out = DecodedVideos(paths=[])
+        kept: list[np.ndarray] = []  # (T_i, H, W, 3) parts of every video, in order
+
+        def arrived(index: int, frames: np.ndarray) -> None:
+            out.decoded_s = time.perf_counter() - t0  # the newest part reached the host
+            if keep_frames:
+                kept.append(frames)
+
         for i, (path, record) in enumerate(zip(output_files(output_path, len(latents)), records)):
-            kept: list[np.ndarray] = []
-
-            def arrived(index: int, frames: np.ndarray, kept=kept) -> None:
-                out.decoded_s = time.perf_counter() - t0  # the newest part reached the host
-                if keep_frames:
-                    kept.append(frames)
-
             final = write_video_parts(self.decode_parts(latents[i:i + 1]), path, fps=fps, on_part=arrived)
             write_sidecar(final, record | {"fps": fps})
             out.paths.append(final)
-            if keep_frames:
-                out.frames.append(np.concatenate(kept)[None])
         out.total_s = time.perf_counter() - t0
         if keep_frames:
-            out.frames = np.concatenate(out.frames)
+            out.frames = np.concatenate(kept).reshape(len(latents), -1, *kept[0].shape[1:])
         return out
 
     @property

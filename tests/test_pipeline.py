@@ -136,6 +136,12 @@ def test_decoded_video_and_sidecar(pipe, tmp_path):
     assert meta["guidance_scale"] == 7.5 and meta["cfg"] and meta["fps"] == 12 and meta["file"] == path.name
     assert meta["masks"] == ["dense", "dense"] and meta["model"]["model"] == RELEASE_REPO
     assert {"jax", "jax-vdit", "flax"} <= set(meta["versions"])
+    two = pipe(prompt_embeds=embeddings(1), num_inference_steps=2, seed=1, num_videos_per_prompt=2,
+               output_path=tmp_path / "two.mp4", fps=12)
+    assert [p.name for p in two.paths] == ["two_0.mp4", "two_1.mp4"] and two.frames.shape == (2, 9, 64, 80, 3)
+    np.testing.assert_array_equal(two.frames, pipe.decode(two.latents))
+    np.testing.assert_array_equal(two.frames[0], out.frames[0])  # seed 1 first, as alone
+    assert [json.loads(p.with_name(p.name + ".json").read_text())["seed"] for p in two.paths] == [1, 2]
 
 
 def test_cfg_without_negative_embeddings_and_no_text_encoder_is_refused(pipe):

@@ -140,8 +140,8 @@ def _write_mp4_imageio(frames: Iterable[np.ndarray], path: Path, fps: int) -> No
 
 
 def _write_mp4_pyav(frames: Iterable[np.ndarray], path: Path, fps: int) -> None:
-    """H.264 (libx264, yuv420p) through PyAV, frame by frame (each (H, W, 3) uint8); odd sizes are padded by one
-    edge pixel as yuv420p needs."""
+    """H.264 (libx264, yuv420p) through PyAV, frame by frame (each (H, W, 3) uint8; at least one); odd sizes are
+    padded by one edge pixel as yuv420p needs."""
     import av
 
     with av.open(str(path), mode="w", format="mp4") as container:
@@ -156,8 +156,6 @@ def _write_mp4_pyav(frames: Iterable[np.ndarray], path: Path, fps: int) -> None:
                 stream.width, stream.height, stream.pix_fmt = w + pad_w, h + pad_h, "yuv420p"
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
                 container.mux(packet)
-        if stream is None:
-            raise ValueError("no frames to write")
         for packet in stream.encode():
             container.mux(packet)
 
