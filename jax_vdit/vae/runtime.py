@@ -483,7 +483,11 @@ def tile_runner(vae: CausalVAE, kind: str = "decode", *, uniform_size: tuple[int
 def tiled_apply(run_tiles: TileRunner, x: jax.Array, **kw) -> jax.Array:
     """The release's time-chunk + spatial-tile driver on channels-last ``x`` (N, T, H, W, C): the pieces of
     :func:`tiled_apply_parts` (same keyword arguments) joined along time."""
-    parts = tiled_apply_parts(run_tiles, x, **kw)
+    return join_time(tiled_apply_parts(run_tiles, x, **kw))
+
+
+def join_time(parts: list[jax.Array]) -> jax.Array:
+    """Time-ordered pieces (N, T_i, ...) -> (N, sum T_i, ...); one piece is returned as it is."""
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
 
 
@@ -537,8 +541,7 @@ def tiled_apply_parts(
 def decode_nthwc(vae: CausalVAE, z: jax.Array, *, tiling: TilingConfig | None = None) -> jax.Array:
     """Raw latent (N, t, h, w, C) -> video (N, T, H, W, 3) in the compute dtype, tiled as the release when
     ``tiling`` is given and the latent exceeds its tile sizes."""
-    parts = decode_nthwc_parts(vae, z, tiling=tiling)
-    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
+    return join_time(decode_nthwc_parts(vae, z, tiling=tiling))
 
 
 def decode_nthwc_parts(vae: CausalVAE, z: jax.Array, *, tiling: TilingConfig | None = None) -> list[jax.Array]:
