@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -20,7 +21,6 @@ F32 = jnp.float32
 RELEASE_TILING = TilingConfig.sample_script()
 
 
-@jax.jit
 @jax.jit
 def _to_uint8(x: jax.Array) -> jax.Array:
     """Release pixel mapping: clamp(x/2 + 0.5, 0, 1) * 255, truncated to uint8 (as ``tensor.to(torch.uint8)``)."""
@@ -233,7 +233,7 @@ def write_video_parts(parts: Iterable, path: str | os.PathLike, fps: int = 24, *
         tmp = final.with_name(f".{final.stem}.tmp.gif")
     try:
         if writer is not None:
-            writer(_chain_first(first, frames), tmp, fps)
+            writer(itertools.chain([first], frames), tmp, fps)
         else:
             import imageio.v3 as iio
 
@@ -246,8 +246,3 @@ def write_video_parts(parts: Iterable, path: str | os.PathLike, fps: int = 24, *
         raise
     os.replace(tmp, final)
     return final
-
-
-def _chain_first(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
-    yield first
-    yield from rest
