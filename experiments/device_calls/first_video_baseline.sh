@@ -18,7 +18,7 @@ if [ "${RESERIALIZE:-0}" = 1 ]; then  # does an executable read from JAX's cache
   timeout 120 python3 -m experiments.studies.reserialize_cached_executable --out $OUT > /dev/null 2>&1
   echo "reserialize rc=$? after $(( $(date +%s) - T0 )) s"
 fi
-BASE=${BASE:-carry/base_tree}
+BASE=${BASE-carry/base_tree}  # BASE= (empty): no baseline run
 # TEACHER=1: also the dense teacher's command (Euler-ancestral with CFG, TEACHER_STEPS=10) on the same folder
 STEPS10=${TEACHER_STEPS:-10}
 TEACHER_VARIANT="teacher$STEPS10=--force --sampler euler_ancestral --steps $STEPS10 --guidance 7.5 --attention dense"
