@@ -131,6 +131,7 @@ def load(key: str) -> tuple[Any, Any] | None:
         return deserialize_and_load(payload, in_tree, out_tree), extra
     except Exception as err:  # noqa: BLE001 - a bad file costs a compile, never a wrong result
         _warn_once("ignored unusable file", path, err)
+        path.unlink(missing_ok=True)  # removed, so that later processes do not read it again
         return None
 
 
@@ -159,19 +160,49 @@ def compile_and_save(key: str, lowered, extra: Any = None):
     On XLA:CPU an executable that JAX read from its persistent compilation cache serializes without its compiled
     functions: loaded in another process it fails when run (``NOT_FOUND: Function ... not found``). Such an
     executable is not saved there; the next process reads it from JAX's cache again (tracing and lowering it) and
-    the store fills once XLA compiles the program itself. Other backends save either kind."""
+    the store fills once XLA compiles the program itself. Other backends save either kind.
+
+    A program that calls kernels a deserialized executable cannot find (:data:`UNLOADABLE_CUSTOM_CALLS`: Mosaic
+    GPU) is not saved; :func:`problems` says so."""
     from jax_vdit.compile_meter import CompileMeter
 
+    unloadable = unloadable_custom_call(lowered)
     with CompileMeter() as meter:
         compiled = lowered.compile()
-    if meter.cache_hits == 0 or not _reloads_lose_code():
+    if unloadable is not None:  # JAX's persistent cache still serves it
+        _problems.append(f"not stored {key[:16]}: the program calls {unloadable} kernels, which an executable "
+                         "deserialized in another process cannot find (seen on an H100, jax 0.11.2: 'Failed to lookup "
+                         "host symbol')")
+    elif meter.cache_hits == 0 or not _reloads_lose_code():
         save(key, compiled, extra)
     return compiled
 
 
+# Custom-call targets whose compiled kernels are not inside a serialized executable: loaded in another process it
+# fails with "Failed to lookup host symbol: ... tile_attention_fwd_mosaic_mosaic_gpu" (an H100, jax 0.11.2,
+# experiments/results/first_video/cli_store_workers_h100_2026-12-06/). Matched as prefixes (mosaic_gpu_v2, ...).
+UNLOADABLE_CUSTOM_CALLS = ("mosaic_gpu",)
+
+
+def unloadable_custom_call(lowered) -> str | None:
+    """The first custom-call target of :data:`UNLOADABLE_CUSTOM_CALLS` that the lowered program (a
+    ``jax.stages.Lowered``) calls on a GPU, else None (other backends: None without reading the program)."""
+    if _platform() != "gpu":
+        return None
+    text = lowered.as_text()
+    for target in UNLOADABLE_CUSTOM_CALLS:
+        if f"@{target}" in text or f'call_target_name = "{target}' in text:
+            return target
+    return None
+
+
+def _platform() -> str:
+    return jax.default_backend()
+
+
 def _reloads_lose_code() -> bool:
     """Whether executables read from JAX's persistent cache lose their code when serialized again (XLA:CPU)."""
-    return jax.default_backend() == "cpu"
+    return _platform() == "cpu"
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

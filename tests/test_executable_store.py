@@ -403,3 +403,37 @@ def test_the_sampler_is_stored_where_jax_hoists_constants_into_arguments(tmp_pat
     assert first["problems"] == [] and first["loaded"] == 0, first
     assert second["problems"] == [] and second["loaded"] == 1, second
     assert second["latents"] == first["latents"]
+
+
+class _WithCustomCall:
+    """A lowered program whose text also shows ``target`` as a custom call (as a Mosaic GPU kernel's lowering does)."""
+
+    def __init__(self, lowered, target: str):
+        self.lowered, self.target = lowered, target
+
+    def as_text(self) -> str:
+        return self.lowered.as_text() + f'\n%0 = stablehlo.custom_call @{self.target}() : () -> ()'
+
+    def compile(self):
+        return self.lowered.compile()
+
+
+def test_a_program_with_mosaic_gpu_kernels_is_not_stored_and_a_stale_file_is_removed(store, monkeypatch):
+    """On a GPU a program calling Mosaic GPU kernels is compiled but not stored (another process could not find
+    its kernels: 'Failed to lookup host symbol'), and says why; other programs are stored. A stored file that does
+    not load is removed after it is reported, so later processes do not read it again."""
+    monkeypatch.setattr(executable_store, "_platform", lambda: "gpu")
+    lowered = jax.jit(lambda x: jnp.sin(x) * 3).lower(jnp.ones((4, 4)))
+    before = len(executable_store.problems())
+    compiled = executable_store.compile_and_save("m" * 64, _WithCustomCall(lowered, "mosaic_gpu_v2"))
+    np.testing.assert_allclose(np.asarray(compiled(jnp.ones((4, 4)))), 3 * np.sin(np.ones((4, 4))), rtol=1e-6)
+    assert not executable_store.has("m" * 64)
+    (said,) = executable_store.problems()[before:]
+    assert said.startswith("not stored mmmm") and "mosaic_gpu kernels" in said and "host symbol" in said
+    executable_store.compile_and_save("p" * 64, _WithCustomCall(lowered, "cu_threefry2x32"))  # not in the list
+    assert executable_store.has("p" * 64) and executable_store.load("p" * 64) is not None
+    (store / ("p" * 64 + ".bin")).write_bytes(b"not an executable")
+    executable_store._warned.clear()
+    with pytest.warns(RuntimeWarning, match="ignored unusable file"):
+        assert executable_store.load("p" * 64) is None
+    assert not executable_store.has("p" * 64)
