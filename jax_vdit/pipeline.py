@@ -746,12 +746,11 @@ class OpenSoraPipeline:
         return self._decoder_warmups[shape]
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
-        """Latents (N, C, T, H, W) -> uint8 frames (N, 4T-3, 8H, 8W, 3), one video at a time."""
-        if self.vae is None:
-            raise PipelineInputError("this pipeline has no VAE: load it with vae=PATH (the release's vae/ folder) "
-                                     "or ask for output_type='latent'")
-        return np.concatenate([np.concatenate([np.asarray(p) for p in self.decode_parts(latents[i:i + 1])], axis=1)
-                               for i in range(len(latents))])
+        """Latents (N, C, T, H, W) -> uint8 frames (N, 4T-3, 8H, 8W, 3), one video at a time (no VAE: raises
+        :class:`PipelineInputError`, see :meth:`decode_parts`)."""
+        from jax_vdit.vae.pipeline import frames_on_host
+
+        return np.concatenate([frames_on_host(self.decode_parts(latents[i:i + 1])) for i in range(len(latents))])
 
     def decode_parts(self, latents: np.ndarray) -> list[jax.Array]:
         """One video's latents (1, C, T, H, W) -> its uint8 frames on the device, one (1, T_i, 8H, 8W, 3) array per

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from subprocess_flags import child_xla_flags  # tests/subprocess_flags.py
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "distill_parallel_worker.py"
 TOL = 2e-5  # relative; fp32 with another reduction order per shard layout
@@ -24,8 +26,7 @@ TOL = 2e-5  # relative; fp32 with another reduction order per shard layout
 
 def _env() -> dict:
     env = dict(os.environ)
-    # the worker sets its own device count; the compile-speed flags of tests/conftest.py are kept
-    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f)
+    env["XLA_FLAGS"] = child_xla_flags()  # the worker sets its own device count
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return env

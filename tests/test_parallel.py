@@ -23,6 +23,7 @@ from jax_vdit import parallel, sampling
 from jax_vdit.model import AttentionConfig
 from jax_vdit.model.attention import sequence_parallel
 
+from subprocess_flags import child_xla_flags  # tests/subprocess_flags.py
 from tiny_sampler import CFG, SHAPE, sampling_model  # tests/tiny_sampler.py
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,8 +34,7 @@ FP32_TOL = 5e-6  # relative; observed ~2e-7 .. 8e-7 (different reduction orders 
 def worker_rows() -> list[dict]:
     """Run every multi-device check once (about 1-2 minutes on 2 CPU cores) and parse its JSON lines."""
     env = dict(os.environ)
-    # the worker sets its own device count; the compile-speed flags of tests/conftest.py are kept
-    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f)
+    env["XLA_FLAGS"] = child_xla_flags()  # the worker sets its own device count
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "parallel_worker.py")], cwd=ROOT, env=env,

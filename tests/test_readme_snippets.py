@@ -20,6 +20,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from fake_hub import build_fake_hub_cache, embeddings  # tests/fake_hub.py
+from subprocess_flags import child_xla_flags  # tests/subprocess_flags.py
 
 ROOT = Path(__file__).resolve().parents[1]
 USAGE = ROOT / "docs" / "usage.md"
@@ -40,8 +41,7 @@ def workdir(tmp_path_factory) -> Path:
 def run_blocks(blocks: list[str], work: Path, devices: int = 1) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_CACHE=str(work / "hf_cache"), HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu",
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    if devices > 1:  # beside the flags this process has (tests/conftest.py)
-        env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = child_xla_flags(devices if devices > 1 else None)
     script = work / f"snippets_{devices}.py"
     script.write_text("\n\n".join(blocks))
     proc = subprocess.run([sys.executable, str(script)], cwd=work, env=env, capture_output=True, text=True,

@@ -45,7 +45,12 @@ def decode_latents_to_video(
     Computes ``decode(latents / 0.18215)`` (tiled with the release's sample-script tiles by default; pass
     ``tiling=None`` to decode in one piece) and maps pixels with ``clamp(x/2 + 0.5, 0, 1) * 255 -> uint8``.
     """
-    parts = decode_latents_to_video_parts(vae, latents, tiling=tiling, scaling_factor=scaling_factor)
+    return frames_on_host(decode_latents_to_video_parts(vae, latents, tiling=tiling, scaling_factor=scaling_factor))
+
+
+def frames_on_host(parts: list[jax.Array]) -> np.ndarray:
+    """Time-ordered uint8 parts (B, T_i, H, W, 3) of :func:`decode_latents_to_video_parts` -> (B, T, H, W, 3) on
+    the host."""
     return np.concatenate([np.asarray(part) for part in parts], axis=1)
 
 
