@@ -111,8 +111,9 @@ def cli_table(runs: list[tuple[str, dict]]) -> str:
     """``vdit sample`` of a random student folder, cold then warm: wall seconds around the process and its report."""
     lines = ["| size | code | phase | wall s | goal s | load s (its programs) | warm-up compile s (programs, cache "
              "misses) | sampler compiled beside the load: s (programs, cache misses; warm-up's wait s) | sampler "
-             "from the store | sampling s | VAE compile wait s | VAE wait + decode + mp4 s | device |",
-             "|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|"]
+             "from the store | sampling s | VAE compile wait s | VAE wait + decode + mp4 s | before main s | after the "
+             "report s (computed) | device |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|"]
     for _, data in runs:
         goals = GOALS.get(data.get("size"), (None, None))
         # a run with --baseline-tree holds the other tree's runs under "baseline" (its rows first); --cli-variant
@@ -137,8 +138,17 @@ def cli_table(runs: list[tuple[str, dict]]) -> str:
                              f"{comp.get('cache_misses')}) | {early} | {'-' if stored is None else stored} | "
                              f"{_f(rep.get('sampling_s'))} | "
                              f"{_f(rep.get('vae_compile_wait_s'))} | {_f(rep.get('decode_s'))} | "
-                             f"{data.get('device')} |")
+                             f"{_f(rep.get('before_main_s'))} | {_f(_after_report(r))} | {data.get('device')} |")
     return "\n".join(lines)
+
+
+def _after_report(run: dict) -> float | None:
+    """Seconds of a CLI run's wall time after its report was printed (the interpreter's exit, and the caller's
+    wait for it): wall less the time before ``main`` and ``main``'s own; None for reports without both."""
+    rep = run["report"]
+    if rep.get("before_main_s") is None or rep.get("main_s") is None:
+        return None
+    return run["wall_s"] - rep["before_main_s"] - rep["main_s"]
 
 
 def _comp(row: dict | None) -> float | None:

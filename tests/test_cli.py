@@ -55,6 +55,9 @@ def test_sample_command_writes_latents_and_decodes_to_mp4_with_a_vae(golden_dir,
     assert report["vae_tiles"] == "uniform" and report["vae_stages_loaded"] == 0  # the store is off in tests
     assert report["vae_planned"] is True  # no store, no recorded plan
     assert "euler_ancestral, 3 steps, CFG 4" in captured.err  # what ran is printed
+    # the time before main (this test process's whole life so far) and main's own, which holds every phase
+    assert report["before_main_s"] > 0
+    assert report["main_s"] >= report["load_s"] + report["warmup_s"] + report["sampling_s"] + report["decode_s"]
     latents = load_file(str(out))["latents"]
     assert latents.shape == (1, 4, 3, 8, 10) and np.isfinite(latents).all()
     import imageio.v3 as iio

@@ -18,6 +18,7 @@ import sys
 import time
 
 from jax_vdit.cli import convert, data, distill, sample, toy
+from jax_vdit.process_clock import seconds_since_process_start
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,8 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()  # a command's --time-limit counts from here
+    before_main = seconds_since_process_start()  # interpreter start and imports (None off Linux)
     args = build_parser().parse_args(argv)
     args.started = started
+    args.before_main_s = before_main
     args.argv = list(sys.argv[2:] if argv is None else argv[1:])  # the subcommand's own arguments, for records
     try:
         return args.func(args)

@@ -236,6 +236,12 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         report["decode_s"] = round(time.perf_counter() - t0, 2)  # the wait for the VAE's stages, both above
         report["videos_written"] = [str(p) for p in written.paths]
     report["executable_store_problems"] = executable_store.problems()  # files ignored or not written, and why
+    # the process's own time outside main (interpreter start and imports; the exit after this report is the
+    # caller's wall time less both of these)
+    before_main = getattr(args, "before_main_s", None)
+    report["before_main_s"] = None if before_main is None else round(before_main, 2)
+    started = getattr(args, "started", None)
+    report["main_s"] = None if started is None else round(time.perf_counter() - started, 2)
     print(json.dumps(report))
     return 0
 
