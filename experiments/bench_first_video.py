@@ -274,7 +274,9 @@ def run_cli(size: str, work: Path, vae_tiles: str = "exact", baseline_tree: Path
     for phase in ("cold", "warm"):
         for name, tree, extra_args, extra_env in runs:
             tag = f"{name} {phase}".strip()
-            cmd = [sys.executable, "-c", "import sys; from jax_vdit.cli import main; sys.exit(main(sys.argv[1:]))",
+            # the console entry `vdit` (console_main: its prompt exit), or main in a tree that has no console_main
+            cmd = [sys.executable, "-c", "import sys, jax_vdit.cli as c; "
+                   "sys.exit(getattr(c, 'console_main', c.main)(sys.argv[1:]))",
                    "sample", str(student), "--vae", str(vae), "--embeddings", str(embeddings), "--compile-cache",
                    str(work / f"xla-cli{'-' + name if name else ''}"),
                    "--out", str(work / f"cli_{tag.replace(' ', '_')}.safetensors"), "--quiet", "--vae-tiles",

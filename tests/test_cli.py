@@ -465,7 +465,10 @@ def test_a_second_sample_command_in_a_fresh_process_compiles_nothing(golden_dir,
                JAX_VDIT_EXECUTABLE_STORE="1")  # on, as for a user (tests/conftest.py turns it off)
     reports = []
     for run in range(2):
-        cmd = [sys.executable, "-c", "import sys; from jax_vdit.cli import main; sys.exit(main(sys.argv[1:]))",
+        # the first through main (the interpreter's full exit), the second through the console entry `vdit`, which
+        # ends the process at once after the report: its report and latents must be whole all the same
+        entry = "main" if run == 0 else "console_main"
+        cmd = [sys.executable, "-c", f"import sys; from jax_vdit.cli import {entry}; sys.exit({entry}(sys.argv[1:]))",
                "sample", str(golden_dir / "opensora_v12" / "tiny_a"), "--embeddings", str(emb),
                "--compile-cache", str(tmp_path / "xla"), "--steps", "2", "--guidance", "4", "--latents-only",
                "--out", str(tmp_path / f"lat{run}.safetensors"), "--param-dtype", "float32",
@@ -474,6 +477,7 @@ def test_a_second_sample_command_in_a_fresh_process_compiles_nothing(golden_dir,
         assert proc.returncode == 0, proc.stderr[-4000:]
         reports.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     first, second = reports
+    assert second["before_main_s"] > 0 and second["main_s"] >= second["load_s"] + second["sampling_s"]
     assert set(second["load"]) == {"vae", "vae_wait", "transformer", "text_encoder"}  # where the load seconds went
     assert 0 < second["load"]["transformer"] <= second["load_s"] and second["load"]["vae"] >= 0
     assert first["load_compile"]["cache_misses"] >= 1, first
@@ -517,3 +521,69 @@ def test_the_switch_interval_is_set_from_the_environment(monkeypatch):
         assert set_switch_interval() == 0.001 and abs(sys.getswitchinterval() - 0.001) < 1e-9
     finally:
         sys.setswitchinterval(before)
+
+
+def test_the_console_entry_ends_a_failed_sample_with_its_error_and_code(tmp_path):
+    """The prompt exit of `vdit sample` keeps the exit code and the error message (flushed before the exit)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-c", "import sys; from jax_vdit.cli import console_main; sys.exit(console_main())",
+           "sample", str(tmp_path / "missing"), "--embeddings", str(tmp_path / "e.safetensors")]
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "no checkpoint at" in proc.stderr and str(tmp_path / "missing") in proc.stderr
+
+
+def test_prompt_exit_stops_the_compile_workers_and_flushes_first(monkeypatch, capsys):
+    """`exit_promptly` does what the skipped atexit handlers would have done for us: running VAE compile workers
+    are terminated, and what was printed is flushed, before ``os._exit`` with the command's code."""
+    import jax_vdit.cli as cli
+    from jax_vdit.vae import compile_worker
+
+    class Running:
+        terminated = False
+
+        def poll(self):
+            return None
+
+        def terminate(self):
+            self.terminated = True
+
+    class Exited(Exception):
+        pass
+
+    def fake_exit(code):
+        raise Exited(code)
+
+    worker = Running()
+    monkeypatch.setattr(compile_worker, "_RUNNING", [worker])
+    monkeypatch.setattr(cli.os, "_exit", fake_exit)
+    flushed_logs = []
+    monkeypatch.setattr(cli.logging, "shutdown", lambda: flushed_logs.append(True))  # not pytest's own handlers
+    print("the report")
+    with pytest.raises(Exited) as ended:
+        cli.exit_promptly(3)
+    assert ended.value.args == (3,) and worker.terminated and flushed_logs == [True]
+    assert capsys.readouterr().out == "the report\n"
+
+
+@pytest.mark.parametrize("full_exit, prompt", [(None, True), ("1", False)])
+def test_console_main_exits_promptly_only_after_sample(full_exit, prompt, monkeypatch):
+    import jax_vdit.cli as cli
+
+    calls = []
+    monkeypatch.setattr(cli, "main", lambda argv: 0)
+    monkeypatch.setattr(cli, "exit_promptly", lambda code: calls.append(code))
+    if full_exit is None:
+        monkeypatch.delenv(cli.FULL_EXIT_ENV, raising=False)
+    else:
+        monkeypatch.setenv(cli.FULL_EXIT_ENV, full_exit)
+    assert cli.console_main(["sample", "ckpt"]) == 0
+    assert calls == ([0] if prompt else [])
+    calls.clear()
+    assert cli.console_main(["distill", "--help"]) == 0 and calls == []  # other commands: the usual exit

@@ -36,13 +36,14 @@ TILES = ("exact", "uniform")
 _RUNNING: list[subprocess.Popen] = []
 
 
-def _terminate_running() -> None:
+def terminate_running() -> None:
+    """Terminate the workers still running (at exit: a compile nobody will use)."""
     for proc in _RUNNING:
         if proc.poll() is None:
             proc.terminate()
 
 
-atexit.register(_terminate_running)
+atexit.register(terminate_running)
 
 
 @dataclass
