@@ -310,17 +310,20 @@ def _compile_sampler_in_background(cls, model_dir: Path, load_args: dict, parts:
     return in_background("sampler-compile", work)
 
 
-def _load_vae_in_background(vae_dir: Path, dtype, warmup: tuple | None, cancel) -> Future:
+def _load_vae_in_background(vae_dir: Path, dtype, warmup: tuple | None, cancel,
+                            cpu_seconds: dict) -> Future:
     """Load the VAE from ``vae_dir`` in a background thread, then (``warmup`` = (model_dir, config, decode_size,
     vae_tiles, compile processes and their reports' list or None)) start compiling its decode stages
     there. The future's result: (VAE, load seconds, the
-    :func:`_start_decoder_warmup` result or None). Nothing starts once ``cancel`` is set."""
+    :func:`_start_decoder_warmup` result or None). The load's CPU seconds in that thread go into
+    ``cpu_seconds["vae"]``. Nothing starts once ``cancel`` is set."""
     from jax_vdit.io import load_vae
 
     def work():
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.thread_time()
         vae = load_vae(vae_dir, dtype=dtype)
         seconds = time.perf_counter() - t0
+        cpu_seconds["vae"] = time.thread_time() - cpu0
         early = None
         if warmup is not None and not cancel.is_set():
             model_dir, config, decode_size, vae_tiles, workers = warmup
@@ -364,6 +367,9 @@ class OpenSoraPipeline:
     vae_tiles: str = "uniform"
     layer_loop: str = "scan"
     load_seconds: dict = field(default_factory=dict, compare=False)  # from_pretrained: wall seconds per part
+    # from_pretrained: CPU seconds of the thread that loaded each part; well below its wall seconds when the thread
+    # waited (for the file, the device, or Python's lock held by the other loading thread)
+    load_cpu_seconds: dict = field(default_factory=dict, compare=False)
     _decoder_warmups: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     _early_sampler: Future | None = field(default=None, init=False, repr=False, compare=False)
     # from_pretrained(early_job=...): seconds of the background compile, its compile report, its wait, any error
@@ -467,7 +473,7 @@ class OpenSoraPipeline:
             settings, attention_spec = RELEASE_SETTINGS, "dense"
         parts = dict(settings=settings, attention_spec=attention_spec, tile_backend=tile_backend, student=student,
                      mixed_masks=mixed_masks, vae_tiles=vae_tiles, layer_loop=layer_loop)
-        seconds = {}
+        seconds, cpu_seconds = {}, {}
         # the VAE loads in a background thread while the transformer and text encoder load here; its stages then
         # compile in the background (decode_size given) while the transformer compiles and samples
         cancel = threading.Event()
@@ -484,7 +490,8 @@ class OpenSoraPipeline:
                                                 processes=vae_compile_processes), [])
         vae_load = None if vae_dir is None else _load_vae_in_background(
             vae_dir, jnp.bfloat16 if compute_dtype == "bfloat16" else jnp.float32,
-            None if decode_size is None else (model_dir, config, decode_size, vae_tiles, workers), cancel)
+            None if decode_size is None else (model_dir, config, decode_size, vae_tiles, workers), cancel,
+            cpu_seconds)
         early_sampler = None
         if early_job is not None and early_job.get("prompt_embeds") is not None and \
                 executable_store.store_directory() is not None and jax.local_device_count() == 1:
@@ -492,10 +499,11 @@ class OpenSoraPipeline:
                 cls, model_dir, dict(config=config, param_dtype=param_dtype, compute_dtype=compute_dtype), parts,
                 early_job, cancel)
         try:
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.thread_time()
             transformer = load_model(model_dir, param_dtype=param_dtype, compute_dtype=compute_dtype, config=config)
             jax.block_until_ready(jax.tree.leaves(nnx.state(transformer)))  # placed on the device, not just queued
             seconds["transformer"] = time.perf_counter() - t0
+            cpu_seconds["transformer"] = time.thread_time() - cpu0
             t0 = time.perf_counter()
             encoder = _resolve_text_encoder(text_encoder, root, model_dir, hub)
             seconds["text_encoder"] = time.perf_counter() - t0
@@ -510,7 +518,8 @@ class OpenSoraPipeline:
                   "text_encoder": None if encoder is None else encoder.source,
                   "param_dtype": param_dtype, "compute_dtype": compute_dtype}
         pipe = cls(transformer, vae_model, encoder, source=source,
-                   load_seconds={k: round(v, 3) for k, v in seconds.items()}, **parts)
+                   load_seconds={k: round(v, 3) for k, v in seconds.items()},
+                   load_cpu_seconds={k: round(v, 3) for k, v in cpu_seconds.items()}, **parts)
         pipe._early_sampler = early_sampler
         pipe.vae_compile_workers = None if workers is None else workers[1]  # filled once they have finished
         if early is not None:

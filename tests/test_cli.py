@@ -58,6 +58,11 @@ def test_sample_command_writes_latents_and_decodes_to_mp4_with_a_vae(golden_dir,
     # the time before main (this test process's whole life so far) and main's own, which holds every phase
     assert report["before_main_s"] > 0
     assert report["main_s"] >= report["load_s"] + report["warmup_s"] + report["sampling_s"] + report["decode_s"]
+    # each loading thread's CPU seconds beside its wall seconds (a thread cannot use more CPU than time passed)
+    assert set(report["load_cpu"]) == {"transformer", "vae"}
+    for part in ("transformer", "vae"):
+        assert 0 < report["load_cpu"][part] <= report["load"][part] + 0.05, (part, report["load_cpu"], report["load"])
+    assert 0 < report["warmup_cpu_s"] <= report["warmup_s"] + 0.05
     latents = load_file(str(out))["latents"]
     assert latents.shape == (1, 4, 3, 8, 10) and np.isfinite(latents).all()
     import imageio.v3 as iio

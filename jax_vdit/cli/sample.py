@@ -186,10 +186,11 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     # the transformer loads, compiles and samples
     vae_warmup = None if args.vae_warmup == "off" else pipe.warm_up_decoder(job)  # None without a VAE
     # compile: a zero-step run of the very program the timed run uses (same progress setting, same shapes)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.thread_time()
     with CompileMeter() as warmup_compile:  # JAX's own compile-duration events, this thread only
         pipe.warm_up(job, mesh=mesh, progress=True)
     warmup_s = time.perf_counter() - t0
+    warmup_cpu_s = time.thread_time() - cpu0  # below warmup_s: waits (the compiler's threads, the device, the lock)
     timer = StepTimer(job.plan.num_steps * len(job.videos), disable=args.quiet)
     t0 = time.perf_counter()
     with CompileMeter() as run_compile:
@@ -206,14 +207,15 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     latents_file = out if out.suffix == ".safetensors" else out.with_suffix(".safetensors")
     save_file({"latents": latents}, str(latents_file))
     write_sidecar(latents_file, {"videos": records, "command": ["vdit", "sample", *getattr(args, "argv", [])]})
-    report = {"load_s": round(load_s, 2), "load": pipe.load_seconds, "load_compile": load_meter.report(),
+    report = {"load_s": round(load_s, 2), "load": pipe.load_seconds, "load_cpu": pipe.load_cpu_seconds,
+              "load_compile": load_meter.report(),
               "compile_s": round(warmup_compile.compile_s, 2),
               "compile": warmup_compile.report(), "run_compile": run_compile.report(),
               "sampler_from_store": sampling.samplers_loaded_from_store() > 0,  # not traced, lowered or compiled
               # compiled (or read from the store) in a background thread while the weights loaded: its seconds,
               # compile report, warm-up's wait for it, any error (then the warm-up compiled it); None: not tried
               "sampler_early": pipe.early_sampler, "sampler_compile": args.sampler_compile,
-              "warmup_s": round(warmup_s, 2), "sampling_s": round(sample_s, 2),
+              "warmup_s": round(warmup_s, 2), "warmup_cpu_s": round(warmup_cpu_s, 2), "sampling_s": round(sample_s, 2),
               "s_per_step_median": round(step_median, 4), "videos": len(job.videos),
               "latent_shape": list(latents.shape), "out": str(latents_file), "compile_cache": cache,
               "sampler": job.settings.describe(), "attention": job.attention_spec, "layer_loop": pipe.layer_loop,
