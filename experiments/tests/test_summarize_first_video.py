@@ -65,10 +65,14 @@ def test_cli_runs_get_their_own_table_with_the_goals(tmp_path):
          "cli": {"cold": {"wall_s": 18.25, "report": report}, "warm": {"wall_s": 7.5, "report": dict(
              report, compile_s=0.0, compile={"programs": 0, "cache_misses": 0}, sampler_from_store=True,
              sampler_early={"seconds": 0.4, "compile": {"programs": 2, "cache_misses": 0}, "wait_s": 0.0,
-                            "error": None})}}}))
+                            "error": None}, before_main_s=1.25, main_s=5.75)}}}))
     main(["--dir", str(tmp_path)])
     text = (tmp_path / "first_video.md").read_text()
-    assert "| full | this | cold | 18.2 | <= 20 | 4.0 | 9.5 (13, 2) | - | - | 1.80 | 0.10 | 2.00 | H200 |" in text
+    # a report without the process's own times (older code): no start or exit columns
+    assert "| full | this | cold | 18.2 | <= 20 | 4.0 | 9.5 (13, 2) | - | - | 1.80 | 0.10 | 2.00 | - | - | H200 |" \
+        in text
+    # with them: the time after the report is the wall time less the time before main and main's own
+    assert "| 1.80 | 0.10 | 2.00 | 1.25 | 0.50 | H200 |" in text
     # the sampler compiled (here: read from the store) in the background while the weights loaded
     assert "| full | this | warm | 7.5 | <= 8 | 4.0 | 0.0 (0, 0) | 0.4 (2, 0; 0.00) | True | 1.80 |" in text
     assert "| baseline |" not in text
