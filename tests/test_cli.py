@@ -565,15 +565,21 @@ def test_prompt_exit_stops_the_compile_workers_and_flushes_first(monkeypatch, ca
     def fake_exit(code):
         raise Exited(code)
 
+    import threading
+    import time
+
     worker = Running()
     monkeypatch.setattr(compile_worker, "_RUNNING", [worker])
+    finished = []  # background work still running (e.g. a store write) finishes before the exit, as it would
+    background = threading.Thread(target=lambda: (time.sleep(0.3), finished.append(True)))
+    background.start()
     monkeypatch.setattr(cli.os, "_exit", fake_exit)
     flushed_logs = []
     monkeypatch.setattr(cli.logging, "shutdown", lambda: flushed_logs.append(True))  # not pytest's own handlers
     print("the report")
     with pytest.raises(Exited) as ended:
         cli.exit_promptly(3)
-    assert ended.value.args == (3,) and worker.terminated and flushed_logs == [True]
+    assert ended.value.args == (3,) and worker.terminated and flushed_logs == [True] and finished == [True]
     assert capsys.readouterr().out == "the report\n"
 
 

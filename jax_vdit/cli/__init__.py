@@ -17,6 +17,7 @@ import argparse
 import logging
 import os
 import sys
+import threading
 import time
 
 from jax_vdit.cli import convert, data, distill, sample, toy
@@ -53,10 +54,14 @@ FULL_EXIT_ENV = "JAX_VDIT_FULL_EXIT"  # "1": the usual interpreter exit for ever
 
 
 def exit_promptly(code: int) -> None:
-    """End the process with ``code`` now: stop our own helper processes (the VAE's compile workers; a normal exit
-    would stop them through ``atexit``), flush logging and the standard streams, then ``os._exit``. Skips the
-    ``atexit`` handlers of libraries and the interpreter's teardown: only for work that has nothing left to
-    write."""
+    """End the process with ``code`` now: wait for the threads a normal exit would wait for (background work such
+    as a compile that writes to the executable store finishes, as it would), stop our own helper processes (the
+    VAE's compile workers; a normal exit stops them through ``atexit``), flush logging and the standard streams,
+    then ``os._exit``. Skips the ``atexit`` handlers of libraries and the interpreter's teardown: only for work that
+    has nothing left to write."""
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
     worker_module = sys.modules.get("jax_vdit.vae.compile_worker")
     if worker_module is not None:
         worker_module.terminate_running()
