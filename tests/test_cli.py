@@ -483,6 +483,8 @@ def test_a_second_sample_command_in_a_fresh_process_compiles_nothing(golden_dir,
         reports.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     first, second = reports
     assert second["before_main_s"] > 0 and second["main_s"] >= second["load_s"] + second["sampling_s"]
+    # JAX_PLATFORMS=cpu: no GPU compile flags are added, and the VAE's stages compile in a thread ("auto")
+    assert second["xla_flags_added"] == [] and second["vae_compile_processes"] == 0
     assert set(second["load"]) == {"vae", "vae_wait", "transformer", "text_encoder"}  # where the load seconds went
     assert 0 < second["load"]["transformer"] <= second["load_s"] and second["load"]["vae"] >= 0
     assert first["load_compile"]["cache_misses"] >= 1, first
@@ -598,3 +600,23 @@ def test_console_main_exits_promptly_only_after_sample(full_exit, prompt, monkey
     assert calls == ([0] if prompt else [])
     calls.clear()
     assert cli.console_main(["distill", "--help"]) == 0 and calls == []  # other commands: the usual exit
+
+
+@pytest.mark.parametrize("backend, cores, expected", [("gpu", 16, 2), ("gpu", 2, 0), ("cpu", 16, 0)])
+def test_vae_compile_processes_auto_means_two_on_a_gpu_host(backend, cores, expected, monkeypatch):
+    import jax
+
+    from jax_vdit.cli.sample import resolve_vae_compile_processes
+
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    assert resolve_vae_compile_processes("auto") == expected
+    assert resolve_vae_compile_processes("3") == 3 and resolve_vae_compile_processes("0") == 0
+
+
+@pytest.mark.parametrize("value", ["-1", "two"])
+def test_a_bad_vae_compile_processes_value_is_refused_by_name(value):
+    from jax_vdit.cli.sample import resolve_vae_compile_processes
+
+    with pytest.raises(ValueError, match="--vae-compile-processes"):
+        resolve_vae_compile_processes(value)
