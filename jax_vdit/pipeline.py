@@ -485,8 +485,8 @@ class OpenSoraPipeline:
             shape = _decode_shape(model_dir, config, decode_size)
             vae_dtype = "bfloat16" if compute_dtype == "bfloat16" else "float32"
             if shape is not None and compile_worker.needed(vae_dir, shape, dtype=vae_dtype, tiles=vae_tiles):
-                workers = (compile_worker.start(vae_dir, shape, dtype=vae_dtype, tiles=vae_tiles,  # each loads the
-                                                cache=jax.config.jax_compilation_cache_dir,  # VAE itself
+                workers = (compile_worker.start(vae_dir, shape, dtype=vae_dtype, tiles=vae_tiles,  # each reads the
+                                                cache=jax.config.jax_compilation_cache_dir,  # VAE's config
                                                 processes=vae_compile_processes), [])
         vae_load = None if vae_dir is None else _load_vae_in_background(
             vae_dir, jnp.bfloat16 if compute_dtype == "bfloat16" else jnp.float32,

@@ -78,3 +78,21 @@ def test_a_cancelled_wait_terminates_the_workers(vae_dir, store):
     reports = compile_worker.wait(workers, cancel)
     assert all(w.process.returncode not in (None, 0) for w in workers)
     assert all("error" in r for r in reports) and not compile_worker._RUNNING
+
+
+def test_a_worker_compiles_from_the_config_alone(vae_dir, store, tmp_path):
+    """Compiling needs the weights' shapes, not their values: a worker given a folder with the VAE's config.json
+    and no weights compiles every stage, and the parent, with the real weights, reads them all from the store."""
+    import shutil
+
+    from jax_vdit.io import load_vae
+
+    config_only = tmp_path / "config_only"
+    config_only.mkdir()
+    shutil.copy(vae_dir / "config.json", config_only / "config.json")
+    reports = compile_worker.wait(compile_worker.start(config_only, LATENT, dtype="float32", tiles="uniform",
+                                                       cache=str(store)))
+    assert len(reports) == 1 and "error" not in reports[0], reports
+    assert reports[0]["compiled"] == reports[0]["stages"] > 2
+    report = precompile_decode(load_vae(vae_dir, dtype=jnp.float32), LATENT, tiling=TILES)
+    assert report.compiled == 0 and report.loaded == report.stages == reports[0]["stages"], report

@@ -8,7 +8,8 @@ each took about twice as long as alone). A process has its own lock. :func:`star
     python -m jax_vdit.vae.compile_worker --vae DIR --dtype bfloat16 --latent-shape 1,4,8,90,160 \
         --tiles uniform --cache DIR --part K/N
 
-each of which loads the VAE, plans the decode and compiles every N-th distinct stage from the K-th into the
+each of which builds the VAE's shapes from its ``config.json`` (no weights are read: compiling needs only their
+shapes and dtypes), plans the decode and compiles every N-th distinct stage from the K-th into the
 executable store inside JAX's persistent cache (``--cache``; the store is required: it is how the stages come
 back). The last to finish records the decode's plan; :func:`wait` then returns, and
 :func:`jax_vdit.vae.warmup.precompile_decode` in the parent reads every stage from the store without planning or
@@ -140,14 +141,17 @@ def main(argv: list[str] | None = None) -> int:
     jax.config.update("jax_compilation_cache_dir", str(Path(args.cache).expanduser()))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # as `vdit sample` sets it
     from jax_vdit import executable_store
-    from jax_vdit.io import load_vae
-    from jax_vdit.vae import TilingConfig
+    from jax_vdit.io.vae_weights import read_vae_config
+    from jax_vdit.vae import TilingConfig, abstract_vae
     from jax_vdit.vae.warmup import precompile_decode
 
     if executable_store.store_directory() is None:
         raise SystemExit("compile_worker: the executable store is off ($JAX_VDIT_EXECUTABLE_STORE): nothing would "
                          "reach the parent")
-    vae = load_vae(args.vae, dtype=jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32)
+    # compiling needs the weights' shapes and dtypes only: the VAE's config, not its weights (the parent loads
+    # and checks those); the stages' store names are the same as for the loaded VAE
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+    vae = abstract_vae(read_vae_config(args.vae), dtype=dtype, param_dtype=dtype)
     report = precompile_decode(vae, shape, tiling=TilingConfig.sample_script(uniform_tiles=args.tiles == "uniform"),
                                part=(k, n))
     print(json.dumps({"part": args.part, "stages": report.stages, "compiled": report.compiled,
