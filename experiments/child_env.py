@@ -10,7 +10,6 @@ the children run with JAX's defaults, as a user's process does.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,8 +20,9 @@ PARENT_SETTINGS = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "XLA_PYTHON_CLIENT_
 def parent_releases_gpu_memory() -> None:
     """Make this process's JAX allocate GPU memory on demand and return it when freed. Call before JAX starts a
     backend (raises ``RuntimeError`` otherwise: the settings would have no effect)."""
-    xla_bridge = sys.modules.get("jax._src.xla_bridge")
-    if xla_bridge is not None and getattr(xla_bridge, "_backends", None):
+    from jax_vdit.xla_defaults import backends_started
+
+    if backends_started():
         raise RuntimeError("JAX already started its backends; call parent_releases_gpu_memory() before using JAX")
     os.environ.update(PARENT_SETTINGS)
 

@@ -310,25 +310,22 @@ def _compile_sampler_in_background(cls, model_dir: Path, load_args: dict, parts:
     return in_background("sampler-compile", work)
 
 
-def _load_vae_in_background(vae_dir: Path, dtype, warmup: tuple | None, cancel,
-                            cpu_seconds: dict) -> Future:
+def _load_vae_in_background(vae_dir: Path, dtype, warmup: tuple | None, cancel) -> Future:
     """Load the VAE from ``vae_dir`` in a background thread, then (``warmup`` = (model_dir, config, decode_size,
     vae_tiles, compile processes and their reports' list or None)) start compiling its decode stages
-    there. The future's result: (VAE, load seconds, the
-    :func:`_start_decoder_warmup` result or None). The load's CPU seconds in that thread go into
-    ``cpu_seconds["vae"]``. Nothing starts once ``cancel`` is set."""
+    there. The future's result: (VAE, load seconds, the load's CPU seconds in that thread, the
+    :func:`_start_decoder_warmup` result or None). Nothing starts once ``cancel`` is set."""
     from jax_vdit.io import load_vae
 
     def work():
         t0, cpu0 = time.perf_counter(), time.thread_time()
         vae = load_vae(vae_dir, dtype=dtype)
-        seconds = time.perf_counter() - t0
-        cpu_seconds["vae"] = time.thread_time() - cpu0
+        seconds, cpu_seconds = time.perf_counter() - t0, time.thread_time() - cpu0
         early = None
         if warmup is not None and not cancel.is_set():
             model_dir, config, decode_size, vae_tiles, workers = warmup
             early = _start_decoder_warmup(vae, model_dir, config, decode_size, vae_tiles, cancel, workers)
-        return vae, seconds, early
+        return vae, seconds, cpu_seconds, early
 
     return in_background("vae-load", work)
 
@@ -490,8 +487,7 @@ class OpenSoraPipeline:
                                                 processes=vae_compile_processes), [])
         vae_load = None if vae_dir is None else _load_vae_in_background(
             vae_dir, jnp.bfloat16 if compute_dtype == "bfloat16" else jnp.float32,
-            None if decode_size is None else (model_dir, config, decode_size, vae_tiles, workers), cancel,
-            cpu_seconds)
+            None if decode_size is None else (model_dir, config, decode_size, vae_tiles, workers), cancel)
         early_sampler = None
         if early_job is not None and early_job.get("prompt_embeds") is not None and \
                 executable_store.store_directory() is not None and jax.local_device_count() == 1:
@@ -508,7 +504,10 @@ class OpenSoraPipeline:
             encoder = _resolve_text_encoder(text_encoder, root, model_dir, hub)
             seconds["text_encoder"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            vae_model, seconds["vae"], early = (None, 0.0, None) if vae_load is None else vae_load.result()
+            if vae_load is None:
+                vae_model, seconds["vae"], early = None, 0.0, None
+            else:
+                vae_model, seconds["vae"], cpu_seconds["vae"], early = vae_load.result()
             seconds["vae_wait"] = time.perf_counter() - t0
         except BaseException:
             cancel.set()  # no decode will follow: stop the VAE's work, so the error ends the process promptly
