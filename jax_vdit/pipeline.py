@@ -44,6 +44,7 @@ from jax_vdit import executable_store, sampling
 from jax_vdit.background import in_background
 from jax_vdit.config import VAE_SPATIAL, VAE_TEMPORAL, VideoSize
 from jax_vdit.host_arrays import to_device
+from jax_vdit.io.load_timing import collect_load_timing, timed
 from jax_vdit.model.attention import AttentionConfig, attention_from_spec
 from jax_vdit.text_encoder import TextEncoder, load_embeddings
 
@@ -367,6 +368,9 @@ class OpenSoraPipeline:
     # from_pretrained: CPU seconds of the thread that loaded each part; well below its wall seconds when the thread
     # waited (for the file, the device, or Python's lock held by the other loading thread)
     load_cpu_seconds: dict = field(default_factory=dict, compare=False)
+    # from_pretrained: where the transformer's load seconds went (jax_vdit.io.load_timing: file reads waited for,
+    # host-to-device copies, layout programs, the final checks, building the model)
+    load_parts: dict = field(default_factory=dict, compare=False)
     _decoder_warmups: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     _early_sampler: Future | None = field(default=None, init=False, repr=False, compare=False)
     # from_pretrained(early_job=...): seconds of the background compile, its compile report, its wait, any error
@@ -496,8 +500,11 @@ class OpenSoraPipeline:
                 early_job, cancel)
         try:
             t0, cpu0 = time.perf_counter(), time.thread_time()
-            transformer = load_model(model_dir, param_dtype=param_dtype, compute_dtype=compute_dtype, config=config)
-            jax.block_until_ready(jax.tree.leaves(nnx.state(transformer)))  # placed on the device, not just queued
+            with collect_load_timing() as transformer_parts:
+                transformer = load_model(model_dir, param_dtype=param_dtype, compute_dtype=compute_dtype,
+                                         config=config)
+                with timed("ready"):  # placed on the device, not just queued
+                    jax.block_until_ready(jax.tree.leaves(nnx.state(transformer)))
             seconds["transformer"] = time.perf_counter() - t0
             cpu_seconds["transformer"] = time.thread_time() - cpu0
             t0 = time.perf_counter()
@@ -518,7 +525,8 @@ class OpenSoraPipeline:
                   "param_dtype": param_dtype, "compute_dtype": compute_dtype}
         pipe = cls(transformer, vae_model, encoder, source=source,
                    load_seconds={k: round(v, 3) for k, v in seconds.items()},
-                   load_cpu_seconds={k: round(v, 3) for k, v in cpu_seconds.items()}, **parts)
+                   load_cpu_seconds={k: round(v, 3) for k, v in cpu_seconds.items()},
+                   load_parts={"transformer": {k: round(v, 3) for k, v in transformer_parts.items()}}, **parts)
         pipe._early_sampler = early_sampler
         pipe.vae_compile_workers = None if workers is None else workers[1]  # filled once they have finished
         if early is not None:
@@ -774,11 +782,14 @@ class OpenSoraPipeline:
         return decode_latents_to_video_parts(self.vae, latents, tiling=self.decode_tiling)
 
     def decode_and_write(self, latents: np.ndarray, records: list[dict], output_path: str | os.PathLike, *,
-                         fps: int = 24, keep_frames: bool = False) -> DecodedVideos:
+                         fps: int = 24, keep_frames: bool = False, mp4_preset: str | None = None) -> DecodedVideos:
         """Decode each video and write it as :func:`save_outputs` does (``name.mp4`` or ``name_0.mp4``, ... with
         a JSON sidecar each), encoding a video's first time chunks while the device decodes its later ones.
-        ``keep_frames``: also return the frames (N, F, H, W, 3) uint8."""
-        from jax_vdit.vae import write_video_parts
+        ``keep_frames``: also return the frames (N, F, H, W, 3) uint8. ``mp4_preset``: libx264's speed preset
+        (``jax_vdit.vae.MP4_PRESETS``; None: ``DEFAULT_MP4_PRESET``)."""
+        from jax_vdit.vae import DEFAULT_MP4_PRESET, write_video_parts
+
+        preset = mp4_preset or DEFAULT_MP4_PRESET
 
         t0 = time.perf_counter()
         out = DecodedVideos(paths=[])
@@ -790,8 +801,9 @@ class OpenSoraPipeline:
                 kept.append(frames)
 
         for i, (path, record) in enumerate(zip(output_files(output_path, len(latents)), records)):
-            final = write_video_parts(self.decode_parts(latents[i:i + 1]), path, fps=fps, on_part=arrived)
-            write_sidecar(final, record | {"fps": fps})
+            final = write_video_parts(self.decode_parts(latents[i:i + 1]), path, fps=fps, on_part=arrived,
+                                      preset=preset)
+            write_sidecar(final, record | {"fps": fps, "mp4_preset": preset if final.suffix == ".mp4" else None})
             out.paths.append(final)
         out.total_s = time.perf_counter() - t0
         if keep_frames:
@@ -829,6 +841,7 @@ class OpenSoraPipeline:
         output_type: str = "np",
         output_path: str | os.PathLike | None = None,
         fps: int = 24,
+        mp4_preset: str | None = None,
         mesh=None,
         progress: Callable[[int], None] | None = None,
         **kwargs,
@@ -837,8 +850,9 @@ class OpenSoraPipeline:
         ``height``, ``width``, ``num_inference_steps``, ``guidance_scale``, ``seed``, ``num_videos_per_prompt``,
         ``attention``, ``force``, ...) set the request; ``mesh`` (``jax_vdit.parallel.make_mesh(seq=N)``) runs it
         sequence-parallel. ``output_type``: "np" (decoded uint8 frames) or "latent". ``output_path``: write each
-        video there (``name.mp4``, or ``name_0.mp4``, ``name_1.mp4``, ... for several) at ``fps`` with a JSON
-        sidecar ``name.mp4.json``; with ``output_type="latent"`` a ``.safetensors`` of all latents instead."""
+        video there (``name.mp4``, or ``name_0.mp4``, ``name_1.mp4``, ... for several) at ``fps`` (libx264 speed
+        ``mp4_preset``, default ``jax_vdit.vae.DEFAULT_MP4_PRESET``) with a JSON sidecar ``name.mp4.json``; with
+        ``output_type="latent"`` a ``.safetensors`` of all latents instead."""
         if output_type not in ("np", "latent"):
             raise PipelineInputError(f"output_type must be 'np' or 'latent', got {output_type!r}")
         if output_type == "np" and self.vae is None:
@@ -846,17 +860,23 @@ class OpenSoraPipeline:
                                      "output_type='latent'")
         if not isinstance(fps, int) or fps < 1:
             raise PipelineInputError(f"fps must be a positive integer, got {fps!r}")
+        if mp4_preset is not None:
+            from jax_vdit.vae import MP4_PRESETS
+
+            if mp4_preset not in MP4_PRESETS:
+                raise PipelineInputError(f"unknown mp4_preset {mp4_preset!r}: one of {', '.join(MP4_PRESETS)}")
         job = self.prepare(prompt, negative_prompt, **kwargs)
         if output_type == "np":
             self.warm_up_decoder(job)
         latents = self.run(job, mesh=mesh, progress=progress)
         records = self.records(job, fps=fps if output_type == "np" else None)
         if output_type == "np" and output_path is not None:  # each video encoded while the device decodes it
-            written = self.decode_and_write(latents, records, output_path, fps=fps, keep_frames=True)
+            written = self.decode_and_write(latents, records, output_path, fps=fps, keep_frames=True,
+                                            mp4_preset=mp4_preset)
             return PipelineOutput(latents, written.frames, records, written.paths)
         out = PipelineOutput(latents, self.decode(latents) if output_type == "np" else None, records)
         if output_path is not None:
-            out.paths = save_outputs(out, output_path, fps=fps)
+            out.paths = save_outputs(out, output_path, fps=fps, mp4_preset=mp4_preset)
         return out
 
 
@@ -924,9 +944,11 @@ def write_sidecar(path: Path, record: dict) -> Path:
     return sidecar
 
 
-def save_outputs(out: PipelineOutput, output_path: str | os.PathLike, *, fps: int = 24) -> list[Path]:
-    """Write each video (mp4; a GIF when ffmpeg is missing) or, without frames, one latents ``.safetensors``,
-    each with its JSON sidecar. Returns the files written (not the sidecars)."""
+def save_outputs(out: PipelineOutput, output_path: str | os.PathLike, *, fps: int = 24,
+                 mp4_preset: str | None = None) -> list[Path]:
+    """Write each video (mp4 with libx264's speed ``mp4_preset``, default ``jax_vdit.vae.DEFAULT_MP4_PRESET``; a
+    GIF when ffmpeg is missing) or, without frames, one latents ``.safetensors``, each with its JSON sidecar.
+    Returns the files written (not the sidecars)."""
     written = []
     if out.frames is None:
         from safetensors.numpy import save_file
@@ -936,10 +958,11 @@ def save_outputs(out: PipelineOutput, output_path: str | os.PathLike, *, fps: in
         save_file({"latents": out.latents.astype(np.float32)}, str(path))
         write_sidecar(path, {"videos": out.records})
         return [path]
-    from jax_vdit.vae import write_video
+    from jax_vdit.vae import DEFAULT_MP4_PRESET, write_video
 
+    preset = mp4_preset or DEFAULT_MP4_PRESET
     for path, video, record in zip(output_files(output_path, len(out.frames)), out.frames, out.records):
-        final = write_video(video, path, fps=fps)
-        write_sidecar(final, record | {"fps": fps})
+        final = write_video(video, path, fps=fps, preset=preset)
+        write_sidecar(final, record | {"fps": fps, "mp4_preset": preset if final.suffix == ".mp4" else None})
         written.append(final)
     return written

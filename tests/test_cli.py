@@ -63,6 +63,11 @@ def test_sample_command_writes_latents_and_decodes_to_mp4_with_a_vae(golden_dir,
     for part in ("transformer", "vae"):
         assert 0 < report["load_cpu"][part] <= report["load"][part] + 0.05, (part, report["load_cpu"], report["load"])
     assert 0 < report["warmup_cpu_s"] <= report["warmup_s"] + 0.05
+    # where the transformer's load went: its parts, each timed inside that load
+    parts = report["load_parts"]["transformer"]
+    assert {"open", "read_wait", "device_put", "layout", "checks", "build_model", "ready"} <= set(parts), parts
+    assert all(v >= 0 for v in parts.values()) and parts["layout"] > 0
+    assert sum(parts.values()) <= report["load"]["transformer"] + 0.05, (parts, report["load"])
     latents = load_file(str(out))["latents"]
     assert latents.shape == (1, 4, 3, 8, 10) and np.isfinite(latents).all()
     import imageio.v3 as iio
@@ -71,6 +76,9 @@ def test_sample_command_writes_latents_and_decodes_to_mp4_with_a_vae(golden_dir,
     assert frames.shape[0] == 9 and frames.shape[1:3] == (64, 80)
     meta = json.loads(out.with_name("lat.mp4.json").read_text())
     assert meta["seed"] == 7 and meta["steps"] == 3 and meta["guidance_scale"] == 4.0 and meta["fps"] == 8
+    # the mp4's libx264 speed preset: the default, in the report, the sidecar and the file's own x264 settings
+    assert report["mp4_preset"] == meta["mp4_preset"] == "veryfast"
+    assert b"subme=2" in out.with_suffix(".mp4").read_bytes()
     assert meta["negative_prompt"] == "<from the embeddings>" and meta["masks"] == ["dense", "dense"]
     assert "jax" in meta["versions"]
     latent_meta = json.loads(out.with_name("lat.safetensors.json").read_text())

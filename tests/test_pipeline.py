@@ -134,6 +134,7 @@ def test_decoded_video_and_sidecar(pipe, tmp_path):
     meta = json.loads(path.with_name(path.name + ".json").read_text())
     assert meta["seed"] == 1 and meta["sampler"] == "euler_ancestral" and meta["steps"] == 2
     assert meta["guidance_scale"] == 7.5 and meta["cfg"] and meta["fps"] == 12 and meta["file"] == path.name
+    assert meta["mp4_preset"] == "veryfast" and b"subme=2" in path.read_bytes()  # libx264's preset, as written
     assert meta["masks"] == ["dense", "dense"] and meta["model"]["model"] == RELEASE_REPO
     assert {"jax", "jax-vdit", "flax"} <= set(meta["versions"])
     two = pipe(prompt_embeds=embeddings(1), num_inference_steps=2, seed=1, num_videos_per_prompt=2,
@@ -142,6 +143,9 @@ def test_decoded_video_and_sidecar(pipe, tmp_path):
     np.testing.assert_array_equal(two.frames, pipe.decode(two.latents))
     np.testing.assert_array_equal(two.frames[0], out.frames[0])  # seed 1 first, as alone
     assert [json.loads(p.with_name(p.name + ".json").read_text())["seed"] for p in two.paths] == [1, 2]
+    with pytest.raises(PipelineInputError, match="unknown mp4_preset 'quick'"):  # refused before any sampling
+        pipe(prompt_embeds=embeddings(1), num_inference_steps=2, output_path=tmp_path / "q.mp4", mp4_preset="quick")
+    assert not (tmp_path / "q.mp4").exists()
 
 
 def test_cfg_without_negative_embeddings_and_no_text_encoder_is_refused(pipe):

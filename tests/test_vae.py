@@ -257,13 +257,13 @@ def test_write_video_parts_encodes_a_part_before_reading_the_next(tmp_path, monk
     real = vae_pipeline._write_mp4_imageio if encoder == "imageio" else vae_pipeline._write_mp4_pyav
     events: list[str] = []
 
-    def spy(stream, path, fps):
+    def spy(stream, path, fps, preset):
         def counted():
             for frame in stream:
                 events.append("encode")
                 yield frame
 
-        real(counted(), path, fps)
+        real(counted(), path, fps, preset)
 
     monkeypatch.setattr(vae_pipeline, f"_write_mp4_{encoder}", spy)
 
@@ -285,6 +285,31 @@ def test_write_video_parts_encodes_a_part_before_reading_the_next(tmp_path, monk
     with pytest.raises(ValueError, match="no frames"):
         write_video_parts([], tmp_path / "bad.mp4")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["parts.mp4", "whole.mp4"]  # nothing half-written left
+
+
+# the x264 settings each preset writes into the stream's SEI (x264 documents them in its --fullhelp)
+X264_SUBME = {"ultrafast": b"subme=0", "veryfast": b"subme=2", "medium": b"subme=7"}
+
+
+@pytest.mark.filterwarnings("ignore:os.fork")
+@pytest.mark.parametrize("encoder", ["imageio", "pyav"])
+def test_write_video_passes_its_speed_preset_to_x264(tmp_path, monkeypatch, encoder):
+    """Each writer encodes with the preset asked for (x264 records its settings in the file), "veryfast" unless
+    told otherwise; an unknown preset is refused by name before any file is opened."""
+    if encoder == "pyav":
+        if not _has_pyav():
+            pytest.skip("PyAV not installed")
+        monkeypatch.setattr(vae_pipeline, "_ffmpeg_available", lambda: False)
+    frames = np.random.default_rng(1).integers(0, 255, (5, 16, 24, 3), dtype=np.uint8)
+    assert vae_pipeline.DEFAULT_MP4_PRESET == "veryfast"
+    default = write_video(frames, tmp_path / "default.mp4", fps=8).read_bytes()
+    assert X264_SUBME["veryfast"] in default
+    for preset, marker in X264_SUBME.items():
+        data = write_video(frames, tmp_path / f"{preset}.mp4", fps=8, preset=preset).read_bytes()
+        assert marker in data and all(m not in data for p, m in X264_SUBME.items() if p != preset), preset
+    with pytest.raises(ValueError, match="unknown mp4 preset 'fastest'.*veryfast"):
+        write_video(frames, tmp_path / "bad.mp4", preset="fastest")
+    assert not (tmp_path / "bad.mp4").exists() and not list(tmp_path.glob(".*tmp*"))
 
 
 def test_encode_video_to_latents(vae, golden):

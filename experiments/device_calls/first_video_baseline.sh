@@ -3,7 +3,8 @@
 # (`bench_first_video --cli --baseline-tree`); then the PyTorch release's time to its first step
 # (`bench_torch_release`). RESERIALIZE=1 first runs `experiments.studies.reserialize_cached_executable`; TEACHER=1
 # adds the dense teacher's command, VARIANT="NAME=ARGS;..." other variants of this tree's; FULL93=1 the 93x720p 3:21
-# student's command; then, in the time left, the loader's grouping against one group per tensor (`bench_load`).
+# student's command; HOST_STUDIES=1 first times the CLI's imports and the mp4 presets on the host; then, in the time
+# left, the loader's grouping against one group per tensor (`bench_load`).
 # Random weights.
 # Carried, all ignored by git (see README.md here):
 #   .whl, .whl_av (PyAV), BASE (default carry/base_tree: `git archive COMMIT jax_vdit pallas_kernels convert
@@ -17,6 +18,16 @@ python3 -c "import av; print('av', av.__version__)" || { echo "no PyAV: carry .w
 if [ "${RESERIALIZE:-0}" = 1 ]; then  # does an executable read from JAX's cache serialize again? (about 20 s)
   timeout 120 python3 -m experiments.studies.reserialize_cached_executable --out $OUT > /dev/null 2>&1
   echo "reserialize rc=$? after $(( $(date +%s) - T0 )) s"
+fi
+if [ "${HOST_STUDIES:-0}" = 1 ]; then  # the host's own costs: Python's imports before `vdit`'s main, mp4 presets
+  for i in 1 2 3; do  # a fresh interpreter importing the CLI (what runs before main), and Python alone
+    a=$(date +%s.%N); python3 -c "import jax_vdit.cli"; b=$(date +%s.%N); python3 -c "pass"; c=$(date +%s.%N)
+    echo "import jax_vdit.cli: $(awk "BEGIN{print $b - $a}") s; python3 -c pass: $(awk "BEGIN{print $c - $b}") s"
+  done > $OUT/import_time.txt 2>&1
+  python3 -X importtime -c "import jax_vdit.cli" 2> $OUT/importtime_cli.txt
+  timeout 90 python3 -m experiments.studies.mp4_preset --out $OUT/mp4_preset --runs 3 \
+    --device "$(head -2 /tmp/gpu.txt | tail -1 | cut -d, -f1) host, $(nproc) CPU cores" > $OUT/mp4_preset.log 2>&1
+  echo "host studies after $(( $(date +%s) - T0 )) s"
 fi
 BASE=${BASE-carry/base_tree}  # BASE= (empty): no baseline run
 # TEACHER=1: also the dense teacher's command (Euler-ancestral with CFG, TEACHER_STEPS=10) on the same folder

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from jax_vdit.cli.compile_cache import add_compile_cache_arguments, setup_compile_cache
+from jax_vdit.mp4_presets import DEFAULT_MP4_PRESET, MP4_PRESETS
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -229,6 +230,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     save_file({"latents": latents}, str(latents_file))
     write_sidecar(latents_file, {"videos": records, "command": ["vdit", "sample", *getattr(args, "argv", [])]})
     report = {"load_s": round(load_s, 2), "load": pipe.load_seconds, "load_cpu": pipe.load_cpu_seconds,
+              "load_parts": pipe.load_parts,
               "load_compile": load_meter.report(),
               "compile_s": round(warmup_compile.compile_s, 2),
               "compile": warmup_compile.report(), "run_compile": run_compile.report(),
@@ -254,7 +256,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             report["vae_compile_wait_s"] = round(time.perf_counter() - t0, 2)
             report["vae_compile_workers"] = pipe.vae_compile_workers  # None: compiled in a thread of this process
         # each video's first time chunks are encoded while the device decodes its later ones
-        written = pipe.decode_and_write(latents, records, out, fps=args.fps)
+        written = pipe.decode_and_write(latents, records, out, fps=args.fps, mp4_preset=args.mp4_preset)
+        report["mp4_preset"] = args.mp4_preset
         report["vae_decode_s"] = round(written.decoded_s, 2)  # until the last frames reached the host
         report["write_s"] = round(written.total_s - written.decoded_s, 2)  # the encoding left then, sidecars
         report["decode_s"] = round(time.perf_counter() - t0, 2)  # the wait for the VAE's stages, both above
@@ -374,6 +377,9 @@ def register(sub) -> None:
     g.add_argument("--out", default="outputs/sample.safetensors", help="latents file; videos go beside it as "
                    "<stem>.mp4 (or <stem>_<k>.mp4), each with a <file>.json sidecar")
     g.add_argument("--fps", type=int, default=24, help="frames per second of the mp4s")
+    g.add_argument("--mp4-preset", default=DEFAULT_MP4_PRESET, choices=MP4_PRESETS,
+                   help="libx264's speed preset for the mp4s: faster ones write larger files at the same quality "
+                        "setting (CRF 23); 'medium' is ffmpeg's own default")
     add_compile_cache_arguments(g)
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_sample)

@@ -23,6 +23,7 @@ from jax_vdit.io.key_map import (
     non_finite_error,
     set_path,
 )
+from jax_vdit.io.load_timing import timed
 from jax_vdit.io.tensors import TensorSource, read_ahead
 
 DEVICE_LAYOUT_DTYPES = tuple(np.dtype(d) for d in ("float32", "float16", jnp.bfloat16))
@@ -47,7 +48,10 @@ def place_groups(
     (:class:`~jax_vdit.io.key_map.NonFiniteWeightError`) or a cast that overflows ``dtype``
     (:class:`~jax_vdit.io.key_map.CastRangeError`). Reads run a few tensors ahead of the placing
     (:func:`~jax_vdit.io.tensors.read_ahead`); host memory holds one group and a few tensors beyond what
-    ``to_array`` keeps.
+    ``to_array`` keeps. Wall seconds go to :mod:`~jax_vdit.io.load_timing`'s parts "read_wait" (waiting for the
+    file reads), "device_put" (host-to-device copies), "layout" (dispatching the layout programs, tracing them
+    the first time), "host_convert" (tensors converted on the host) and "checks" (the device's checks, read back
+    at the end: this waits for every copy and layout program to finish).
     """
     place = to_array or to_device
     reads = read_ahead(source, [name for names in groups.values() for name in names])
@@ -55,15 +59,20 @@ def place_groups(
     checks: list[tuple[list[str], Any]] = []
     for names in groups.values():
         on_device = []
-        for name, raw in (next(reads) for _ in names):
+        for _ in names:
+            with timed("read_wait"):
+                name, raw = next(reads)
             if to_array is None and raw.dtype in DEVICE_LAYOUT_DTYPES:
                 on_device.append((name, raw))
             else:
-                set_path(tree, key_map.rules[name].path, place(host_convert(name, key_map.rules[name], raw)))
+                with timed("host_convert"):
+                    set_path(tree, key_map.rules[name].path, place(host_convert(name, key_map.rules[name], raw)))
         if on_device:
-            arrays = jax.device_put([raw for _, raw in on_device])
-            outs, check = group_to_layout(tuple(arrays), tuple(key_map.rules[n].transform for n, _ in on_device),
-                                          np.dtype(dtype))
+            with timed("device_put"):
+                arrays = jax.device_put([raw for _, raw in on_device])
+            with timed("layout"):
+                outs, check = group_to_layout(tuple(arrays), tuple(key_map.rules[n].transform for n, _ in on_device),
+                                              np.dtype(dtype))
             for (name, _), out in zip(on_device, outs):
                 set_path(tree, key_map.rules[name].path, out)
             checks.append(([n for n, _ in on_device], check))
@@ -71,7 +80,8 @@ def place_groups(
         if progress is not None:
             for name in names:
                 progress(name)
-    raise_on_failed_checks(checks, np.dtype(dtype), order=list(key_map.rules))
+    with timed("checks"):
+        raise_on_failed_checks(checks, np.dtype(dtype), order=list(key_map.rules))
     return tree
 
 

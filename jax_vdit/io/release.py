@@ -25,6 +25,7 @@ from jax_vdit.io.key_map import (  # noqa: F401  (CastRangeError: re-exported)
     check_keys,
     set_path,
 )
+from jax_vdit.io.load_timing import timed
 from jax_vdit.io.params import model_from_pure_params
 from jax_vdit.io.tensors import TensorSource, open_tensors
 from jax_vdit.model.transformer import OpenSoraT2V
@@ -165,12 +166,14 @@ def load_release(
     path = Path(path)
     policy = dtype_policy(param_dtype, compute_dtype)
     cfg = resolve_config(path, config, policy)
-    source = open_tensors(path)
+    with timed("open"):
+        source = open_tensors(path)
     try:
         params = stream_release_params(cfg, source)
     finally:
         source.close()
-    return model_from_pure_params(cfg, params)
+    with timed("build_model"):
+        return model_from_pure_params(cfg, params)
 
 
 def release_config_dict(cfg: ModelConfig) -> dict[str, Any]:

@@ -18,6 +18,8 @@ from jax_vdit.vae.pipeline import (
     decode_latents_to_video,
     decode_latents_to_video_parts,
     encode_video_to_latents,
+    DEFAULT_MP4_PRESET,
+    MP4_PRESETS,
     write_video,
     write_video_parts,
 )
@@ -65,4 +67,6 @@ __all__ = [
     "tiled_apply_parts",
     "write_video",
     "write_video_parts",
+    "MP4_PRESETS",
+    "DEFAULT_MP4_PRESET",
 ]

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_vdit.host_arrays import to_device
+from jax_vdit.mp4_presets import DEFAULT_MP4_PRESET, MP4_PRESETS, check_mp4_preset  # noqa: F401 (re-exported)
 from jax_vdit.vae.model import CausalVAE
 from jax_vdit.vae.runtime import DiagonalGaussian, decode_nthwc_parts, encode_moments_nthwc
 from jax_vdit.vae.tiling import TilingConfig
@@ -133,20 +134,22 @@ def _pyav_h264_available() -> bool:
         return False
 
 
-def _write_mp4_imageio(frames: Iterable[np.ndarray], path: Path, fps: int) -> None:
-    """H.264 (libx264, yuv420p) through imageio's ffmpeg plugin, frame by frame (each (H, W, 3) uint8)."""
+def _write_mp4_imageio(frames: Iterable[np.ndarray], path: Path, fps: int, preset: str) -> None:
+    """H.264 (libx264, yuv420p, speed ``preset``) through imageio's ffmpeg plugin, frame by frame (each (H, W, 3)
+    uint8)."""
     import imageio.v2 as imageio
 
     with imageio.get_writer(
-        path, format="FFMPEG", mode="I", fps=fps, codec="libx264", pixelformat="yuv420p", macro_block_size=2
+        path, format="FFMPEG", mode="I", fps=fps, codec="libx264", pixelformat="yuv420p", macro_block_size=2,
+        output_params=["-preset", preset],
     ) as writer:
         for frame in frames:
             writer.append_data(frame)
 
 
-def _write_mp4_pyav(frames: Iterable[np.ndarray], path: Path, fps: int) -> None:
-    """H.264 (libx264, yuv420p) through PyAV, frame by frame (each (H, W, 3) uint8; at least one); odd sizes are
-    padded by one edge pixel as yuv420p needs."""
+def _write_mp4_pyav(frames: Iterable[np.ndarray], path: Path, fps: int, preset: str) -> None:
+    """H.264 (libx264, yuv420p, speed ``preset``) through PyAV, frame by frame (each (H, W, 3) uint8; at least
+    one); odd sizes are padded by one edge pixel as yuv420p needs."""
     import av
 
     with av.open(str(path), mode="w", format="mp4") as container:
@@ -157,7 +160,7 @@ def _write_mp4_pyav(frames: Iterable[np.ndarray], path: Path, fps: int) -> None:
             if pad_h or pad_w:
                 frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
             if stream is None:
-                stream = container.add_stream("libx264", rate=fps)
+                stream = container.add_stream("libx264", rate=fps, options={"preset": preset})
                 stream.width, stream.height, stream.pix_fmt = w + pad_w, h + pad_h, "yuv420p"
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
                 container.mux(packet)
@@ -165,14 +168,14 @@ def _write_mp4_pyav(frames: Iterable[np.ndarray], path: Path, fps: int) -> None:
             container.mux(packet)
 
 
-def write_video(frames, path: str | os.PathLike, fps: int = 24) -> Path:
+def write_video(frames, path: str | os.PathLike, fps: int = 24, *, preset: str = DEFAULT_MP4_PRESET) -> Path:
     """Write uint8 frames (T, H, W, 3) (or (1, T, H, W, 3)) to ``path`` and return the path written.
 
-    mp4 (H.264, yuv420p) through imageio's ffmpeg plugin, or through PyAV where imageio-ffmpeg is missing; if
-    neither can encode H.264, a GIF next to it (``path`` with suffix ``.gif``) with a warning. The file is
-    written to a temporary name and renamed.
+    mp4 (H.264, yuv420p, libx264's speed ``preset``: one of :data:`MP4_PRESETS`) through imageio's ffmpeg plugin,
+    or through PyAV where imageio-ffmpeg is missing; if neither can encode H.264, a GIF next to it (``path`` with
+    suffix ``.gif``) with a warning. The file is written to a temporary name and renamed.
     """
-    return write_video_parts([frames], path, fps)
+    return write_video_parts([frames], path, fps, preset=preset)
 
 
 class _CheckedFrames:
@@ -213,11 +216,13 @@ class _CheckedFrames:
 
 
 def write_video_parts(parts: Iterable, path: str | os.PathLike, fps: int = 24, *,
-                      on_part: Callable[[int, np.ndarray], None] | None = None) -> Path:
+                      on_part: Callable[[int, np.ndarray], None] | None = None,
+                      preset: str = DEFAULT_MP4_PRESET) -> Path:
     """:func:`write_video` of a video given in time-ordered parts (uint8 (T_i, H, W, 3), host or device arrays,
     e.g. :func:`decode_latents_to_video_parts`), read one at a time: the encoder works on the first part while
     the device still computes the later ones. ``on_part(index, frames)`` is called with each part once it is on
     the host. A bad part raises ValueError and leaves no file."""
+    check_mp4_preset(preset)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     checked = _CheckedFrames(parts, on_part)
@@ -238,7 +243,7 @@ def write_video_parts(parts: Iterable, path: str | os.PathLike, fps: int = 24, *
         tmp = final.with_name(f".{final.stem}.tmp.gif")
     try:
         if writer is not None:
-            writer(itertools.chain([first], frames), tmp, fps)
+            writer(itertools.chain([first], frames), tmp, fps, preset)
         else:
             import imageio.v3 as iio
 
