@@ -6,6 +6,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from jax_vdit.io.load_timing import collect_load_timing, timed
 
@@ -43,22 +44,73 @@ def test_parts_add_up_per_thread_and_only_inside_a_collection():
     assert "after" not in parts
 
 
-def test_the_release_loader_reports_its_parts(tmp_path):
-    """Loading a release folder inside a collection names each phase of the load."""
+@pytest.mark.parametrize("copies", ["readers", "caller"])
+def test_the_release_loader_reports_its_parts_and_copies_in_the_threads_asked_for(tmp_path, monkeypatch, copies):
+    """Loading a release folder inside a collection names each phase of the load. By default the reading threads
+    make the host-to-device copies ($JAX_VDIT_LOAD_COPIES=caller: the loading thread, one "device_put" per group);
+    either way the loaded parameters equal the model's."""
     import jax
+    from flax import nnx
 
     from jax_vdit.config import get_preset
     from jax_vdit.io import load_model
     from jax_vdit.io.release import write_release_folder
     from jax_vdit.model.transformer import OpenSoraT2V
-    from flax import nnx
 
     cfg = get_preset("tiny", num_layers=2)
     model = OpenSoraT2V(cfg, rngs=nnx.Rngs(0))
     folder = write_release_folder(model, tmp_path / "release", dtype="float32")
+    monkeypatch.setenv("JAX_VDIT_LOAD_COPIES", copies)
+    real_put, copied_by = jax.device_put, set()
+
+    def spy(x, *args, **kwargs):
+        if any(isinstance(a, np.ndarray) and a.size > 1 for a in (x if isinstance(x, list) else [x])):
+            copied_by.add(threading.current_thread().name.split("_")[0])
+        return real_put(x, *args, **kwargs)
+
+    monkeypatch.setattr(jax, "device_put", spy)
     with collect_load_timing() as parts:
         loaded = load_model(folder)
-    assert {"open", "read_wait", "device_put", "layout", "checks", "build_model"} <= set(parts), parts
+    assert {"open", "read_wait", "layout", "checks", "build_model"} <= set(parts), parts
+    if copies == "readers":
+        assert copied_by == {"tensor-read"} and "device_put" not in parts
+    else:
+        assert copied_by == {threading.current_thread().name} and parts["device_put"] > 0
     a = jax.tree.leaves(nnx.state(model, nnx.Param))
     b = jax.tree.leaves(nnx.state(loaded, nnx.Param))
     assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
+
+
+def test_under_a_default_device_context_the_loading_thread_copies(tmp_path, monkeypatch):
+    """``jax.default_device`` holds for its own thread only: under one, the reading threads do not copy."""
+    import jax
+    from flax import nnx
+
+    from jax_vdit.config import get_preset
+    from jax_vdit.io import load_model
+    from jax_vdit.io.release import write_release_folder
+    from jax_vdit.model.transformer import OpenSoraT2V
+
+    folder = write_release_folder(OpenSoraT2V(get_preset("tiny", num_layers=1), rngs=nnx.Rngs(0)),
+                                  tmp_path / "release", dtype="float32")
+    with collect_load_timing() as parts, jax.default_device(jax.devices()[-1]):
+        loaded = load_model(folder)
+    assert parts["device_put"] > 0  # copied by this thread
+    leaf = jax.tree.leaves(nnx.state(loaded, nnx.Param))[0]
+    assert leaf.devices() == {jax.devices()[-1]}
+
+
+def test_load_thread_settings_are_checked(monkeypatch):
+    from jax_vdit.io.device_layout import LoadThreads
+
+    assert LoadThreads.from_env() == LoadThreads(readers=4, depth=8, copies="readers")
+    monkeypatch.setenv("JAX_VDIT_LOAD_READERS", "2")
+    assert LoadThreads.from_env() == LoadThreads(readers=2, depth=4, copies="readers")
+    for bad in ("0", "two"):
+        monkeypatch.setenv("JAX_VDIT_LOAD_READERS", bad)
+        with pytest.raises(ValueError, match="JAX_VDIT_LOAD_READERS must be a thread count"):
+            LoadThreads.from_env()
+    monkeypatch.delenv("JAX_VDIT_LOAD_READERS")
+    monkeypatch.setenv("JAX_VDIT_LOAD_COPIES", "gpu")
+    with pytest.raises(ValueError, match="JAX_VDIT_LOAD_COPIES must be 'readers' or 'caller'"):
+        LoadThreads.from_env()

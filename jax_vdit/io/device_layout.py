@@ -8,7 +8,9 @@ CPU cores). Groups with the same shapes and layouts (the transformer's blocks) s
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import jax
@@ -27,6 +29,40 @@ from jax_vdit.io.load_timing import timed
 from jax_vdit.io.tensors import TensorSource, read_ahead
 
 DEVICE_LAYOUT_DTYPES = tuple(np.dtype(d) for d in ("float32", "float16", jnp.bfloat16))
+
+# how a load spreads its work over threads (measured in experiments/results/first_video/; change only to compare):
+LOAD_READERS_ENV = "JAX_VDIT_LOAD_READERS"  # threads that read the file (default 4)
+LOAD_COPIES_ENV = "JAX_VDIT_LOAD_COPIES"  # "readers" (default): each reading thread copies its tensor to the
+# device right after reading it, so several copies run at once; "caller": the loading thread copies each group
+
+
+@dataclass(frozen=True)
+class LoadThreads:
+    """Threads of a weight load: ``readers`` read the file ``depth`` tensors ahead of the loading thread;
+    ``copies`` says which threads make the host-to-device copies ("readers" or "caller")."""
+
+    readers: int = 4
+    depth: int = 8
+    copies: str = "readers"
+
+    @classmethod
+    def from_env(cls) -> LoadThreads:
+        """The defaults, or what ``$JAX_VDIT_LOAD_READERS`` / ``$JAX_VDIT_LOAD_COPIES`` set (clear errors)."""
+        readers, copies = os.environ.get(LOAD_READERS_ENV, ""), os.environ.get(LOAD_COPIES_ENV, "")
+        out = cls()
+        if readers:
+            try:
+                count = int(readers)
+            except ValueError:
+                count = 0
+            if count < 1:
+                raise ValueError(f"${LOAD_READERS_ENV} must be a thread count >= 1, got {readers!r}")
+            out = replace(out, readers=count, depth=2 * count)
+        if copies:
+            if copies not in ("readers", "caller"):
+                raise ValueError(f"${LOAD_COPIES_ENV} must be 'readers' or 'caller', got {copies!r}")
+            out = replace(out, copies=copies)
+        return out
 
 
 def place_groups(
@@ -48,35 +84,52 @@ def place_groups(
     (:class:`~jax_vdit.io.key_map.NonFiniteWeightError`) or a cast that overflows ``dtype``
     (:class:`~jax_vdit.io.key_map.CastRangeError`). Reads run a few tensors ahead of the placing
     (:func:`~jax_vdit.io.tensors.read_ahead`); host memory holds one group and a few tensors beyond what
-    ``to_array`` keeps. Wall seconds go to :mod:`~jax_vdit.io.load_timing`'s parts "read_wait" (waiting for the
-    file reads), "device_put" (host-to-device copies), "layout" (dispatching the layout programs, tracing them
-    the first time), "host_convert" (tensors converted on the host) and "checks" (the device's checks, read back
+    ``to_array`` keeps. The reading threads also copy each float tensor to the device (:class:`LoadThreads`:
+    ``$JAX_VDIT_LOAD_COPIES=caller`` makes this thread copy each group instead). Wall seconds go to
+    :mod:`~jax_vdit.io.load_timing`'s parts "read_wait" (waiting for the file reads, and the readers' copies),
+    "device_put" (copies made by this thread), "layout" (dispatching the layout programs, tracing them the
+    first time), "host_convert" (tensors converted on the host) and "checks" (the device's checks, read back
     at the end: this waits for every copy and layout program to finish).
     """
     place = to_array or to_device
-    reads = read_ahead(source, [name for names in groups.values() for name in names])
+    threads = LoadThreads.from_env()
+    # the readers copy to JAX's default device, uncommitted as this thread's copies would be; a
+    # ``jax.default_device`` context holds for its own thread only, so under one this thread copies
+    copy_in_readers = to_array is None and threads.copies == "readers" and jax.config.jax_default_device is None
+
+    def then(raw: np.ndarray):
+        return jax.device_put(raw) if raw.dtype in DEVICE_LAYOUT_DTYPES else raw
+
+    reads = read_ahead(source, [name for names in groups.values() for name in names], threads.depth,
+                       workers=threads.readers, then=then if copy_in_readers else None)
     tree: dict = {}
     checks: list[tuple[list[str], Any]] = []
     for names in groups.values():
-        on_device = []
+        on_device, on_host = [], []  # (name, device array) copied by a reader; (name, host array) to copy here
         for _ in names:
-            with timed("read_wait"):
+            with timed("read_wait"):  # with copies in the readers: the read and the copy
                 name, raw = next(reads)
-            if to_array is None and raw.dtype in DEVICE_LAYOUT_DTYPES:
+            if isinstance(raw, jax.Array):
                 on_device.append((name, raw))
+            elif to_array is None and raw.dtype in DEVICE_LAYOUT_DTYPES:
+                on_host.append((name, raw))
             else:
                 with timed("host_convert"):
                     set_path(tree, key_map.rules[name].path, place(host_convert(name, key_map.rules[name], raw)))
-        if on_device:
+        if on_host:
             with timed("device_put"):
-                arrays = jax.device_put([raw for _, raw in on_device])
+                on_device += zip([n for n, _ in on_host], jax.device_put([raw for _, raw in on_host]))
+        if on_device:
+            order = {name: i for i, name in enumerate(names)}
+            on_device.sort(key=lambda item: order[item[0]])  # the key map's order, whoever copied each tensor
             with timed("layout"):
-                outs, check = group_to_layout(tuple(arrays), tuple(key_map.rules[n].transform for n, _ in on_device),
+                outs, check = group_to_layout(tuple(a for _, a in on_device),
+                                              tuple(key_map.rules[n].transform for n, _ in on_device),
                                               np.dtype(dtype))
             for (name, _), out in zip(on_device, outs):
                 set_path(tree, key_map.rules[name].path, out)
             checks.append(([n for n, _ in on_device], check))
-        del on_device
+        del on_device, on_host
         if progress is not None:
             for name in names:
                 progress(name)

@@ -17,7 +17,7 @@ import itertools
 import json
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,25 +149,33 @@ class SafetensorsSource:
 _TORCH_NESTING_KEYS = ("ema_state_dict", "state_dict", "model", "gen_model", "module")
 
 
-def read_ahead(source: TensorSource, names: Iterable[str], depth: int = 4) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield ``(name, tensor)`` for ``names`` in order, reading up to ``depth`` tensors ahead in two background
-    threads when the source allows concurrent reads (``concurrent_reads``), so the file reads overlap whatever the
-    caller does with each tensor (host-to-device copies, layout programs). Host memory holds at most ``depth + 1``
-    tensors beyond what the caller keeps. Other sources, or ``depth=0``, are read one at a time in the caller's
+def read_ahead(source: TensorSource, names: Iterable[str], depth: int = 4, *, workers: int = 2,
+               then: Callable[[np.ndarray], Any] | None = None) -> Iterator[tuple[str, Any]]:
+    """Yield ``(name, tensor)`` for ``names`` in order, reading up to ``depth`` tensors ahead in ``workers``
+    background threads when the source allows concurrent reads (``concurrent_reads``), so the file reads overlap
+    whatever the caller does with each tensor (host-to-device copies, layout programs). ``then(tensor)``, if given,
+    runs in the reading thread right after the read and its result is yielded instead (e.g. the host-to-device
+    copy, so that copies of several tensors run at once). Host memory holds at most ``depth + 1`` tensors beyond
+    what the caller keeps. Other sources, or ``depth=0``, are read (and ``then`` run) one at a time in the caller's
     thread. A failed read raises in the caller when its tensor's turn comes."""
     names = iter(names)
+
+    def fetch(name: str) -> Any:
+        value = source.read(name)
+        return value if then is None else then(value)
+
     if depth <= 0 or not getattr(source, "concurrent_reads", False):
         for name in names:
-            yield name, source.read(name)
+            yield name, fetch(name)
         return
-    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tensor-read")
+    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="tensor-read")
     try:
-        pending = deque((name, pool.submit(source.read, name)) for name in itertools.islice(names, depth))
+        pending = deque((name, pool.submit(fetch, name)) for name in itertools.islice(names, depth))
         while pending:
             name, future = pending.popleft()
             following = next(names, None)
             if following is not None:
-                pending.append((following, pool.submit(source.read, following)))
+                pending.append((following, pool.submit(fetch, following)))
             yield name, future.result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
