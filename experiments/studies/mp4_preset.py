@@ -80,7 +80,7 @@ def main() -> None:
     host = args.device or f"{platform.machine()} host, {os.cpu_count()} CPU cores"
     result = {"date": time.strftime("%Y-%m-%d"), "video": "synthetic, 29 x 720 x 1280, 24 fps", "writer": writer,
               "device": host, "command": f"python -m experiments.studies.mp4_preset --out {args.out} --runs "
-              f"{args.runs}", "rows": rows}
+              f"{args.runs}" + (f" --device '{args.device}'" if args.device else ""), "rows": rows}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = f"{os.cpu_count()}cpu"
