@@ -222,6 +222,46 @@ def has(key: str) -> bool:
     return directory is not None and _file(directory, key).is_file()
 
 
+OBJECT_MAGIC = b"jax-vdit-object-1\n"
+
+
+def save_object(key: str, data: bytes) -> bool:
+    """Write ``data`` (a pickled object, e.g. an abstract model) under ``key`` with a SHA-256 of it; False where the
+    store is off or the write fails (the object is an optimisation)."""
+    directory = store_directory()
+    if directory is None:
+        return False
+    path = directory / f"{key}.obj"
+    try:
+        _write_atomically(path, OBJECT_MAGIC + hashlib.sha256(data).digest() + data)
+        return True
+    except OSError as err:
+        _warn_once("could not write", path, err)
+        return False
+
+
+def load_object(key: str) -> bytes | None:
+    """The bytes saved by :func:`save_object` under ``key``, or None where the store is off or the file is absent
+    or damaged (a damaged file is removed and named in :func:`problems`)."""
+    directory = store_directory()
+    if directory is None:
+        return None
+    path = directory / f"{key}.obj"
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        _warn_once("ignored unreadable file", path, err)
+        return None
+    body = blob[len(OBJECT_MAGIC):]
+    if not blob.startswith(OBJECT_MAGIC) or hashlib.sha256(body[32:]).digest() != body[:32]:
+        _warn_once("ignored unusable file", path, ValueError("not a jax-vdit object file, or damaged"))
+        path.unlink(missing_ok=True)
+        return None
+    return body[32:]
+
+
 def save_record(name: str, record: Any) -> bool:
     """Write a small JSON ``record`` (e.g. which executables a program needs) under ``name`` in the store; False
     where the store is off or the write fails (the record is an optimisation)."""

@@ -59,3 +59,64 @@ def test_abstract_passes_the_rngs_to_the_builder():
     seen = []
     out = abstract(lambda rngs: seen.append(type(rngs)) or nnx.Linear(2, 3, rngs=rngs))
     assert seen == [ShapeOnlyRngs] and out.kernel.shape == (2, 3)
+
+
+def _count_builds(monkeypatch) -> list:
+    from jax_vdit import abstract_init
+
+    builds = []
+    real = abstract_init.abstract
+
+    def counted(build):
+        builds.append(1)
+        return real(build)
+
+    monkeypatch.setattr(abstract_init, "abstract", counted)
+    monkeypatch.setattr(abstract_init, "_pickled", {})
+    return builds
+
+
+def test_abstract_models_are_built_once_per_config_and_each_call_gets_its_own(monkeypatch):
+    """The second abstract model of a config is unpickled, not traced; each call returns a new module, so filling
+    one with arrays (as loading does) leaves the next one abstract; another config is built anew."""
+    from jax_vdit import executable_store
+
+    monkeypatch.setattr(executable_store, "store_directory", lambda: None)
+    builds = _count_builds(monkeypatch)
+    cfg = get_preset("tiny").replace(num_layers=2)
+    first, second = abstract_model(cfg), abstract_model(cfg)
+    assert len(builds) == 1 and first is not second
+    assert nnx.graphdef(first) == nnx.graphdef(second) and _shapes(first) == _shapes(second)
+    state = nnx.state(first)
+    nnx.replace_by_pure_dict(state, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), nnx.to_pure_dict(state)))
+    nnx.update(first, state)
+    assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(nnx.state(first)))
+    assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(nnx.state(abstract_model(cfg))))
+    deeper = abstract_model(cfg.replace(num_layers=3))
+    assert len(builds) == 2 and len(nnx.state(deeper)["blocks"]) == 3
+    abstract_vae(VAEConfig(), dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+    abstract_vae(VAEConfig(), dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+    abstract_vae(VAEConfig(), dtype=jnp.float32, param_dtype=jnp.float32)  # other dtypes: another module
+    assert len(builds) == 4
+
+
+def test_a_later_process_reads_the_abstract_model_from_the_store_and_a_damaged_file_is_rebuilt(
+        monkeypatch, tmp_path):
+    from jax_vdit import executable_store
+
+    monkeypatch.setattr(executable_store, "store_directory", lambda: tmp_path)
+    monkeypatch.setattr(executable_store, "_warned", set())  # this process may have warned before
+    builds = _count_builds(monkeypatch)
+    cfg = get_preset("tiny").replace(num_layers=2)
+    built = abstract_model(cfg)
+    (stored,) = tmp_path.glob("*.obj")
+    monkeypatch.setattr("jax_vdit.abstract_init._pickled", {})  # as in a new process
+    read = abstract_model(cfg)
+    assert len(builds) == 1 and nnx.graphdef(read) == nnx.graphdef(built) and _shapes(read) == _shapes(built)
+    stored.write_bytes(stored.read_bytes()[:-10])  # truncated
+    monkeypatch.setattr("jax_vdit.abstract_init._pickled", {})
+    with pytest.warns(RuntimeWarning, match="ignored unusable file"):
+        again = abstract_model(cfg)
+    assert len(builds) == 2 and _shapes(again) == _shapes(built)
+    assert any("ignored unusable file" in p for p in executable_store.problems())
+    assert stored.is_file()  # written anew by the rebuild

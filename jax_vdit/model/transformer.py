@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jax_vdit.abstract_init import abstract
+from jax_vdit.abstract_init import abstract, abstract_cached
 from jax_vdit.config import ModelConfig
 from jax_vdit.model.attention import DENSE, AttentionConfig
 from jax_vdit.model.block import TransformerBlock, layer_norm, modulate
@@ -302,5 +302,6 @@ def _scaled_normal(key: jax.Array, scale: jax.Array, *, shape: tuple[int, ...], 
 
 def abstract_model(cfg: ModelConfig) -> OpenSoraT2V:
     """The model with ShapeDtypeStruct leaves: no memory allocated (for key/shape checks and loading). Traced
-    with :class:`jax_vdit.abstract_init.ShapeOnlyRngs`, so its cost grows with the model's size, not its square."""
-    return abstract(lambda rngs: OpenSoraT2V(cfg, rngs=rngs))
+    with :class:`jax_vdit.abstract_init.ShapeOnlyRngs`, so its cost grows with the model's size, not its square;
+    built once per config and then unpickled (:func:`jax_vdit.abstract_init.abstract_cached`)."""
+    return abstract_cached(("OpenSoraT2V", repr(cfg)), lambda rngs: OpenSoraT2V(cfg, rngs=rngs))

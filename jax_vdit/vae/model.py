@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jax_vdit.abstract_init import abstract
+from jax_vdit.abstract_init import abstract, abstract_cached
 from jax_vdit.vae import ops
 from jax_vdit.vae.config import ComputeConfig, VAEConfig
 
@@ -392,8 +392,11 @@ class CausalVAE(nnx.Module):
 def abstract_vae(
     config: VAEConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, compute: ComputeConfig = ComputeConfig()
 ) -> CausalVAE:
-    """A :class:`CausalVAE` whose parameters are shape/dtype placeholders (nothing allocated)."""
-    return abstract(lambda rngs: CausalVAE(config, dtype=dtype, param_dtype=param_dtype, compute=compute, rngs=rngs))
+    """A :class:`CausalVAE` whose parameters are shape/dtype placeholders (nothing allocated); built once per
+    arguments and then unpickled (:func:`jax_vdit.abstract_init.abstract_cached`)."""
+    description = ("CausalVAE", repr(config), jnp.dtype(dtype).name, jnp.dtype(param_dtype).name, repr(compute))
+    return abstract_cached(description, lambda rngs: CausalVAE(config, dtype=dtype, param_dtype=param_dtype,
+                                                                  compute=compute, rngs=rngs))
 
 
 def random_vae(
