@@ -507,7 +507,8 @@ def test_a_second_sample_command_in_a_fresh_process_compiles_nothing(golden_dir,
     # (its key once held function addresses, so no process after the first ever found it)
     assert not first["sampler_from_store"] and second["sampler_from_store"], (first, second)
     assert first["sampler_early"] is None and first["sampler_compile"] == "after-load"
-    assert second["load_compile"]["programs"] == first["load_compile"]["programs"]
+    # the weights' layout programs come from the executable store: neither traced nor lowered again
+    assert first["load_compile"]["programs"] >= 1 and second["load_compile"]["programs"] == 0, second["load_compile"]
     assert second["compile"]["programs"] == first["compile"]["programs"] - 1, (first["compile"], second["compile"])
     assert second["run_compile"]["programs"] == 0, second["run_compile"]
     np.testing.assert_array_equal(load_file(str(tmp_path / "lat0.safetensors"))["latents"],

@@ -114,3 +114,36 @@ def test_load_thread_settings_are_checked(monkeypatch):
     monkeypatch.setenv("JAX_VDIT_LOAD_COPIES", "gpu")
     with pytest.raises(ValueError, match="JAX_VDIT_LOAD_COPIES must be 'readers' or 'caller'"):
         LoadThreads.from_env()
+
+
+def test_layout_programs_come_from_the_executable_store_in_a_later_process(tmp_path, monkeypatch):
+    """With the store on, the first load compiles and stores each group's layout program; a later process (its
+    in-memory table emptied) runs them from the store without tracing or lowering, with the same parameters."""
+    import jax
+    from flax import nnx
+
+    from jax_vdit import executable_store
+    from jax_vdit.config import get_preset
+    from jax_vdit.io import device_layout, load_model
+    from jax_vdit.io.release import write_release_folder
+    from jax_vdit.model.transformer import OpenSoraT2V
+
+    monkeypatch.setattr(executable_store, "store_directory", lambda: tmp_path / "store")
+    monkeypatch.setattr(device_layout, "_STORED_LAYOUTS", {})
+    folder = write_release_folder(OpenSoraT2V(get_preset("tiny", num_layers=3), rngs=nnx.Rngs(0)),
+                                  tmp_path / "release", dtype="bfloat16")
+    first = load_model(folder, param_dtype="bfloat16")
+    assert len(list((tmp_path / "store").glob("*.bin"))) == 2  # "main" and the blocks' shared program
+    monkeypatch.setattr(device_layout, "_STORED_LAYOUTS", {})  # as in a new process
+
+    class NotTraced:
+        def lower(self, *args, **kwargs):
+            raise AssertionError("the layout program was lowered again")
+
+        def __call__(self, *args, **kwargs):
+            raise AssertionError("the layout program was traced again")
+
+    monkeypatch.setattr(device_layout, "group_to_layout", NotTraced())
+    later = load_model(folder, param_dtype="bfloat16")
+    a, b = jax.tree.leaves(nnx.state(first)), jax.tree.leaves(nnx.state(later))
+    assert len(a) == len(b) and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))

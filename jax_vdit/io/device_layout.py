@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -123,9 +125,8 @@ def place_groups(
             order = {name: i for i, name in enumerate(names)}
             on_device.sort(key=lambda item: order[item[0]])  # the key map's order, whoever copied each tensor
             with timed("layout"):
-                outs, check = group_to_layout(tuple(a for _, a in on_device),
-                                              tuple(key_map.rules[n].transform for n, _ in on_device),
-                                              np.dtype(dtype))
+                outs, check = lay_out(tuple(a for _, a in on_device),
+                                      tuple(key_map.rules[n].transform for n, _ in on_device), np.dtype(dtype))
             for (name, _), out in zip(on_device, outs):
                 set_path(tree, key_map.rules[name].path, out)
             checks.append(([n for n, _ in on_device], check))
@@ -152,6 +153,42 @@ def group_to_layout(raws: tuple[jax.Array, ...], transforms: tuple, dtype: np.dt
         cast_ok.append(jnp.all(jnp.isfinite(out)))
         peak.append(jnp.max(jnp.abs(src)))
     return tuple(outs), (jnp.stack(bad), jnp.stack(cast_ok), jnp.stack(peak))
+
+
+_PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
+_STORED_LAYOUTS: dict[tuple, Callable] = {}  # this process's layout executables, by description
+_STORED_LOCK = threading.Lock()
+
+
+def _transform_id(transform: Callable) -> tuple:
+    """What identifies a layout transform across processes: its module and qualified name, and the values it
+    closes over (the code itself is covered by the store key's source fingerprint)."""
+    cells = tuple(repr(c.cell_contents) for c in (getattr(transform, "__closure__", None) or ()))
+    return (getattr(transform, "__module__", "?"), getattr(transform, "__qualname__", repr(transform)), cells)
+
+
+def lay_out(raws: tuple[jax.Array, ...], transforms: tuple, dtype: np.dtype):
+    """:func:`group_to_layout`, with its executable from the executable store where that is on, so a warm process
+    neither traces nor lowers the layout programs (0.5-0.7 s for the release transformer's two on an H100's host);
+    compiled and stored there the first time. With the store off, the jitted function."""
+    from jax_vdit import executable_store
+
+    if executable_store.store_directory() is None:
+        return group_to_layout(raws, transforms, dtype)
+    description = ("group_to_layout", tuple((tuple(r.shape), str(r.dtype)) for r in raws),
+                   tuple(_transform_id(t) for t in transforms), str(np.dtype(dtype)))
+    with _STORED_LOCK:
+        executable = _STORED_LAYOUTS.get(description)
+    if executable is None:
+        key = executable_store.store_key(description, _PACKAGE_DIR)
+        found = executable_store.load(key)
+        if found is not None:
+            executable = found[0]
+        else:
+            executable = executable_store.compile_and_save(key, group_to_layout.lower(raws, transforms, dtype))
+        with _STORED_LOCK:
+            _STORED_LAYOUTS[description] = executable
+    return executable(raws)
 
 
 def raise_on_failed_checks(checks: list[tuple[list[str], Any]], dtype: np.dtype, order: list[str]) -> None:
