@@ -71,7 +71,7 @@ def abstract_cached(description: tuple, build: Callable[..., M]) -> M:
             try:
                 module = pickle.loads(data)
             except Exception as err:  # noqa: BLE001 - a bad file costs a build, never a wrong model
-                executable_store._problems.append(f"ignored unusable object {key[:16]}: {type(err).__name__}: {err}")
+                executable_store.note_problem(f"ignored unusable object {key[:16]}: {type(err).__name__}: {err}")
                 data = None
             else:
                 with _lock:

@@ -44,6 +44,11 @@ def problems() -> list[str]:
     return list(_problems)
 
 
+def note_problem(text: str) -> None:
+    """Add ``text`` (a file of the store that a caller ignored, and why) to :func:`problems`."""
+    _problems.append(text)
+
+
 @contextlib.contextmanager
 def constants_embedded():
     """Programs lowered inside this context carry their closed-over constants (RoPE tables, the noise schedule,

@@ -120,3 +120,7 @@ def test_a_later_process_reads_the_abstract_model_from_the_store_and_a_damaged_f
     assert len(builds) == 2 and _shapes(again) == _shapes(built)
     assert any("ignored unusable file" in p for p in executable_store.problems())
     assert stored.is_file()  # written anew by the rebuild
+    executable_store.save_object(stored.stem, b"not a pickle")  # intact file, unusable contents
+    monkeypatch.setattr("jax_vdit.abstract_init._pickled", {})
+    assert _shapes(abstract_model(cfg)) == _shapes(built) and len(builds) == 3
+    assert any("ignored unusable object" in p for p in executable_store.problems())
