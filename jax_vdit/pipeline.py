@@ -803,7 +803,7 @@ class OpenSoraPipeline:
         for i, (path, record) in enumerate(zip(output_files(output_path, len(latents)), records)):
             final = write_video_parts(self.decode_parts(latents[i:i + 1]), path, fps=fps, on_part=arrived,
                                       preset=preset)
-            write_sidecar(final, record | {"fps": fps, "mp4_preset": preset if final.suffix == ".mp4" else None})
+            write_video_sidecar(final, record, fps, preset)
             out.paths.append(final)
         out.total_s = time.perf_counter() - t0
         if keep_frames:
@@ -944,6 +944,12 @@ def write_sidecar(path: Path, record: dict) -> Path:
     return sidecar
 
 
+def write_video_sidecar(video: Path, record: dict, fps: int, preset: str) -> Path:
+    """The sidecar of a written video: ``record`` with its fps and, for an mp4 (not the GIF fallback), the
+    libx264 preset it was encoded with."""
+    return write_sidecar(video, record | {"fps": fps, "mp4_preset": preset if video.suffix == ".mp4" else None})
+
+
 def save_outputs(out: PipelineOutput, output_path: str | os.PathLike, *, fps: int = 24,
                  mp4_preset: str | None = None) -> list[Path]:
     """Write each video (mp4 with libx264's speed ``mp4_preset``, default ``jax_vdit.vae.DEFAULT_MP4_PRESET``; a
@@ -963,6 +969,6 @@ def save_outputs(out: PipelineOutput, output_path: str | os.PathLike, *, fps: in
     preset = mp4_preset or DEFAULT_MP4_PRESET
     for path, video, record in zip(output_files(output_path, len(out.frames)), out.frames, out.records):
         final = write_video(video, path, fps=fps, preset=preset)
-        write_sidecar(final, record | {"fps": fps, "mp4_preset": preset if final.suffix == ".mp4" else None})
+        write_video_sidecar(final, record, fps, preset)
         written.append(final)
     return written
