@@ -1,7 +1,9 @@
 """A disk store of compiled XLA executables, so that a warm process skips tracing and lowering too.
 
-Used for the VAE's decode/encode stages (:mod:`jax_vdit.vae.runtime`) and the single-device sampler
-(:func:`jax_vdit.sampling.sample`).
+Used for the VAE's decode/encode stages (:mod:`jax_vdit.vae.runtime`), the single-device sampler
+(:func:`jax_vdit.sampling.sample`) and the weights' layout programs (:mod:`jax_vdit.io.device_layout`), each through
+:func:`load_or_compile` (or :func:`held` where only a stored executable will do): one table of this process's
+executables by store key, so a program is read or compiled once per process.
 
 JAX's persistent compilation cache saves the XLA compile, but a fresh process still traces and lowers every
 program to compute the cache key: for the VAE's 40 decode stages at 29x720p that was about 4 s of a warm `vdit
@@ -20,6 +22,7 @@ the program is compiled again. Like JAX's cache, the files are unpickled: keep t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -27,6 +30,7 @@ import os
 import pickle
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +185,68 @@ def compile_and_save(key: str, lowered, extra: Any = None):
     elif meter.cache_hits == 0 or not _reloads_lose_code():
         save(key, compiled, extra)
     return compiled
+
+
+# ------------------------------------------------------------------------------------------------------------
+# this process's executables: each stored program is read or compiled once per process
+
+
+@dataclasses.dataclass(frozen=True)
+class Held:
+    """An executable this process holds under a store key, with the extra value saved beside it, and where it
+    came from: ``"process"`` (already held), ``"store"`` (read from the store now: no tracing, lowering or
+    compiling) or ``"compiled"`` (lowered and compiled now, then stored)."""
+
+    executable: Any
+    extra: Any
+    source: str
+
+
+_held: dict[str, tuple[Any, Any]] = {}  # store key -> (executable, extra)
+_read_counts: dict[str, int] = {}  # kind -> executables read from the store in this process
+_held_lock = threading.Lock()
+
+
+def held(key: str, kind: str = "") -> Held | None:
+    """This process's executable under ``key``, else the store's (read once, then kept for the process); None
+    when neither has one. ``kind`` (e.g. ``"sampler"``) counts reads from the store for :func:`read_count`."""
+    with _held_lock:
+        entry = _held.get(key)
+    if entry is not None:
+        return Held(entry[0], entry[1], "process")
+    found = load(key)
+    if found is None:
+        return None
+    with _held_lock:
+        entry = _held.setdefault(key, found)
+        _read_counts[kind] = _read_counts.get(kind, 0) + 1
+    return Held(entry[0], entry[1], "store")
+
+
+def load_or_compile(key: str, lower: Callable[[], Any], extra: Any = None, kind: str = "") -> Held:
+    """The executable under ``key`` (this process's, else the store's), or ``lower()`` compiled and saved with
+    ``extra`` (:func:`compile_and_save`) and then kept for the process. ``lower`` runs only when needed: a warm
+    process neither traces nor lowers."""
+    found = held(key, kind)
+    if found is not None:
+        return found
+    compiled = compile_and_save(key, lower(), extra)
+    with _held_lock:
+        entry = _held.setdefault(key, (compiled, extra))
+    return Held(entry[0], entry[1], "compiled")
+
+
+def read_count(kind: str = "") -> int:
+    """How many executables of ``kind`` this process has read from the store (not traced, lowered or compiled)."""
+    with _held_lock:
+        return _read_counts.get(kind, 0)
+
+
+def forget_held() -> None:
+    """Drop every executable this process holds and the read counts, as a new process would start (tests)."""
+    with _held_lock:
+        _held.clear()
+        _read_counts.clear()
 
 
 # Custom-call targets whose compiled kernels are not inside a serialized executable: loaded in another process it

@@ -319,13 +319,12 @@ def sample(
 
 
 _PACKAGE_DIRS = (str(Path(__file__).resolve().parent), str(Path(pallas_kernels.__file__).resolve().parent))
-_STORED: dict[str, Callable] = {}  # executables of this process by store key (loaded or compiled)
-_LOADED: set[str] = set()  # the keys of those read from the store
+_STORE_KIND = "sampler"
 
 
 def samplers_loaded_from_store() -> int:
     """How many sampler executables this process has read from the executable store (not traced or compiled)."""
-    return len(_LOADED)
+    return executable_store.read_count(_STORE_KIND)
 
 
 def _attention_description(attention: AttentionConfig) -> tuple:
@@ -382,17 +381,6 @@ def _store_applies(prog: "_Program") -> bool:
     return prog.mesh is None and executable_store.store_directory() is not None
 
 
-def _stored_executable(key: str):
-    """The sampler executable under ``key``: this process's, else loaded from the store; None if neither."""
-    executable = _STORED.get(key)
-    if executable is None:
-        found = executable_store.load(key)
-        if found is not None:
-            executable = _STORED[key] = found[0]
-            _LOADED.add(key)
-    return executable
-
-
 def _lower_for_store(prog: "_Program", args: tuple):
     """The sampler lowered for ``args`` with its constants inside it, so that the store can serialize it
     (:func:`jax_vdit.executable_store.constants_embedded`)."""
@@ -414,10 +402,8 @@ def _stored_runner(prog: "_Program") -> Callable | None:
         key = keys.get(shapes)
         if key is None:
             key = keys[shapes] = sampler_store_key(prog, args)
-        executable = _stored_executable(key)
-        if executable is None:
-            executable = _STORED[key] = executable_store.compile_and_save(key, _lower_for_store(prog, args))
-        return executable(*args)
+        held = executable_store.load_or_compile(key, lambda: _lower_for_store(prog, args), kind=_STORE_KIND)
+        return held.executable(*args)
 
     return run
 
@@ -479,16 +465,22 @@ def compile_sampler(
         args = prog.args(x, key, 0, plan.num_steps)
         stored = sampler_store_key(prog, args) if _store_applies(prog) else None
         t0 = time.perf_counter()
-        found = None if stored is None else _stored_executable(stored)  # no tracing, no lowering
-        if found is not None:
-            return CompiledSampler(found, 0.0, time.perf_counter() - t0, prog)
-        lowered = _sample_jit.lower(prog.graphdef, *args, **prog.statics) if stored is None else \
-            _lower_for_store(prog, args)
-        t1 = time.perf_counter()
-        executable = lowered.compile() if stored is None else executable_store.compile_and_save(stored, lowered)
+        if stored is None:
+            lowered = _sample_jit.lower(prog.graphdef, *args, **prog.statics)
+            t1 = time.perf_counter()
+            executable = lowered.compile()
+            return CompiledSampler(executable, t1 - t0, time.perf_counter() - t1, prog)
+        lowered_at = []
+
+        def lower():
+            lowered = _lower_for_store(prog, args)
+            lowered_at.append(time.perf_counter())
+            return lowered
+
+        held = executable_store.load_or_compile(stored, lower, kind=_STORE_KIND)
         t2 = time.perf_counter()
-        if stored is not None:
-            _STORED[stored] = executable
+        t1 = lowered_at[0] if lowered_at else t0  # loaded: no tracing, no lowering
+        executable = held.executable
     return CompiledSampler(executable, t1 - t0, t2 - t1, prog)
 
 

@@ -54,21 +54,20 @@ def fresh_vae_stage_cache():
 
 @pytest.fixture
 def executable_store_on(tmp_path, monkeypatch):
-    """The executable store on (as for a user of `vdit sample`) inside a fresh JAX persistent-cache folder, with
-    empty in-process stage and sampler caches; yields the store's folder. JAX's cache setting is restored after."""
+    """The executable store on (as for a user of `vdit sample`) inside a fresh JAX persistent-cache folder, with an
+    empty VAE stage cache and no executables held by this process; yields the store's folder. JAX's cache setting
+    is restored after."""
     from jax._src import compilation_cache  # reset_cache: no public way to re-point JAX's cache at a new folder
 
-    from jax_vdit import executable_store, sampling
+    from jax_vdit import executable_store
     from jax_vdit.vae import clear_compile_cache
 
     previous = jax.config.jax_compilation_cache_dir
     monkeypatch.setenv(executable_store.ENV_SWITCH, "1")
     jax.config.update("jax_compilation_cache_dir", str(tmp_path / "cache"))
     compilation_cache.reset_cache()  # JAX's cache keeps the first folder it opened otherwise
-    clear_compile_cache()
-    sampling._STORED.clear()
+    clear_compile_cache()  # also forgets this process's executables (executable_store.forget_held)
     yield tmp_path / "cache" / executable_store.SUBDIR
-    sampling._STORED.clear()
     clear_compile_cache()
     jax.config.update("jax_compilation_cache_dir", previous)
     compilation_cache.reset_cache()

@@ -49,6 +49,34 @@ def _no_lowering(*args, **kwargs):
     raise AssertionError("a stage was traced and lowered although the store holds it")
 
 
+def test_load_or_compile_lowers_once_per_process_and_a_new_process_reads_the_store(store):
+    """One table of this process's executables: the first call lowers and compiles (and stores), later calls reuse
+    the executable, and after forget_held (a new process) it is read from the store without lowering; reads are
+    counted by kind."""
+    _forget_jax_cache(store)
+    double = jax.jit(lambda x: 2.0 * x + 1.0)
+    x = jnp.arange(4.0)
+    lowerings = []
+
+    def lower():
+        lowerings.append(1)
+        return double.lower(x)
+
+    key = executable_store.store_key(("double", (4,), "float32"))
+    assert executable_store.held(key, kind="t") is None
+    first = executable_store.load_or_compile(key, lower, extra={"shape": (4,)}, kind="t")
+    again = executable_store.load_or_compile(key, lower, kind="t")
+    assert (first.source, again.source, len(lowerings)) == ("compiled", "process", 1)
+    assert again.executable is first.executable and again.extra == {"shape": (4,)}
+    assert executable_store.read_count("t") == 0 and executable_store.has(key)
+
+    executable_store.forget_held()  # a new process
+    read = executable_store.load_or_compile(key, lower, kind="t")
+    assert read.source == "store" and read.extra == {"shape": (4,)} and len(lowerings) == 1
+    assert executable_store.read_count("t") == 1 and executable_store.read_count("other") == 0
+    np.testing.assert_array_equal(np.asarray(read.executable(x)), np.asarray(double(x)))
+
+
 @pytest.mark.parametrize("uniform_tiles", [False, True])
 def test_warm_process_loads_every_stage_without_lowering_and_decodes_the_same(vae, store, monkeypatch,
                                                                               uniform_tiles):
@@ -98,7 +126,7 @@ def test_a_recorded_decode_plan_loads_every_stage_without_planning_and_decodes_t
     assert not warm.planned and warm.loaded == warm.stages == cold.stages and warm.compiled == 0
     np.testing.assert_array_equal(decode_latents_to_video(vae, z, tiling=tiles), reference)
     assert len(compile_log()) == cold.stages and all(e["loaded"] for e in compile_log())
-    assert not runtime._PRELOADED  # every preloaded executable went to a stage
+    assert executable_store.read_count("vae-stage") == cold.stages  # each stage read from the store once
 
     # another latent shape or tiling is another record
     plan_name = warmup._decode_plan_name
@@ -224,12 +252,12 @@ def test_the_sampler_loads_from_the_store_without_tracing_and_samples_the_same(s
     monkeypatch.undo()
     _forget_jax_cache(store)
     monkeypatch.setenv(executable_store.ENV_SWITCH, "1")
-    sampling._STORED.clear()
+    executable_store.forget_held()
     first = np.asarray(sampling.sample(model, text, mask, key=jax.random.key(5), **kwargs))
     np.testing.assert_array_equal(first, reference)
     assert len(list(store.glob("*.bin"))) == 1
 
-    sampling._STORED.clear()  # a new process, as far as this one's executables go
+    executable_store.forget_held()  # a new process, as far as this one's executables go
 
     class NoTracing:
         def lower(self, *args, **kwargs):
@@ -283,11 +311,11 @@ def test_compile_sampler_reads_and_fills_the_same_store(store, monkeypatch):
     """The ahead-of-time path (``compile_sampler``, used by the benchmarks) stores under the same key as
     ``sample``: each finds what the other compiled."""
     sampling, model, text, mask, kwargs = _sampler_inputs()
-    sampling._STORED.clear()
+    executable_store.forget_held()
     compiled = sampling.compile_sampler(model, text, mask, **kwargs)
     assert compiled.lower_s > 0 and len(list(store.glob("*.bin"))) == 1
     reference = np.asarray(compiled(jax.random.key(5)))
-    sampling._STORED.clear()
+    executable_store.forget_held()
 
     class NoTracing:
         def lower(self, *args, **kwargs):

@@ -129,12 +129,12 @@ def test_layout_programs_come_from_the_executable_store_in_a_later_process(tmp_p
     from jax_vdit.model.transformer import OpenSoraT2V
 
     monkeypatch.setattr(executable_store, "store_directory", lambda: tmp_path / "store")
-    monkeypatch.setattr(device_layout, "_STORED_LAYOUTS", {})
+    executable_store.forget_held()
     folder = write_release_folder(OpenSoraT2V(get_preset("tiny", num_layers=3), rngs=nnx.Rngs(0)),
                                   tmp_path / "release", dtype="bfloat16")
     first = load_model(folder, param_dtype="bfloat16")
     assert len(list((tmp_path / "store").glob("*.bin"))) == 2  # "main" and the blocks' shared program
-    monkeypatch.setattr(device_layout, "_STORED_LAYOUTS", {})  # as in a new process
+    executable_store.forget_held()  # as in a new process
 
     class NotTraced:
         def lower(self, *args, **kwargs):

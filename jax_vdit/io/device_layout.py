@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import os
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -156,8 +155,6 @@ def group_to_layout(raws: tuple[jax.Array, ...], transforms: tuple, dtype: np.dt
 
 
 _PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
-_STORED_LAYOUTS: dict[tuple, Callable] = {}  # this process's layout executables, by description
-_STORED_LOCK = threading.Lock()
 
 
 def _transform_id(transform: Callable) -> tuple:
@@ -177,18 +174,10 @@ def lay_out(raws: tuple[jax.Array, ...], transforms: tuple, dtype: np.dtype):
         return group_to_layout(raws, transforms, dtype)
     description = ("group_to_layout", tuple((tuple(r.shape), str(r.dtype)) for r in raws),
                    tuple(_transform_id(t) for t in transforms), str(np.dtype(dtype)))
-    with _STORED_LOCK:
-        executable = _STORED_LAYOUTS.get(description)
-    if executable is None:
-        key = executable_store.store_key(description, _PACKAGE_DIR)
-        found = executable_store.load(key)
-        if found is not None:
-            executable = found[0]
-        else:
-            executable = executable_store.compile_and_save(key, group_to_layout.lower(raws, transforms, dtype))
-        with _STORED_LOCK:
-            _STORED_LAYOUTS[description] = executable
-    return executable(raws)
+    key = executable_store.store_key(description, _PACKAGE_DIR)
+    held = executable_store.load_or_compile(key, lambda: group_to_layout.lower(raws, transforms, dtype),
+                                            kind="layout")
+    return held.executable(raws)
 
 
 def raise_on_failed_checks(checks: list[tuple[list[str], Any]], dtype: np.dtype, order: list[str]) -> None:

@@ -66,7 +66,7 @@ class DiagonalGaussian:
 _CACHE: dict = {}
 _LOG: list[dict] = []
 _LOCK = threading.Lock()
-_PRELOADED: dict[str, tuple] = {}  # store name -> (executable, extra), read ahead by preload_stored_stages
+_STORE_KIND = "vae-stage"
 _RECORDING = threading.local()  # .calls: list of StageCall while recording_stages() is active
 
 
@@ -153,14 +153,10 @@ def load_stored_stage(fn: Callable, key, x_spec) -> bool:
     if executable_store.store_directory() is None:
         return False
     t0 = time.perf_counter()
-    name = _stored_name(key)
-    with _LOCK:
-        found = _PRELOADED.pop(name, None)
-    if found is None:
-        found = executable_store.load(name)
+    found = executable_store.held(_stored_name(key), kind=_STORE_KIND)
     if found is None:
         return False
-    compiled, (out_shape, donated) = found
+    compiled, (out_shape, donated) = found.executable, found.extra
     entry = _log_entry(fn, x_spec, donated, time.perf_counter() - t0, loaded=True)
     with _LOCK:
         if key not in _CACHE:
@@ -175,20 +171,13 @@ def stored_stage_name(call: StageCall) -> str:
 
 
 def preload_stored_stages(names: list[str]) -> bool:
-    """Read the stage executables ``names`` from the executable store into memory, without tracing anything, so
-    that the decode's stages take them (:func:`load_stored_stage`) instead of reading the store one by one; False
-    (and nothing kept) when the store is off or any of them is missing or unusable."""
+    """Read the stage executables ``names`` from the executable store into this process's table
+    (:func:`jax_vdit.executable_store.held`), without tracing anything, so that the decode's stages take them
+    (:func:`load_stored_stage`) instead of reading the store one by one; False when the store is off or any of them
+    is missing or unusable (those read stay held; the others are compiled)."""
     if executable_store.store_directory() is None:
         return False
-    found = {}
-    for name in names:
-        entry = executable_store.load(name)
-        if entry is None:
-            return False
-        found[name] = entry
-    with _LOCK:
-        _PRELOADED.update(found)
-    return True
+    return all(executable_store.held(name, kind=_STORE_KIND) is not None for name in names)
 
 
 def finish_stage(fn: Callable, key, lowered, out_shape, donated: bool, x_spec, lower_s: float = 0.0) -> None:
@@ -197,11 +186,14 @@ def finish_stage(fn: Callable, key, lowered, out_shape, donated: bool, x_spec, l
     if key in _CACHE:
         return
     t0 = time.perf_counter()
+    loaded = False
     if executable_store.store_directory() is None:
         compiled = lowered.compile()
     else:
-        compiled = executable_store.compile_and_save(_stored_name(key), lowered, (out_shape, donated))
-    entry = _log_entry(fn, x_spec, donated, lower_s + time.perf_counter() - t0, loaded=False)
+        held = executable_store.load_or_compile(_stored_name(key), lambda: lowered, (out_shape, donated),
+                                                kind=_STORE_KIND)
+        compiled, loaded = held.executable, held.source != "compiled"
+    entry = _log_entry(fn, x_spec, donated, lower_s + time.perf_counter() - t0, loaded=loaded)
     try:
         mem = compiled.memory_analysis()
         entry.update(temp_bytes=int(mem.temp_size_in_bytes), argument_bytes=int(mem.argument_size_in_bytes),
@@ -276,10 +268,11 @@ def compile_log() -> list[dict]:
 
 
 def clear_compile_cache() -> None:
+    """Forget every compiled stage, the log, and this process's executables from the store (as a new process)."""
     with _LOCK:
         _CACHE.clear()
         _LOG.clear()
-        _PRELOADED.clear()
+    executable_store.forget_held()
 
 
 # ----------------------------------------------------------------------------------------------- tile regions
