@@ -2,7 +2,7 @@
 
 ``python tests/distill_parallel_worker.py devices``: on 8 fake CPU devices, 2 MLCD and 2 KD steps on a data x seq
 mesh with FSDP rules (parameters, gradients, AdamW moments and EMAs split over ``data``) against the same steps on
-one device; prints JSON lines.
+one device; prints JSON lines, the one-device losses among them (``"check": "reference"``).
 
 ``python tests/distill_parallel_worker.py process PID NPROC PORT``: one process of a localhost multi-process run
 (CPU collectives, 1 device each): each process feeds only its own rows of the global batch; prints the losses.
@@ -96,6 +96,9 @@ def rel(a, b) -> float:
 def devices_check() -> None:
     emit(check="setup", devices=len(jax.devices()))
     ref = run_both(Devices(), global_batch)
+    # the one-device run's losses: what a one-process run of `process` mode prints (the two-process test's reference)
+    emit(check="reference", mlcd_loss=[r["loss"] for r in ref["mlcd"].history],
+         kd_loss=[r["loss"] for r in ref["kd"].history])
     for data, seq in ((4, 2),):  # FSDP over 4-way data and tokens over 2-way seq: all 8 devices, both axes
         mesh = parallel.make_mesh(seq=seq, data=data)
         rules = parallel.DEFAULT_RULES.fsdp().for_model(init_model(CFG, seed=3))

@@ -176,7 +176,8 @@ def check_train(mesh_name: str, att_name: str, rules_name: str = "default") -> N
 
     from jax_vdit.training import train
 
-    cfg = TrainConfig(steps=3, learning_rate=1e-3, eps=1e-3, emas=(("ema", 0.9),), log_every=1, checkpoint_every=1)
+    # checkpoints at steps 2 and 3 (the last): the killed run's is the one resumed from
+    cfg = TrainConfig(steps=3, learning_rate=1e-3, eps=1e-3, emas=(("ema", 0.9),), log_every=1, checkpoint_every=2)
     batch = _batch()
     objective = DiffusionObjective(caption_dropout=0.5, attention=attention(att_name))
     mesh = mesh_of(mesh_name)
@@ -258,13 +259,13 @@ def main(argv: list[str]) -> None:
     what = argv or ["sample", "grads", "train", "hlo", "errors"]
     for name in what:
         if name == "sample":
-            check_sample(["1x2", "1x4", "1x8", "2x4"], ["mixed-reference"])
+            check_sample(["1x2", "1x8", "2x4"], ["mixed-reference"])  # 4, 1 and 2 heads per device
             check_sample(["2x4"], ["tile-gather"])
             check_sample(["1x2"], ["tile-triton"])  # a Pallas kernel (interpret mode) inside shard_map
         elif name == "sample-more":  # not run by the test suite (slow): every mesh, every schedule
             check_sample(["1x1", "1x2", "1x4", "1x8", "2x4", "2x1"], ["dense", "tile-reference", "tile-gather"])
         elif name == "grads":
-            check_grads(["1x2", "1x4", "1x8", "2x4"], ["mixed-reference"])
+            check_grads(["1x2", "1x8", "2x4"], ["mixed-reference"])
             check_grads(["2x4"], ["tile-gather"], rules_name="split")
             check_grads(["1x2"], ["tile-triton"])  # Pallas forward and backward kernels inside shard_map
         elif name == "train":

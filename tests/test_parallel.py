@@ -52,9 +52,9 @@ def _rows(rows, check):
     return found
 
 
-def test_sampling_matches_one_device_on_1_2_4_8_devices_and_2x4(worker_rows):
+def test_sampling_matches_one_device_on_1x2_1x8_and_2x4_meshes(worker_rows):
     rows = _rows(worker_rows, "sample")
-    assert {r["mesh"] for r in rows} >= {"1x2", "1x4", "1x8", "2x4"}
+    assert {r["mesh"] for r in rows} >= {"1x2", "1x8", "2x4"}
     # dense + tile layers; the reference, gather and Pallas Triton (interpret) tile backends
     assert {r["attention"] for r in rows} >= {"mixed-reference", "tile-gather", "tile-triton"}
     for r in rows:
@@ -65,7 +65,7 @@ def test_sampling_matches_one_device_on_1_2_4_8_devices_and_2x4(worker_rows):
 
 def test_loss_and_gradients_match_one_device(worker_rows):
     rows = _rows(worker_rows, "grads")
-    assert {r["mesh"] for r in rows} >= {"1x2", "1x4", "1x8", "2x4"}
+    assert {r["mesh"] for r in rows} >= {"1x2", "1x8", "2x4"}
     for r in rows:
         assert r["loss_err"] < FP32_TOL and r["grad_err"] < FP32_TOL, r
     assert {r["attention"] for r in rows} >= {"mixed-reference", "tile-gather", "tile-triton"}
