@@ -26,6 +26,24 @@ DATA_DIR = Path(__file__).parent / "data"
 GOLDEN_DIR = DATA_DIR / "golden"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def suite_compilation_cache(tmp_path_factory) -> Path:
+    """One JAX persistent compilation cache for the whole run, shared by both pytest-xdist workers and every
+    subprocess they start: many tests compile the same program again (an uninterrupted run, a killed one and its
+    resume; the same tiny model's step in a worker and in its test), and XLA:CPU takes seconds for each. Programs
+    that compile in under a second are not kept (JAX's default). It lives in pytest's temporary folder of this run
+    (pytest keeps the last three). Tests that need a cache of their own set and restore theirs."""
+    from jax._src import compilation_cache  # reset_cache: no public way to re-point JAX's cache at a new folder
+
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "xla-cache"
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(folder)  # subprocesses
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    compilation_cache.reset_cache()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     """The golden reference files (copied verbatim from ../shared/golden)."""
