@@ -403,14 +403,17 @@ def _from_pretrained_arguments(golden_dir, tmp_path, monkeypatch, flags: list[st
     return seen
 
 
-@pytest.mark.parametrize("flags, early", [([], False), (["--sampler-compile", "early"], True),
+@pytest.mark.parametrize("flags, early", [([], True), (["--sampler-compile", "early"], True),
+                                          (["--sampler-compile", "after-load"], False),
                                           (["--sampler-compile", "early", "--sp-size", "1"], False),
-                                          (["--vae-compile-processes", "2"], False)])
+                                          (["--sp-size", "1"], False),
+                                          (["--vae-compile-processes", "2", "--sampler-compile", "after-load"],
+                                           False)])
 def test_sampler_compile_decides_whether_the_pipeline_compiles_it_while_loading(flags, early, golden_dir, tmp_path,
                                                                                 monkeypatch):
-    """With ``--sampler-compile early`` ``from_pretrained`` gets the job's arguments (the sampler compiles from the
-    model's shapes while the weights load); by default (after-load) or with a device mesh it does not.
-    ``--vae-compile-processes`` reaches it too."""
+    """With ``--sampler-compile early``, and by default (auto) where embeddings are given, ``from_pretrained`` gets
+    the job's arguments (the sampler compiles from the model's shapes while the weights load); with after-load or
+    a device mesh it does not. ``--vae-compile-processes`` reaches it too."""
     seen = _from_pretrained_arguments(golden_dir, tmp_path, monkeypatch, flags)
     assert seen["vae_compile_processes"] == (2 if "--vae-compile-processes" in flags else 0)
     if early:
@@ -485,7 +488,7 @@ def test_a_second_sample_command_in_a_fresh_process_compiles_nothing(golden_dir,
                "sample", str(golden_dir / "opensora_v12" / "tiny_a"), "--embeddings", str(emb),
                "--compile-cache", str(tmp_path / "xla"), "--steps", "2", "--guidance", "4", "--latents-only",
                "--out", str(tmp_path / f"lat{run}.safetensors"), "--param-dtype", "float32",
-               "--compute-dtype", "float32", "--quiet"]
+               "--compute-dtype", "float32", "--quiet", "--sampler-compile", "after-load"]  # counted in "compile"
         proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-4000:]
         reports.append(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -611,8 +614,9 @@ def test_console_main_exits_promptly_only_after_sample(full_exit, prompt, monkey
     assert cli.console_main(["distill", "--help"]) == 0 and calls == []  # other commands: the usual exit
 
 
-@pytest.mark.parametrize("backend, cores, expected", [("gpu", 16, 2), ("gpu", 2, 0), ("cpu", 16, 0)])
-def test_vae_compile_processes_auto_means_two_on_a_gpu_host(backend, cores, expected, monkeypatch):
+@pytest.mark.parametrize("backend, cores, expected", [("gpu", 16, 3), ("gpu", 8, 3), ("gpu", 6, 2), ("gpu", 4, 2),
+                                                     ("gpu", 2, 0), ("cpu", 16, 0)])
+def test_vae_compile_processes_auto_means_two_or_three_on_a_gpu_host(backend, cores, expected, monkeypatch):
     import jax
 
     from jax_vdit.cli.sample import resolve_vae_compile_processes
@@ -621,6 +625,17 @@ def test_vae_compile_processes_auto_means_two_on_a_gpu_host(backend, cores, expe
     monkeypatch.setattr("os.cpu_count", lambda: cores)
     assert resolve_vae_compile_processes("auto") == expected
     assert resolve_vae_compile_processes("3") == 3 and resolve_vae_compile_processes("0") == 0
+
+
+def test_sampler_compile_auto_is_early_only_with_embeddings_on_one_device():
+    from jax_vdit.cli.sample import resolve_sampler_compile
+
+    assert resolve_sampler_compile("auto", embeddings=True, one_device=True) == "early"
+    assert resolve_sampler_compile("auto", embeddings=False, one_device=True) == "after-load"
+    assert resolve_sampler_compile("auto", embeddings=True, one_device=False) == "after-load"
+    assert resolve_sampler_compile("after-load", embeddings=True, one_device=True) == "after-load"
+    assert resolve_sampler_compile("early", embeddings=False, one_device=True) == "early"
+    assert resolve_sampler_compile("early", embeddings=True, one_device=False) == "after-load"
 
 
 @pytest.mark.parametrize("value", ["-1", "two"])

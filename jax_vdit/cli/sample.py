@@ -140,8 +140,8 @@ def set_switch_interval() -> float | None:
 
 
 def resolve_vae_compile_processes(value: str) -> int:
-    """``--vae-compile-processes``: a count >= 0, or "auto": 2 when JAX's default backend is a GPU and the host has
-    at least 4 CPU cores (each process compiles on its own core), else 0 (a thread of this process)."""
+    """``--vae-compile-processes``: a count >= 0, or "auto": on a GPU host 3 with at least 8 CPU cores, 2 with 4-7
+    (each process compiles on its own core), else 0 (a thread of this process)."""
     if value != "auto":
         try:
             count = int(value)
@@ -152,7 +152,21 @@ def resolve_vae_compile_processes(value: str) -> int:
         return count
     import jax
 
-    return 2 if jax.default_backend() == "gpu" and (os.cpu_count() or 1) >= 4 else 0
+    cores = os.cpu_count() or 1
+    if jax.default_backend() != "gpu" or cores < 4:
+        return 0
+    return 3 if cores >= 8 else 2
+
+
+def resolve_sampler_compile(value: str, *, embeddings: bool, one_device: bool) -> str:
+    """``--sampler-compile``: "auto" is "early" where the sampler can compile while the weights load (precomputed
+    ``--embeddings`` give the text's shapes; one device), else "after-load". On a device mesh it is always
+    "after-load" (the early compile is single-device)."""
+    if not one_device:
+        return "after-load"
+    if value != "auto":
+        return value
+    return "early" if embeddings else "after-load"
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
@@ -165,6 +179,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     mesh = make_cli_mesh(args)
     cache = setup_compile_cache(args)
     vae_compile_processes = resolve_vae_compile_processes(args.vae_compile_processes)
+    sampler_compile = resolve_sampler_compile(args.sampler_compile, embeddings=embeds is not None,
+                                              one_device=mesh is None)
 
     import jax
     import jax.numpy as jnp
@@ -195,7 +211,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             decode_size=None if args.latents_only or args.vae_warmup != "early" else
             (args.frames, args.height, args.width),
             # --sampler-compile early: the sampler compiles from the model's shapes while the weights load
-            early_job=job_args if mesh is None and args.sampler_compile == "early" else None,
+            early_job=job_args if sampler_compile == "early" else None,
             vae_compile_processes=vae_compile_processes,
             revision=args.revision, local_files_only=True if args.offline else None)
     load_s = time.perf_counter() - t0
@@ -237,7 +253,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
               "sampler_from_store": sampling.samplers_loaded_from_store() > 0,  # not traced, lowered or compiled
               # compiled (or read from the store) in a background thread while the weights loaded: its seconds,
               # compile report, warm-up's wait for it, any error (then the warm-up compiled it); None: not tried
-              "sampler_early": pipe.early_sampler, "sampler_compile": args.sampler_compile,
+              "sampler_early": pipe.early_sampler, "sampler_compile": sampler_compile,
               "warmup_s": round(warmup_s, 2), "warmup_cpu_s": round(warmup_cpu_s, 2), "sampling_s": round(sample_s, 2),
               "s_per_step_median": round(step_median, 4), "videos": len(job.videos),
               "latent_shape": list(latents.shape), "out": str(latents_file), "compile_cache": cache,
@@ -344,11 +360,12 @@ def register(sub) -> None:
                         "default: one set of VAE programs for all tile shapes, 10 instead of 40 at 29x720p; 16 s "
                         "instead of 63 s of cold compiling on an H100; the same pixels up to float rounding; the "
                         "edge tiles cost full-tile compute), or each at its own shape (exact)")
-    g.add_argument("--sampler-compile", choices=("early", "after-load"), default="after-load",
-                   help="when the sampler compiles (or loads from the executable store): in the warm-up after the "
-                        "load (after-load, the default), or in a background thread from the model's shapes while "
-                        "the weights load (early; with --embeddings on one device; on an H100 it made a cold run "
-                        "2.3 s slower: three threads then compete for Python's lock and the CPU)")
+    g.add_argument("--sampler-compile", choices=("auto", "early", "after-load"), default="auto",
+                   help="when the sampler compiles (or loads from the executable store): in a background thread "
+                        "from the model's shapes while the weights load (early; needs --embeddings and one device), "
+                        "or in the warm-up after the load (after-load); auto (the default): early where it can "
+                        "(on an H100 at 29x720p, one run each: warm 11.2 s against 12.3 s, cold 23.6 against "
+                        "23.9 s, 22.1 s with three VAE compile processes)")
     g.add_argument("--vae-warmup", choices=("early", "after-load", "off"), default="early",
                    help="when the VAE's decode stages start compiling (or loading from the executable store) in a "
                         "background thread: as soon as the VAE is loaded (early, beside the transformer's load), "
@@ -357,8 +374,8 @@ def register(sub) -> None:
     g.add_argument("--vae-compile-processes", default="auto", metavar="N",
                    help="compile the VAE's decode stages in N separate processes (each with its own Python lock; "
                         "they hand the stages over through the executable store) instead of a background thread "
-                        "(0); auto: 2 on a GPU host with 4+ CPU cores (on an H100 a cold 29x720p run 2.9-5.1 s "
-                        "shorter), else 0. Only with --vae-warmup early and the compile cache on, and only when "
+                        "(0); auto: on a GPU host 3 with 8+ CPU cores, 2 with 4-7 (on an H100 two made a cold 29x720p "
+                        "run 2.9-5.1 s shorter, three 1.5 s shorter again, one run), else 0. Only with --vae-warmup early and the compile cache on, and only when "
                         "the store lacks a stage (a warm run starts none)")
     g.add_argument("--triton-gemm", action="store_true",
                    help="keep XLA:GPU's autotuned Triton GEMM fusions (by default `vdit sample` adds "
