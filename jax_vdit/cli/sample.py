@@ -374,9 +374,10 @@ def register(sub) -> None:
     g.add_argument("--vae-compile-processes", default="auto", metavar="N",
                    help="compile the VAE's decode stages in N separate processes (each with its own Python lock; "
                         "they hand the stages over through the executable store) instead of a background thread "
-                        "(0); auto: on a GPU host 3 with 8+ CPU cores, 2 with 4-7 (on an H100 two made a cold 29x720p "
-                        "run 2.9-5.1 s shorter, three 1.5 s shorter again, one run), else 0. Only with --vae-warmup early and the compile cache on, and only when "
-                        "the store lacks a stage (a warm run starts none)")
+                        "(0); auto: on a GPU host 3 with 8+ CPU cores, 2 with 4-7 (on an H100 two made a cold "
+                        "29x720p run 2.9-5.1 s shorter, three 1.5 s shorter again, one run), else 0. Only with "
+                        "--vae-warmup early and the compile cache on, and only when the store lacks a stage (a warm "
+                        "run starts none)")
     g.add_argument("--triton-gemm", action="store_true",
                    help="keep XLA:GPU's autotuned Triton GEMM fusions (by default `vdit sample` adds "
                         "--xla_gpu_enable_triton_gemm=false to XLA_FLAGS unless XLA_FLAGS sets it: on an H100 the "
