@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# The executable store (jax_vdit.executable_store) follows JAX's persistent cache, which CLI tests turn on in
-# this process: keep it off unless a test turns it on, so that compile counts mean what the tests say.
+# The executable store (jax_vdit.executable_store) follows JAX's persistent cache, which is on for the whole run
+# (suite_compilation_cache below): keep the store off unless a test turns it on, so that compile counts mean what the
+# tests say.
 os.environ["JAX_VDIT_EXECUTABLE_STORE"] = "0"
-# and commands that turn JAX's persistent cache on by default (vdit sample, prepare-data, distill) leave it off in
-# tests unless a test passes --compile-cache: nothing is written to the user's ~/.cache
+# and commands that turn JAX's persistent cache on by default (vdit sample, prepare-data, distill) leave the run's
+# cache as it is unless a test passes --compile-cache: nothing is written to the user's ~/.cache
 os.environ["JAX_VDIT_COMPILE_CACHE"] = ""
 # The suite's time is mostly XLA:CPU compiling many small programs. LLVM at -O0 without its expensive passes compiles
 # them much faster (the whole suite on 2 cores: 1,303 s -> 738 s); XLA's HLO passes (fusion, the order of
