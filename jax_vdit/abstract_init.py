@@ -64,23 +64,24 @@ def abstract_cached(description: tuple, build: Callable[..., M]) -> M:
     text = repr(("abstract-module", jax.__version__, flax.__version__,
                  executable_store.source_fingerprint(_PACKAGE_DIR), description))
     key = hashlib.sha256(text.encode()).hexdigest()
-    data = _pickled.get(key)
-    if data is None:
+    with _lock:
+        data = _pickled.get(key)
+    from_store = data is None
+    if from_store:
         data = executable_store.load_object(key)
-        if data is not None:
-            try:
-                module = pickle.loads(data)
-            except Exception as err:  # noqa: BLE001 - a bad file costs a build, never a wrong model
-                executable_store.note_problem(f"ignored unusable object {key[:16]}: {type(err).__name__}: {err}")
-                data = None
-            else:
+    if data is not None:
+        try:
+            module = pickle.loads(data)
+        except Exception as err:  # noqa: BLE001 - a bad file costs a build, never a wrong model
+            executable_store.note_problem(f"ignored unusable object {key[:16]}: {type(err).__name__}: {err}")
+        else:
+            if from_store:
                 with _lock:
                     _pickled[key] = data
-                return module
-        module = abstract(build)
-        data = pickle.dumps(module, protocol=pickle.HIGHEST_PROTOCOL)
-        with _lock:
-            _pickled[key] = data
-        executable_store.save_object(key, data)
-        return module
-    return pickle.loads(data)
+            return module
+    module = abstract(build)
+    data = pickle.dumps(module, protocol=pickle.HIGHEST_PROTOCOL)
+    with _lock:
+        _pickled[key] = data
+    executable_store.save_object(key, data)
+    return module
