@@ -62,6 +62,29 @@ def test_the_plan_is_what_the_decode_compiles(vae):
     assert precompile(calls).compiled == 0  # nothing left to do
 
 
+def test_planning_traces_each_distinct_stage_once(vae, monkeypatch):
+    """Equal-shape tiles and time chunks repeat the same stages: the plan traces each distinct one once (at 93x720p
+    with uniform tiles, 384 stage calls but 10 distinct stages; tracing every call took 7-14 s of planning)."""
+    from jax_vdit.vae import runtime
+
+    uniform = TilingConfig(**{**TILES.__dict__, "uniform_tiles": True})
+    traced = []
+    real_eval_shape = runtime.jax.eval_shape
+
+    def counting_eval_shape(fn, *args, **kw):
+        traced.append(getattr(fn, "__name__", ""))
+        return real_eval_shape(fn, *args, **kw)
+
+    with runtime.recording_stages() as calls:
+        monkeypatch.setattr(runtime.jax, "eval_shape", counting_eval_shape)
+        real_eval_shape(lambda z: runtime.decode_nthwc(vae, z, tiling=uniform),
+                        jax.ShapeDtypeStruct((1, 3, 6, 7, 4), np.float32))
+        monkeypatch.undo()
+    distinct = {runtime.stage_key(c) for c in calls}
+    assert len(calls) > 2 * len(distinct)  # the tiles and chunks repeat the stages
+    assert len([n for n in traced if n == "pure"]) == len(distinct)  # one trace per distinct stage
+
+
 def test_background_decode_warmup_then_decode_compiles_nothing(vae):
     future = precompile_decode_in_background(vae, LATENT, tiling=TILES, workers=2)
     report = future.result(timeout=600)

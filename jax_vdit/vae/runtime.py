@@ -231,9 +231,11 @@ def run_stage(fn: Callable, modules: tuple, x: jax.Array, *, donate: bool = Fals
     if recorder is not None:
         spec = jax.ShapeDtypeStruct(x.shape, x.dtype)
         recorder.append(StageCall(fn, modules, spec, donate))
-        _, graphdefs, states = _stage_parts(fn, modules, spec, donate)
-        out = jax.eval_shape(_stage_function(fn, graphdefs), states, spec)
-        return jax.tree.map(lambda o: jnp.zeros(o.shape, o.dtype), out)
+        key, graphdefs, states = _stage_parts(fn, modules, spec, donate)
+        shapes = _RECORDING.out_shapes  # a stage's output shape depends on its key only: trace it once
+        if key not in shapes:
+            shapes[key] = jax.eval_shape(_stage_function(fn, graphdefs), states, spec)
+        return jax.tree.map(lambda o: jnp.zeros(o.shape, o.dtype), shapes[key])
     compiled, states, _ = compile_stage(fn, modules, jax.ShapeDtypeStruct(x.shape, x.dtype), donate=donate)
     return compiled(states, x)
 
@@ -242,13 +244,13 @@ def run_stage(fn: Callable, modules: tuple, x: jax.Array, *, donate: bool = Fals
 def recording_stages():
     """Within this context (this thread only) :func:`run_stage` records :class:`StageCall` entries instead of
     running; yields the list they are appended to. Use it under ``jax.eval_shape``."""
-    previous = getattr(_RECORDING, "calls", None)
+    previous = getattr(_RECORDING, "calls", None), getattr(_RECORDING, "out_shapes", None)
     calls: list[StageCall] = []
-    _RECORDING.calls = calls
+    _RECORDING.calls, _RECORDING.out_shapes = calls, {}  # out_shapes: stage key -> abstract output, per recording
     try:
         yield calls
     finally:
-        _RECORDING.calls = previous
+        _RECORDING.calls, _RECORDING.out_shapes = previous
 
 
 def stage_key(call: StageCall):
