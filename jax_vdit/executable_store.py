@@ -134,19 +134,30 @@ def load(key: str) -> tuple[Any, Any] | None:
         checksum, body = body[:32], body[32:]
         if hashlib.sha256(body).digest() != checksum:
             raise ValueError("checksum mismatch (truncated or damaged)")
-        payload, in_tree, out_tree, extra = pickle.loads(body)
+        payload, in_tree, out_tree, extra, *rest = pickle.loads(body)
+        runtimes = tuple(rest[0]) if rest else ()  # files of programs without kernel runtimes have four parts
+    except Exception as err:  # noqa: BLE001 - a bad file costs a compile, never a wrong result
+        _warn_once("ignored unusable file", path, err)
+        path.unlink(missing_ok=True)  # removed, so that later processes do not read it again
+        return None
+    try:
+        for target in runtimes:
+            _prepare_runtime(target)
         from jax.experimental.serialize_executable import deserialize_and_load
 
         return deserialize_and_load(payload, in_tree, out_tree), extra
     except Exception as err:  # noqa: BLE001 - a bad file costs a compile, never a wrong result
         _warn_once("ignored unusable file", path, err)
-        path.unlink(missing_ok=True)  # removed, so that later processes do not read it again
+        path.unlink(missing_ok=True)
+        for target in runtimes:  # stop storing such programs here: each warm process would fail the same way
+            _record_unloadable(target, err)
         return None
 
 
-def save(key: str, compiled, extra: Any = None) -> bool:
+def save(key: str, compiled, extra: Any = None, runtimes: tuple[str, ...] = ()) -> bool:
     """Write ``compiled`` (a ``jax.stages.Compiled``) and ``extra`` under ``key``; False where the store is off or
-    the executable cannot be serialized on this backend (the caller just compiles next time)."""
+    the executable cannot be serialized on this backend (the caller just compiles next time). ``runtimes``: the
+    kernel custom-call targets (:data:`UNLOADABLE_CUSTOM_CALLS`) whose runtime :func:`load` must prepare first."""
     directory = store_directory()
     if directory is None:
         return False
@@ -155,7 +166,8 @@ def save(key: str, compiled, extra: Any = None) -> bool:
         from jax.experimental.serialize_executable import serialize
 
         payload, in_tree, out_tree = serialize(compiled)
-        body = pickle.dumps((payload, in_tree, out_tree, extra), protocol=pickle.HIGHEST_PROTOCOL)
+        parts = (payload, in_tree, out_tree, extra) + ((tuple(runtimes),) if runtimes else ())
+        body = pickle.dumps(parts, protocol=pickle.HIGHEST_PROTOCOL)
         _write_atomically(path, MAGIC + hashlib.sha256(body).digest() + body)
         return True
     except Exception as err:  # noqa: BLE001 - the store is an optimisation
@@ -171,19 +183,20 @@ def compile_and_save(key: str, lowered, extra: Any = None):
     executable is not saved there; the next process reads it from JAX's cache again (tracing and lowering it) and
     the store fills once XLA compiles the program itself. Other backends save either kind.
 
-    A program that calls kernels a deserialized executable cannot find (:data:`UNLOADABLE_CUSTOM_CALLS`: Mosaic
-    GPU) is not saved; :func:`problems` says so."""
+    A program that calls kernels a deserialized executable cannot find unprepared (:data:`UNLOADABLE_CUSTOM_CALLS`:
+    Mosaic GPU) is saved only where :func:`stores_kernel_runtime` allows it, marked so that :func:`load` prepares
+    their runtime first; else it is not saved and :func:`problems` says so."""
     from jax_vdit.compile_meter import CompileMeter
 
     unloadable = unloadable_custom_call(lowered)
     with CompileMeter() as meter:
         compiled = lowered.compile()
-    if unloadable is not None:  # JAX's persistent cache still serves it
+    if unloadable is not None and not stores_kernel_runtime(unloadable):  # JAX's persistent cache still serves it
         _problems.append(f"not stored {key[:16]}: the program calls {unloadable} kernels, which an executable "
                          "deserialized in another process cannot find (seen on an H100, jax 0.11.2: 'Failed to lookup "
-                         "host symbol')")
+                         f"host symbol'; ${KERNEL_RUNTIME_ENV}=1 stores it with their runtime located first)")
     elif meter.cache_hits == 0 or not _reloads_lose_code():
-        save(key, compiled, extra)
+        save(key, compiled, extra, runtimes=(unloadable,) if unloadable else ())
     return compiled
 
 
@@ -249,10 +262,50 @@ def forget_held() -> None:
         _read_counts.clear()
 
 
-# Custom-call targets whose compiled kernels are not inside a serialized executable: loaded in another process it
-# fails with "Failed to lookup host symbol: ... tile_attention_fwd_mosaic_mosaic_gpu" (an H100, jax 0.11.2,
+# Custom-call targets whose kernels a serialized executable cannot bring up by itself: loaded in another process it
+# failed with "Failed to lookup host symbol: Failed to materialize symbols: { (main, {
+# tile_attention_fwd_mosaic_mosaic_gpu, ... }) }" (an H100, jax 0.11.2,
 # experiments/results/first_video/cli_store_workers_h100_2026-12-06/). Matched as prefixes (mosaic_gpu_v2, ...).
+# jaxlib's Mosaic GPU custom call serializes the kernel's object code with the executable; JIT-linking it again
+# needs Mosaic GPU's runtime library, which the custom call finds through $MOSAIC_GPU_RUNTIME_LIB_PATH, set when
+# jax.experimental.mosaic.gpu is imported (as in any process that lowers a Mosaic GPU kernel, but not in one that
+# only loads a stored program). Storing such programs with that import before loading is therefore a switch, off
+# until a GPU run shows the loaded program runs and gives the compiled one's results (docs/gpu_runbook.md).
 UNLOADABLE_CUSTOM_CALLS = ("mosaic_gpu",)
+KERNEL_RUNTIME_ENV = "JAX_VDIT_STORE_MOSAIC_GPU"  # "1": store such programs and prepare the runtime when loading
+_UNLOADABLE_RECORD = "kernel-runtime-unloadable"  # a store where a prepared load still failed: store them no more
+
+
+def _prepare_runtime(target: str) -> None:
+    """Make the runtime that the kernels of custom-call ``target`` (an :data:`UNLOADABLE_CUSTOM_CALLS` prefix) need
+    findable in this process before an executable calling them is deserialized."""
+    if target.startswith("mosaic_gpu"):
+        import jax.experimental.mosaic.gpu  # noqa: F401 - sets $MOSAIC_GPU_RUNTIME_LIB_PATH for the custom call
+    else:
+        raise ValueError(f"no known runtime for custom-call target {target!r}")
+
+
+def stores_kernel_runtime(target: str) -> bool:
+    """Whether a program calling ``target`` kernels is stored (with its runtime prepared on loading):
+    ``$JAX_VDIT_STORE_MOSAIC_GPU=1`` and no earlier load of one failed in this store with these jax versions."""
+    if os.environ.get(KERNEL_RUNTIME_ENV, "0").strip().lower() not in ("1", "true", "yes", "on"):
+        return False
+    record = load_record(_UNLOADABLE_RECORD) or {}
+    return record.get(target, {}).get("versions") != list(_versions())
+
+
+def _versions() -> tuple[str, str]:
+    import jaxlib
+
+    return jax.__version__, jaxlib.__version__
+
+
+def _record_unloadable(target: str, err: BaseException) -> None:
+    record = load_record(_UNLOADABLE_RECORD) or {}
+    record[target] = {"versions": list(_versions()), "error": f"{type(err).__name__}: {err}"[:500]}
+    save_record(_UNLOADABLE_RECORD, record)
+    _problems.append(f"{target} programs are no longer stored here: a stored one did not load with its runtime "
+                     f"prepared ({type(err).__name__})")
 
 
 def unloadable_custom_call(lowered) -> str | None:

@@ -465,3 +465,52 @@ def test_a_program_with_mosaic_gpu_kernels_is_not_stored_and_a_stale_file_is_rem
     with pytest.warns(RuntimeWarning, match="ignored unusable file"):
         assert executable_store.load("p" * 64) is None
     assert not executable_store.has("p" * 64)
+
+
+def test_with_the_switch_a_mosaic_gpu_program_is_stored_and_its_runtime_prepared_before_loading(store, monkeypatch):
+    """``$JAX_VDIT_STORE_MOSAIC_GPU=1``: a program calling Mosaic GPU kernels is stored, marked, and a process loading
+    it first prepares the kernels' runtime (on a GPU: imports jax.experimental.mosaic.gpu, which locates it); other
+    programs load without that step."""
+    monkeypatch.setattr(executable_store, "_platform", lambda: "gpu")
+    monkeypatch.setenv(executable_store.KERNEL_RUNTIME_ENV, "1")
+    prepared = []
+    monkeypatch.setattr(executable_store, "_prepare_runtime", prepared.append)
+    lowered = jax.jit(lambda x: jnp.sin(x) * 3).lower(jnp.ones((4, 4)))
+    executable_store.compile_and_save("k" * 64, _WithCustomCall(lowered, "mosaic_gpu_v2"))
+    executable_store.compile_and_save("q" * 64, lowered)
+    assert executable_store.has("k" * 64) and prepared == []
+    loaded, _ = executable_store.load("k" * 64)
+    assert prepared == ["mosaic_gpu"]
+    np.testing.assert_allclose(np.asarray(loaded(jnp.ones((4, 4)))), 3 * np.sin(np.ones((4, 4))), rtol=1e-6)
+    assert executable_store.load("q" * 64) is not None and prepared == ["mosaic_gpu"]
+
+
+def test_a_stored_mosaic_gpu_program_that_does_not_load_stops_their_storing(store, monkeypatch):
+    """Where a stored Mosaic GPU program fails to load even with its runtime prepared, the file is removed, the
+    store records it for these jax versions and stores no more such programs (each warm process would pay the
+    failed load), saying why; another jax version tries again."""
+    monkeypatch.setattr(executable_store, "_platform", lambda: "gpu")
+    monkeypatch.setenv(executable_store.KERNEL_RUNTIME_ENV, "1")
+
+    def fail(target):
+        raise RuntimeError("Failed to lookup host symbol (simulated)")
+
+    monkeypatch.setattr(executable_store, "_prepare_runtime", fail)
+    lowered = _WithCustomCall(jax.jit(lambda x: jnp.cos(x) + 1).lower(jnp.ones((3,))), "mosaic_gpu")
+    executable_store.compile_and_save("f" * 64, lowered)
+    assert executable_store.has("f" * 64) and executable_store.stores_kernel_runtime("mosaic_gpu")
+    executable_store._warned.clear()
+    with pytest.warns(RuntimeWarning, match="ignored unusable file"):
+        assert executable_store.load("f" * 64) is None
+    assert not executable_store.has("f" * 64)
+    assert not executable_store.stores_kernel_runtime("mosaic_gpu")
+    assert any("no longer stored" in p for p in executable_store.problems())
+    before = len(executable_store.problems())
+    compiled = executable_store.compile_and_save("g" * 64, lowered)
+    np.testing.assert_allclose(np.asarray(compiled(jnp.ones((3,)))), np.cos(np.ones(3)) + 1, rtol=1e-6)
+    assert not executable_store.has("g" * 64)
+    assert "not stored gggg" in executable_store.problems()[before]
+    monkeypatch.setattr(executable_store, "_versions", lambda: ("9.9.9", "9.9.9"))
+    assert executable_store.stores_kernel_runtime("mosaic_gpu")
+    monkeypatch.delenv(executable_store.KERNEL_RUNTIME_ENV)
+    assert not executable_store.stores_kernel_runtime("mosaic_gpu")  # off by default
