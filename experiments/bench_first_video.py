@@ -292,9 +292,29 @@ def run_cli(size: str, work: Path, vae_tiles: str = "exact", baseline_tree: Path
             if proc.returncode != 0:
                 raise RuntimeError(f"cli {tag} failed:\n{proc.stderr[-6000:]}")
             report = json.loads(proc.stdout.strip().splitlines()[-1])
-            (out[name] if name else out)[phase] = {"wall_s": round(wall, 2), "command": shown, "report": report}
-            log(f"cli {tag}: {wall:.1f} s; {report}")
+            entry = {"wall_s": round(wall, 2), "command": shown, "report": report}
+            if phase == "warm":  # the same inputs and seed: a warm run must reproduce its cold run's latents
+                entry["latents_match_cold"] = compare_latents(
+                    work / f"cli_{f'{name} cold'.strip().replace(' ', '_')}.safetensors",
+                    work / f"cli_{tag.replace(' ', '_')}.safetensors")
+            (out[name] if name else out)[phase] = entry
+            log(f"cli {tag}: {wall:.1f} s; {report}; {entry.get('latents_match_cold', '')}")
     return out
+
+
+def compare_latents(first: Path, second: Path) -> dict:
+    """Whether two `vdit sample` latents files hold the same tensors: ``{"equal": bool, "max_abs_diff": float}``
+    (bitwise equality of every tensor, and the largest difference in float32)."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    a, b = load_file(str(first)), load_file(str(second))
+    if sorted(a) != sorted(b) or any(a[k].shape != b[k].shape for k in a):
+        return {"equal": False, "max_abs_diff": float("inf"), "problem": "different tensors or shapes"}
+    equal = all(np.array_equal(a[k], b[k]) for k in a)
+    diff = max((float(np.max(np.abs(a[k].astype(np.float32) - b[k].astype(np.float32)))) for k in a if a[k].size),
+               default=0.0)
+    return {"equal": equal, "max_abs_diff": diff}
 
 
 # ------------------------------------------------------------------------------------------- scan vs unrolled

@@ -3,7 +3,7 @@
 # (`bench_first_video --cli --baseline-tree`); then the PyTorch release's time to its first step
 # (`bench_torch_release`). RESERIALIZE=1 first runs `experiments.studies.reserialize_cached_executable`; TEACHER=1
 # adds the dense teacher's command, VARIANT="NAME=ARGS;..." other variants of this tree's; FULL93=1 the 93x720p 3:21
-# student's command; HOST_STUDIES=1 first times the CLI's imports and the mp4 presets on the host; then, in the time
+# student's command (VARIANT93="NAME=ARGS;..." variants of it); HOST_STUDIES=1 first times the CLI's imports and the mp4 presets on the host; then, in the time
 # left, the loader's grouping against one group per tensor (`bench_load`).
 # Random weights.
 # Carried, all ignored by git (see README.md here):
@@ -47,7 +47,10 @@ if [ -d carry/osp_v120 ] && [ -d carry/relwhl ]; then
   echo "torch rc=$? after $(( $(date +%s) - T0 )) s"
 fi
 if [ "${FULL93:-0}" = 1 ]; then  # the 93x720p 3:21 student's command too, cold then warm (goal 40 s cold)
-  timeout ${TD:-150} python3 -m experiments.bench_first_video --size full93 --cli --out $OUT \
+  VARIANT93_ARGS=()
+  IFS=';' read -ra MORE93 <<< "${VARIANT93:-}"
+  for v in "${MORE93[@]}"; do VARIANT93_ARGS+=(--cli-variant "$v"); done
+  timeout ${TD:-150} python3 -m experiments.bench_first_video --size full93 --cli "${VARIANT93_ARGS[@]}" --out $OUT \
     > $OUT/first_video_cli_full93.log 2>&1
   echo "cli full93 rc=$? after $(( $(date +%s) - T0 )) s"
 fi
