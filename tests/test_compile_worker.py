@@ -96,3 +96,32 @@ def test_a_worker_compiles_from_the_config_alone(vae_dir, store, tmp_path):
     assert reports[0]["compiled"] == reports[0]["stages"] > 2
     report = precompile_decode(load_vae(vae_dir, dtype=jnp.float32), LATENT, tiling=TILES)
     assert report.compiled == 0 and report.loaded == report.stages == reports[0]["stages"], report
+
+
+def test_the_workers_cpu_priority_can_be_lowered(vae_dir, store, monkeypatch):
+    """``$JAX_VDIT_VAE_COMPILE_NICE=N`` starts the workers N steps nicer than this process; a bad value is an error
+    naming the variable, before any worker starts."""
+    import os
+    import threading
+    import time
+
+    monkeypatch.setenv(compile_worker.NICE_ENV, "7")
+    workers = compile_worker.start(vae_dir, LATENT, dtype="float32", tiles="uniform", cache=str(store), processes=2)
+    try:
+        mine, seen = os.getpriority(os.PRIO_PROCESS, 0), []
+        for worker in workers:  # a worker lowers its own priority first thing (before importing JAX)
+            for _ in range(200):
+                seen.append(os.getpriority(os.PRIO_PROCESS, worker.process.pid))
+                if seen[-1] != mine:
+                    break
+                time.sleep(0.02)
+        assert [s for s in seen if s != mine] == [min(mine + 7, 19)] * 2
+    finally:
+        cancel = threading.Event()
+        cancel.set()
+        compile_worker.wait(workers, cancel)
+    for bad in ("-3", "20", "low"):
+        monkeypatch.setenv(compile_worker.NICE_ENV, bad)
+        with pytest.raises(ValueError, match=compile_worker.NICE_ENV):
+            compile_worker.start(vae_dir, LATENT, dtype="float32", tiles="uniform", cache=str(store))
+    assert not compile_worker._RUNNING

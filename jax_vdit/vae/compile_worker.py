@@ -35,6 +35,21 @@ from typing import IO
 
 TILES = ("exact", "uniform")
 _RUNNING: list[subprocess.Popen] = []
+# how much lower the workers' CPU priority is than the parent's (``os.nice`` increment; default 0: the same). The
+# parent's sampler compile and the workers' compiles overlap on the CPU; measured in experiments/results/first_video/
+NICE_ENV = "JAX_VDIT_VAE_COMPILE_NICE"
+
+
+def nice_increment() -> int:
+    """``$JAX_VDIT_VAE_COMPILE_NICE``: an integer 0-19 (default 0); anything else is a clear error."""
+    text = os.environ.get(NICE_ENV, "").strip()
+    try:
+        value = int(text) if text else 0
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 19:
+        raise ValueError(f"${NICE_ENV} must be an integer from 0 to 19 (a lower CPU priority), got {text!r}")
+    return value
 
 
 def terminate_running() -> None:
@@ -67,6 +82,7 @@ def start(vae_dir: str | os.PathLike, latent_shape: Sequence[int], *, dtype: str
     if tiles not in TILES:
         raise ValueError(f"tiles must be one of {TILES}, got {tiles!r}")
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+    nice = nice_increment()  # checked here, in the parent, so that a bad value is an error, not failed workers
     root = str(Path(__file__).resolve().parents[2])  # this package, whatever the working folder
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     shape = ",".join(str(int(n)) for n in latent_shape)
@@ -75,6 +91,8 @@ def start(vae_dir: str | os.PathLike, latent_shape: Sequence[int], *, dtype: str
         cmd = [sys.executable, "-m", "jax_vdit.vae.compile_worker", "--vae", str(vae_dir), "--dtype", dtype,
                "--latent-shape", shape, "--tiles", tiles, "--cache", str(cache), "--part", f"{k}/{processes}"]
         out, err = tempfile.TemporaryFile(mode="w+"), tempfile.TemporaryFile(mode="w+")
+        if nice:
+            cmd += ["--nice", str(nice)]
         workers.append(Worker(subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True), out, err))
     _RUNNING.extend(w.process for w in workers)
     return workers
@@ -130,8 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiles", choices=TILES, required=True, help="the release tiling, exact or uniform tiles")
     p.add_argument("--cache", required=True, help="JAX's persistent compilation cache folder (holds the store)")
     p.add_argument("--part", default="0/1", help="K/N: compile every N-th distinct stage from the K-th")
+    p.add_argument("--nice", type=int, default=0, help="lower this process's CPU priority by this much first")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
+    if args.nice:
+        os.nice(args.nice)
     k, n = (int(v) for v in args.part.split("/"))
     shape = tuple(int(v) for v in args.latent_shape.split(","))
 
