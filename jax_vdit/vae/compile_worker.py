@@ -36,7 +36,8 @@ from typing import IO
 TILES = ("exact", "uniform")
 _RUNNING: list[subprocess.Popen] = []
 # how much lower the workers' CPU priority is than the parent's (``os.nice`` increment; default 0: the same). The
-# parent's sampler compile and the workers' compiles overlap on the CPU; measured in experiments/results/first_video/
+# parent's sampler compile and the workers' compiles overlap on the CPU; whether a lower priority for the workers
+# shortens the cold command is docs/gpu_runbook.md item 5's next measurement
 NICE_ENV = "JAX_VDIT_VAE_COMPILE_NICE"
 
 
