@@ -40,6 +40,9 @@ def test_two_workers_fill_the_store_and_the_parent_reads_every_stage(micro_vae, 
     assert all("error" not in r for r in reports), reports
     assert sum(r["compiled"] for r in reports) == reports[0]["stages"] > 2 and {r["part"] for r in reports} == {
         "0/2", "1/2"}
+    for r in reports:  # where each worker's seconds went
+        assert len(r["stage_seconds"]) == r["compiled"] and all(s > 0 for s in r["stage_seconds"])
+        assert 0 < r["imports_s"] and 0 < r["plan_s"] and r["imports_s"] + r["plan_s"] < r["seconds"]
     assert decode_is_stored(vae, LATENT, tiling=TILES)
     assert not compile_worker.needed(vae_dir, LATENT, dtype="float32", tiles="uniform")  # warm: no workers
     report = precompile_decode(vae, LATENT, tiling=TILES)

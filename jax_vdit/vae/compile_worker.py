@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     from jax_vdit.vae import TilingConfig, abstract_vae
     from jax_vdit.vae.warmup import precompile_decode
 
+    imports_s = time.perf_counter() - t0
     if executable_store.store_directory() is None:
         raise SystemExit("compile_worker: the executable store is off ($JAX_VDIT_EXECUTABLE_STORE): nothing would "
                          "reach the parent")
@@ -176,8 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     vae = abstract_vae(read_vae_config(args.vae), dtype=dtype, param_dtype=dtype)
     report = precompile_decode(vae, shape, tiling=TilingConfig.sample_script(uniform_tiles=args.tiles == "uniform"),
                                part=(k, n))
+    from jax_vdit.vae.runtime import compile_log
+
     print(json.dumps({"part": args.part, "stages": report.stages, "compiled": report.compiled,
                       "loaded": report.loaded, "seconds": round(time.perf_counter() - t0, 3),
+                      # where a worker's seconds go: imports and setup, planning the decode, tracing and lowering
+                      # its stages, and each stage's XLA compile (in the order compiled)
+                      "imports_s": round(imports_s, 3), "plan_s": report.plan_s, "lower_s": report.lower_s,
+                      "stage_seconds": [round(e["seconds"], 3) for e in compile_log() if not e["loaded"]],
                       "problems": executable_store.problems()}))
     return 0
 
