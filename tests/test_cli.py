@@ -518,6 +518,44 @@ def test_a_second_sample_command_in_a_fresh_process_compiles_nothing(golden_dir,
                                   load_file(str(tmp_path / "lat1.safetensors"))["latents"])
 
 
+def test_compile_only_fills_the_caches_and_the_next_sample_compiles_nothing(golden_dir, tmp_path):
+    """`vdit sample --compile-only` loads and compiles what the command needs, writes no latents, and reports it;
+    the same command without the flag, in a fresh process, then traces, lowers and compiles nothing."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    emb = _embeddings(tmp_path / "emb.safetensors")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               JAX_VDIT_EXECUTABLE_STORE="1")
+    reports = []
+    for flags in (["--compile-only"], []):
+        cmd = [sys.executable, "-c", "import sys; from jax_vdit.cli import console_main; sys.exit(console_main())",
+               "sample", str(golden_dir / "opensora_v12" / "tiny_a"), "--embeddings", str(emb),
+               "--compile-cache", str(tmp_path / "xla"), "--steps", "2", "--guidance", "4", "--latents-only",
+               "--out", str(tmp_path / "lat.safetensors"), "--param-dtype", "float32", "--compute-dtype", "float32",
+               "--quiet", *flags]
+        proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        reports.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        if flags:
+            assert not (tmp_path / "lat.safetensors").exists()  # nothing sampled or written
+    compiled, sampled = reports
+    assert compiled["compile_only"] and not sampled["compile_only"]
+    assert "sampling_s" not in compiled and sampled["sampling_s"] > 0
+    # with --embeddings the sampler compiles beside the load (--sampler-compile auto: early)
+    assert compiled["sampler_compile"] == "early" and compiled["sampler_early"]["compile"]["cache_misses"] >= 1
+    assert compiled["load_compile"]["cache_misses"] >= 1, compiled
+    assert sampled["load_compile"]["programs"] == 0 and sampled["sampler_from_store"], sampled
+    assert sampled["sampler_early"]["compile"]["cache_misses"] == 0, sampled["sampler_early"]
+    for phase in ("compile", "run_compile"):
+        assert sampled[phase]["cache_misses"] == 0, (phase, sampled[phase])
+    assert sampled["run_compile"]["programs"] == 0
+    assert load_file(str(tmp_path / "lat.safetensors"))["latents"].shape[0] == 1
+
+
 @pytest.mark.parametrize("value", ["fast", "0", "2"])
 def test_a_bad_switch_interval_is_refused_by_name(value, monkeypatch):
     from jax_vdit.cli.sample import SWITCH_INTERVAL_ENV, set_switch_interval

@@ -186,7 +186,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     import jax.numpy as jnp
     from safetensors.numpy import save_file
 
-    from jax_vdit import executable_store, sampling
+    from jax_vdit import sampling
     from jax_vdit.compile_meter import CompileMeter
 
     from jax_vdit.pipeline import OpenSoraPipeline, write_sidecar
@@ -229,6 +229,24 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         pipe.warm_up(job, mesh=mesh, progress=True)
     warmup_s = time.perf_counter() - t0
     warmup_cpu_s = time.thread_time() - cpu0  # below warmup_s: waits (the compiler's threads, the device, the lock)
+    report = {"load_s": round(load_s, 2), "load": pipe.load_seconds, "load_cpu": pipe.load_cpu_seconds,
+              "load_parts": pipe.load_parts,
+              "load_compile": load_meter.report(),
+              "compile_s": round(warmup_compile.compile_s, 2),
+              "compile": warmup_compile.report(),
+              "sampler_from_store": sampling.samplers_loaded_from_store() > 0,  # not traced, lowered or compiled
+              # compiled (or read from the store) in a background thread while the weights loaded: its seconds,
+              # compile report, warm-up's wait for it, any error (then the warm-up compiled it); None: not tried
+              "sampler_early": pipe.early_sampler, "sampler_compile": sampler_compile,
+              "warmup_s": round(warmup_s, 2), "warmup_cpu_s": round(warmup_cpu_s, 2), "compile_cache": cache,
+              "sampler": job.settings.describe(), "attention": job.attention_spec, "layer_loop": pipe.layer_loop,
+              "vae_warmup": None if pipe.vae is None else args.vae_warmup, "switch_interval": switch_interval,
+              "xla_flags_added": xla_flags_added, "vae_compile_processes": vae_compile_processes}
+    if args.compile_only:  # every program of this command is compiled (and cached, stored): no sampling
+        if pipe.vae is not None:
+            report["vae_tiles"] = pipe.vae_tiles
+            _add_vae_warmup(report, vae_warmup, pipe)
+        return _finish(report, args, compile_only=True)
     timer = StepTimer(job.plan.num_steps * len(job.videos), disable=args.quiet)
     t0 = time.perf_counter()
     with CompileMeter() as run_compile:
@@ -245,32 +263,13 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     latents_file = out if out.suffix == ".safetensors" else out.with_suffix(".safetensors")
     save_file({"latents": latents}, str(latents_file))
     write_sidecar(latents_file, {"videos": records, "command": ["vdit", "sample", *getattr(args, "argv", [])]})
-    report = {"load_s": round(load_s, 2), "load": pipe.load_seconds, "load_cpu": pipe.load_cpu_seconds,
-              "load_parts": pipe.load_parts,
-              "load_compile": load_meter.report(),
-              "compile_s": round(warmup_compile.compile_s, 2),
-              "compile": warmup_compile.report(), "run_compile": run_compile.report(),
-              "sampler_from_store": sampling.samplers_loaded_from_store() > 0,  # not traced, lowered or compiled
-              # compiled (or read from the store) in a background thread while the weights loaded: its seconds,
-              # compile report, warm-up's wait for it, any error (then the warm-up compiled it); None: not tried
-              "sampler_early": pipe.early_sampler, "sampler_compile": sampler_compile,
-              "warmup_s": round(warmup_s, 2), "warmup_cpu_s": round(warmup_cpu_s, 2), "sampling_s": round(sample_s, 2),
-              "s_per_step_median": round(step_median, 4), "videos": len(job.videos),
-              "latent_shape": list(latents.shape), "out": str(latents_file), "compile_cache": cache,
-              "sampler": job.settings.describe(), "attention": job.attention_spec, "layer_loop": pipe.layer_loop,
-              "vae_warmup": None if pipe.vae is None else args.vae_warmup, "switch_interval": switch_interval,
-              "xla_flags_added": xla_flags_added, "vae_compile_processes": vae_compile_processes}
+    report.update({"run_compile": run_compile.report(), "sampling_s": round(sample_s, 2),
+                   "s_per_step_median": round(step_median, 4), "videos": len(job.videos),
+                   "latent_shape": list(latents.shape), "out": str(latents_file)})
     if pipe.vae is not None:
         t0 = time.perf_counter()
         report["vae_tiles"] = pipe.vae_tiles
-        if vae_warmup is not None:
-            warm = vae_warmup.result()
-            report["vae_stages"] = warm.stages
-            report["vae_stages_loaded"] = warm.loaded  # from the executable store, not compiled
-            report["vae_planned"] = warm.planned  # False: a recorded plan, no tracing of the decode
-            report["vae_compile_s"] = warm.total_s  # background, overlapping the transformer's work
-            report["vae_compile_wait_s"] = round(time.perf_counter() - t0, 2)
-            report["vae_compile_workers"] = pipe.vae_compile_workers  # None: compiled in a thread of this process
+        _add_vae_warmup(report, vae_warmup, pipe)
         # each video's first time chunks are encoded while the device decodes its later ones
         written = pipe.decode_and_write(latents, records, out, fps=args.fps, mp4_preset=args.mp4_preset)
         report["mp4_preset"] = args.mp4_preset
@@ -278,6 +277,28 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         report["write_s"] = round(written.total_s - written.decoded_s, 2)  # the encoding left then, sidecars
         report["decode_s"] = round(time.perf_counter() - t0, 2)  # the wait for the VAE's stages, both above
         report["videos_written"] = [str(p) for p in written.paths]
+    return _finish(report, args)
+
+
+def _add_vae_warmup(report: dict, vae_warmup, pipe) -> None:
+    """Wait for the VAE's background warm-up (if one runs) and add what it did to ``report``."""
+    if vae_warmup is None:
+        return
+    t0 = time.perf_counter()
+    warm = vae_warmup.result()
+    report["vae_stages"] = warm.stages
+    report["vae_stages_loaded"] = warm.loaded  # from the executable store, not compiled
+    report["vae_planned"] = warm.planned  # False: a recorded plan, no tracing of the decode
+    report["vae_compile_s"] = warm.total_s  # background, overlapping the transformer's work
+    report["vae_compile_wait_s"] = round(time.perf_counter() - t0, 2)
+    report["vae_compile_workers"] = pipe.vae_compile_workers  # None: compiled in a thread of this process
+
+
+def _finish(report: dict, args: argparse.Namespace, compile_only: bool = False) -> int:
+    """Print the command's JSON report (last line of stdout) with the store's problems and the process's times."""
+    from jax_vdit import executable_store
+
+    report["compile_only"] = compile_only
     report["executable_store_problems"] = executable_store.problems()  # files ignored or not written, and why
     # the process's own time outside main (interpreter start and imports; the exit after this report is the
     # caller's wall time less both of these)
@@ -306,6 +327,11 @@ def register(sub) -> None:
     g.add_argument("--vae", default=None, help="CausalVAE folder (default: the vae/ folder beside the transformer, "
                    "if any; without a VAE only latents are written)")
     g.add_argument("--latents-only", action="store_true", help="do not load or run the VAE; write latents only")
+    g.add_argument("--compile-only", action="store_true",
+                   help="load and compile everything this command needs (the weights' layout, the sampler, the VAE's "
+                        "decode stages) into the compile cache and executable store, then stop: no sampling, no "
+                        "files written; a later command with the same shapes and settings starts warm (e.g. run "
+                        "it when deploying, with --compile-cache next to the checkpoint)")
     g.add_argument("--text-encoder", default="auto", help="local google/mt5-xxl folder or repo id, 'toy' (toy-world "
                    "models), 'none', or 'auto': a text_encoder/ folder, the toy stand-in for toy models, or "
                    "google/mt5-xxl if already in the local Hugging Face cache")
