@@ -24,6 +24,7 @@ import argparse
 import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -84,6 +85,8 @@ def start(vae_dir: str | os.PathLike, latent_shape: Sequence[int], *, dtype: str
         raise ValueError(f"tiles must be one of {TILES}, got {tiles!r}")
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
     nice = nice_increment()  # checked here, in the parent, so that a bad value is an error, not failed workers
+    if nice and shutil.which("nice") is None:
+        raise RuntimeError(f"${NICE_ENV}={nice} needs the nice command, which is not on this PATH")
     root = str(Path(__file__).resolve().parents[2])  # this package, whatever the working folder
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     shape = ",".join(str(int(n)) for n in latent_shape)
@@ -92,8 +95,8 @@ def start(vae_dir: str | os.PathLike, latent_shape: Sequence[int], *, dtype: str
         cmd = [sys.executable, "-m", "jax_vdit.vae.compile_worker", "--vae", str(vae_dir), "--dtype", dtype,
                "--latent-shape", shape, "--tiles", tiles, "--cache", str(cache), "--part", f"{k}/{processes}"]
         out, err = tempfile.TemporaryFile(mode="w+"), tempfile.TemporaryFile(mode="w+")
-        if nice:
-            cmd += ["--nice", str(nice)]
+        if nice:  # from the start, imports included (POSIX nice(1); no preexec_fn in a threaded parent)
+            cmd = ["nice", "-n", str(nice), *cmd]
         workers.append(Worker(subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True), out, err))
     _RUNNING.extend(w.process for w in workers)
     return workers
@@ -149,11 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiles", choices=TILES, required=True, help="the release tiling, exact or uniform tiles")
     p.add_argument("--cache", required=True, help="JAX's persistent compilation cache folder (holds the store)")
     p.add_argument("--part", default="0/1", help="K/N: compile every N-th distinct stage from the K-th")
-    p.add_argument("--nice", type=int, default=0, help="lower this process's CPU priority by this much first")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
-    if args.nice:
-        os.nice(args.nice)
     k, n = (int(v) for v in args.part.split("/"))
     shape = tuple(int(v) for v in args.latent_shape.split(","))
 
