@@ -556,6 +556,49 @@ def test_compile_only_fills_the_caches_and_the_next_sample_compiles_nothing(gold
     assert load_file(str(tmp_path / "lat.safetensors"))["latents"].shape[0] == 1
 
 
+def test_compile_only_compiles_the_vae_stages_even_with_the_warmup_off(golden_dir, tmp_path):
+    """With a VAE, `--compile-only` compiles every decode stage into the store (also under `--vae-warmup off`,
+    where a sampling command would compile them as the decode reaches them) and writes nothing."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from jax_vdit.vae import TilingConfig
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               JAX_VDIT_EXECUTABLE_STORE="1")
+    cmd = [sys.executable, "-c", "import sys; from jax_vdit.cli import console_main; sys.exit(console_main())",
+           "sample", str(golden_dir / "opensora_v12" / "tiny_a"), "--vae", str(golden_dir / "causalvae_v12" / "tiny_a"),
+           "--embeddings", str(_embeddings(tmp_path / "emb.safetensors")), "--compile-cache", str(tmp_path / "xla"),
+           "--steps", "2", "--guidance", "4", "--out", str(tmp_path / "out" / "lat.safetensors"), "--param-dtype",
+           "float32", "--compute-dtype", "float32", "--quiet", "--compile-only", "--vae-warmup", "off"]
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["compile_only"] and report["vae_tiles"] == "uniform"
+    assert report["vae_stages"] > 0 and report["vae_stages_loaded"] == 0, report
+    assert not (tmp_path / "out").exists()
+    # every stage (and the decode's plan) is in the store now: a later decode of this shape compiles nothing
+    import jax
+    import jax.numpy as jnp
+
+    from jax_vdit.io import load_vae
+    from jax_vdit.vae.warmup import decode_is_stored
+
+    vae = load_vae(golden_dir / "causalvae_v12" / "tiny_a", dtype=jnp.float32)
+    previous = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "xla"))
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("JAX_VDIT_EXECUTABLE_STORE", "1")
+            # tiny_a's sample size, 9x64x80: latents (1, 4, 3, 8, 10)
+            assert decode_is_stored(vae, (1, 4, 3, 8, 10), tiling=TilingConfig.sample_script(uniform_tiles=True))
+    finally:
+        jax.config.update("jax_compilation_cache_dir", previous)
+
+
 @pytest.mark.parametrize("value", ["fast", "0", "2"])
 def test_a_bad_switch_interval_is_refused_by_name(value, monkeypatch):
     from jax_vdit.cli.sample import SWITCH_INTERVAL_ENV, set_switch_interval

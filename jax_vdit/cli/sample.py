@@ -245,7 +245,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if args.compile_only:  # every program of this command is compiled (and cached, stored): no sampling
         if pipe.vae is not None:
             report["vae_tiles"] = pipe.vae_tiles
-            _add_vae_warmup(report, vae_warmup, pipe)
+            # the decode's stages too, even where --vae-warmup off would compile them as the decode reaches them
+            _add_vae_warmup(report, vae_warmup or pipe.warm_up_decoder(job), pipe)
         return _finish(report, args, compile_only=True)
     timer = StepTimer(job.plan.num_steps * len(job.videos), disable=args.quiet)
     t0 = time.perf_counter()
