@@ -14,8 +14,9 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 from pathlib import Path
 
@@ -87,6 +88,7 @@ class StageCall:
     modules: tuple
     x_spec: jax.ShapeDtypeStruct
     donate: bool = False
+    key: Any = field(default=None, compare=False, repr=False)  # its cache key, where the recorder computed it
 
 
 def _stage_parts(fn: Callable, modules: tuple, x_spec: jax.ShapeDtypeStruct, donate: bool):
@@ -230,8 +232,8 @@ def run_stage(fn: Callable, modules: tuple, x: jax.Array, *, donate: bool = Fals
     recorder = getattr(_RECORDING, "calls", None)
     if recorder is not None:
         spec = jax.ShapeDtypeStruct(x.shape, x.dtype)
-        recorder.append(StageCall(fn, modules, spec, donate))
         key, graphdefs, states = _stage_parts(fn, modules, spec, donate)
+        recorder.append(StageCall(fn, modules, spec, donate, key))
         shapes = _RECORDING.out_shapes  # a stage's output shape depends on its key only: trace it once
         if key not in shapes:
             shapes[key] = jax.eval_shape(_stage_function(fn, graphdefs), states, spec)
@@ -255,6 +257,8 @@ def recording_stages():
 
 def stage_key(call: StageCall):
     """The cache key :func:`run_stage` would use for ``call``."""
+    if call.key is not None:
+        return call.key
     return _stage_parts(call.fn, call.modules, call.x_spec, call.donate)[0]
 
 
