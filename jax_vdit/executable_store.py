@@ -127,6 +127,7 @@ def load(key: str) -> tuple[Any, Any] | None:
         blob = path.read_bytes()
     except FileNotFoundError:
         return None
+    runtimes: tuple[str, ...] = ()
     try:
         if not blob.startswith(MAGIC):
             raise ValueError("not a jax-vdit executable file of this format")
@@ -136,11 +137,6 @@ def load(key: str) -> tuple[Any, Any] | None:
             raise ValueError("checksum mismatch (truncated or damaged)")
         payload, in_tree, out_tree, extra, *rest = pickle.loads(body)
         runtimes = tuple(rest[0]) if rest else ()  # files of programs without kernel runtimes have four parts
-    except Exception as err:  # noqa: BLE001 - a bad file costs a compile, never a wrong result
-        _warn_once("ignored unusable file", path, err)
-        path.unlink(missing_ok=True)  # removed, so that later processes do not read it again
-        return None
-    try:
         for target in runtimes:
             _prepare_runtime(target)
         from jax.experimental.serialize_executable import deserialize_and_load
@@ -148,7 +144,7 @@ def load(key: str) -> tuple[Any, Any] | None:
         return deserialize_and_load(payload, in_tree, out_tree), extra
     except Exception as err:  # noqa: BLE001 - a bad file costs a compile, never a wrong result
         _warn_once("ignored unusable file", path, err)
-        path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)  # removed, so that later processes do not read it again
         for target in runtimes:  # stop storing such programs here: each warm process would fail the same way
             _record_unloadable(target, err)
         return None
