@@ -188,9 +188,9 @@ def precompile_decode(vae: CausalVAE, latent_shape: Sequence[int], *,
 
     With the executable store on, a decode whose every stage is stored is recorded there (the stages' store
     names); a later process then reads those executables without planning the decode at all (planning traces the
-    whole decode abstractly and holds Python's lock, time the transformer's load beside it waits for: 0.8-0.9 s at
-    29x720p and 93x720p with uniform tiles on a 2-core CPU since each distinct stage is traced once, 2.0 and 7.4 s
-    before). Its report says ``planned=False``."""
+    whole decode abstractly and holds Python's lock, time the transformer's load beside it waits for: 0.49 s at
+    29x720p and 0.85 s at 93x720p with uniform tiles on a 2-core CPU since each distinct stage is traced once, 1.96
+    and 7.41 s before; experiments/results/first_video/decode_planning_once_cpu_2026-12-07/). Its report says ``planned=False``."""
     k, n = part
     if not 0 <= k < n:
         raise ValueError(f"part must be (k, n) with 0 <= k < n, got {part}")
