@@ -30,7 +30,7 @@ import os
 import pickle
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -87,15 +87,34 @@ def source_fingerprint(*package_dirs: str) -> str:
     return digest.hexdigest()
 
 
+# XLA flags that only the VAE's compile processes add to their own XLA_FLAGS (e.g. ``--xla_gpu_autotune_level=0``:
+# flags that change how fast a program runs, not what it computes). Set in the parent, they are part of every key
+# there, and the workers strip them from their XLA_FLAGS when keying, so both sides agree on the stages' keys.
+WORKER_XLA_FLAGS_ENV = "JAX_VDIT_VAE_COMPILE_XLA_FLAGS"
+
+
+def keyed_xla_flags(environ: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """(this process's XLA_FLAGS without the compile workers' own flags, those flags): what a key records of
+    the XLA flags. The workers' XLA_FLAGS end with ``$JAX_VDIT_VAE_COMPILE_XLA_FLAGS``, the parent's do not."""
+    environ = os.environ if environ is None else environ
+    flags = environ.get("XLA_FLAGS", "").strip()
+    extra = environ.get(WORKER_XLA_FLAGS_ENV, "").strip()
+    if extra and flags.endswith(extra):
+        flags = flags[: len(flags) - len(extra)].strip()
+    return flags, extra
+
+
 def environment_fingerprint() -> tuple:
-    """What else an executable depends on: versions, backend, devices, the XLA flags and jax's numerics settings
-    (default matmul precision, x64) of this process."""
+    """What else an executable depends on: versions, backend, devices, the XLA flags (:func:`keyed_xla_flags`) and
+    jax's numerics settings (default matmul precision, x64) of this process."""
     import jaxlib
 
     device = jax.local_devices()[0]
+    flags, worker_flags = keyed_xla_flags()
     return (jax.__version__, jaxlib.__version__, jax.default_backend(), device.client.platform_version,
-            device.device_kind, jax.local_device_count(), os.environ.get("XLA_FLAGS", ""),
-            str(jax.config.jax_default_matmul_precision), bool(jax.config.jax_enable_x64))
+            device.device_kind, jax.local_device_count(), flags,
+            str(jax.config.jax_default_matmul_precision), bool(jax.config.jax_enable_x64)) + \
+        ((("vae_compile_worker_flags", worker_flags),) if worker_flags else ())
 
 
 def store_key(description: Any, *package_dirs: str) -> str:

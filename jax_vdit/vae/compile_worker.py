@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -52,6 +52,24 @@ def nice_increment() -> int:
     if not 0 <= value <= 19:
         raise ValueError(f"${NICE_ENV} must be an integer from 0 to 19 (a lower CPU priority), got {text!r}")
     return value
+
+
+def worker_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The workers' environment: ``environ`` without GPU memory preallocation, and with
+    ``$JAX_VDIT_VAE_COMPILE_XLA_FLAGS`` (if set) appended to XLA_FLAGS: flags for the workers' compiles only,
+    e.g. ``--xla_gpu_autotune_level=0`` (no convolution autotuning on the GPU that the parent samples on). Keys
+    of the executable store leave them out of the XLA flags and record them apart
+    (:func:`jax_vdit.executable_store.keyed_xla_flags`), so parent and workers key the stages alike."""
+    from jax_vdit.executable_store import WORKER_XLA_FLAGS_ENV
+
+    env = dict(environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+    extra = env.get(WORKER_XLA_FLAGS_ENV, "").strip()
+    if extra:
+        if any(not flag.startswith("--") for flag in extra.split()):
+            raise ValueError(f"${WORKER_XLA_FLAGS_ENV} must hold XLA flags (--name=value ...), got {extra!r}")
+        env[WORKER_XLA_FLAGS_ENV] = extra
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '').strip()} {extra}".strip()
+    return env
 
 
 def terminate_running() -> None:
@@ -83,7 +101,7 @@ def start(vae_dir: str | os.PathLike, latent_shape: Sequence[int], *, dtype: str
         raise ValueError(f"processes must be >= 1, got {processes}")
     if tiles not in TILES:
         raise ValueError(f"tiles must be one of {TILES}, got {tiles!r}")
-    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+    env = worker_environment(os.environ)
     nice = nice_increment()  # checked here, in the parent, so that a bad value is an error, not failed workers
     if nice and shutil.which("nice") is None:
         raise RuntimeError(f"${NICE_ENV}={nice} needs the nice command, which is not on this PATH")
