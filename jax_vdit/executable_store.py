@@ -23,18 +23,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import json
 import os
 import pickle
 import threading
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
+
+from jax_vdit.source_fingerprint import source_fingerprint
+from jax_vdit.xla_defaults import keyed_xla_flags
 
 SUBDIR = "jax_vdit_executables"
 ENV_SWITCH = "JAX_VDIT_EXECUTABLE_STORE"
@@ -75,33 +77,6 @@ def store_directory() -> Path | None:
         return None
     cache = jax.config.jax_compilation_cache_dir
     return Path(cache) / SUBDIR if cache else None
-
-
-@functools.lru_cache(maxsize=None)
-def source_fingerprint(*package_dirs: str) -> str:
-    """SHA-256 over the ``.py`` files under ``package_dirs`` (names and contents): any code change is a new key."""
-    digest = hashlib.sha256()
-    for root in package_dirs:
-        for path in sorted(Path(root).rglob("*.py")):
-            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
-# XLA flags that only the VAE's compile processes add to their own XLA_FLAGS (e.g. ``--xla_gpu_autotune_level=0``:
-# flags that change how fast a program runs, not what it computes). Set in the parent, they are part of every key
-# there, and the workers strip them from their XLA_FLAGS when keying, so both sides agree on the stages' keys.
-WORKER_XLA_FLAGS_ENV = "JAX_VDIT_VAE_COMPILE_XLA_FLAGS"
-
-
-def keyed_xla_flags(environ: Mapping[str, str] | None = None) -> tuple[str, str]:
-    """(this process's XLA_FLAGS without the compile workers' own flags, those flags): what a key records of
-    the XLA flags. The workers' XLA_FLAGS end with ``$JAX_VDIT_VAE_COMPILE_XLA_FLAGS``, the parent's do not."""
-    environ = os.environ if environ is None else environ
-    flags = environ.get("XLA_FLAGS", "").strip()
-    extra = environ.get(WORKER_XLA_FLAGS_ENV, "").strip()
-    if extra and flags.endswith(extra):
-        flags = flags[: len(flags) - len(extra)].strip()
-    return flags, extra
 
 
 def environment_fingerprint() -> tuple:

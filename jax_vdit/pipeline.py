@@ -260,27 +260,42 @@ def _decode_shape(model_dir: Path, config, decode_size) -> tuple[int, ...] | Non
     return (1, *size.latent_shape)
 
 
-def _start_decoder_warmup(vae, model_dir: Path, config, decode_size, vae_tiles: str, cancel, workers=None):
+def _start_decoder_warmup(vae, model_dir: Path, config, decode_size, vae_tiles: str, cancel, workers=None, *,
+                          vae_dir: Path | None = None, vae_dtype: str = "bfloat16"):
     """((1, C, t, h, w), future) of a background warm-up of the decode of ``decode_size`` videos (it stops early
     once ``cancel``, a ``threading.Event``, is set), or None where the size cannot be told (:func:`_decode_shape`).
     ``workers``: (compile processes of :mod:`jax_vdit.vae.compile_worker`, a list their reports go into): the
-    warm-up first waits for them, then reads from the executable store what they compiled."""
+    warm-up first waits for them, then reads from the executable store what they compiled. Once the store holds
+    the whole decode, the VAE folder ``vae_dir`` (if given; VAE in ``vae_dtype``) gets its marker
+    (:func:`jax_vdit.vae.early_compile.mark_decode_stored`): the next command starts no processes before JAX."""
     from jax_vdit.vae import compile_worker
-    from jax_vdit.vae.warmup import precompile_decode, precompile_decode_in_background
+    from jax_vdit.vae.warmup import precompile_decode
 
     shape = _decode_shape(model_dir, config, decode_size)
     if shape is None:
         return None
     tiling = _decode_tiling(vae_tiles)
-    if not workers:
-        return shape, precompile_decode_in_background(vae, shape, tiling=tiling, cancel=cancel)
-    processes, reports = workers
+    processes, reports = workers if workers else ((), None)
 
-    def after_workers():
-        reports.extend(compile_worker.wait(processes, cancel))
-        return precompile_decode(vae, shape, tiling=tiling, cancel=cancel)
+    def warm_up():
+        if processes:
+            reports.extend(compile_worker.wait(processes, cancel))
+        report = precompile_decode(vae, shape, tiling=tiling, cancel=cancel)
+        if vae_dir is not None and not cancel.is_set():
+            _mark_if_stored(vae, vae_dir, shape, tiling, vae_tiles, vae_dtype)
+        return report
 
-    return shape, in_background("vae-warmup", after_workers)
+    return shape, in_background("vae-warmup", warm_up)
+
+
+def _mark_if_stored(vae, vae_dir: Path, shape: tuple[int, ...], tiling, vae_tiles: str, vae_dtype: str) -> None:
+    """Write the decode's marker for the next command when the executable store now holds all of it."""
+    from jax_vdit.vae import early_compile
+    from jax_vdit.vae.warmup import decode_is_stored
+
+    cache = jax.config.jax_compilation_cache_dir
+    if cache and executable_store.store_directory() is not None and decode_is_stored(vae, shape, tiling=tiling):
+        early_compile.mark_decode_stored(cache, vae_dir, shape, vae_dtype, vae_tiles)
 
 
 def _compile_sampler_in_background(cls, model_dir: Path, load_args: dict, parts: dict, job_args: Mapping,
@@ -325,7 +340,9 @@ def _load_vae_in_background(vae_dir: Path, dtype, warmup: tuple | None, cancel) 
         early = None
         if warmup is not None and not cancel.is_set():
             model_dir, config, decode_size, vae_tiles, workers = warmup
-            early = _start_decoder_warmup(vae, model_dir, config, decode_size, vae_tiles, cancel, workers)
+            vae_dtype = "bfloat16" if dtype == jnp.bfloat16 else "float32"
+            early = _start_decoder_warmup(vae, model_dir, config, decode_size, vae_tiles, cancel, workers,
+                                          vae_dir=vae_dir, vae_dtype=vae_dtype)
         return vae, seconds, cpu_seconds, early
 
     return in_background("vae-load", work)
@@ -377,6 +394,8 @@ class OpenSoraPipeline:
     early_sampler: dict | None = field(default=None, init=False, repr=False, compare=False)
     # from_pretrained(vae_compile_processes=N): each compile process's report, once the decode's warm-up has them
     vae_compile_workers: list | None = field(default=None, init=False, repr=False, compare=False)
+    # whether the compile processes started before JAX (``vae_compile_started``) did this pipeline's decode
+    vae_compile_started_used: bool = field(default=False, init=False, repr=False, compare=False)
 
     # ---------------------------------------------------------------------------------------------------------
     @classmethod
@@ -397,6 +416,7 @@ class OpenSoraPipeline:
         decode_size: tuple[int | None, int | None, int | None] | None = None,
         early_job: Mapping[str, Any] | None = None,
         vae_compile_processes: int = 0,
+        vae_compile_started: Any = None,
         revision: str | None = None,
         cache_dir: str | os.PathLike | None = None,
         local_files_only: bool | None = None,
@@ -431,6 +451,9 @@ class OpenSoraPipeline:
         raises it in the caller's thread. ``vae_compile_processes`` (with ``decode_size``, the executable store on):
         the VAE's stages compile in that many separate processes (:mod:`jax_vdit.vae.compile_worker`), which have
         their own Python lock, instead of a thread of this process; their reports go into ``vae_compile_workers``.
+        ``vae_compile_started``: such processes already started before JAX was imported
+        (:func:`jax_vdit.vae.early_compile.start_before_jax`): used when they compile the decode this pipeline
+        needs, else stopped (another decode, one already stored, or no processes wanted here).
         """
         if vae_tiles not in VAE_TILES:
             raise PipelineInputError(f"vae_tiles must be one of {VAE_TILES}, not {vae_tiles!r}")
@@ -479,16 +502,29 @@ class OpenSoraPipeline:
         # compile in the background (decode_size given) while the transformer compiles and samples
         cancel = threading.Event()
         workers = None
+        started = vae_compile_started  # processes started before JAX: adopted below, or stopped
+        started_used = False
         if vae_dir is not None and decode_size is not None and vae_compile_processes > 0 and \
                 executable_store.store_directory() is not None:
-            from jax_vdit.vae import compile_worker
+            from jax_vdit.vae import compile_worker, early_compile
 
             shape = _decode_shape(model_dir, config, decode_size)
             vae_dtype = "bfloat16" if compute_dtype == "bfloat16" else "float32"
+            cache = jax.config.jax_compilation_cache_dir
+            if started is not None and (shape is None or not started.matches(vae_dir, shape, vae_dtype, vae_tiles,
+                                                                              cache)):
+                started.stop()
+                started = None
             if shape is not None and compile_worker.needed(vae_dir, shape, dtype=vae_dtype, tiles=vae_tiles):
-                workers = (compile_worker.start(vae_dir, shape, dtype=vae_dtype, tiles=vae_tiles,  # each reads the
-                                                cache=jax.config.jax_compilation_cache_dir,  # VAE's config
+                started_used = started is not None
+                workers = (started.workers if started_used else  # each reads the VAE's config
+                           compile_worker.start(vae_dir, shape, dtype=vae_dtype, tiles=vae_tiles, cache=cache,
                                                 processes=vae_compile_processes), [])
+                started = None
+            elif shape is not None:  # stored: the next command need not start processes before JAX
+                early_compile.mark_decode_stored(cache, vae_dir, shape, vae_dtype, vae_tiles)
+        if started is not None:
+            started.stop()
         vae_load = None if vae_dir is None else _load_vae_in_background(
             vae_dir, jnp.bfloat16 if compute_dtype == "bfloat16" else jnp.float32,
             None if decode_size is None else (model_dir, config, decode_size, vae_tiles, workers), cancel)
@@ -529,6 +565,7 @@ class OpenSoraPipeline:
                    load_parts={"transformer": {k: round(v, 3) for k, v in transformer_parts.items()}}, **parts)
         pipe._early_sampler = early_sampler
         pipe.vae_compile_workers = None if workers is None else workers[1]  # filled once they have finished
+        pipe.vae_compile_started_used = started_used
         if early is not None:
             shape, future = early
             pipe._decoder_warmups[shape] = future  # warm_up_decoder() of a job of this size returns it

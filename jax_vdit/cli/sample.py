@@ -169,12 +169,42 @@ def resolve_sampler_compile(value: str, *, embeddings: bool, one_device: bool) -
     return "early" if embeddings else "after-load"
 
 
+VAE_COMPILE_BEFORE_JAX_ENV = "JAX_VDIT_VAE_COMPILE_BEFORE_JAX"  # "0": the pipeline starts them, after JAX's start
+
+
+def start_vae_compile_before_jax(args: argparse.Namespace):
+    """The VAE's compile processes for this command's decode, started before JAX is imported
+    (:func:`jax_vdit.vae.early_compile.start_before_jax`), or None where they do not apply (latents only, the
+    VAE's warm-up not early, no compile cache, the decode already stored, no GPU, ...) or
+    ``$JAX_VDIT_VAE_COMPILE_BEFORE_JAX=0``."""
+    if args.latents_only or args.vae_warmup != "early" or getattr(args, "no_compile_cache", False) or \
+            os.environ.get(VAE_COMPILE_BEFORE_JAX_ENV, "1") == "0":
+        return None
+    from jax_vdit.vae.early_compile import start_before_jax
+
+    return start_before_jax(checkpoint=args.checkpoint, variant=args.variant or None, vae=args.vae,
+                            frames=args.frames, height=args.height, width=args.width,
+                            compute_dtype=args.compute_dtype, tiles=args.vae_tiles, cache=args.compile_cache,
+                            processes=args.vae_compile_processes)
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
-    prompts, embeds = check_inputs(args)  # no model work before this passes
-    # before anything starts JAX's backends (XLA reads its flags once)
+    # before anything starts JAX's backends (XLA reads its flags once), and before the VAE's compile processes
+    # start (they inherit the flags, which are part of the compiled stages' keys)
     from jax_vdit.xla_defaults import add_gpu_compile_flags
 
     xla_flags_added = [] if args.triton_gemm else add_gpu_compile_flags()
+    early_vae = start_vae_compile_before_jax(args)  # about 2 s before JAX would be imported and started
+    try:
+        return _sample(args, xla_flags_added, early_vae)
+    except BaseException:
+        if early_vae is not None:  # stopped, or already handed to the pipeline (then finished or stopped there)
+            early_vae.stop()
+        raise
+
+
+def _sample(args: argparse.Namespace, xla_flags_added: list[str], early_vae) -> int:
+    prompts, embeds = check_inputs(args)  # no model work before this passes
     switch_interval = set_switch_interval()
     mesh = make_cli_mesh(args)
     cache = setup_compile_cache(args)
@@ -212,7 +242,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             (args.frames, args.height, args.width),
             # --sampler-compile early: the sampler compiles from the model's shapes while the weights load
             early_job=job_args if sampler_compile == "early" else None,
-            vae_compile_processes=vae_compile_processes,
+            vae_compile_processes=vae_compile_processes, vae_compile_started=early_vae,
             revision=args.revision, local_files_only=True if args.offline else None)
     load_s = time.perf_counter() - t0
     job = pipe.prepare(**job_args)
@@ -241,7 +271,11 @@ def _cmd_sample(args: argparse.Namespace) -> int:
               "warmup_s": round(warmup_s, 2), "warmup_cpu_s": round(warmup_cpu_s, 2), "compile_cache": cache,
               "sampler": job.settings.describe(), "attention": job.attention_spec, "layer_loop": pipe.layer_loop,
               "vae_warmup": None if pipe.vae is None else args.vae_warmup, "switch_interval": switch_interval,
-              "xla_flags_added": xla_flags_added, "vae_compile_processes": vae_compile_processes}
+              "xla_flags_added": xla_flags_added, "vae_compile_processes": vae_compile_processes,
+              # the VAE's compile processes started before JAX: seconds after the process started, and whether they
+              # compiled this decode (else the pipeline stopped them); None: none were (the pipeline started any)
+              "vae_compile_before_jax": None if early_vae is None else
+              {"started_s": early_vae.started_s, "used": pipe.vae_compile_started_used}}
     if args.compile_only:  # every program of this command is compiled (and cached, stored): no sampling
         if pipe.vae is not None:
             report["vae_tiles"] = pipe.vae_tiles

@@ -12,32 +12,40 @@ Lower level: :func:`decode` / :func:`encode` on (B, C, T, H, W) arrays, with ``t
 :class:`CausalVAE` works channels-last (N, T, H, W, C) internally.
 """
 
-from jax_vdit.vae.config import SCALING_FACTOR, ComputeConfig, VAEConfig, VAEConfigError
-from jax_vdit.vae.model import CausalVAE, abstract_vae, param_count, random_vae
-from jax_vdit.vae.pipeline import (
-    decode_latents_to_video,
-    decode_latents_to_video_parts,
-    encode_video_to_latents,
-    DEFAULT_MP4_PRESET,
-    MP4_PRESETS,
-    write_video,
-    write_video_parts,
-)
-from jax_vdit.vae.runtime import (
-    DiagonalGaussian,
-    clear_compile_cache,
-    compile_log,
-    debug_taps,
-    decode,
-    decode_nthwc,
-    decode_nthwc_parts,
-    encode,
-    encode_moments_nthwc,
-    tile_runner,
-    tiled_apply,
-    tiled_apply_parts,
-)
-from jax_vdit.vae.tiling import TilingConfig, TilingConfigError
+import importlib
+
+# name -> the module that defines it; imported on first use, so that the jax-free helpers of this package (the
+# compile workers' launcher, jax_vdit.vae.compile_worker) load without JAX
+_EXPORTS = {
+    **dict.fromkeys(("SCALING_FACTOR", "ComputeConfig", "VAEConfig", "VAEConfigError"), "jax_vdit.vae.config"),
+    **dict.fromkeys(("CausalVAE", "abstract_vae", "param_count", "random_vae"), "jax_vdit.vae.model"),
+    **dict.fromkeys(("decode_latents_to_video", "decode_latents_to_video_parts", "encode_video_to_latents",
+                     "DEFAULT_MP4_PRESET", "MP4_PRESETS", "write_video", "write_video_parts"),
+                    "jax_vdit.vae.pipeline"),
+    **dict.fromkeys(("DiagonalGaussian", "clear_compile_cache", "compile_log", "debug_taps", "decode",
+                     "decode_nthwc", "decode_nthwc_parts", "encode", "encode_moments_nthwc", "tile_runner",
+                     "tiled_apply", "tiled_apply_parts"), "jax_vdit.vae.runtime"),
+    **dict.fromkeys(("TilingConfig", "TilingConfigError"), "jax_vdit.vae.tiling"),
+}
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        try:  # a submodule (``jax_vdit.vae.runtime``) not imported yet
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = [
     "SCALING_FACTOR",

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from jax_vdit.xla_defaults import WORKER_XLA_FLAGS_ENV
+
 TILES = ("exact", "uniform")
 _RUNNING: list[subprocess.Popen] = []
 # how much lower the workers' CPU priority is than the parent's (``os.nice`` increment; default 0: the same). The
@@ -60,8 +62,6 @@ def worker_environment(environ: Mapping[str, str]) -> dict[str, str]:
     e.g. ``--xla_gpu_autotune_level=0`` (no convolution autotuning on the GPU that the parent samples on). Keys
     of the executable store leave them out of the XLA flags and record them apart
     (:func:`jax_vdit.executable_store.keyed_xla_flags`), so parent and workers key the stages alike."""
-    from jax_vdit.executable_store import WORKER_XLA_FLAGS_ENV
-
     env = dict(environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
     extra = env.get(WORKER_XLA_FLAGS_ENV, "").strip()
     if extra:
@@ -160,6 +160,23 @@ def wait(workers: Sequence[Worker], cancel=None) -> list[dict]:
         if proc in _RUNNING:
             _RUNNING.remove(proc)
     return reports
+
+
+def stop(workers: Sequence[Worker]) -> None:
+    """Terminate the workers whose compiles are not needed (e.g. started for another decode) and wait for them."""
+    for worker in workers:
+        if worker.process.poll() is None:
+            worker.process.terminate()
+    for worker in workers:
+        try:
+            worker.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            worker.process.kill()
+            worker.process.wait()
+        worker.stdout.close()
+        worker.stderr.close()
+        if worker.process in _RUNNING:
+            _RUNNING.remove(worker.process)
 
 
 def main(argv: list[str] | None = None) -> int:
