@@ -269,23 +269,40 @@ def _start_decoder_warmup(vae, model_dir: Path, config, decode_size, vae_tiles: 
     the whole decode, the VAE folder ``vae_dir`` (if given; VAE in ``vae_dtype``) gets its marker
     (:func:`jax_vdit.vae.early_compile.mark_decode_stored`): the next command starts no processes before JAX."""
     from jax_vdit.vae import compile_worker
-    from jax_vdit.vae.warmup import precompile_decode
+    from jax_vdit.vae.warmup import precompile_decode, precompile_decode_in_background
 
     shape = _decode_shape(model_dir, config, decode_size)
     if shape is None:
         return None
     tiling = _decode_tiling(vae_tiles)
-    processes, reports = workers if workers else ((), None)
 
-    def warm_up():
-        if processes:
+    if not workers:
+        future = precompile_decode_in_background(vae, shape, tiling=tiling, cancel=cancel)
+    else:
+        processes, reports = workers
+
+        def after_workers():
             reports.extend(compile_worker.wait(processes, cancel))
-        report = precompile_decode(vae, shape, tiling=tiling, cancel=cancel)
-        if vae_dir is not None and not cancel.is_set():
-            _mark_if_stored(vae, vae_dir, shape, tiling, vae_tiles, vae_dtype)
-        return report
+            return precompile_decode(vae, shape, tiling=tiling, cancel=cancel)
 
-    return shape, in_background("vae-warmup", warm_up)
+        future = in_background("vae-warmup", after_workers)
+    if vae_dir is None:
+        return shape, future
+    marked: Future = Future()  # the warm-up's result, once the decode's marker is written (if it is stored)
+
+    def mark_then_relay(done: Future) -> None:  # in the warm-up's thread, once it has finished
+        error = done.exception()
+        if error is not None:
+            marked.set_exception(error)
+            return
+        try:
+            if not cancel.is_set():
+                _mark_if_stored(vae, vae_dir, shape, tiling, vae_tiles, vae_dtype)
+        finally:  # whatever the marker did, the warm-up's result is passed on
+            marked.set_result(done.result())
+
+    future.add_done_callback(mark_then_relay)
+    return shape, marked
 
 
 def _mark_if_stored(vae, vae_dir: Path, shape: tuple[int, ...], tiling, vae_tiles: str, vae_dtype: str) -> None:
@@ -294,7 +311,13 @@ def _mark_if_stored(vae, vae_dir: Path, shape: tuple[int, ...], tiling, vae_tile
     from jax_vdit.vae.warmup import decode_is_stored
 
     cache = jax.config.jax_compilation_cache_dir
-    if cache and executable_store.store_directory() is not None and decode_is_stored(vae, shape, tiling=tiling):
+    if not cache or early_compile.decode_marker(cache, vae_dir, shape, vae_dtype, vae_tiles).is_file():
+        return  # a warm command: marked already
+    try:
+        stored = executable_store.store_directory() is not None and decode_is_stored(vae, shape, tiling=tiling)
+    except Exception:  # noqa: BLE001 -- a marker only saves the next command an early start
+        return
+    if stored:
         early_compile.mark_decode_stored(cache, vae_dir, shape, vae_dtype, vae_tiles)
 
 
