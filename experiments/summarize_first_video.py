@@ -111,7 +111,8 @@ def cli_table(runs: list[tuple[str, dict]]) -> str:
     """``vdit sample`` of a random student folder, cold then warm: wall seconds around the process and its report."""
     lines = ["| size | code | phase | wall s | goal s | load s (its programs) | warm-up compile s (programs, cache "
              "misses) | sampler compiled beside the load: s (programs, cache misses; warm-up's wait s) | sampler "
-             "from the store | sampling s | VAE compile wait s | VAE wait + decode + mp4 s | before main s | after the "
+             "from the store | sampling s | VAE compile wait s (its processes started before JAX: s after the process "
+             "start) | VAE wait + decode + mp4 s | before main s | after the "
              "report s (computed) | device |",
              "|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|"]
     for _, data in runs:
@@ -132,12 +133,17 @@ def cli_table(runs: list[tuple[str, dict]]) -> str:
                     f"{early['seconds']:.1f} ({early['compile']['programs']}, {early['compile']['cache_misses']}; "
                     f"{early['wait_s']:.2f})" + (f" error: {early['error']}" if early.get("error") else ""))
                 stored = rep.get("sampler_from_store")
+                vae_wait = _f(rep.get("vae_compile_wait_s"))
+                before_jax = rep.get("vae_compile_before_jax")  # the VAE's processes started before JAX
+                if before_jax:
+                    vae_wait += (f" (processes from {_f(before_jax.get('started_s'))} s"
+                                 f"{'' if before_jax.get('used') else ', not used'})")
                 lines.append(f"| {data.get('size')} | {code} | {phase} | {r['wall_s']:.1f} | "
                              f"{'-' if goal is None else f'<= {goal:g}'} | {_f(rep.get('load_s'), 1)}"
                              f"{load_programs} | {_f(rep.get('compile_s'), 1)} ({comp.get('programs')}, "
                              f"{comp.get('cache_misses')}) | {early} | {'-' if stored is None else stored} | "
                              f"{_f(rep.get('sampling_s'))} | "
-                             f"{_f(rep.get('vae_compile_wait_s'))} | {_f(rep.get('decode_s'))} | "
+                             f"{vae_wait} | {_f(rep.get('decode_s'))} | "
                              f"{_f(rep.get('before_main_s'))} | {_f(_after_report(r))} | {data.get('device')} |")
     return "\n".join(lines)
 
