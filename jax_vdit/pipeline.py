@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +47,9 @@ from jax_vdit.host_arrays import to_device
 from jax_vdit.io.load_timing import collect_load_timing, timed
 from jax_vdit.model.attention import AttentionConfig, attention_from_spec
 from jax_vdit.text_encoder import TextEncoder, load_embeddings
+
+if TYPE_CHECKING:
+    from jax_vdit.vae.early_compile import EarlyWorkers
 
 SEED_LIMIT = 2**32
 DEFAULT_GUIDANCE = 7.5  # the release's sample scripts (the authors advise ~2.5 for 29x480p)
@@ -275,7 +278,6 @@ def _start_decoder_warmup(vae, model_dir: Path, config, decode_size, vae_tiles: 
     if shape is None:
         return None
     tiling = _decode_tiling(vae_tiles)
-
     if not workers:
         future = precompile_decode_in_background(vae, shape, tiling=tiling, cancel=cancel)
     else:
@@ -439,7 +441,7 @@ class OpenSoraPipeline:
         decode_size: tuple[int | None, int | None, int | None] | None = None,
         early_job: Mapping[str, Any] | None = None,
         vae_compile_processes: int = 0,
-        vae_compile_started: Any = None,
+        vae_compile_started: EarlyWorkers | None = None,
         revision: str | None = None,
         cache_dir: str | os.PathLike | None = None,
         local_files_only: bool | None = None,

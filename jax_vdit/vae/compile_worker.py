@@ -61,7 +61,7 @@ def worker_environment(environ: Mapping[str, str]) -> dict[str, str]:
     ``$JAX_VDIT_VAE_COMPILE_XLA_FLAGS`` (if set) appended to XLA_FLAGS: flags for the workers' compiles only,
     e.g. ``--xla_gpu_autotune_level=0`` (no convolution autotuning on the GPU that the parent samples on). Keys
     of the executable store leave them out of the XLA flags and record them apart
-    (:func:`jax_vdit.executable_store.keyed_xla_flags`), so parent and workers key the stages alike."""
+    (:func:`jax_vdit.xla_defaults.keyed_xla_flags`), so parent and workers key the stages alike."""
     env = dict(environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
     extra = env.get(WORKER_XLA_FLAGS_ENV, "").strip()
     if extra:

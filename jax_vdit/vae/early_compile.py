@@ -93,9 +93,11 @@ def decode_marker(cache: str | os.PathLike, vae_dir: str | os.PathLike, latent_s
 
 def mark_decode_stored(cache: str | os.PathLike, vae_dir: str | os.PathLike, latent_shape: Sequence[int],
                        dtype: str, tiles: str) -> Path:
-    """Write the marker of a decode whose every stage (and plan) is in the store (atomically; a failure to write
-    it only costs the next command an early start)."""
+    """Write the marker of a decode whose every stage (and plan) is in the store, unless it is there (atomically;
+    a failure to write it only costs the next command an early start)."""
     path = decode_marker(cache, vae_dir, latent_shape, dtype, tiles)
+    if path.is_file():
+        return path
     body = json.dumps({"vae": str(vae_dir), "latent_shape": list(latent_shape), "dtype": dtype, "tiles": tiles})
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
