@@ -1,7 +1,7 @@
 """jax-vdit: Open-Sora-Plan v1.2 video DiT in JAX/Flax NNX with Attention Tile sparse attention and
 multi-step consistency distillation."""
 
-import importlib
+from jax_vdit.lazy_exports import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -15,22 +15,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        try:  # a submodule (``jax_vdit.sampling``) not imported yet
-            return importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"{__name__}.{name}":
-                raise
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 
 __all__ = ["OpenSoraPipeline", "PRESETS", "AttentionConfig", "ModelConfig", "OpenSoraT2V", "get_preset", "init_model", "load_model", "load_vae"]

@@ -12,7 +12,7 @@ Lower level: :func:`decode` / :func:`encode` on (B, C, T, H, W) arrays, with ``t
 :class:`CausalVAE` works channels-last (N, T, H, W, C) internally.
 """
 
-import importlib
+from jax_vdit.lazy_exports import lazy_exports
 
 # name -> the module that defines it; imported on first use, so that the jax-free helpers of this package (the
 # compile workers' launcher, jax_vdit.vae.compile_worker) load without JAX
@@ -29,22 +29,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        try:  # a submodule (``jax_vdit.vae.runtime``) not imported yet
-            return importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"{__name__}.{name}":
-                raise
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 
 __all__ = [
