@@ -47,7 +47,7 @@ def backends_started() -> bool:
     return bool(xla_bridge is not None and getattr(xla_bridge, "_backends", None))
 
 
-def cpu_only(environ: MutableMapping[str, str]) -> bool:
+def cpu_only(environ: Mapping[str, str]) -> bool:
     """True when ``JAX_PLATFORMS`` names platforms and none of them is a GPU one (the flags would do nothing)."""
     platforms = [p.strip().lower() for p in environ.get("JAX_PLATFORMS", "").split(",") if p.strip()]
     return bool(platforms) and not any(p in ("cuda", "gpu", "rocm") for p in platforms)

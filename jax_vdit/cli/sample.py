@@ -152,10 +152,9 @@ def resolve_vae_compile_processes(value: str) -> int:
         return count
     import jax
 
-    cores = os.cpu_count() or 1
-    if jax.default_backend() != "gpu" or cores < 4:
-        return 0
-    return 3 if cores >= 8 else 2
+    from jax_vdit.vae.compile_worker import processes_for_cores
+
+    return processes_for_cores(os.cpu_count() or 1) if jax.default_backend() == "gpu" else 0
 
 
 def resolve_sampler_compile(value: str, *, embeddings: bool, one_device: bool) -> str:

@@ -163,20 +163,21 @@ def wait(workers: Sequence[Worker], cancel=None) -> list[dict]:
 
 
 def stop(workers: Sequence[Worker]) -> None:
-    """Terminate the workers whose compiles are not needed (e.g. started for another decode) and wait for them."""
-    for worker in workers:
-        if worker.process.poll() is None:
-            worker.process.terminate()
-    for worker in workers:
-        try:
-            worker.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            worker.process.kill()
-            worker.process.wait()
-        worker.stdout.close()
-        worker.stderr.close()
-        if worker.process in _RUNNING:
-            _RUNNING.remove(worker.process)
+    """Terminate the workers whose compiles are not needed (e.g. started for another decode) and wait for them:
+    :func:`wait` with its cancel already set."""
+    import threading
+
+    cancel = threading.Event()
+    cancel.set()
+    wait(workers, cancel)
+
+
+def processes_for_cores(cores: int) -> int:
+    """How many compile processes "auto" means on a GPU host with ``cores`` CPU cores: 3 with 8 or more, 2 with
+    4-7 (each compiles on its own core), else 0 (a thread of the parent)."""
+    if cores >= 8:
+        return 3
+    return 2 if cores >= 4 else 0
 
 
 def main(argv: list[str] | None = None) -> int:

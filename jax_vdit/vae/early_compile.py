@@ -24,7 +24,7 @@ from pathlib import Path
 from jax_vdit.process_clock import seconds_since_process_start
 from jax_vdit.source_fingerprint import source_fingerprint
 from jax_vdit.vae import compile_worker
-from jax_vdit.xla_defaults import keyed_xla_flags
+from jax_vdit.xla_defaults import cpu_only, keyed_xla_flags
 
 MARKER_DIR = "jax_vdit_decode_markers"  # inside JAX's persistent cache folder, beside the executable store
 _PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
@@ -56,8 +56,8 @@ class EarlyWorkers:
 def latent_shape_from_config(model_dir: Path, frames: int | None, height: int | None,
                              width: int | None) -> tuple[int, ...] | None:
     """(1, 4, t, h, w) of one video of ``frames x height x width`` pixels (each None: the ``sample_size`` of the
-    release ``config.json`` in ``model_dir``), or None where that cannot be told without JAX (no config.json, a
-    field missing, a size the model cannot make: the command's own checks report those)."""
+    release ``config.json`` in ``model_dir``), or None where that cannot be told without JAX (no config.json, as in
+    our orbax checkpoints; a field missing; a size the model cannot make: the command's own checks report those)."""
     try:
         config = json.loads((Path(model_dir) / "config.json").read_text())
         size = config["sample_size"]
@@ -112,11 +112,7 @@ def mark_decode_stored(cache: str | os.PathLike, vae_dir: str | os.PathLike, lat
 def gpu_host_guess(environ: Mapping[str, str] | None = None) -> bool:
     """Whether JAX will most likely run on an NVIDIA GPU here, told without importing it: ``$JAX_PLATFORMS``
     allows it, the driver's device node exists and a CUDA plugin of jaxlib is installed."""
-    environ = os.environ if environ is None else environ
-    platforms = [p.strip().lower() for p in environ.get("JAX_PLATFORMS", "").split(",") if p.strip()]
-    if platforms and not any(p in ("cuda", "gpu") for p in platforms):
-        return False
-    if not Path("/dev/nvidiactl").exists():
+    if cpu_only(os.environ if environ is None else environ) or not Path("/dev/nvidiactl").exists():
         return False
     for name in _CUDA_MODULES:
         try:
@@ -136,10 +132,7 @@ def processes_before_jax(value: str) -> int:
             return max(0, int(value))
         except ValueError:
             return 0
-    cores = os.cpu_count() or 1
-    if cores < 4 or not gpu_host_guess():
-        return 0
-    return 3 if cores >= 8 else 2
+    return compile_worker.processes_for_cores(os.cpu_count() or 1) if gpu_host_guess() else 0
 
 
 def start_before_jax(*, checkpoint: str, variant: str | None, vae: str | None, frames: int | None,
@@ -155,8 +148,6 @@ def start_before_jax(*, checkpoint: str, variant: str | None, vae: str | None, f
     if count < 1 or not root.is_dir():
         return None
     model_dir = root / variant if variant and (root / variant).is_dir() else root
-    if (model_dir / "jax_vdit_model.json").is_file():  # an orbax checkpoint: its size is in its own config
-        return None
     shape = latent_shape_from_config(model_dir, frames, height, width)
     if vae:
         vae_dir = Path(vae).expanduser()
