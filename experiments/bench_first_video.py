@@ -43,9 +43,11 @@ import os  # noqa: E402
 import datetime as dt  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
+import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from experiments.child_env import child_env, parent_releases_gpu_memory  # noqa: E402
@@ -251,14 +253,47 @@ def parse_cli_variant(text: str) -> tuple[str, list[str], dict[str, str]]:
     return name, args, env
 
 
+def run_command(cmd: list[str], cwd: Path, env: dict, timeout: float | None) -> dict:
+    """Run ``cmd`` in a session of its own (its helper processes, e.g. the VAE's compile workers, with it): its
+    return code (None when it ran past ``timeout`` seconds and was killed with its whole process group), stdout,
+    the end of its stderr and the wall seconds. Past the timeout the group first gets SIGABRT, on which Python's
+    fault handler (switched on here) writes every thread's stack to stderr: where the command was stuck."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=dict(env, PYTHONFAULTHANDLER="1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+        code = proc.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGABRT)
+        try:
+            stdout, stderr = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:  # the whole group has already ended
+            pass
+        stdout, stderr = proc.communicate()
+        code = None
+    return {"returncode": code, "stdout": stdout, "stderr_tail": stderr[-6000:],
+            "wall_s": time.perf_counter() - t}
+
+
 def run_cli(size: str, work: Path, vae_tiles: str = "exact", baseline_tree: Path | None = None,
-            variants: list[str] = ()) -> dict:
+            variants: list[str] = (), command_timeout: float | None = None,
+            on_update: Callable[[dict], None] | None = None) -> dict:
     """``vdit sample`` of a random student, cold then warm (one fresh compile cache); wall seconds and reports.
 
     ``baseline_tree``: also run the command from that source tree (another commit's checkout), on the same inputs
     with its own fresh cache; its runs are under ``"baseline"``. ``variants`` (see :func:`parse_cli_variant`): this
     tree's command with other arguments or environment, each under its name with its own cache. All cold runs come
-    first, in the order baseline, this tree, the variants, then the warm runs in the same order."""
+    first, in the order baseline, this tree, the variants, then the warm runs in the same order.
+    ``command_timeout``: seconds one command may run; one that runs longer is killed (with its helper processes)
+    and recorded as ``{"timed_out": true, "wall_s", "command", "stderr_tail"}``, one that fails as ``{"returncode",
+    ...}``, and the other runs go on (a run whose cold command did not succeed has no warm run).
+    ``on_update``: called with the results so far after every command (e.g. to write them, so that a bench stopped
+    from outside keeps what it measured)."""
     t = time.perf_counter()
     student, vae, embeddings = write_student_inputs(size, work)
     out = {"write_inputs_s": round(time.perf_counter() - t, 1)}
@@ -286,20 +321,41 @@ def run_cli(size: str, work: Path, vae_tiles: str = "exact", baseline_tree: Path
             shown = " ".join(f"{k}={v}" for k, v in extra_env.items()) + (" " if extra_env else "")
             shown += "vdit " + " ".join(cmd[3:])
             log(f"cli {tag}: {shown}")
-            t = time.perf_counter()  # run from the tree's root, the tree first on the path
-            proc = subprocess.run(cmd, cwd=tree, env=child_env(tree, **extra_env), capture_output=True, text=True)
-            wall = time.perf_counter() - t
-            if proc.returncode != 0:
-                raise RuntimeError(f"cli {tag} failed:\n{proc.stderr[-6000:]}")
-            report = json.loads(proc.stdout.strip().splitlines()[-1])
+            runs_of = out[name] if name else out
+            if phase == "warm" and "report" not in runs_of.get("cold", {}):
+                log(f"cli {tag}: skipped (its cold run did not succeed)")
+                continue
+            # run from the tree's root, the tree first on the path
+            ran = run_command(cmd, tree, child_env(tree, **extra_env), command_timeout)
+            wall = ran["wall_s"]
+            if ran["returncode"] != 0:
+                failed = {"timed_out": True} if ran["returncode"] is None else {"returncode": ran["returncode"]}
+                runs_of[phase] = {**failed, "wall_s": round(wall, 2), "command": shown,
+                                  "stderr_tail": ran["stderr_tail"]}
+                log(f"cli {tag}: {'timed out' if ran['returncode'] is None else 'failed'} after {wall:.1f} s; "
+                    f"stderr ends:\n{ran['stderr_tail'][-2000:]}")
+                if on_update is not None:
+                    on_update(out)
+                continue
+            report = json.loads(ran["stdout"].strip().splitlines()[-1])
             entry = {"wall_s": round(wall, 2), "command": shown, "report": report}
             if phase == "warm":  # the same inputs and seed: a warm run must reproduce its cold run's latents
                 entry["latents_match_cold"] = compare_latents(
                     work / f"cli_{f'{name} cold'.strip().replace(' ', '_')}.safetensors",
                     work / f"cli_{tag.replace(' ', '_')}.safetensors")
-            (out[name] if name else out)[phase] = entry
+            runs_of[phase] = entry
             log(f"cli {tag}: {wall:.1f} s; {report}; {entry.get('latents_match_cold', '')}")
+            if on_update is not None:
+                on_update(out)
     return out
+
+
+def cli_runs_not_done(cli: dict) -> list[str]:
+    """The runs of a :func:`run_cli` result that timed out or failed, as "NAME PHASE" ("this" for this tree's)."""
+    named = [("this", cli)] + [(name, runs) for name, runs in cli.items() if isinstance(runs, dict)
+                               and ("args" in runs or name == "baseline")]
+    return [f"{name} {phase}" for name, runs in named for phase in ("cold", "warm")
+            if isinstance(runs.get(phase), dict) and "report" not in runs[phase]]
 
 
 def compare_latents(first: Path, second: Path) -> dict:
@@ -416,6 +472,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cli-variant", action="append", default=[], help="--cli also runs NAME=ARGS: this tree's "
                    "command with more arguments (KEY=VALUE tokens with an upper-case KEY set the environment), on "
                    "the same inputs with its own cache; repeat for several")
+    p.add_argument("--cli-timeout", type=float, default=None, help="--cli: seconds one command may run; one that "
+                   "runs longer is killed with its helper processes and recorded as timed out, and the others go on")
     p.add_argument("--out", default=None, help="write results JSON here (a folder)")
     p.add_argument("--tag", default=None, help="suffix of the results file name")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -437,11 +495,21 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--vae-tiles takes exact and/or uniform, not {args.vae_tiles!r}")
     if not args.compare_scan:  # children do the timed work: leave them the GPU's memory
         parent_releases_gpu_memory()
+    not_done: list[str] = []
     if args.cli:
+        name = f"first_video_cli_{args.size}{suffix}.json"
+
+        def write_partial(cli: dict) -> None:  # what is measured so far, in case the bench is stopped from outside
+            if args.out:
+                Path(args.out).mkdir(parents=True, exist_ok=True)
+                (Path(args.out) / name).write_text(json.dumps({**_meta(args), "cli": cli, "partial": True},
+                                                              indent=2) + "\n")
+
         with tempfile.TemporaryDirectory(prefix="first_video_cli_") as work:
             result = {**_meta(args), "cli": run_cli(args.size, Path(work), vae_tiles=tiles[0],
-                                                    baseline_tree=args.baseline_tree, variants=args.cli_variant)}
-        name = f"first_video_cli_{args.size}{suffix}.json"
+                                                    baseline_tree=args.baseline_tree, variants=args.cli_variant,
+                                                    command_timeout=args.cli_timeout, on_update=write_partial)}
+        not_done = cli_runs_not_done(result["cli"])
     elif args.compare_scan:
         rows = compare_scan(args.size, [int(d) for d in args.depths.split(",")],
                             [a for a in args.attention.split(",") if a], runs=args.runs,
@@ -468,6 +536,8 @@ def main(argv: list[str] | None = None) -> None:
         out.mkdir(parents=True, exist_ok=True)
         (out / name).write_text(json.dumps(result, indent=2) + "\n")
         log(f"wrote {out / name}")
+    if not_done:
+        raise SystemExit(f"these runs timed out or failed (see their stderr_tail): {', '.join(not_done)}")
 
 
 if __name__ == "__main__":

@@ -125,6 +125,11 @@ def cli_table(runs: list[tuple[str, dict]]) -> str:
                 r = runs_of.get(phase)
                 if r is None:
                     continue
+                if "report" not in r:  # killed past the bench's --cli-timeout, or failed: no report
+                    what = "timed out" if r.get("timed_out") else f"failed (exit {r.get('returncode')})"
+                    lines.append(f"| {data.get('size')} | {code} | {phase} | {what} after {r['wall_s']:.0f} s |"
+                                 + " |" * 10 + f" {data.get('device')} |")
+                    continue
                 rep, comp = r["report"], r["report"].get("compile", {})
                 load_programs = rep.get("load_compile", {}).get("programs")
                 load_programs = "" if load_programs is None else f" ({load_programs})"

@@ -3,7 +3,8 @@
 # (`bench_first_video --cli --baseline-tree`); then the PyTorch release's time to its first step
 # (`bench_torch_release`). RESERIALIZE=1 first runs `experiments.studies.reserialize_cached_executable`; TEACHER=1
 # adds the dense teacher's command, VARIANT="NAME=ARGS;..." other variants of this tree's; FULL93=1 the 93x720p 3:21
-# student's command (VARIANT93="NAME=ARGS;..." variants of it); HOST_STUDIES=1 first times the CLI's imports and the mp4 presets on the host; then, in the time
+# student's command (VARIANT93="NAME=ARGS;..." variants of it); CLI_TIMEOUT=S the seconds one `vdit sample` may run (killed
+# past it, recorded as timed out, the other runs go on); HOST_STUDIES=1 first times the CLI's imports and the mp4 presets on the host; then, in the time
 # left, the loader's grouping against one group per tensor (`bench_load`).
 # Random weights.
 # Carried, all ignored by git (see README.md here):
@@ -38,7 +39,7 @@ if [ "${TEACHER:-0}" = 1 ]; then VARIANT_ARGS+=(--cli-variant "$TEACHER_VARIANT"
 IFS=';' read -ra MORE <<< "${VARIANT:-}"  # NAME=ARGS[;NAME=ARGS...]: this tree's command with other arguments
 for v in "${MORE[@]}"; do VARIANT_ARGS+=(--cli-variant "$v"); done
 timeout ${TA:-260} python3 -m experiments.bench_first_video --size full --cli --baseline-tree "$BASE" \
-  "${VARIANT_ARGS[@]}" --out $OUT > $OUT/first_video_cli.log 2>&1
+  "${VARIANT_ARGS[@]}" ${CLI_TIMEOUT:+--cli-timeout $CLI_TIMEOUT} --out $OUT > $OUT/first_video_cli.log 2>&1
 echo "cli rc=$? after $(( $(date +%s) - T0 )) s"
 if [ -d carry/osp_v120 ] && [ -d carry/relwhl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/relsite carry/relwhl/*.whl
@@ -50,7 +51,8 @@ if [ "${FULL93:-0}" = 1 ]; then  # the 93x720p 3:21 student's command too, cold 
   VARIANT93_ARGS=()
   IFS=';' read -ra MORE93 <<< "${VARIANT93:-}"
   for v in "${MORE93[@]}"; do VARIANT93_ARGS+=(--cli-variant "$v"); done
-  timeout ${TD:-150} python3 -m experiments.bench_first_video --size full93 --cli "${VARIANT93_ARGS[@]}" --out $OUT \
+  timeout ${TD:-150} python3 -m experiments.bench_first_video --size full93 --cli "${VARIANT93_ARGS[@]}" \
+    ${CLI_TIMEOUT:+--cli-timeout $CLI_TIMEOUT} --out $OUT \
     > $OUT/first_video_cli_full93.log 2>&1
   echo "cli full93 rc=$? after $(( $(date +%s) - T0 )) s"
 fi

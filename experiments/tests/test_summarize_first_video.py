@@ -112,3 +112,20 @@ def test_a_stopped_run_is_rebuilt_from_its_log(tmp_path):
     assert data["size"] == "full" and data["rebuilt_from_log"] == "run.log"
     assert set(data["cases"]) == {"student"} and data["cases"]["student"]["warm"]["total_s"] == 9.0
     assert "| full | student (4 steps) | warm | 9.0 |" in (tmp_path / "first_video.md").read_text()
+
+
+def test_a_run_that_timed_out_gets_a_row_that_says_so(tmp_path):
+    report = {"load_s": 4.0, "compile_s": 0.0, "compile": {"programs": 0, "cache_misses": 0}, "sampling_s": 1.8,
+              "vae_compile_wait_s": 0.0, "decode_s": 2.0}
+    (tmp_path / "first_video_cli_full.json").write_text(json.dumps(
+        {"command": "python -m experiments.bench_first_video --size full --cli", "size": "full", "device": "H100",
+         "cli": {"cold": {"wall_s": 20.0, "report": report},
+                 "slow": {"args": [], "cold": {"timed_out": True, "wall_s": 150.2, "stderr_tail": ""}},
+                 "bad": {"args": [], "cold": {"returncode": 1, "wall_s": 3.0, "stderr_tail": "boom"}}}}))
+    main(["--dir", str(tmp_path)])
+    text = (tmp_path / "first_video.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| full |")]
+    assert "| full | slow | cold | timed out after 150 s |" + " |" * 10 + " H100 |" in rows
+    assert "| full | bad | cold | failed (exit 1) after 3 s |" + " |" * 10 + " H100 |" in rows
+    header = next(line for line in text.splitlines() if line.startswith("| size | code |"))
+    assert all(row.count("|") == header.count("|") for row in rows)

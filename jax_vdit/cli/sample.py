@@ -274,7 +274,7 @@ def _sample(args: argparse.Namespace, xla_flags_added: list[str], early_vae) -> 
               # the VAE's compile processes started before JAX: seconds after the process started, and whether they
               # compiled this decode (else the pipeline stopped them); None: none were (the pipeline started any)
               "vae_compile_before_jax": None if early_vae is None else
-              {"started_s": early_vae.started_s, "used": pipe.vae_compile_started_used}}
+              {"started_s": early_vae.started_s, "used": pipe.vae_compile_started_used, "parts": early_vae.parts}}
     if args.compile_only:  # every program of this command is compiled (and cached, stored): no sampling
         if pipe.vae is not None:
             report["vae_tiles"] = pipe.vae_tiles

@@ -17,8 +17,9 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from jax_vdit.process_clock import seconds_since_process_start
@@ -42,6 +43,9 @@ class EarlyWorkers:
     tiles: str
     cache: str
     started_s: float | None = None  # seconds after the process started (None off Linux)
+    # where the time before the start went, seconds: from the process's start to this function's entry, guessing
+    # the GPU and the process count, reading the configs, the marker's check, launching the processes
+    parts: dict[str, float] = field(default_factory=dict)
 
     def matches(self, vae_dir: Path, latent_shape: Sequence[int], dtype: str, tiles: str, cache: str) -> bool:
         """Whether these processes compile the decode the pipeline wants."""
@@ -141,9 +145,19 @@ def start_before_jax(*, checkpoint: str, variant: str | None, vae: str | None, f
     """Start the VAE's compile processes for the decode a `vdit sample` of these arguments will run, or None
     where they would not apply or might not be needed: a checkpoint that is not a local folder with a release
     ``config.json``, no VAE folder, no compile cache, no GPU (guessed), or a decode whose marker is present."""
+    entered_s = seconds_since_process_start()
+    clock = [time.perf_counter()]
+    parts: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        parts[name] = round(now - clock[0], 3)
+        clock[0] = now
+
     if not cache or tiles not in compile_worker.TILES:
         return None
     count = processes_before_jax(processes)
+    lap("guess_s")
     root = Path(checkpoint).expanduser()
     if count < 1 or not root.is_dir():
         return None
@@ -157,10 +171,15 @@ def start_before_jax(*, checkpoint: str, variant: str | None, vae: str | None, f
         return None
     dtype = "bfloat16" if compute_dtype == "bfloat16" else "float32"
     cache = str(Path(cache).expanduser())
+    lap("configs_s")
     if decode_marker(cache, vae_dir, shape, dtype, tiles).is_file():
         return None
+    lap("marker_s")
     Path(cache).mkdir(parents=True, exist_ok=True)
     workers = compile_worker.start(vae_dir, shape, dtype=dtype, tiles=tiles, cache=cache, processes=count)
+    lap("launch_s")
     since_start = seconds_since_process_start()
+    if entered_s is not None:
+        parts = {"entered_s": round(entered_s, 3), **parts}
     return EarlyWorkers(workers, vae_dir, shape, dtype, tiles, cache,
-                        None if since_start is None else round(since_start, 3))
+                        None if since_start is None else round(since_start, 3), parts)
