@@ -43,6 +43,8 @@ def rebuild_from_log(log: Path, *, device: str, command: str) -> dict:
     import ast
     import re
 
+    if re.search(r"^\[\d\d:\d\d:\d\d\] cli ", log.read_text(), re.M):
+        return _rebuild_cli_from_log(log, device=device, command=command)
     cases: dict = {}
     size = None
     for line in log.read_text().splitlines():
@@ -59,6 +61,37 @@ def rebuild_from_log(log: Path, *, device: str, command: str) -> dict:
     return {"command": command, "device": device, "size": size, "cases": cases,
             "rebuilt_from_log": log.name, "note": "the run was stopped before it wrote its JSON; rows of the children "
             "that finished, as they logged them"}
+
+
+def _rebuild_cli_from_log(log: Path, *, device: str, command: str) -> dict:
+    """:func:`rebuild_from_log` for a ``--cli`` run: each command logged ``[time] cli [NAME] PHASE: COMMAND`` when
+    it started and ``[time] cli [NAME] PHASE: WALL s; {report}; {latents_match_cold}`` when it finished; a command
+    that started and never finished is kept as ``{"stopped": true, "command": ...}`` (the bench was stopped while
+    it ran)."""
+    import ast
+    import re
+
+    cli: dict = {}
+    for line in log.read_text().splitlines():
+        found = re.match(r"^\[\d\d:\d\d:\d\d\] cli (?:(\S+) )?(cold|warm): (.*)$", line)
+        if not found:
+            continue
+        name, phase, rest = found.groups()
+        runs_of = cli.setdefault(name, {"args": []}) if name else cli
+        done = re.match(r"^([\d.]+) s; (\{.*\}); (.*)$", rest)
+        if done:
+            entry = {"wall_s": float(done.group(1)), "report": ast.literal_eval(done.group(2))}
+            if done.group(3).strip():
+                entry["latents_match_cold"] = ast.literal_eval(done.group(3).strip())
+            runs_of[phase] = entry
+        elif "vdit sample" in rest:
+            runs_of[phase] = {"stopped": True, "wall_s": None, "command": rest}
+    if not any("report" in runs.get(phase, {}) for runs in [cli, *cli.values()] if isinstance(runs, dict)
+               for phase in ("cold", "warm")):
+        raise ValueError(f"{log}: no finished command rows ([time] cli [NAME] cold|warm: WALL s; {{...}})")
+    size = command.split("--size ")[1].split()[0] if "--size " in command else None
+    return {"command": command, "device": device, "size": size, "cli": cli, "rebuilt_from_log": log.name,
+            "note": "the run was stopped before it wrote its JSON; the commands that finished, as they logged them"}
 
 
 def first_video_rows(stem: str, data: dict) -> list[dict]:
@@ -126,9 +159,13 @@ def cli_table(runs: list[tuple[str, dict]]) -> str:
                 if r is None:
                     continue
                 if "report" not in r:  # killed past the bench's --cli-timeout, or failed: no report
-                    what = "timed out" if r.get("timed_out") else f"failed (exit {r.get('returncode')})"
-                    lines.append(f"| {data.get('size')} | {code} | {phase} | {what} after {r['wall_s']:.0f} s |"
-                                 + " |" * 10 + f" {data.get('device')} |")
+                    if r.get("stopped"):
+                        what = "stopped with the bench, no report"
+                    else:
+                        what = ("timed out" if r.get("timed_out") else f"failed (exit {r.get('returncode')})") + \
+                            f" after {r['wall_s']:.0f} s"
+                    lines.append(f"| {data.get('size')} | {code} | {phase} | {what} |" + " |" * 10
+                                 + f" {data.get('device')} |")
                     continue
                 rep, comp = r["report"], r["report"].get("compile", {})
                 load_programs = rep.get("load_compile", {}).get("programs")

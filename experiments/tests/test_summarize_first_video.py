@@ -129,3 +129,20 @@ def test_a_run_that_timed_out_gets_a_row_that_says_so(tmp_path):
     assert "| full | bad | cold | failed (exit 1) after 3 s |" + " |" * 10 + " H100 |" in rows
     header = next(line for line in text.splitlines() if line.startswith("| size | code |"))
     assert all(row.count("|") == header.count("|") for row in rows)
+
+
+def test_a_stopped_cli_run_is_rebuilt_from_its_log(tmp_path):
+    report = {"load_s": 6.9, "compile_s": 0.0, "compile": {"programs": 0, "cache_misses": 0}, "sampling_s": 1.88,
+              "vae_compile_wait_s": 0.0, "decode_s": 4.32, "vae_compile_before_jax": {"started_s": 2.31, "used": True}}
+    (tmp_path / "first_video_cli.log").write_text(
+        "[15:13:25] cli cold: vdit sample /s --vae /v --frames 29\n"
+        f"[15:13:47] cli cold: 21.9 s; {report!r}; \n"
+        "[15:13:47] cli slow cold: X=1 vdit sample /s --vae /v --frames 29\n")
+    main(["--dir", str(tmp_path), "--rebuild-from-log", str(tmp_path / "first_video_cli.log"), "--device", "H100",
+          "--command", "python -m experiments.bench_first_video --size full --cli"])
+    data = json.loads((tmp_path / "first_video_cli.json").read_text())
+    assert data["size"] == "full" and data["rebuilt_from_log"] == "first_video_cli.log"
+    assert data["cli"]["cold"]["report"] == report and data["cli"]["slow"]["cold"]["stopped"]
+    text = (tmp_path / "first_video.md").read_text()
+    assert "| full | this | cold | 21.9 | <= 20 | 6.9 |" in text
+    assert "| full | slow | cold | stopped with the bench, no report |" in text
