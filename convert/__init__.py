@@ -1,5 +1,10 @@
-"""Convert Open-Sora-Plan release checkpoints (PyTorch / safetensors) to jax-vdit's orbax format."""
+"""Convert Open-Sora-Plan release checkpoints (PyTorch / safetensors) to jax-vdit's orbax format.
 
-from convert.transformer import ConversionReport, convert_transformer
+The exports are imported on first use: ``vdit``'s argument parser reads the converter's flags without importing
+JAX (which ``convert.transformer`` needs)."""
 
-__all__ = ["ConversionReport", "convert_transformer"]
+from jax_vdit.lazy_exports import lazy_exports
+
+_EXPORTS = {"ConversionReport": "convert.transformer", "convert_transformer": "convert.transformer"}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

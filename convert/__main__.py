@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from convert.transformer import convert_transformer
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vdit-convert", description=__doc__.splitlines()[0])
@@ -28,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from convert.transformer import convert_transformer  # JAX: only once there is something to convert
+
     try:
         report = convert_transformer(
             args.source, args.output, config=args.config, param_dtype=args.dtype, overwrite=args.overwrite,

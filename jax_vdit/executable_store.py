@@ -85,11 +85,9 @@ def environment_fingerprint() -> tuple:
     import jaxlib
 
     device = jax.local_devices()[0]
-    flags, worker_flags = keyed_xla_flags()
     return (jax.__version__, jaxlib.__version__, jax.default_backend(), device.client.platform_version,
-            device.device_kind, jax.local_device_count(), flags,
-            str(jax.config.jax_default_matmul_precision), bool(jax.config.jax_enable_x64)) + \
-        ((("vae_compile_worker_flags", worker_flags),) if worker_flags else ())
+            device.device_kind, jax.local_device_count(), keyed_xla_flags(),
+            str(jax.config.jax_default_matmul_precision), bool(jax.config.jax_enable_x64))
 
 
 def store_key(description: Any, *package_dirs: str) -> str:
@@ -182,9 +180,11 @@ def compile_and_save(key: str, lowered, extra: Any = None):
     with CompileMeter() as meter:
         compiled = lowered.compile()
     if unloadable is not None and not stores_kernel_runtime(unloadable):  # JAX's persistent cache still serves it
+        why = (f"${KERNEL_RUNTIME_ENV}=0" if os.environ.get(KERNEL_RUNTIME_ENV, "1").strip().lower() in
+               ("0", "false", "no", "off") else "a stored one did not load here even with their runtime located first")
         _problems.append(f"not stored {key[:16]}: the program calls {unloadable} kernels, which an executable "
-                         "deserialized in another process cannot find (seen on an H100, jax 0.11.2: 'Failed to lookup "
-                         f"host symbol'; ${KERNEL_RUNTIME_ENV}=1 stores it with their runtime located first)")
+                         "deserialized in another process cannot find unless their runtime is located first "
+                         f"('Failed to lookup host symbol' on an H100, jax 0.11.2); not stored because {why}")
     elif meter.cache_hits == 0 or not _reloads_lose_code():
         save(key, compiled, extra, runtimes=(unloadable,) if unloadable else ())
     return compiled
@@ -259,10 +259,12 @@ def forget_held() -> None:
 # jaxlib's Mosaic GPU custom call serializes the kernel's object code with the executable; JIT-linking it again
 # needs Mosaic GPU's runtime library, which the custom call finds through $MOSAIC_GPU_RUNTIME_LIB_PATH, set when
 # jax.experimental.mosaic.gpu is imported (as in any process that lowers a Mosaic GPU kernel, but not in one that
-# only loads a stored program). Storing such programs with that import before loading is therefore a switch, off
-# until a GPU run shows the loaded program runs and gives the compiled one's results (docs/gpu_runbook.md).
+# only loads a stored program). Such programs are stored, and that import runs before one is loaded: on an H100
+# (jax 0.11.2) the loaded student sampler ran and gave the compiled one's latents bitwise
+# (experiments/results/first_video/cli_early_start_h100_2026-12-07/). $JAX_VDIT_STORE_MOSAIC_GPU=0 switches it off,
+# and a store where a prepared load still fails stops storing them by itself (_record_unloadable).
 UNLOADABLE_CUSTOM_CALLS = ("mosaic_gpu",)
-KERNEL_RUNTIME_ENV = "JAX_VDIT_STORE_MOSAIC_GPU"  # "1": store such programs and prepare the runtime when loading
+KERNEL_RUNTIME_ENV = "JAX_VDIT_STORE_MOSAIC_GPU"  # "0": do not store such programs (default: store them)
 _UNLOADABLE_RECORD = "kernel-runtime-unloadable"  # a store where a prepared load still failed: store them no more
 
 
@@ -276,9 +278,9 @@ def _prepare_runtime(target: str) -> None:
 
 
 def stores_kernel_runtime(target: str) -> bool:
-    """Whether a program calling ``target`` kernels is stored (with its runtime prepared on loading):
-    ``$JAX_VDIT_STORE_MOSAIC_GPU=1`` and no earlier load of one failed in this store with these jax versions."""
-    if os.environ.get(KERNEL_RUNTIME_ENV, "0").strip().lower() not in ("1", "true", "yes", "on"):
+    """Whether a program calling ``target`` kernels is stored (with its runtime prepared on loading): unless
+    ``$JAX_VDIT_STORE_MOSAIC_GPU=0``, and no earlier load of one failed in this store with these jax versions."""
+    if os.environ.get(KERNEL_RUNTIME_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
         return False
     record = load_record(_UNLOADABLE_RECORD) or {}
     return record.get(target, {}).get("versions") != list(_versions())

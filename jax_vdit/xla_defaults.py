@@ -19,22 +19,11 @@ from collections.abc import Mapping, MutableMapping
 
 GPU_COMPILE_FLAGS: tuple[str, ...] = ("--xla_gpu_enable_triton_gemm=false",)
 
-# XLA flags that only the VAE's compile processes add to their own XLA_FLAGS (e.g. ``--xla_gpu_autotune_level=0``:
-# flags that change how fast a program runs, not what it computes). Set in the parent, they are part of every key
-# of the executable store there, and the workers strip them from their XLA_FLAGS when keying, so both sides agree
-# on the stages' keys (jax_vdit.vae.compile_worker.worker_environment)
-WORKER_XLA_FLAGS_ENV = "JAX_VDIT_VAE_COMPILE_XLA_FLAGS"
-
-
-def keyed_xla_flags(environ: Mapping[str, str] | None = None) -> tuple[str, str]:
-    """(this process's XLA_FLAGS without the compile workers' own flags, those flags): what a key records of
-    the XLA flags. The workers' XLA_FLAGS end with ``$JAX_VDIT_VAE_COMPILE_XLA_FLAGS``, the parent's do not."""
+def keyed_xla_flags(environ: Mapping[str, str] | None = None) -> str:
+    """What a key of a compiled program records of the XLA flags: ``$XLA_FLAGS`` (default ``os.environ``'s),
+    stripped."""
     environ = os.environ if environ is None else environ
-    flags = environ.get("XLA_FLAGS", "").strip()
-    extra = environ.get(WORKER_XLA_FLAGS_ENV, "").strip()
-    if extra and flags.endswith(extra):
-        flags = flags[: len(flags) - len(extra)].strip()
-    return flags, extra
+    return environ.get("XLA_FLAGS", "").strip()
 
 
 def _flag_name(flag: str) -> str:

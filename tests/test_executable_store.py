@@ -447,10 +447,11 @@ class _WithCustomCall:
 
 
 def test_a_program_with_mosaic_gpu_kernels_is_not_stored_and_a_stale_file_is_removed(store, monkeypatch):
-    """On a GPU a program calling Mosaic GPU kernels is compiled but not stored (another process could not find
-    its kernels: 'Failed to lookup host symbol'), and says why; other programs are stored. A stored file that does
-    not load is removed after it is reported, so later processes do not read it again."""
+    """With ``$JAX_VDIT_STORE_MOSAIC_GPU=0``, on a GPU a program calling Mosaic GPU kernels is compiled but not
+    stored, and says why; other programs are stored. A stored file that does not load is removed after it is
+    reported, so later processes do not read it again."""
     monkeypatch.setattr(executable_store, "_platform", lambda: "gpu")
+    monkeypatch.setenv(executable_store.KERNEL_RUNTIME_ENV, "0")
     lowered = jax.jit(lambda x: jnp.sin(x) * 3).lower(jnp.ones((4, 4)))
     before = len(executable_store.problems())
     compiled = executable_store.compile_and_save("m" * 64, _WithCustomCall(lowered, "mosaic_gpu_v2"))
@@ -458,6 +459,7 @@ def test_a_program_with_mosaic_gpu_kernels_is_not_stored_and_a_stale_file_is_rem
     assert not executable_store.has("m" * 64)
     (said,) = executable_store.problems()[before:]
     assert said.startswith("not stored mmmm") and "mosaic_gpu kernels" in said and "host symbol" in said
+    assert said.endswith("because $JAX_VDIT_STORE_MOSAIC_GPU=0")
     executable_store.compile_and_save("p" * 64, _WithCustomCall(lowered, "cu_threefry2x32"))  # not in the list
     assert executable_store.has("p" * 64) and executable_store.load("p" * 64) is not None
     (store / ("p" * 64 + ".bin")).write_bytes(b"not an executable")
@@ -467,12 +469,12 @@ def test_a_program_with_mosaic_gpu_kernels_is_not_stored_and_a_stale_file_is_rem
     assert not executable_store.has("p" * 64)
 
 
-def test_with_the_switch_a_mosaic_gpu_program_is_stored_and_its_runtime_prepared_before_loading(store, monkeypatch):
-    """``$JAX_VDIT_STORE_MOSAIC_GPU=1``: a program calling Mosaic GPU kernels is stored, marked, and a process loading
-    it first prepares the kernels' runtime (on a GPU: imports jax.experimental.mosaic.gpu, which locates it); other
-    programs load without that step."""
+def test_a_mosaic_gpu_program_is_stored_and_its_runtime_prepared_before_loading(store, monkeypatch):
+    """By default a program calling Mosaic GPU kernels is stored, marked, and a process loading it first prepares
+    the kernels' runtime (on a GPU: imports jax.experimental.mosaic.gpu, which locates it); other programs load
+    without that step. ``$JAX_VDIT_STORE_MOSAIC_GPU=0`` stores none."""
     monkeypatch.setattr(executable_store, "_platform", lambda: "gpu")
-    monkeypatch.setenv(executable_store.KERNEL_RUNTIME_ENV, "1")
+    monkeypatch.delenv(executable_store.KERNEL_RUNTIME_ENV, raising=False)
     prepared = []
     monkeypatch.setattr(executable_store, "_prepare_runtime", prepared.append)
     lowered = jax.jit(lambda x: jnp.sin(x) * 3).lower(jnp.ones((4, 4)))
@@ -483,6 +485,10 @@ def test_with_the_switch_a_mosaic_gpu_program_is_stored_and_its_runtime_prepared
     assert prepared == ["mosaic_gpu"]
     np.testing.assert_allclose(np.asarray(loaded(jnp.ones((4, 4)))), 3 * np.sin(np.ones((4, 4))), rtol=1e-6)
     assert executable_store.load("q" * 64) is not None and prepared == ["mosaic_gpu"]
+    monkeypatch.setenv(executable_store.KERNEL_RUNTIME_ENV, "0")
+    assert not executable_store.stores_kernel_runtime("mosaic_gpu")
+    executable_store.compile_and_save("z" * 64, _WithCustomCall(lowered, "mosaic_gpu"))
+    assert not executable_store.has("z" * 64)
 
 
 def test_a_stored_mosaic_gpu_program_that_does_not_load_stops_their_storing(store, monkeypatch):
@@ -512,5 +518,5 @@ def test_a_stored_mosaic_gpu_program_that_does_not_load_stops_their_storing(stor
     assert "not stored gggg" in executable_store.problems()[before]
     monkeypatch.setattr(executable_store, "_versions", lambda: ("9.9.9", "9.9.9"))
     assert executable_store.stores_kernel_runtime("mosaic_gpu")
-    monkeypatch.delenv(executable_store.KERNEL_RUNTIME_ENV)
-    assert not executable_store.stores_kernel_runtime("mosaic_gpu")  # off by default
+    monkeypatch.setenv(executable_store.KERNEL_RUNTIME_ENV, "0")
+    assert not executable_store.stores_kernel_runtime("mosaic_gpu")  # switched off

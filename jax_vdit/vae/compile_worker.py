@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from jax_vdit.xla_defaults import WORKER_XLA_FLAGS_ENV
 
 TILES = ("exact", "uniform")
 _RUNNING: list[subprocess.Popen] = []
@@ -57,19 +56,9 @@ def nice_increment() -> int:
 
 
 def worker_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """The workers' environment: ``environ`` without GPU memory preallocation, and with
-    ``$JAX_VDIT_VAE_COMPILE_XLA_FLAGS`` (if set) appended to XLA_FLAGS: flags for the workers' compiles only,
-    e.g. ``--xla_gpu_autotune_level=0`` (no convolution autotuning on the GPU that the parent samples on). Keys
-    of the executable store leave them out of the XLA flags and record them apart
-    (:func:`jax_vdit.xla_defaults.keyed_xla_flags`), so parent and workers key the stages alike."""
-    env = dict(environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
-    extra = env.get(WORKER_XLA_FLAGS_ENV, "").strip()
-    if extra:
-        if any(not flag.startswith("--") for flag in extra.split()):
-            raise ValueError(f"${WORKER_XLA_FLAGS_ENV} must hold XLA flags (--name=value ...), got {extra!r}")
-        env[WORKER_XLA_FLAGS_ENV] = extra
-        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '').strip()} {extra}".strip()
-    return env
+    """The workers' environment: ``environ`` (its XLA_FLAGS included: they are part of the stages' keys, which
+    parent and workers must agree on) without GPU memory preallocation."""
+    return dict(environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
 
 
 def terminate_running() -> None:
