@@ -38,8 +38,10 @@ def _rows(out: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def device_rows() -> list[dict]:
-    """The 8-fake-device worker's JSON rows (about 110-150 s beside another pytest-xdist worker on 2 cores; a hang,
-    see the xfail reason below, ends at the 300 s timeout)."""
+    """The 8-fake-device worker's JSON rows (about 110-170 s beside another pytest-xdist worker on 2 cores). Once,
+    on a heavily oversubscribed machine (2026-12-05), the 8 device threads deadlocked in an all-reduce rendezvous
+    (7 of 8 arrived; not diagnosed; the worker dispatches one program at a time). It passed in all nine CI runs
+    of 2026-12-07, and a hang fails here at the 300 s timeout instead of holding the suite."""
     proc = subprocess.run([sys.executable, str(WORKER), "devices"], cwd=ROOT, env=_env(), capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-6000:]
@@ -48,10 +50,6 @@ def device_rows() -> list[dict]:
     return rows
 
 
-@pytest.mark.xfail(reason="passes on an otherwise idle 2-core machine (2026-12-05, about 3 minutes; "
-                          "experiments/results/distill_parallel/), but the 8 fake devices' threads deadlocked in an "
-                          "all-reduce rendezvous (7 of 8 arrived) when the machine was heavily oversubscribed. "
-                          "Not yet diagnosed.", strict=False)
 def test_fsdp_sharded_mlcd_and_kd_steps_equal_one_device(device_rows):
     rows = device_rows
     steps = [r for r in rows if r["check"] == "sharded_step"]
@@ -72,9 +70,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.xfail(reason="passes (2026-12-05, about 2 minutes on the 2-core CPU; "
-                          "experiments/results/distill_parallel/); kept non-strict until it has a record on CI "
-                          "machines, as a hang would hold CI for its timeout", strict=False)
 def test_two_processes_reproduce_one_process_losses(device_rows):
     # the reference: the same MLCD and KD runs in one process on one device (the device worker's first run, which
     # is what `distill_parallel_worker.py process 0 1 0` computes)
