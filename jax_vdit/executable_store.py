@@ -180,8 +180,8 @@ def compile_and_save(key: str, lowered, extra: Any = None):
     with CompileMeter() as meter:
         compiled = lowered.compile()
     if unloadable is not None and not stores_kernel_runtime(unloadable):  # JAX's persistent cache still serves it
-        why = (f"${KERNEL_RUNTIME_ENV}=0" if os.environ.get(KERNEL_RUNTIME_ENV, "1").strip().lower() in
-               ("0", "false", "no", "off") else "a stored one did not load here even with their runtime located first")
+        why = (f"${KERNEL_RUNTIME_ENV}=0" if _kernel_storing_switched_off() else
+               "a stored one did not load here even with their runtime located first")
         _problems.append(f"not stored {key[:16]}: the program calls {unloadable} kernels, which an executable "
                          "deserialized in another process cannot find unless their runtime is located first "
                          f"('Failed to lookup host symbol' on an H100, jax 0.11.2); not stored because {why}")
@@ -277,10 +277,14 @@ def _prepare_runtime(target: str) -> None:
         raise ValueError(f"no known runtime for custom-call target {target!r}")
 
 
+def _kernel_storing_switched_off() -> bool:
+    return os.environ.get(KERNEL_RUNTIME_ENV, "1").strip().lower() in ("0", "false", "no", "off")
+
+
 def stores_kernel_runtime(target: str) -> bool:
     """Whether a program calling ``target`` kernels is stored (with its runtime prepared on loading): unless
     ``$JAX_VDIT_STORE_MOSAIC_GPU=0``, and no earlier load of one failed in this store with these jax versions."""
-    if os.environ.get(KERNEL_RUNTIME_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+    if _kernel_storing_switched_off():
         return False
     record = load_record(_UNLOADABLE_RECORD) or {}
     return record.get(target, {}).get("versions") != list(_versions())

@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-
 TILES = ("exact", "uniform")
 _RUNNING: list[subprocess.Popen] = []
 # how much lower the workers' CPU priority is than the parent's (``os.nice`` increment; default 0: the same). The
