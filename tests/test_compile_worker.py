@@ -83,6 +83,22 @@ def test_a_cancelled_wait_terminates_the_workers(vae_dir, store):
     assert all("error" in r for r in reports) and not compile_worker._RUNNING
 
 
+def test_workers_past_the_time_limit_are_terminated_and_say_so(vae_dir, store, monkeypatch):
+    """A compile process that runs past ``$JAX_VDIT_VAE_COMPILE_TIMEOUT`` (here 0.2 s: it is still importing JAX)
+    is terminated and its report says why, so that a stuck process cannot hold `vdit sample`; a bad value is refused
+    before any process starts."""
+    monkeypatch.setenv(compile_worker.TIMEOUT_ENV, "0.2")
+    workers = compile_worker.start(vae_dir, LATENT, dtype="float32", tiles="uniform", cache=str(store))
+    (report,) = compile_worker.wait(workers)
+    assert "did not finish in 0.2 s ($JAX_VDIT_VAE_COMPILE_TIMEOUT), terminated" in report["error"], report
+    assert workers[0].process.returncode not in (None, 0) and not compile_worker._RUNNING
+    for bad in ("0", "-5", "soon"):
+        monkeypatch.setenv(compile_worker.TIMEOUT_ENV, bad)
+        with pytest.raises(ValueError, match=compile_worker.TIMEOUT_ENV):
+            compile_worker.start(vae_dir, LATENT, dtype="float32", tiles="uniform", cache=str(store))
+    assert not compile_worker._RUNNING
+
+
 def test_a_worker_compiles_from_the_config_alone(vae_dir, store, tmp_path):
     """Compiling needs the weights' shapes, not their values: a worker given a folder with the VAE's config.json
     and no weights compiles every stage, and the parent, with the real weights, reads them all from the store."""

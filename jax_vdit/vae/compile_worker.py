@@ -42,6 +42,23 @@ _RUNNING: list[subprocess.Popen] = []
 NICE_ENV = "JAX_VDIT_VAE_COMPILE_NICE"
 
 
+# how long the parent waits for its workers before it terminates them and compiles what they left itself (a stuck
+# compile process must not hold `vdit sample` forever); seconds, default 600: each worker took 10-15 s on an H100
+TIMEOUT_ENV = "JAX_VDIT_VAE_COMPILE_TIMEOUT"
+
+
+def wait_limit_s() -> float:
+    """``$JAX_VDIT_VAE_COMPILE_TIMEOUT``: seconds > 0 (default 600); anything else is a clear error."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    try:
+        value = float(text) if text else 600.0
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"${TIMEOUT_ENV} must be a number of seconds > 0, got {text!r}")
+    return value
+
+
 def nice_increment() -> int:
     """``$JAX_VDIT_VAE_COMPILE_NICE``: an integer 0-19 (default 0); anything else is a clear error."""
     text = os.environ.get(NICE_ENV, "").strip()
@@ -91,6 +108,7 @@ def start(vae_dir: str | os.PathLike, latent_shape: Sequence[int], *, dtype: str
         raise ValueError(f"tiles must be one of {TILES}, got {tiles!r}")
     env = worker_environment(os.environ)
     nice = nice_increment()  # checked here, in the parent, so that a bad value is an error, not failed workers
+    wait_limit_s()  # likewise, before any process starts
     if nice and shutil.which("nice") is None:
         raise RuntimeError(f"${NICE_ENV}={nice} needs the nice command, which is not on this PATH")
     root = str(Path(__file__).resolve().parents[2])  # this package, whatever the working folder
@@ -123,12 +141,17 @@ def needed(vae_dir: str | os.PathLike, latent_shape: Sequence[int], *, dtype: st
     return not decode_is_stored(shapes, latent_shape, tiling=tiling)
 
 
-def wait(workers: Sequence[Worker], cancel=None) -> list[dict]:
-    """Wait for the workers (terminating them once ``cancel``, a ``threading.Event``, is set); each one's report
-    (its JSON line: stages, compiled, loaded, seconds) or ``{"error": ...}`` with the end of its stderr."""
+def wait(workers: Sequence[Worker], cancel=None, limit_s: float | None = None) -> list[dict]:
+    """Wait for the workers (terminating them once ``cancel``, a ``threading.Event``, is set, or once ``limit_s``
+    seconds have passed since this call: default :func:`wait_limit_s`); each one's report (its JSON line: stages,
+    compiled, loaded, seconds) or ``{"error": ...}`` with the end of its stderr. Stages a terminated worker did not
+    store are compiled by the caller (:func:`jax_vdit.vae.warmup.precompile_decode` reads the rest from the store)."""
+    limit_s = wait_limit_s() if limit_s is None else limit_s
+    deadline = time.monotonic() + limit_s
     reports = []
     for worker in workers:
         proc = worker.process
+        late = False
         while True:
             try:
                 proc.wait(timeout=0.05)
@@ -136,13 +159,17 @@ def wait(workers: Sequence[Worker], cancel=None) -> list[dict]:
             except subprocess.TimeoutExpired:
                 if cancel is not None and cancel.is_set():
                     proc.terminate()
+                elif time.monotonic() > deadline and not late:
+                    late = True
+                    proc.terminate()
         worker.stdout.seek(0)
         lines = worker.stdout.read().strip().splitlines()
         try:
             reports.append(json.loads(lines[-1]))
         except (ValueError, IndexError):
             worker.stderr.seek(0)
-            reports.append({"error": f"exit {proc.returncode}: {worker.stderr.read()[-600:]}"})
+            why = f"did not finish in {limit_s:g} s (${TIMEOUT_ENV}), terminated; " if late else ""
+            reports.append({"error": f"{why}exit {proc.returncode}: {worker.stderr.read()[-600:]}"})
         worker.stdout.close()
         worker.stderr.close()
         if proc in _RUNNING:
