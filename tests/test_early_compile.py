@@ -155,6 +155,7 @@ def test_sample_starts_the_vae_compile_before_jax_when_cold_and_not_when_warm(go
     # where the time before the start went: each part timed, together no more than the start's time
     assert set(early["parts"]) == {"entered_s", "guess_s", "configs_s", "marker_s", "launch_s"}, early
     assert 0 < sum(early["parts"].values()) <= early["started_s"] + 0.02, early
+    assert early["jax_imported"] is False, early  # started before the command imported JAX
     assert cold["vae_compile_workers"] and cold["vae_compile_workers"][0]["compiled"] > 0, cold["vae_compile_workers"]
     assert warm["vae_compile_before_jax"] is None and warm["vae_compile_workers"] is None, warm
     assert warm["vae_stages_loaded"] == warm["vae_stages"] > 0, warm

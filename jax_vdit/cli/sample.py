@@ -271,10 +271,12 @@ def _sample(args: argparse.Namespace, xla_flags_added: list[str], early_vae) -> 
               "sampler": job.settings.describe(), "attention": job.attention_spec, "layer_loop": pipe.layer_loop,
               "vae_warmup": None if pipe.vae is None else args.vae_warmup, "switch_interval": switch_interval,
               "xla_flags_added": xla_flags_added, "vae_compile_processes": vae_compile_processes,
-              # the VAE's compile processes started before JAX: seconds after the process started, and whether they
-              # compiled this decode (else the pipeline stopped them); None: none were (the pipeline started any)
+              # the VAE's compile processes started before JAX: seconds after the process started, whether they
+              # compiled this decode (else the pipeline stopped them), where the time before the start went, and
+              # whether JAX was imported by then after all; None: none were (the pipeline started any)
               "vae_compile_before_jax": None if early_vae is None else
-              {"started_s": early_vae.started_s, "used": pipe.vae_compile_started_used, "parts": early_vae.parts}}
+              {"started_s": early_vae.started_s, "used": pipe.vae_compile_started_used, "parts": early_vae.parts,
+               "jax_imported": early_vae.jax_imported}}
     if args.compile_only:  # every program of this command is compiled (and cached, stored): no sampling
         if pipe.vae is not None:
             report["vae_tiles"] = pipe.vae_tiles

@@ -17,6 +17,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,9 @@ class EarlyWorkers:
     # where the time before the start went, seconds: from the process's start to this function's entry, guessing
     # the GPU and the process count, reading the configs, the marker's check, launching the processes
     parts: dict[str, float] = field(default_factory=dict)
+    # whether this process had imported JAX when the processes were started (the point of starting them here is
+    # that it had not: a True means something on the command's path before the start imports it)
+    jax_imported: bool | None = None
 
     def matches(self, vae_dir: Path, latent_shape: Sequence[int], dtype: str, tiles: str, cache: str) -> bool:
         """Whether these processes compile the decode the pipeline wants."""
@@ -182,4 +186,4 @@ def start_before_jax(*, checkpoint: str, variant: str | None, vae: str | None, f
     if entered_s is not None:
         parts = {"entered_s": round(entered_s, 3), **parts}
     return EarlyWorkers(workers, vae_dir, shape, dtype, tiles, cache,
-                        None if since_start is None else round(since_start, 3), parts)
+                        None if since_start is None else round(since_start, 3), parts, "jax" in sys.modules)
