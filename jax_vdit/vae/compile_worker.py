@@ -47,28 +47,27 @@ NICE_ENV = "JAX_VDIT_VAE_COMPILE_NICE"
 TIMEOUT_ENV = "JAX_VDIT_VAE_COMPILE_TIMEOUT"
 
 
+def _number_from_env(name: str, default, cast, ok, what: str):
+    """``cast($name)`` (``default`` when unset or empty); a ValueError naming the variable and ``what`` it must
+    be when the text does not cast or ``ok(value)`` is false."""
+    text = os.environ.get(name, "").strip()
+    try:
+        value = cast(text) if text else default
+    except ValueError:
+        value = None
+    if value is None or not ok(value):
+        raise ValueError(f"${name} must be {what}, got {text!r}")
+    return value
+
+
 def wait_limit_s() -> float:
     """``$JAX_VDIT_VAE_COMPILE_TIMEOUT``: seconds > 0 (default 600); anything else is a clear error."""
-    text = os.environ.get(TIMEOUT_ENV, "").strip()
-    try:
-        value = float(text) if text else 600.0
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise ValueError(f"${TIMEOUT_ENV} must be a number of seconds > 0, got {text!r}")
-    return value
+    return _number_from_env(TIMEOUT_ENV, 600.0, float, lambda v: v > 0, "a number of seconds > 0")
 
 
 def nice_increment() -> int:
     """``$JAX_VDIT_VAE_COMPILE_NICE``: an integer 0-19 (default 0); anything else is a clear error."""
-    text = os.environ.get(NICE_ENV, "").strip()
-    try:
-        value = int(text) if text else 0
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 19:
-        raise ValueError(f"${NICE_ENV} must be an integer from 0 to 19 (a lower CPU priority), got {text!r}")
-    return value
+    return _number_from_env(NICE_ENV, 0, int, lambda v: 0 <= v <= 19, "an integer from 0 to 19 (a lower CPU priority)")
 
 
 def worker_environment(environ: Mapping[str, str]) -> dict[str, str]:
