@@ -328,23 +328,20 @@ def run_cli(size: str, work: Path, vae_tiles: str = "exact", baseline_tree: Path
             # run from the tree's root, the tree first on the path
             ran = run_command(cmd, tree, child_env(tree, **extra_env), command_timeout)
             wall = ran["wall_s"]
+            entry = {"wall_s": round(wall, 2), "command": shown}
             if ran["returncode"] != 0:
-                failed = {"timed_out": True} if ran["returncode"] is None else {"returncode": ran["returncode"]}
-                runs_of[phase] = {**failed, "wall_s": round(wall, 2), "command": shown,
-                                  "stderr_tail": ran["stderr_tail"]}
+                entry.update({"timed_out": True} if ran["returncode"] is None else {"returncode": ran["returncode"]},
+                             stderr_tail=ran["stderr_tail"])
                 log(f"cli {tag}: {'timed out' if ran['returncode'] is None else 'failed'} after {wall:.1f} s; "
                     f"stderr ends:\n{ran['stderr_tail'][-2000:]}")
-                if on_update is not None:
-                    on_update(out)
-                continue
-            report = json.loads(ran["stdout"].strip().splitlines()[-1])
-            entry = {"wall_s": round(wall, 2), "command": shown, "report": report}
-            if phase == "warm":  # the same inputs and seed: a warm run must reproduce its cold run's latents
-                entry["latents_match_cold"] = compare_latents(
-                    work / f"cli_{f'{name} cold'.strip().replace(' ', '_')}.safetensors",
-                    work / f"cli_{tag.replace(' ', '_')}.safetensors")
+            else:
+                entry["report"] = report = json.loads(ran["stdout"].strip().splitlines()[-1])
+                if phase == "warm":  # the same inputs and seed: a warm run must reproduce its cold run's latents
+                    entry["latents_match_cold"] = compare_latents(
+                        work / f"cli_{f'{name} cold'.strip().replace(' ', '_')}.safetensors",
+                        work / f"cli_{tag.replace(' ', '_')}.safetensors")
+                log(f"cli {tag}: {wall:.1f} s; {report}; {entry.get('latents_match_cold', '')}")
             runs_of[phase] = entry
-            log(f"cli {tag}: {wall:.1f} s; {report}; {entry.get('latents_match_cold', '')}")
             if on_update is not None:
                 on_update(out)
     return out

@@ -43,11 +43,12 @@ def rebuild_from_log(log: Path, *, device: str, command: str) -> dict:
     import ast
     import re
 
-    if re.search(r"^\[\d\d:\d\d:\d\d\] cli ", log.read_text(), re.M):
-        return _rebuild_cli_from_log(log, device=device, command=command)
+    text = log.read_text()
+    if re.search(r"^\[\d\d:\d\d:\d\d\] cli ", text, re.M):
+        return _rebuild_cli_from_log(log, text, device=device, command=command)
     cases: dict = {}
     size = None
-    for line in log.read_text().splitlines():
+    for line in text.splitlines():
         found = re.match(r"^\[\d\d:\d\d:\d\d\] (\S+) (cold|warm): (.*)$", line)
         if not found:
             continue
@@ -63,8 +64,8 @@ def rebuild_from_log(log: Path, *, device: str, command: str) -> dict:
             "that finished, as they logged them"}
 
 
-def _rebuild_cli_from_log(log: Path, *, device: str, command: str) -> dict:
-    """:func:`rebuild_from_log` for a ``--cli`` run: each command logged ``[time] cli [NAME] PHASE: COMMAND`` when
+def _rebuild_cli_from_log(log: Path, text: str, *, device: str, command: str) -> dict:
+    """:func:`rebuild_from_log` for a ``--cli`` run (``text``: the log's content): each command logged ``[time] cli [NAME] PHASE: COMMAND`` when
     it started and ``[time] cli [NAME] PHASE: WALL s; {report}; {latents_match_cold}`` when it finished; a command
     that started and never finished is kept as ``{"stopped": true, "command": ...}`` (the bench was stopped while
     it ran)."""
@@ -72,7 +73,7 @@ def _rebuild_cli_from_log(log: Path, *, device: str, command: str) -> dict:
     import re
 
     cli: dict = {}
-    for line in log.read_text().splitlines():
+    for line in text.splitlines():
         found = re.match(r"^\[\d\d:\d\d:\d\d\] cli (?:(\S+) )?(cold|warm): (.*)$", line)
         if not found:
             continue
