@@ -25,6 +25,7 @@ import optax
 from flax import nnx
 
 from jax_vdit import parallel
+from jax_vdit.host_memory import host_bytes_available
 from jax_vdit.model.attention import AttentionConfig, sequence_parallel
 
 PyTree = Any
@@ -683,19 +684,6 @@ def device_bytes_limit() -> int | None:
     """Bytes the first local device's allocator may use (GPU and TPU report it; the CPU does not: None)."""
     limit = _memory_stats().get("bytes_limit")
     return int(limit) if limit else None
-
-
-def host_bytes_available() -> int | None:
-    """Bytes of host memory the kernel could give this process now without swapping (``MemAvailable`` of
-    ``/proc/meminfo``; None where that file does not exist). The CPU backend's arrays live there."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 def device_bytes_in_use() -> int:

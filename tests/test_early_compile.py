@@ -31,15 +31,17 @@ def test_the_console_entry_and_the_early_start_import_no_jax(golden_dir, tmp_pat
     argv = ["sample", str(golden_dir / "opensora_v12" / "tiny_a"), "--vae", str(golden_dir / "causalvae_v12" / "tiny_a"),
             "--compile-cache", str(tmp_path / "xla"), "--vae-compile-processes", "1"]
     code = ("import sys, jax_vdit.cli, jax_vdit.vae.early_compile, jax_vdit.vae.compile_worker; "
-            "from jax_vdit.cli.sample import start_vae_compile_before_jax; "
+            "from jax_vdit.cli.sample import start_vae_compile_before_jax, start_weight_prefetch; "
             "from jax_vdit.xla_defaults import add_gpu_compile_flags; "
             f"args = jax_vdit.cli.build_parser().parse_args({argv!r}); add_gpu_compile_flags(); "
             "early = start_vae_compile_before_jax(args); early is not None and early.stop(); "
-            "print(sorted(m for m in sys.modules if m == 'jax' or m.startswith(('jax.', 'jaxlib', 'flax'))))")
+            "reading = start_weight_prefetch(args); "  # the transformer's weights read from here on
+            "print(reading is not None, "
+            "sorted(m for m in sys.modules if m == 'jax' or m.startswith(('jax.', 'jaxlib', 'flax'))))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip() == "[]", proc.stdout
+    assert proc.stdout.strip() == "True []", proc.stdout
     # the package's names still resolve on first use
     import jax_vdit
     import jax_vdit.vae as vae_package
@@ -131,8 +133,9 @@ def test_the_pipeline_stops_processes_started_for_another_decode(golden_dir, exe
 
 def test_sample_starts_the_vae_compile_before_jax_when_cold_and_not_when_warm(golden_dir, tmp_path):
     """`vdit sample --vae-compile-processes 1` twice in fresh processes: the first starts its compile process
-    before importing JAX and the pipeline uses it; the second finds the decode's marker and starts none; both
-    decode the same video."""
+    before importing JAX and the pipeline uses it; the second finds the decode's marker and starts none (and, with
+    ``$JAX_VDIT_VAE_PRIME=1``, runs the stored stages once during its load); both read the transformer's weights
+    from the command's start and sample the same latents."""
     rng = np.random.default_rng(0)
     emb = tmp_path / "emb.safetensors"
     save_file({"text": rng.standard_normal((1, 1, 7, 64)).astype(np.float32),
@@ -145,8 +148,8 @@ def test_sample_starts_the_vae_compile_before_jax_when_cold_and_not_when_warm(go
                "--compile-cache", str(tmp_path / "xla"), "--steps", "2", "--guidance", "1",
                "--out", str(tmp_path / f"run{run}.safetensors"), "--param-dtype", "float32",
                "--compute-dtype", "float32", "--quiet", "--vae-compile-processes", "1"]
-        proc = subprocess.run(cmd, cwd=ROOT, env=_env(JAX_VDIT_EXECUTABLE_STORE="1"), capture_output=True,
-                              text=True, timeout=600)
+        proc = subprocess.run(cmd, cwd=ROOT, env=_env(JAX_VDIT_EXECUTABLE_STORE="1", JAX_VDIT_VAE_PRIME="1"),
+                              capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-4000:]
         reports.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     cold, warm = reports
@@ -159,6 +162,13 @@ def test_sample_starts_the_vae_compile_before_jax_when_cold_and_not_when_warm(go
     assert cold["vae_compile_workers"] and cold["vae_compile_workers"][0]["compiled"] > 0, cold["vae_compile_workers"]
     assert warm["vae_compile_before_jax"] is None and warm["vae_compile_workers"] is None, warm
     assert warm["vae_stages_loaded"] == warm["vae_stages"] > 0, warm
+    # priming asked for: the warm command ran its stored stages once during the load; the cold one had none stored
+    assert cold["vae_primed_s"] is None and warm["vae_primed_s"] is not None, (cold["vae_primed_s"], warm)
+    for report in (cold, warm):  # the transformer's weights were read from the start and the loader took them all
+        read = report["weights_prefetch"]
+        assert read["claimed"] and read["started_s"] < report["load_s"], read
+        assert read["taken"] + read["taken_from_queue"] == read["tensors_queued"] > 0, read
+        assert read["files"] == [str(golden_dir / "opensora_v12" / "tiny_a" / "diffusion_pytorch_model.safetensors")]
     first, second = (load_file(str(tmp_path / f"run{r}.safetensors"))["latents"] for r in range(2))
     np.testing.assert_array_equal(first, second)
 

@@ -187,19 +187,43 @@ def start_vae_compile_before_jax(args: argparse.Namespace):
                             processes=args.vae_compile_processes)
 
 
+def start_weight_prefetch(args: argparse.Namespace):
+    """The transformer's safetensors read into host memory in background threads from now on, while JAX is
+    imported and started (:mod:`jax_vdit.io.prefetch`; ``$JAX_VDIT_PREFETCH_BYTES`` bounds the bytes held, 0
+    turns it off), or None where that does not apply: a checkpoint that is not a local folder of safetensors (a
+    repo id, our orbax format, a PyTorch pickle). No JAX import."""
+    from jax_vdit.io.prefetch import budget_from_env, start_prefetch
+    from jax_vdit.io.tensors import CheckpointFormatError, find_weight_files
+
+    budget = budget_from_env()  # a bad value is refused here, before any work
+    root = Path(args.checkpoint).expanduser()
+    if budget <= 0 or not root.is_dir():
+        return None
+    model_dir = root / args.variant if args.variant and (root / args.variant).is_dir() else root
+    try:
+        files = find_weight_files(model_dir)
+    except (CheckpointFormatError, OSError):  # not a weights folder: the loader says what is wrong
+        return None
+    return start_prefetch(files, budget=budget)
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     # before anything starts JAX's backends (XLA reads its flags once), and before the VAE's compile processes
     # start (they inherit the flags, which are part of the compiled stages' keys)
+    from jax_vdit.io import prefetch
     from jax_vdit.xla_defaults import add_gpu_compile_flags
 
     xla_flags_added = [] if args.triton_gemm else add_gpu_compile_flags()
     early_vae = start_vae_compile_before_jax(args)  # about 2 s before JAX would be imported and started
     try:
+        start_weight_prefetch(args)  # the weights' reads overlap JAX's import and start
         return _sample(args, xla_flags_added, early_vae)
     except BaseException:
         if early_vae is not None:  # stopped, or already handed to the pipeline (then finished or stopped there)
             early_vae.stop()
         raise
+    finally:
+        prefetch.stop_all()  # what no loader took is dropped
 
 
 def _sample(args: argparse.Namespace, xla_flags_added: list[str], early_vae) -> int:
@@ -217,9 +241,13 @@ def _sample(args: argparse.Namespace, xla_flags_added: list[str], early_vae) -> 
 
     from jax_vdit import sampling
     from jax_vdit.compile_meter import CompileMeter
+    from jax_vdit.io import prefetch
 
     from jax_vdit.pipeline import OpenSoraPipeline, write_sidecar
     from jax_vdit.sampling import StepTimer
+    from jax_vdit.vae.warmup import prime_requested
+
+    prime_requested()  # a bad $JAX_VDIT_VAE_PRIME is refused before any load
 
     edges = None if args.edges is None else [int(e) for e in args.edges.split(",")]
     job_args = dict(prompt=prompts, negative_prompt=args.negative_prompt, prompt_embeds=embeds,
@@ -244,6 +272,7 @@ def _sample(args: argparse.Namespace, xla_flags_added: list[str], early_vae) -> 
             vae_compile_processes=vae_compile_processes, vae_compile_started=early_vae,
             revision=args.revision, local_files_only=True if args.offline else None)
     load_s = time.perf_counter() - t0
+    weights_prefetch = prefetch.stop_all()  # a prefetch the load did not claim frees its memory now
     job = pipe.prepare(**job_args)
     source = "student.json" if pipe.student is not None else "checkpoint defaults"
     print(f"vdit sample: {job.describe()} ({source}; seeds {job.videos[0].seed}..{job.videos[-1].seed})",
@@ -260,6 +289,8 @@ def _sample(args: argparse.Namespace, xla_flags_added: list[str], early_vae) -> 
     warmup_cpu_s = time.thread_time() - cpu0  # below warmup_s: waits (the compiler's threads, the device, the lock)
     report = {"load_s": round(load_s, 2), "load": pipe.load_seconds, "load_cpu": pipe.load_cpu_seconds,
               "load_parts": pipe.load_parts,
+              # the transformer's weights read from the command's start, before JAX (None: no prefetch ran)
+              "weights_prefetch": weights_prefetch[0] if len(weights_prefetch) == 1 else (weights_prefetch or None),
               "load_compile": load_meter.report(),
               "compile_s": round(warmup_compile.compile_s, 2),
               "compile": warmup_compile.report(),
@@ -325,6 +356,7 @@ def _add_vae_warmup(report: dict, vae_warmup, pipe) -> None:
     report["vae_stages"] = warm.stages
     report["vae_stages_loaded"] = warm.loaded  # from the executable store, not compiled
     report["vae_planned"] = warm.planned  # False: a recorded plan, no tracing of the decode
+    report["vae_primed_s"] = warm.primed_s  # each stored stage run once on zeros during the load; None: not
     report["vae_compile_s"] = warm.total_s  # background, overlapping the transformer's work
     report["vae_compile_wait_s"] = round(time.perf_counter() - t0, 2)
     report["vae_compile_workers"] = pipe.vae_compile_workers  # None: compiled in a thread of this process

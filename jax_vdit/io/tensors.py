@@ -131,6 +131,10 @@ class SafetensorsSource:
     def infos(self) -> Mapping[str, TensorInfo]:
         return self._infos
 
+    def byte_ranges(self) -> Mapping[str, tuple[Path, int, int]]:
+        """Every tensor's (file, offset of its first byte in the file, byte count)."""
+        return self._where
+
     def read(self, name: str) -> np.ndarray:
         file, offset, nbytes = self._where[name]
         info = self._infos[name]
@@ -288,8 +292,20 @@ def find_weight_files(folder: Path) -> list[Path]:
     )
 
 
+# functions (files, source) -> source that :func:`open_tensors` applies to every safetensors source it opens
+# (:mod:`jax_vdit.io.prefetch` adds its ``claim``, which returns the source unchanged unless it reads those files)
+_SAFETENSORS_WRAPPERS: list[Callable[[list[Path], SafetensorsSource], TensorSource]] = []
+
+
+def add_safetensors_wrapper(wrap: Callable[[list[Path], SafetensorsSource], TensorSource]) -> None:
+    """Have :func:`open_tensors` pass each safetensors source it opens through ``wrap`` (once per function)."""
+    if wrap not in _SAFETENSORS_WRAPPERS:
+        _SAFETENSORS_WRAPPERS.append(wrap)
+
+
 def open_tensors(path: str | os.PathLike) -> TensorSource:
-    """Open a checkpoint file or release folder for streaming reads."""
+    """Open a checkpoint file or release folder for streaming reads (safetensors files that
+    :func:`jax_vdit.io.prefetch.start_prefetch` is reading are read through that prefetch)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -299,7 +315,10 @@ def open_tensors(path: str | os.PathLike) -> TensorSource:
         files = _sharded_files(first)
         first = files[0]
     if first.suffix == ".safetensors":
-        return SafetensorsSource(files)
+        source = SafetensorsSource(files)
+        for wrap in _SAFETENSORS_WRAPPERS:  # e.g. reads taken from a prefetch of these files, if one runs
+            source = wrap(files, source)
+        return source
     if first.suffix in TORCH_SUFFIXES:
         if len(files) != 1:
             raise CheckpointFormatError("sharded PyTorch pickles are not supported; use safetensors shards")
