@@ -144,11 +144,12 @@ def first_video_table(rows: list[dict]) -> str:
 def cli_table(runs: list[tuple[str, dict]]) -> str:
     """``vdit sample`` of a random student folder, cold then warm: wall seconds around the process and its report."""
     lines = ["| size | code | phase | wall s | goal s | load s (its programs) | warm-up compile s (programs, cache "
-             "misses) | sampler compiled beside the load: s (programs, cache misses; warm-up's wait s) | sampler "
+             "misses) | weights read from the start: GB read, tensors taken (waited for / read by the loader), from s; "
+             "loader's read wait s | sampler compiled beside the load: s (programs, cache misses; warm-up's wait s) | sampler "
              "from the store | sampling s | VAE compile wait s (its processes started before JAX: s after the process "
              "start) | VAE wait + decode + mp4 s | before main s | after the "
              "report s (computed) | device |",
-             "|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|"]
+             "|---|---|---|---:|---:|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---|"]
     for _, data in runs:
         goals = GOALS.get(data.get("size"), (None, None))
         # a run with --baseline-tree holds the other tree's runs under "baseline" (its rows first); --cli-variant
@@ -165,7 +166,7 @@ def cli_table(runs: list[tuple[str, dict]]) -> str:
                     else:
                         what = ("timed out" if r.get("timed_out") else f"failed (exit {r.get('returncode')})") + \
                             f" after {r['wall_s']:.0f} s"
-                    lines.append(f"| {data.get('size')} | {code} | {phase} | {what} |" + " |" * 10
+                    lines.append(f"| {data.get('size')} | {code} | {phase} | {what} |" + " |" * 11
                                  + f" {data.get('device')} |")
                     continue
                 rep, comp = r["report"], r["report"].get("compile", {})
@@ -176,6 +177,16 @@ def cli_table(runs: list[tuple[str, dict]]) -> str:
                     f"{early['seconds']:.1f} ({early['compile']['programs']}, {early['compile']['cache_misses']}; "
                     f"{early['wait_s']:.2f})" + (f" error: {early['error']}" if early.get("error") else ""))
                 stored = rep.get("sampler_from_store")
+                read_wait = _f((rep.get("load_parts") or {}).get("transformer", {}).get("read_wait"))
+                prefetch = rep.get("weights_prefetch")  # the weights read from the command's start (a dict)
+                prefetch = "-" if not isinstance(prefetch, dict) else (
+                    f"{prefetch['bytes_read'] / 1e9:.1f}, {prefetch['taken']} ({prefetch['taken_waiting']} / "
+                    f"{prefetch['taken_from_queue']}), from {_f(prefetch.get('started_s'))}")
+                if prefetch != "-" or read_wait != "-":
+                    prefetch += f"; {read_wait}"
+                decode = _f(rep.get("decode_s"))
+                if rep.get("vae_primed_s") is not None:
+                    decode += f" (stages primed in the load: {_f(rep['vae_primed_s'])} s)"
                 vae_wait = _f(rep.get("vae_compile_wait_s"))
                 before_jax = rep.get("vae_compile_before_jax")  # the VAE's processes started before JAX
                 if before_jax:
@@ -184,9 +195,9 @@ def cli_table(runs: list[tuple[str, dict]]) -> str:
                 lines.append(f"| {data.get('size')} | {code} | {phase} | {r['wall_s']:.1f} | "
                              f"{'-' if goal is None else f'<= {goal:g}'} | {_f(rep.get('load_s'), 1)}"
                              f"{load_programs} | {_f(rep.get('compile_s'), 1)} ({comp.get('programs')}, "
-                             f"{comp.get('cache_misses')}) | {early} | {'-' if stored is None else stored} | "
-                             f"{_f(rep.get('sampling_s'))} | "
-                             f"{vae_wait} | {_f(rep.get('decode_s'))} | "
+                             f"{comp.get('cache_misses')}) | {prefetch} | {early} | "
+                             f"{'-' if stored is None else stored} | {_f(rep.get('sampling_s'))} | "
+                             f"{vae_wait} | {decode} | "
                              f"{_f(rep.get('before_main_s'))} | {_f(_after_report(r))} | {data.get('device')} |")
     return "\n".join(lines)
 

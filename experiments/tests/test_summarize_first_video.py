@@ -71,15 +71,29 @@ def test_cli_runs_get_their_own_table_with_the_goals(tmp_path):
     main(["--dir", str(tmp_path)])
     text = (tmp_path / "first_video.md").read_text()
     # a report without the process's own times (older code): no start or exit columns
-    assert "| full | this | cold | 18.2 | <= 20 | 4.0 | 9.5 (13, 2) | - | - | 1.80 | 0.10 | 2.00 | - | - | H200 |" \
+    assert "| full | this | cold | 18.2 | <= 20 | 4.0 | 9.5 (13, 2) | - | - | - | 1.80 | 0.10 | 2.00 | - | - | H200 |" \
         in text
     # with them: the time after the report is the wall time less the time before main and main's own
     assert "| 1.80 | 0.10 | 2.00 | 1.25 | 0.50 | H200 |" in text
     # the sampler compiled (here: read from the store) in the background while the weights loaded
-    assert "| full | this | warm | 7.5 | <= 8 | 4.0 | 0.0 (0, 0) | 0.4 (2, 0; 0.00) | True | 1.80 |" in text
+    assert "| full | this | warm | 7.5 | <= 8 | 4.0 | 0.0 (0, 0) | - | 0.4 (2, 0; 0.00) | True | 1.80 |" in text
     assert "| baseline |" not in text
     # the VAE's compile processes started before JAX (a variant's run here)
     assert "| full | early | cold | 17.0 |" in text and "| 0.10 (processes from 0.31 s) | 2.00 |" in text
+
+
+def test_the_weights_read_from_the_start_and_the_primed_stages_are_shown(tmp_path):
+    report = {"load_s": 2.5, "compile_s": 0.0, "compile": {"programs": 0, "cache_misses": 0}, "sampling_s": 1.8,
+              "vae_compile_wait_s": 0.0, "decode_s": 2.1, "vae_primed_s": 0.42,
+              "load_parts": {"transformer": {"read_wait": 0.61}},
+              "weights_prefetch": {"bytes_read": 5.4e9, "taken": 500, "taken_waiting": 20, "taken_from_queue": 3,
+                                   "started_s": 0.12}}
+    (tmp_path / "first_video_cli_full.json").write_text(json.dumps(
+        {"command": "bench", "size": "full", "device": "H100", "cli": {"warm": {"wall_s": 8.0, "report": report}}}))
+    main(["--dir", str(tmp_path)])
+    text = (tmp_path / "first_video.md").read_text()
+    assert "| 5.4, 500 (20 / 3), from 0.12; 0.61 |" in text
+    assert "| 2.10 (stages primed in the load: 0.42 s) |" in text
 
 
 def test_a_baseline_trees_runs_come_first_in_the_cli_table(tmp_path):
@@ -125,8 +139,8 @@ def test_a_run_that_timed_out_gets_a_row_that_says_so(tmp_path):
     main(["--dir", str(tmp_path)])
     text = (tmp_path / "first_video.md").read_text()
     rows = [line for line in text.splitlines() if line.startswith("| full |")]
-    assert "| full | slow | cold | timed out after 150 s |" + " |" * 10 + " H100 |" in rows
-    assert "| full | bad | cold | failed (exit 1) after 3 s |" + " |" * 10 + " H100 |" in rows
+    assert "| full | slow | cold | timed out after 150 s |" + " |" * 11 + " H100 |" in rows
+    assert "| full | bad | cold | failed (exit 1) after 3 s |" + " |" * 11 + " H100 |" in rows
     header = next(line for line in text.splitlines() if line.startswith("| size | code |"))
     assert all(row.count("|") == header.count("|") for row in rows)
 
