@@ -10,8 +10,8 @@ first byte of the transformer's 5.5 GB; the reads themselves release Python's lo
 
 :func:`jax_vdit.io.tensors.open_tensors` of the same files (same paths, sizes and modification times) hands back a
 source whose reads take the tensors already read, wait for those being read, and read the rest themselves
-(a tensor still queued is taken off the queue and read by the caller at once). Tensors are read in file order
-until ``budget`` bytes are held; each is dropped from here when taken, so host memory holds at most the budget
+(a tensor still queued is taken off the queue and read by the caller at once). Tensors are read in the order a loader asks for them (by name, numbers
+compared as numbers) until ``budget`` bytes are held; each is dropped from here when taken, so host memory holds at most the budget
 beyond what the loader holds. The threads are daemons: an unclaimed prefetch never delays the process's exit, and
 :func:`stop_all` drops what it holds.
 """
@@ -19,6 +19,7 @@ beyond what the loader holds. The threads are daemons: an unclaimed prefetch nev
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections import deque
@@ -37,6 +38,11 @@ DEFAULT_THREADS = 4
 MAX_DEFAULT_BYTES = 16 << 30  # the default budget's ceiling; a quarter of the host's available memory below that
 
 _QUEUED, _READING, _DONE = "queued", "reading", "done"
+
+
+def _natural_key(name: str) -> list:
+    """``name`` split into text and numbers, for sorting ``a.2`` before ``a.10``."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
 
 
 def _stat_key(files: list[Path]) -> tuple:
@@ -90,7 +96,7 @@ class _Slot:
 
 
 class Prefetch:
-    """Tensors of safetensors ``files`` read in file order by ``threads`` daemon threads until ``budget`` bytes
+    """Tensors of safetensors ``files`` read by name (numbers as numbers) by ``threads`` daemon threads until ``budget`` bytes
     are queued (``threads=0``: queued, never read; for tests). See the module's docstring."""
 
     def __init__(self, files: list[Path], budget: int, threads: int = DEFAULT_THREADS):
@@ -108,7 +114,7 @@ class Prefetch:
         self.stats = {"tensors_queued": 0, "bytes_queued": 0, "tensors_read": 0, "bytes_read": 0, "taken": 0,
                       "taken_waiting": 0, "taken_from_queue": 0, "read_s": None}
         queued = 0
-        for name, nbytes in self._file_order():
+        for name, nbytes in self._load_order():
             if queued + nbytes > budget:
                 break
             queued += nbytes
@@ -121,12 +127,12 @@ class Prefetch:
         for thread in self._threads:
             thread.start()
 
-    def _file_order(self) -> list[tuple[str, int]]:
-        """(name, bytes) of every tensor, by file then offset (the order a disk reads fastest)."""
+    def _load_order(self) -> list[tuple[str, int]]:
+        """(name, bytes) of every tensor in the order loaders ask for them: by name with numbers compared as
+        numbers (``blocks.2`` before ``blocks.10``), which puts a release checkpoint's transformer blocks in
+        order after the tensors outside them."""
         where = self.source.byte_ranges()
-        order = {str(f): i for i, f in enumerate(self.files)}
-        names = sorted(where, key=lambda n: (order[str(where[n][0])], where[n][1]))
-        return [(n, where[n][2]) for n in names]
+        return [(n, where[n][2]) for n in sorted(where, key=_natural_key)]
 
     def infos(self) -> dict[str, TensorInfo]:
         return dict(self.source.infos())
