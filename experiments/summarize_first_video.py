@@ -185,8 +185,6 @@ def cli_table(runs: list[tuple[str, dict]]) -> str:
                 if prefetch != "-" or read_wait != "-":
                     prefetch += f"; {read_wait}"
                 decode = _f(rep.get("decode_s"))
-                if rep.get("vae_primed_s") is not None:
-                    decode += f" (stages primed in the load: {_f(rep['vae_primed_s'])} s)"
                 vae_wait = _f(rep.get("vae_compile_wait_s"))
                 before_jax = rep.get("vae_compile_before_jax")  # the VAE's processes started before JAX
                 if before_jax:

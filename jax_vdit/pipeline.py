@@ -272,14 +272,14 @@ def _start_decoder_warmup(vae, model_dir: Path, config, decode_size, vae_tiles: 
     the whole decode, the VAE folder ``vae_dir`` (if given; VAE in ``vae_dtype``) gets its marker
     (:func:`jax_vdit.vae.early_compile.mark_decode_stored`): the next command starts no processes before JAX."""
     from jax_vdit.vae import compile_worker
-    from jax_vdit.vae.warmup import precompile_decode, precompile_decode_in_background, prime_requested
+    from jax_vdit.vae.warmup import precompile_decode, precompile_decode_in_background
 
     shape = _decode_shape(model_dir, config, decode_size)
     if shape is None:
         return None
     tiling = _decode_tiling(vae_tiles)
-    if not workers:  # $JAX_VDIT_VAE_PRIME=1: stages read from the store also run once on zeros here
-        future = precompile_decode_in_background(vae, shape, tiling=tiling, cancel=cancel, prime=prime_requested())
+    if not workers:
+        future = precompile_decode_in_background(vae, shape, tiling=tiling, cancel=cancel)
     else:
         processes, reports = workers
 

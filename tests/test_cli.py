@@ -130,6 +130,27 @@ def test_sample_command_refuses_guidance_without_negatives_or_text_encoder(golde
     assert "guidance_scale=4 needs negative embeddings" in capsys.readouterr().err
 
 
+def test_sample_with_embeddings_looks_for_no_text_encoder_unless_one_is_named(golden_dir, tmp_path, monkeypatch):
+    """With --embeddings no text is encoded: "auto" then asks the pipeline for no text encoder (no search of the
+    Hub's cache on the way to the first video); a named one is still loaded, and prompts still get "auto"."""
+    from jax_vdit.pipeline import OpenSoraPipeline
+
+    asked = []
+
+    def stop_at_load(cls, *args, **kwargs):
+        asked.append(kwargs["text_encoder"])
+        raise ValueError("stopped at the load")
+
+    monkeypatch.setattr(OpenSoraPipeline, "from_pretrained", classmethod(stop_at_load))
+    emb = tmp_path / "pos.safetensors"
+    save_file({"text": np.ones((1, 7, 64), np.float32), "text_mask": np.ones((1, 7), np.int32)}, str(emb))
+    base = ["sample", str(golden_dir / "opensora_v12" / "tiny_a"), "--no-compile-cache", "--latents-only"]
+    for extra in (["--embeddings", str(emb)], ["--embeddings", str(emb), "--text-encoder", "toy"],
+                  ["--prompt", "a red circle"]):
+        assert main(base + extra) == 2
+    assert asked == [None, "toy", "auto"]
+
+
 def test_sample_command_on_a_student_uses_student_json(tmp_path, capsys, monkeypatch):
     """`vdit sample STUDENT_DIR`: its sampler, edges, no CFG and its masks; contradicting flags need --force; a
     prompt file, several videos per prompt and their seeds are recorded. (The sampler itself is replaced by a

@@ -133,8 +133,7 @@ def test_the_pipeline_stops_processes_started_for_another_decode(golden_dir, exe
 
 def test_sample_starts_the_vae_compile_before_jax_when_cold_and_not_when_warm(golden_dir, tmp_path):
     """`vdit sample --vae-compile-processes 1` twice in fresh processes: the first starts its compile process
-    before importing JAX and the pipeline uses it; the second finds the decode's marker and starts none (and, with
-    ``$JAX_VDIT_VAE_PRIME=1``, runs the stored stages once during its load); both read the transformer's weights
+    before importing JAX and the pipeline uses it; the second finds the decode's marker and starts none; both read the transformer's weights
     from the command's start and sample the same latents."""
     rng = np.random.default_rng(0)
     emb = tmp_path / "emb.safetensors"
@@ -148,8 +147,8 @@ def test_sample_starts_the_vae_compile_before_jax_when_cold_and_not_when_warm(go
                "--compile-cache", str(tmp_path / "xla"), "--steps", "2", "--guidance", "1",
                "--out", str(tmp_path / f"run{run}.safetensors"), "--param-dtype", "float32",
                "--compute-dtype", "float32", "--quiet", "--vae-compile-processes", "1"]
-        proc = subprocess.run(cmd, cwd=ROOT, env=_env(JAX_VDIT_EXECUTABLE_STORE="1", JAX_VDIT_VAE_PRIME="1"),
-                              capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(cmd, cwd=ROOT, env=_env(JAX_VDIT_EXECUTABLE_STORE="1"), capture_output=True,
+                              text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-4000:]
         reports.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     cold, warm = reports
@@ -162,9 +161,11 @@ def test_sample_starts_the_vae_compile_before_jax_when_cold_and_not_when_warm(go
     assert cold["vae_compile_workers"] and cold["vae_compile_workers"][0]["compiled"] > 0, cold["vae_compile_workers"]
     assert warm["vae_compile_before_jax"] is None and warm["vae_compile_workers"] is None, warm
     assert warm["vae_stages_loaded"] == warm["vae_stages"] > 0, warm
-    # priming asked for: the warm command ran its stored stages once during the load; the cold one had none stored
-    assert cold["vae_primed_s"] is None and warm["vae_primed_s"] is not None, (cold["vae_primed_s"], warm)
-    for report in (cold, warm):  # the transformer's weights were read from the start and the loader took them all
+    for report in (cold, warm):  # the startup's parts; the weights were read from the start, the loader took all
+        startup = report["startup"]
+        assert set(startup) == {"jax_import_s", "imports_s", "backend_s", "backend_wait_s", "before_load_s"}, startup
+        assert 0 < startup["jax_import_s"] <= startup["imports_s"] <= startup["before_load_s"] < report["main_s"]
+        assert 0 <= startup["backend_wait_s"] <= startup["backend_s"], startup
         read = report["weights_prefetch"]
         assert read["claimed"] and read["started_s"] < report["load_s"], read
         assert read["taken"] + read["taken_from_queue"] == read["tensors_queued"] > 0, read

@@ -99,49 +99,6 @@ def test_warm_process_loads_every_stage_without_lowering_and_decodes_the_same(va
     assert len(compile_log()) == cold.stages and all(e["loaded"] for e in compile_log())
 
 
-def test_priming_runs_every_stored_stage_once_on_zeros_and_leaves_the_decode_unchanged(vae, store, monkeypatch):
-    """``$JAX_VDIT_VAE_PRIME``'s warm-up: once a recorded decode's stages are read from the store, each runs once
-    on zeros of its input shapes (its first run in the process is then behind it); the decode gives the same
-    pixels after, and a warm-up without priming reports none."""
-    from jax_vdit.vae import warmup
-
-    z = jax.random.normal(jax.random.key(0), LATENT)
-    tiles = dataclasses.replace(TILES, uniform_tiles=True)
-    cold = precompile_decode(vae, LATENT, tiling=tiles, prime=True)
-    assert cold.planned and cold.primed_s is None  # compiled here: nothing read from the store to prime
-    reference = decode_latents_to_video(vae, z, tiling=tiles)
-
-    runs: list[str] = []
-    real_held = executable_store.held
-
-    def counting_held(key, kind=""):
-        found = real_held(key, kind)
-        if found is None:
-            return None
-        executable = found.executable
-
-        def run(*args, **kwargs):
-            runs.append(key)
-            return executable(*args, **kwargs)
-
-        run.args_info = executable.args_info
-        return dataclasses.replace(found, executable=run)
-
-    clear_compile_cache()  # a new process
-    monkeypatch.setattr(executable_store, "held", counting_held)
-    warm = precompile_decode(vae, LATENT, tiling=tiles, prime=True)
-    assert not warm.planned and warm.loaded == cold.stages and warm.primed_s is not None and warm.primed_s >= 0
-    assert sorted(runs) == sorted(set(runs)) and len(runs) == cold.stages  # each stage once
-    np.testing.assert_array_equal(decode_latents_to_video(vae, z, tiling=tiles), reference)
-
-    clear_compile_cache()
-    runs.clear()
-    assert precompile_decode(vae, LATENT, tiling=tiles).primed_s is None and runs == []
-    assert warmup.prime_requested({}) is False and warmup.prime_requested({warmup.PRIME_ENV: "1"}) is True
-    with pytest.raises(ValueError, match="JAX_VDIT_VAE_PRIME"):
-        warmup.prime_requested({warmup.PRIME_ENV: "yes"})
-
-
 def test_a_recorded_decode_plan_loads_every_stage_without_planning_and_decodes_the_same(vae, store, monkeypatch):
     """Once a decode's stages are all stored, their names are recorded; a warm process reads them without tracing
     the decode (planning would hold Python's lock) and decodes the same pixels. A damaged record, or a stage file

@@ -82,9 +82,9 @@ def test_cli_runs_get_their_own_table_with_the_goals(tmp_path):
     assert "| full | early | cold | 17.0 |" in text and "| 0.10 (processes from 0.31 s) | 2.00 |" in text
 
 
-def test_the_weights_read_from_the_start_and_the_primed_stages_are_shown(tmp_path):
+def test_the_weights_read_from_the_start_are_shown(tmp_path):
     report = {"load_s": 2.5, "compile_s": 0.0, "compile": {"programs": 0, "cache_misses": 0}, "sampling_s": 1.8,
-              "vae_compile_wait_s": 0.0, "decode_s": 2.1, "vae_primed_s": 0.42,
+              "vae_compile_wait_s": 0.0, "decode_s": 2.1,
               "load_parts": {"transformer": {"read_wait": 0.61}},
               "weights_prefetch": {"bytes_read": 5.4e9, "taken": 500, "taken_waiting": 20, "taken_from_queue": 3,
                                    "started_s": 0.12}}
@@ -93,7 +93,6 @@ def test_the_weights_read_from_the_start_and_the_primed_stages_are_shown(tmp_pat
     main(["--dir", str(tmp_path)])
     text = (tmp_path / "first_video.md").read_text()
     assert "| 5.4, 500 (20 / 3), from 0.12; 0.61 |" in text
-    assert "| 2.10 (stages primed in the load: 0.42 s) |" in text
 
 
 def test_a_baseline_trees_runs_come_first_in_the_cli_table(tmp_path):

@@ -226,8 +226,38 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         prefetch.stop_all()  # what no loader took is dropped
 
 
+EARLY_BACKEND_ENV = "JAX_VDIT_EARLY_BACKEND"  # "0": JAX's backend starts where it is first used, not beside imports
+
+
+def import_jax_and_start_backend() -> tuple[dict, object]:
+    """Import JAX, then start its backend (the GPU client: the driver's context, the devices) in a background
+    thread while this one imports the rest (flax, the model's modules), unless ``$JAX_VDIT_EARLY_BACKEND=0``.
+    Returns (seconds: "jax_import_s", and later "imports_s" and "backend_wait_s", filled by the caller; the
+    thread's future, or None)."""
+    from jax_vdit.background import in_background
+
+    t0 = time.perf_counter()
+    import jax
+
+    seconds = {"jax_import_s": round(time.perf_counter() - t0, 3)}
+    early = os.environ.get(EARLY_BACKEND_ENV, "1")
+    if early not in ("0", "1"):
+        raise ValueError(f"${EARLY_BACKEND_ENV} must be 0 or 1, got {early!r}")
+    if early == "0":
+        return seconds, None
+
+    def start_backend() -> float:
+        started = time.perf_counter()
+        jax.devices()
+        return round(time.perf_counter() - started, 3)
+
+    return seconds, in_background("jax-backend", start_backend)
+
+
 def _sample(args: argparse.Namespace, xla_flags_added: list[str], early_vae) -> int:
-    prompts, embeds = check_inputs(args)  # no model work before this passes
+    t0 = time.perf_counter()
+    startup, backend = import_jax_and_start_backend()
+    prompts, embeds = check_inputs(args)  # no model work before this passes (imports the pipeline's modules)
     switch_interval = set_switch_interval()
     mesh = make_cli_mesh(args)
     cache = setup_compile_cache(args)
@@ -245,9 +275,15 @@ def _sample(args: argparse.Namespace, xla_flags_added: list[str], early_vae) -> 
 
     from jax_vdit.pipeline import OpenSoraPipeline, write_sidecar
     from jax_vdit.sampling import StepTimer
-    from jax_vdit.vae.warmup import prime_requested
 
-    prime_requested()  # a bad $JAX_VDIT_VAE_PRIME is refused before any load
+    startup["imports_s"] = round(time.perf_counter() - t0, 3)  # with the input checks
+    if backend is not None:  # the backend's start beside the imports: its seconds, and what was left to wait for
+        waited = time.perf_counter()
+        startup["backend_s"] = backend.result()
+        startup["backend_wait_s"] = round(time.perf_counter() - waited, 3)
+    # with --embeddings no text is encoded: "auto" then loads no text encoder (no search of the Hub's cache)
+    text_encoder = None if args.text_encoder == "none" or (embeds is not None and args.text_encoder == "auto") \
+        else args.text_encoder
 
     edges = None if args.edges is None else [int(e) for e in args.edges.split(",")]
     job_args = dict(prompt=prompts, negative_prompt=args.negative_prompt, prompt_embeds=embeds,
@@ -255,13 +291,14 @@ def _sample(args: argparse.Namespace, xla_flags_added: list[str], early_vae) -> 
                     guidance_scale=args.guidance, sampler=args.sampler, edges=edges, seed=args.seed,
                     num_videos_per_prompt=args.num_videos_per_prompt, attention=args.attention,
                     latent_dtype=jnp.float32 if args.fp32_latents else jnp.bfloat16, force=args.force)
+    startup["before_load_s"] = round(time.perf_counter() - t0, 3)  # from here to the load's start
     t0 = time.perf_counter()
     load_meter = CompileMeter()  # this thread: the programs that place and lay out the weights, not the VAE's
     with load_meter:
         pipe = OpenSoraPipeline.from_pretrained(
             args.checkpoint, args.variant or None, config=args.config,
             vae=None if args.latents_only else (args.vae or "auto"),
-            text_encoder=None if args.text_encoder == "none" else args.text_encoder,
+            text_encoder=text_encoder,
             param_dtype=args.param_dtype, compute_dtype=args.compute_dtype, tile_backend=args.tile_backend,
             mixed_masks=args.mixed_masks, vae_tiles=args.vae_tiles, layer_loop=args.layer_loop,
             # the VAE's stages start compiling as soon as the VAE is loaded (early), or after the transformer loads
@@ -287,7 +324,8 @@ def _sample(args: argparse.Namespace, xla_flags_added: list[str], early_vae) -> 
         pipe.warm_up(job, mesh=mesh, progress=True)
     warmup_s = time.perf_counter() - t0
     warmup_cpu_s = time.thread_time() - cpu0  # below warmup_s: waits (the compiler's threads, the device, the lock)
-    report = {"load_s": round(load_s, 2), "load": pipe.load_seconds, "load_cpu": pipe.load_cpu_seconds,
+    report = {"startup": startup,  # the imports and JAX's backend before the load, seconds
+              "load_s": round(load_s, 2), "load": pipe.load_seconds, "load_cpu": pipe.load_cpu_seconds,
               "load_parts": pipe.load_parts,
               # the transformer's weights read from the command's start, before JAX (None: no prefetch ran)
               "weights_prefetch": weights_prefetch[0] if len(weights_prefetch) == 1 else (weights_prefetch or None),
@@ -356,7 +394,6 @@ def _add_vae_warmup(report: dict, vae_warmup, pipe) -> None:
     report["vae_stages"] = warm.stages
     report["vae_stages_loaded"] = warm.loaded  # from the executable store, not compiled
     report["vae_planned"] = warm.planned  # False: a recorded plan, no tracing of the decode
-    report["vae_primed_s"] = warm.primed_s  # each stored stage run once on zeros during the load; None: not
     report["vae_compile_s"] = warm.total_s  # background, overlapping the transformer's work
     report["vae_compile_wait_s"] = round(time.perf_counter() - t0, 2)
     report["vae_compile_workers"] = pipe.vae_compile_workers  # None: compiled in a thread of this process
@@ -402,7 +439,7 @@ def register(sub) -> None:
                         "it when deploying, with --compile-cache next to the checkpoint)")
     g.add_argument("--text-encoder", default="auto", help="local google/mt5-xxl folder or repo id, 'toy' (toy-world "
                    "models), 'none', or 'auto': a text_encoder/ folder, the toy stand-in for toy models, or "
-                   "google/mt5-xxl if already in the local Hugging Face cache")
+                   "google/mt5-xxl if already in the local Hugging Face cache (none with --embeddings)")
     g.add_argument("--revision", default=None, help="Hub revision of a repo id (default: main)")
     g.add_argument("--offline", action="store_true", help="never download: read repo ids from the local Hugging "
                    "Face cache only (as HF_HUB_OFFLINE=1)")

@@ -65,7 +65,6 @@ class WarmupReport:
     workers: int
     loaded: int = 0
     planned: bool = True  # False: the stages came from a recorded plan (:func:`precompile_decode`), not tracing
-    primed_s: float | None = None  # seconds of running each stage once on zeros (:func:`prime_stages`); None: not
 
 
 def _distinct(calls: Sequence[StageCall]) -> list[StageCall]:
@@ -101,48 +100,6 @@ def plan_encode(vae: CausalVAE, video_shape: Sequence[int], *, tiling: TilingCon
     with recording_stages() as calls:
         jax.eval_shape(lambda x: encode_moments_nthwc(vae, x, tiling=tiling), spec)
     return _distinct(calls)
-
-
-PRIME_ENV = "JAX_VDIT_VAE_PRIME"  # "1": run each stage read from the store once on zeros, during the load
-
-
-def prime_requested(environ=None) -> bool:
-    """Whether ``$JAX_VDIT_VAE_PRIME`` asks for :func:`prime_stages` ("1"; default off)."""
-    value = (os.environ if environ is None else environ).get(PRIME_ENV, "0").strip()
-    if value not in ("0", "1"):
-        raise ValueError(f"${PRIME_ENV} must be 0 or 1, got {value!r}")
-    return value == "1"
-
-
-def prime_stages(names: Sequence[str]) -> float:
-    """Run each stage executable held under the store names ``names`` once on zero arguments of its input shapes
-    (the output is dropped) and wait for them: a stage's first run in a process pays for loading its kernels and
-    setting up its convolutions, and the decode that follows then finds that done. Identical argument shapes
-    share one zero buffer (copied from the host: no program is compiled for them), except a donated input, which
-    gets its own. Returns the wall seconds."""
-    import numpy as np
-
-    t0 = time.perf_counter()
-    zeros: dict[tuple, jax.Array] = {}
-
-    def zero(info) -> jax.Array:
-        spec = (tuple(info.shape), str(info.dtype))
-        if info.donated:
-            return jax.device_put(np.zeros(info.shape, info.dtype))
-        if spec not in zeros:
-            zeros[spec] = jax.device_put(np.zeros(info.shape, info.dtype))
-        return zeros[spec]
-
-    outs = []
-    for name in names:
-        found = executable_store.held(name, kind="vae-stage")
-        if found is None:
-            continue
-        compiled = found.executable
-        args, kwargs = compiled.args_info
-        outs.append(compiled(*jax.tree.map(zero, args), **jax.tree.map(zero, kwargs)))
-    jax.block_until_ready(outs)
-    return round(time.perf_counter() - t0, 3)
 
 
 WORKERS_ENV = "JAX_VDIT_VAE_COMPILE_WORKERS"
@@ -224,8 +181,7 @@ def _record_stages(name: str, calls: Sequence[StageCall]) -> None:
 
 def precompile_decode(vae: CausalVAE, latent_shape: Sequence[int], *,
                       tiling: TilingConfig | None = RELEASE_TILING, workers: int | None = None,
-                      cancel: threading.Event | None = None, part: tuple[int, int] = (0, 1),
-                      prime: bool = False) -> WarmupReport:
+                      cancel: threading.Event | None = None, part: tuple[int, int] = (0, 1)) -> WarmupReport:
     """Plan and compile every stage of decoding DiT latents of ``latent_shape`` (B, C, t, h, w); no stage starts
     once ``cancel`` is set. ``part`` (k, n): only every n-th distinct stage from the k-th (for n processes that
     share the work through the executable store, :mod:`jax_vdit.vae.compile_worker`).
@@ -234,9 +190,7 @@ def precompile_decode(vae: CausalVAE, latent_shape: Sequence[int], *,
     names); a later process then reads those executables without planning the decode at all (planning traces the
     whole decode abstractly and holds Python's lock, time the transformer's load beside it waits for: 0.49 s at
     29x720p and 0.85 s at 93x720p with uniform tiles on a 2-core CPU since each distinct stage is traced once, 1.96
-    and 7.41 s before; experiments/results/first_video/decode_planning_once_cpu_2026-12-07/). Its report says ``planned=False``.
-    ``prime``: such stages read from the store are then run once on zeros (:func:`prime_stages`; its seconds in
-    the report's ``primed_s``), unless ``cancel`` is set."""
+    and 7.41 s before; experiments/results/first_video/decode_planning_once_cpu_2026-12-07/). Its report says ``planned=False``."""
     k, n = part
     if not 0 <= k < n:
         raise ValueError(f"part must be (k, n) with 0 <= k < n, got {part}")
@@ -244,10 +198,9 @@ def precompile_decode(vae: CausalVAE, latent_shape: Sequence[int], *,
     record = _decode_plan_name(vae, latent_shape, tiling)
     names = _recorded_stages(record)
     if names is not None and preload_stored_stages(names[k::n]):
-        primed_s = prime_stages(names[k::n]) if prime and not (cancel is not None and cancel.is_set()) else None
         return WarmupReport(stages=len(names), compiled=0, plan_s=0.0, lower_s=0.0,
                             total_s=round(time.perf_counter() - t0, 3), workers=0, loaded=len(names[k::n]),
-                            planned=False, primed_s=primed_s)
+                            planned=False)
     calls = plan_decode(vae, latent_shape, tiling=tiling)
     report = precompile(_distinct(calls)[k::n], workers=workers, plan_s=time.perf_counter() - t0, cancel=cancel)
     if n > 1:  # the stages of the whole decode, whichever part this process compiled
@@ -267,11 +220,10 @@ def precompile_encode(vae: CausalVAE, video_shape: Sequence[int], *,
 
 def precompile_decode_in_background(vae: CausalVAE, latent_shape: Sequence[int], *,
                                     tiling: TilingConfig | None = RELEASE_TILING,
-                                    workers: int | None = None, cancel: threading.Event | None = None,
-                                    prime: bool = False) -> Future:
+                                    workers: int | None = None, cancel: threading.Event | None = None) -> Future:
     """:func:`precompile_decode` in a background thread; returns its future (``.result()`` is the
     :class:`WarmupReport`, or raises what the compile raised). Wait for it before decoding. Set ``cancel`` when the
     decode will not happen (e.g. loading the transformer failed): the thread then stops after the stage it is
     compiling, instead of keeping the process from exiting until every stage is compiled."""
     return in_background("vae-warmup", precompile_decode, vae, latent_shape, tiling=tiling, workers=workers,
-                         cancel=cancel, prime=prime)
+                         cancel=cancel)
