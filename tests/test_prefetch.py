@@ -126,9 +126,68 @@ def test_stop_drops_what_was_not_taken(tmp_path):
     files, tensors = _checkpoint(tmp_path)
     started = prefetch.start_prefetch(files, budget=1 << 30, threads=1)
     _wait_read(started)
+    held = [slot for slot in started._slots.values()]
+    assert len(held) == len(tensors) and all(slot.array is not None for slot in held)
     prefetch.stop_all()
     assert started.take("w0") is None
-    assert all(slot.array is None for slot in started._slots.values())
+    assert all(slot.array is None for slot in held) and not started._slots
+
+
+class Placed:
+    """What a fake ``put`` returns: the array it was given, marked as placed."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+
+
+def _wait_placed(p: prefetch.Prefetch) -> None:
+    for _ in range(500):
+        if p.report()["place_s"] is not None:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"the placing did not finish: {p.report()}")
+
+
+def test_placed_tensors_are_handed_out_as_placed_within_the_budget_and_the_filter(tmp_path):
+    files, tensors = _checkpoint(tmp_path)
+    started = prefetch.Prefetch(files, budget=1 << 30, threads=1)
+    one = tensors["w0"].nbytes
+    # placing starts while the reads go on; w2 is not wanted; the budget holds three tensors
+    started.place_with(Placed, wanted=lambda a: not np.array_equal(a, tensors["w2"]), budget=3 * one, threads=2)
+    _wait_read(started)
+    _wait_placed(started)
+    report = started.report()
+    assert report["tensors_placed"] == 3 and report["bytes_placed"] == 3 * one, report
+    source = prefetch.PrefetchedSource(SafetensorsSource(files), started)
+    got = {name: source.read(name) for name in tensors}
+    assert sorted(n for n, v in got.items() if isinstance(v, Placed)) == ["w0", "w1", "w3"]  # in load order
+    for name, value in got.items():
+        np.testing.assert_array_equal(value.array if isinstance(value, Placed) else value, tensors[name])
+    assert started.report()["taken_placed"] == 3 and started.report()["taken"] == len(tensors)
+
+
+def test_a_failed_copy_hands_out_the_host_array_and_placing_waits_for_reads(tmp_path):
+    files, tensors = _checkpoint(tmp_path)
+    started = prefetch.Prefetch(files, budget=1 << 30, threads=0)  # nothing read yet
+
+    def failing_put(array):
+        raise RuntimeError("no device")
+
+    started.place_with(failing_put, wanted=lambda a: True, budget=1 << 30, threads=1)
+    time.sleep(0.05)
+    assert started.report()["place_s"] is None  # waiting for reads that may still come
+    source = prefetch.PrefetchedSource(SafetensorsSource(files), started)
+    for name, value in tensors.items():  # every one taken off the queue and read here
+        np.testing.assert_array_equal(source.read(name), value)
+    _wait_placed(started)  # nothing left to read: the placing thread ended
+    assert started.report()["tensors_placed"] == 0
+
+    second = prefetch.Prefetch(files, budget=1 << 30, threads=1)
+    _wait_read(second)
+    second.place_with(failing_put, wanted=lambda a: True, budget=1 << 30, threads=1)
+    _wait_placed(second)
+    np.testing.assert_array_equal(second.take("w4"), tensors["w4"])
+    assert second.report()["taken_placed"] == 0 and second.report()["tensors_placed"] == 0
 
 
 def test_files_that_are_not_safetensors_or_missing_start_nothing(tmp_path):

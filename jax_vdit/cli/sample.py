@@ -226,12 +226,34 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         prefetch.stop_all()  # what no loader took is dropped
 
 
+PREFETCH_TO_DEVICE_ENV = "JAX_VDIT_PREFETCH_TO_DEVICE"  # "0": the prefetched weights stay on the host until loaded
+_FLOAT_NAMES = ("float32", "float16", "bfloat16")  # what the loader lays out on the device
+
+
+def place_prefetched_weights(jax) -> int:
+    """Have the weights' prefetch (:func:`start_weight_prefetch`) also copy each floating-point tensor to JAX's
+    default device, as the loader's reading threads would, up to an eighth of the device's memory (the host
+    budget where the device does not report it), unless ``$JAX_VDIT_PREFETCH_TO_DEVICE=0``. Returns how many
+    prefetches were told. Call once JAX's backend is up."""
+    from jax_vdit.io import prefetch
+
+    value = os.environ.get(PREFETCH_TO_DEVICE_ENV, "1")
+    if value not in ("0", "1"):
+        raise ValueError(f"${PREFETCH_TO_DEVICE_ENV} must be 0 or 1, got {value!r}")
+    if value == "0":
+        return 0
+    limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
+    budget = int(limit) // 8 if limit else prefetch.budget_from_env()
+    return prefetch.place_all_with(jax.device_put, lambda a: a.dtype.name in _FLOAT_NAMES, budget)
+
+
 EARLY_BACKEND_ENV = "JAX_VDIT_EARLY_BACKEND"  # "0": JAX's backend starts where it is first used, not beside imports
 
 
 def import_jax_and_start_backend() -> tuple[dict, object]:
     """Import JAX, then start its backend (the GPU client: the driver's context, the devices) in a background
-    thread while this one imports the rest (flax, the model's modules), unless ``$JAX_VDIT_EARLY_BACKEND=0``.
+    thread while this one imports the rest (flax, the model's modules), unless ``$JAX_VDIT_EARLY_BACKEND=0``; that
+    thread then has the weights' prefetch copy its tensors to the device (:func:`place_prefetched_weights`).
     Returns (seconds: "jax_import_s", and later "imports_s" and "backend_wait_s", filled by the caller; the
     thread's future, or None)."""
     from jax_vdit.background import in_background
@@ -249,7 +271,9 @@ def import_jax_and_start_backend() -> tuple[dict, object]:
     def start_backend() -> float:
         started = time.perf_counter()
         jax.devices()
-        return round(time.perf_counter() - started, 3)
+        seconds = round(time.perf_counter() - started, 3)
+        place_prefetched_weights(jax)
+        return seconds
 
     return seconds, in_background("jax-backend", start_backend)
 
@@ -281,6 +305,8 @@ def _sample(args: argparse.Namespace, xla_flags_added: list[str], early_vae) -> 
         waited = time.perf_counter()
         startup["backend_s"] = backend.result()
         startup["backend_wait_s"] = round(time.perf_counter() - waited, 3)
+    else:  # the backend starts here (its first use), then the prefetched weights go to the device
+        place_prefetched_weights(jax)
     # with --embeddings no text is encoded: "auto" then loads no text encoder (no search of the Hub's cache)
     text_encoder = None if args.text_encoder == "none" or (embeds is not None and args.text_encoder == "auto") \
         else args.text_encoder
