@@ -130,6 +130,16 @@ def test_sample_command_refuses_guidance_without_negatives_or_text_encoder(golde
     assert "guidance_scale=4 needs negative embeddings" in capsys.readouterr().err
 
 
+def test_the_prefetched_weights_go_to_the_device_in_warm_commands_unless_told():
+    from jax_vdit.cli.sample import PREFETCH_TO_DEVICE_ENV, prefetch_to_device_wanted
+
+    assert prefetch_to_device_wanted(cold=False, environ={}) and not prefetch_to_device_wanted(cold=True, environ={})
+    assert prefetch_to_device_wanted(cold=True, environ={PREFETCH_TO_DEVICE_ENV: "1"})
+    assert not prefetch_to_device_wanted(cold=False, environ={PREFETCH_TO_DEVICE_ENV: "0"})
+    with pytest.raises(ValueError, match="JAX_VDIT_PREFETCH_TO_DEVICE must be auto, 0 or 1"):
+        prefetch_to_device_wanted(cold=False, environ={PREFETCH_TO_DEVICE_ENV: "yes"})
+
+
 def test_sample_with_embeddings_looks_for_no_text_encoder_unless_one_is_named(golden_dir, tmp_path, monkeypatch):
     """With --embeddings no text is encoded: "auto" then asks the pipeline for no text encoder (no search of the
     Hub's cache on the way to the first video); a named one is still loaded, and prompts still get "auto"."""

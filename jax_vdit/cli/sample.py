@@ -226,21 +226,31 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         prefetch.stop_all()  # what no loader took is dropped
 
 
-PREFETCH_TO_DEVICE_ENV = "JAX_VDIT_PREFETCH_TO_DEVICE"  # "0": the prefetched weights stay on the host until loaded
+PREFETCH_TO_DEVICE_ENV = "JAX_VDIT_PREFETCH_TO_DEVICE"  # "auto" (default), "1" or "0"
 _FLOAT_NAMES = ("float32", "float16", "bfloat16")  # what the loader lays out on the device
 
 
-def place_prefetched_weights(jax) -> int:
+def prefetch_to_device_wanted(cold: bool, environ=None) -> bool:
+    """Whether the weights' prefetch also copies its tensors to the device: ``$JAX_VDIT_PREFETCH_TO_DEVICE`` "1"
+    or "0", or "auto" (the default): only in a command that looks warm (``cold`` False: the VAE's decode is
+    already stored, so no compile processes started before JAX). In a cold command the sampler's compile beside
+    the load is the longest path, and the copying threads competed with it for Python's lock: on an H100 the cold
+    29x720p command took 22.3 s with the copies against 21.0 s without, the warm one 11.2 against 12.5 s (one run
+    each, experiments/results/first_video/cli_prefetch_h100_2026-12-07/)."""
+    value = (os.environ if environ is None else environ).get(PREFETCH_TO_DEVICE_ENV, "auto").strip()
+    if value not in ("auto", "0", "1"):
+        raise ValueError(f"${PREFETCH_TO_DEVICE_ENV} must be auto, 0 or 1, got {value!r}")
+    return value == "1" or (value == "auto" and not cold)
+
+
+def place_prefetched_weights(jax, cold: bool) -> int:
     """Have the weights' prefetch (:func:`start_weight_prefetch`) also copy each floating-point tensor to JAX's
     default device, as the loader's reading threads would, up to an eighth of the device's memory (the host
-    budget where the device does not report it), unless ``$JAX_VDIT_PREFETCH_TO_DEVICE=0``. Returns how many
-    prefetches were told. Call once JAX's backend is up."""
+    budget where the device does not report it), where :func:`prefetch_to_device_wanted` says so. Returns how
+    many prefetches were told. Call once JAX's backend is up."""
     from jax_vdit.io import prefetch
 
-    value = os.environ.get(PREFETCH_TO_DEVICE_ENV, "1")
-    if value not in ("0", "1"):
-        raise ValueError(f"${PREFETCH_TO_DEVICE_ENV} must be 0 or 1, got {value!r}")
-    if value == "0":
+    if not prefetch_to_device_wanted(cold):
         return 0
     limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
     budget = int(limit) // 8 if limit else prefetch.budget_from_env()
@@ -250,10 +260,11 @@ def place_prefetched_weights(jax) -> int:
 EARLY_BACKEND_ENV = "JAX_VDIT_EARLY_BACKEND"  # "0": JAX's backend starts where it is first used, not beside imports
 
 
-def import_jax_and_start_backend() -> tuple[dict, object]:
+def import_jax_and_start_backend(cold: bool) -> tuple[dict, object]:
     """Import JAX, then start its backend (the GPU client: the driver's context, the devices) in a background
     thread while this one imports the rest (flax, the model's modules), unless ``$JAX_VDIT_EARLY_BACKEND=0``; that
-    thread then has the weights' prefetch copy its tensors to the device (:func:`place_prefetched_weights`).
+    thread then has the weights' prefetch copy its tensors to the device (:func:`place_prefetched_weights`;
+    ``cold``: the VAE's compile processes were started, so the command is cold).
     Returns (seconds: "jax_import_s", and later "imports_s" and "backend_wait_s", filled by the caller; the
     thread's future, or None)."""
     from jax_vdit.background import in_background
@@ -272,7 +283,7 @@ def import_jax_and_start_backend() -> tuple[dict, object]:
         started = time.perf_counter()
         jax.devices()
         seconds = round(time.perf_counter() - started, 3)
-        place_prefetched_weights(jax)
+        place_prefetched_weights(jax, cold)
         return seconds
 
     return seconds, in_background("jax-backend", start_backend)
@@ -280,7 +291,8 @@ def import_jax_and_start_backend() -> tuple[dict, object]:
 
 def _sample(args: argparse.Namespace, xla_flags_added: list[str], early_vae) -> int:
     t0 = time.perf_counter()
-    startup, backend = import_jax_and_start_backend()
+    prefetch_to_device_wanted(early_vae is not None)  # a bad $JAX_VDIT_PREFETCH_TO_DEVICE is refused here
+    startup, backend = import_jax_and_start_backend(cold=early_vae is not None)
     prompts, embeds = check_inputs(args)  # no model work before this passes (imports the pipeline's modules)
     switch_interval = set_switch_interval()
     mesh = make_cli_mesh(args)
@@ -306,7 +318,7 @@ def _sample(args: argparse.Namespace, xla_flags_added: list[str], early_vae) -> 
         startup["backend_s"] = backend.result()
         startup["backend_wait_s"] = round(time.perf_counter() - waited, 3)
     else:  # the backend starts here (its first use), then the prefetched weights go to the device
-        place_prefetched_weights(jax)
+        place_prefetched_weights(jax, cold=early_vae is not None)
     # with --embeddings no text is encoded: "auto" then loads no text encoder (no search of the Hub's cache)
     text_encoder = None if args.text_encoder == "none" or (embeds is not None and args.text_encoder == "auto") \
         else args.text_encoder
