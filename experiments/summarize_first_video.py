@@ -144,7 +144,8 @@ def first_video_table(rows: list[dict]) -> str:
 def cli_table(runs: list[tuple[str, dict]]) -> str:
     """``vdit sample`` of a random student folder, cold then warm: wall seconds around the process and its report."""
     lines = ["| size | code | phase | wall s | goal s | load s (its programs) | warm-up compile s (programs, cache "
-             "misses) | weights read from the start: GB read, tensors taken (waited for / read by the loader), from s; "
+             "misses) | weights read from the start: GB read, tensors taken (waited for / read by the loader), from s, "
+             "taken already on the device; "
              "loader's read wait s | sampler compiled beside the load: s (programs, cache misses; warm-up's wait s) | sampler "
              "from the store | sampling s | VAE compile wait s (its processes started before JAX: s after the process "
              "start) | VAE wait + decode + mp4 s | before main s | after the "
@@ -181,7 +182,8 @@ def cli_table(runs: list[tuple[str, dict]]) -> str:
                 prefetch = rep.get("weights_prefetch")  # the weights read from the command's start (a dict)
                 prefetch = "-" if not isinstance(prefetch, dict) else (
                     f"{prefetch['bytes_read'] / 1e9:.1f}, {prefetch['taken']} ({prefetch['taken_waiting']} / "
-                    f"{prefetch['taken_from_queue']}), from {_f(prefetch.get('started_s'))}")
+                    f"{prefetch['taken_from_queue']}), from {_f(prefetch.get('started_s'))}"
+                    + (f", {prefetch['taken_placed']} already on the device" if prefetch.get("taken_placed") else ""))
                 if prefetch != "-" or read_wait != "-":
                     prefetch += f"; {read_wait}"
                 decode = _f(rep.get("decode_s"))

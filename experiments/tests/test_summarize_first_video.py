@@ -87,12 +87,12 @@ def test_the_weights_read_from_the_start_are_shown(tmp_path):
               "vae_compile_wait_s": 0.0, "decode_s": 2.1,
               "load_parts": {"transformer": {"read_wait": 0.61}},
               "weights_prefetch": {"bytes_read": 5.4e9, "taken": 500, "taken_waiting": 20, "taken_from_queue": 3,
-                                   "started_s": 0.12}}
+                                   "started_s": 0.12, "taken_placed": 480}}
     (tmp_path / "first_video_cli_full.json").write_text(json.dumps(
         {"command": "bench", "size": "full", "device": "H100", "cli": {"warm": {"wall_s": 8.0, "report": report}}}))
     main(["--dir", str(tmp_path)])
     text = (tmp_path / "first_video.md").read_text()
-    assert "| 5.4, 500 (20 / 3), from 0.12; 0.61 |" in text
+    assert "| 5.4, 500 (20 / 3), from 0.12, 480 already on the device; 0.61 |" in text
 
 
 def test_a_baseline_trees_runs_come_first_in_the_cli_table(tmp_path):
