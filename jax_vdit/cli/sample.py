@@ -234,7 +234,7 @@ def prefetch_to_device_wanted(cold: bool, environ=None) -> bool:
     """Whether the weights' prefetch also copies its tensors to the device: ``$JAX_VDIT_PREFETCH_TO_DEVICE`` "1"
     or "0", or "auto" (the default): only in a command that looks warm (``cold`` False: the VAE's decode is
     already stored, so no compile processes started before JAX). In a cold command the sampler's compile beside
-    the load is the longest path, and the copying threads competed with it for Python's lock: on an H100 the cold
+    the load is the longest path, and the copying threads slowed it: on an H100 the cold
     29x720p command took 22.3 s with the copies against 21.0 s without, the warm one 11.2 against 12.5 s (one run
     each, experiments/results/first_video/cli_prefetch_h100_2026-12-07/)."""
     value = (os.environ if environ is None else environ).get(PREFETCH_TO_DEVICE_ENV, "auto").strip()
