@@ -72,18 +72,23 @@ RECIPE = DistillConfig(batch_size=BATCH, compute_dtype="float32", teacher_dtype=
 SCHEDULE = pallas_kernels.MaskSchedule((pallas_kernels.TileMask.k_m(1, 3), None))
 
 
-def run_both(devices: Devices, batch_at, run_root: str | None = None) -> dict:
-    """MLCD then KD from fresh models. ``run_root``: the run folders' parent, which every process of a multi-process
-    run must share (orbax writes one checkpoint together; on a cluster it is a shared file system); default a new
-    temporary folder."""
+def run_both(devices: Devices, batch_at, run_root: str | None = None, stages: tuple[str, ...] = ("mlcd", "kd")
+             ) -> dict:
+    """MLCD then KD (``stages``) from fresh models. ``run_root``: the run folders' parent, which every process of a
+    multi-process run must share (orbax writes one checkpoint together; on a cluster it is a shared file system);
+    default a new temporary folder."""
+    out = {}
     with contextlib.ExitStack() as stack:
         tmp = run_root or stack.enter_context(tempfile.TemporaryDirectory())
-        student, teacher = models()
-        mlcd = run_mlcd(student, teacher, batch_at, UNCOND, RECIPE, f"{tmp}/mlcd", devices=devices,
-                        show_progress=False)
-        student, teacher = models()
-        kd = run_kd(student, teacher, SCHEDULE, batch_at, RECIPE, f"{tmp}/kd", devices=devices, show_progress=False)
-    return {"mlcd": mlcd, "kd": kd}
+        if "mlcd" in stages:
+            student, teacher = models()
+            out["mlcd"] = run_mlcd(student, teacher, batch_at, UNCOND, RECIPE, f"{tmp}/mlcd", devices=devices,
+                                   show_progress=False)
+        if "kd" in stages:
+            student, teacher = models()
+            out["kd"] = run_kd(student, teacher, SCHEDULE, batch_at, RECIPE, f"{tmp}/kd", devices=devices,
+                               show_progress=False)
+    return out
 
 
 def rel(a, b) -> float:
@@ -135,9 +140,10 @@ def process_check() -> None:
     if nproc > 1:  # one folder for both processes, named by the coordinator's port (given by the test)
         shared = os.path.join(tempfile.gettempdir(), f"jax_vdit_two_process_run_{sys.argv[4]}")
         os.makedirs(shared, exist_ok=True)
-    got = run_both(devices, local_batch, shared)
-    emit(check="process", pid=pid, nproc=nproc, mlcd_loss=[r["loss"] for r in got["mlcd"].history],
-         kd_loss=[r["loss"] for r in got["kd"].history])
+    # MLCD only: the processes share its data loading, sharded state and checkpoint as KD's would (KD's sharded
+    # step is checked on 8 devices above); both stages took about twice as long, on a CI machine's 2 cores
+    got = run_both(devices, local_batch, shared, stages=("mlcd",))
+    emit(check="process", pid=pid, nproc=nproc, mlcd_loss=[r["loss"] for r in got["mlcd"].history])
 
 
 if __name__ == "__main__":
