@@ -39,11 +39,12 @@ def load(folder: Path, pattern: str) -> list[tuple[str, dict]]:
 def rebuild_from_log(log: Path, *, device: str, command: str) -> dict:
     """A ``first_video_*.json`` from the log of a ``bench_first_video`` run that was stopped (e.g. by ``timeout``)
     before it wrote its JSON: every child that finished logged ``[time] CASE PHASE: {row}``. The result says that it
-    was rebuilt and from which log."""
+    was rebuilt and from which log (plain text, or gzipped as the committed logs are: ``*.log.gz``)."""
     import ast
+    import gzip
     import re
 
-    text = log.read_text()
+    text = gzip.decompress(log.read_bytes()).decode() if log.suffix == ".gz" else log.read_text()
     if re.search(r"^\[\d\d:\d\d:\d\d\] cli ", text, re.M):
         return _rebuild_cli_from_log(log, text, device=device, command=command)
     cases: dict = {}
@@ -302,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
         if not (args.device and args.command):
             p.error("--rebuild-from-log needs --device and --command")
         data = rebuild_from_log(args.rebuild_from_log, device=args.device, command=args.command)
-        stem = args.rebuild_from_log.stem
+        stem = args.rebuild_from_log.name.removesuffix(".gz").removesuffix(".log")
         name = stem if stem.startswith("first_video_") else f"first_video_{stem}"
         (args.dir / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
     loaded = load(args.dir, "first_video_*.json")

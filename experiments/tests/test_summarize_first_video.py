@@ -1,5 +1,6 @@
 """The time-to-first-video summary derives its computed figures correctly and writes the table and the plot."""
 
+import gzip
 import json
 
 import pytest
@@ -159,3 +160,12 @@ def test_a_stopped_cli_run_is_rebuilt_from_its_log(tmp_path):
     text = (tmp_path / "first_video.md").read_text()
     assert "| full | this | cold | 21.9 | <= 20 | 6.9 |" in text
     assert "| full | slow | cold | stopped with the bench, no report |" in text
+    # the committed logs are gzipped: the same from first_video_cli.log.gz
+    log = tmp_path / "first_video_cli.log"
+    (tmp_path / "first_video_cli.log.gz").write_bytes(gzip.compress(log.read_bytes()))
+    log.unlink()
+    (tmp_path / "first_video_cli.json").unlink()
+    main(["--dir", str(tmp_path), "--rebuild-from-log", str(tmp_path / "first_video_cli.log.gz"), "--device", "H100",
+          "--command", "python -m experiments.bench_first_video --size full --cli"])
+    data = json.loads((tmp_path / "first_video_cli.json").read_text())
+    assert data["cli"]["cold"]["report"] == report and data["rebuilt_from_log"] == "first_video_cli.log.gz"
