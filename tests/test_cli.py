@@ -131,7 +131,7 @@ def test_sample_command_refuses_guidance_without_negatives_or_text_encoder(golde
 
 
 def test_the_prefetched_weights_go_to_the_device_in_warm_commands_unless_told():
-    from jax_vdit.cli.sample import PREFETCH_TO_DEVICE_ENV, prefetch_to_device_wanted
+    from jax_vdit.cli.startup import PREFETCH_TO_DEVICE_ENV, prefetch_to_device_wanted
 
     assert prefetch_to_device_wanted(cold=False, environ={}) and not prefetch_to_device_wanted(cold=True, environ={})
     assert prefetch_to_device_wanted(cold=True, environ={PREFETCH_TO_DEVICE_ENV: "1"})

@@ -31,7 +31,8 @@ def test_the_console_entry_and_the_early_start_import_no_jax(golden_dir, tmp_pat
     argv = ["sample", str(golden_dir / "opensora_v12" / "tiny_a"), "--vae", str(golden_dir / "causalvae_v12" / "tiny_a"),
             "--compile-cache", str(tmp_path / "xla"), "--vae-compile-processes", "1"]
     code = ("import sys, jax_vdit.cli, jax_vdit.vae.early_compile, jax_vdit.vae.compile_worker; "
-            "from jax_vdit.cli.sample import start_vae_compile_before_jax, start_weight_prefetch; "
+            "from jax_vdit.cli.sample import start_vae_compile_before_jax; "
+            "from jax_vdit.cli.startup import start_weight_prefetch; "
             "from jax_vdit.xla_defaults import add_gpu_compile_flags; "
             f"args = jax_vdit.cli.build_parser().parse_args({argv!r}); add_gpu_compile_flags(); "
             "early = start_vae_compile_before_jax(args); early is not None and early.stop(); "

@@ -187,29 +187,10 @@ def start_vae_compile_before_jax(args: argparse.Namespace):
                             processes=args.vae_compile_processes)
 
 
-def start_weight_prefetch(args: argparse.Namespace):
-    """The transformer's safetensors read into host memory in background threads from now on, while JAX is
-    imported and started (:mod:`jax_vdit.io.prefetch`; ``$JAX_VDIT_PREFETCH_BYTES`` bounds the bytes held, 0
-    turns it off), or None where that does not apply: a checkpoint that is not a local folder of safetensors (a
-    repo id, our orbax format, a PyTorch pickle). No JAX import."""
-    from jax_vdit.io.prefetch import budget_from_env, start_prefetch
-    from jax_vdit.io.tensors import CheckpointFormatError, find_weight_files
-
-    budget = budget_from_env()  # a bad value is refused here, before any work
-    root = Path(args.checkpoint).expanduser()
-    if budget <= 0 or not root.is_dir():
-        return None
-    model_dir = root / args.variant if args.variant and (root / args.variant).is_dir() else root
-    try:
-        files = find_weight_files(model_dir)
-    except (CheckpointFormatError, OSError):  # not a weights folder: the loader says what is wrong
-        return None
-    return start_prefetch(files, budget=budget)
-
-
 def _cmd_sample(args: argparse.Namespace) -> int:
     # before anything starts JAX's backends (XLA reads its flags once), and before the VAE's compile processes
     # start (they inherit the flags, which are part of the compiled stages' keys)
+    from jax_vdit.cli.startup import start_weight_prefetch
     from jax_vdit.io import prefetch
     from jax_vdit.xla_defaults import add_gpu_compile_flags
 
@@ -226,70 +207,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         prefetch.stop_all()  # what no loader took is dropped
 
 
-PREFETCH_TO_DEVICE_ENV = "JAX_VDIT_PREFETCH_TO_DEVICE"  # "auto" (default), "1" or "0"
-_FLOAT_NAMES = ("float32", "float16", "bfloat16")  # what the loader lays out on the device
-
-
-def prefetch_to_device_wanted(cold: bool, environ=None) -> bool:
-    """Whether the weights' prefetch also copies its tensors to the device: ``$JAX_VDIT_PREFETCH_TO_DEVICE`` "1"
-    or "0", or "auto" (the default): only in a command that looks warm (``cold`` False: the VAE's decode is
-    already stored, so no compile processes started before JAX). In a cold command the sampler's compile beside
-    the load is the longest path, and the copying threads slowed it: on an H100 the cold
-    29x720p command took 22.3 s with the copies against 21.0 s without, the warm one 11.2 against 12.5 s (one run
-    each, experiments/results/first_video/cli_prefetch_h100_2026-12-07/)."""
-    value = (os.environ if environ is None else environ).get(PREFETCH_TO_DEVICE_ENV, "auto").strip()
-    if value not in ("auto", "0", "1"):
-        raise ValueError(f"${PREFETCH_TO_DEVICE_ENV} must be auto, 0 or 1, got {value!r}")
-    return value == "1" or (value == "auto" and not cold)
-
-
-def place_prefetched_weights(jax, cold: bool) -> int:
-    """Have the weights' prefetch (:func:`start_weight_prefetch`) also copy each floating-point tensor to JAX's
-    default device, as the loader's reading threads would, up to an eighth of the device's memory (the host
-    budget where the device does not report it), where :func:`prefetch_to_device_wanted` says so. Returns how
-    many prefetches were told. Call once JAX's backend is up."""
-    from jax_vdit.io import prefetch
-
-    if not prefetch_to_device_wanted(cold):
-        return 0
-    limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
-    budget = int(limit) // 8 if limit else prefetch.budget_from_env()
-    return prefetch.place_all_with(jax.device_put, lambda a: a.dtype.name in _FLOAT_NAMES, budget)
-
-
-EARLY_BACKEND_ENV = "JAX_VDIT_EARLY_BACKEND"  # "0": JAX's backend starts where it is first used, not beside imports
-
-
-def import_jax_and_start_backend(cold: bool) -> tuple[dict, object]:
-    """Import JAX, then start its backend (the GPU client: the driver's context, the devices) in a background
-    thread while this one imports the rest (flax, the model's modules), unless ``$JAX_VDIT_EARLY_BACKEND=0``; that
-    thread then has the weights' prefetch copy its tensors to the device (:func:`place_prefetched_weights`;
-    ``cold``: the VAE's compile processes were started, so the command is cold).
-    Returns (seconds: "jax_import_s", and later "imports_s" and "backend_wait_s", filled by the caller; the
-    thread's future, or None)."""
-    from jax_vdit.background import in_background
-
-    t0 = time.perf_counter()
-    import jax
-
-    seconds = {"jax_import_s": round(time.perf_counter() - t0, 3)}
-    early = os.environ.get(EARLY_BACKEND_ENV, "1")
-    if early not in ("0", "1"):
-        raise ValueError(f"${EARLY_BACKEND_ENV} must be 0 or 1, got {early!r}")
-    if early == "0":
-        return seconds, None
-
-    def start_backend() -> float:
-        started = time.perf_counter()
-        jax.devices()
-        seconds = round(time.perf_counter() - started, 3)
-        place_prefetched_weights(jax, cold)
-        return seconds
-
-    return seconds, in_background("jax-backend", start_backend)
-
-
 def _sample(args: argparse.Namespace, xla_flags_added: list[str], early_vae) -> int:
+    from jax_vdit.cli.startup import import_jax_and_start_backend, place_prefetched_weights, prefetch_to_device_wanted
+
     t0 = time.perf_counter()
     prefetch_to_device_wanted(early_vae is not None)  # a bad $JAX_VDIT_PREFETCH_TO_DEVICE is refused here
     startup, backend = import_jax_and_start_backend(cold=early_vae is not None)
@@ -329,7 +249,7 @@ def _sample(args: argparse.Namespace, xla_flags_added: list[str], early_vae) -> 
                     guidance_scale=args.guidance, sampler=args.sampler, edges=edges, seed=args.seed,
                     num_videos_per_prompt=args.num_videos_per_prompt, attention=args.attention,
                     latent_dtype=jnp.float32 if args.fp32_latents else jnp.bfloat16, force=args.force)
-    startup["before_load_s"] = round(time.perf_counter() - t0, 3)  # from here to the load's start
+    startup["before_load_s"] = round(time.perf_counter() - t0, 3)  # from the start of _sample to the load
     t0 = time.perf_counter()
     load_meter = CompileMeter()  # this thread: the programs that place and lay out the weights, not the VAE's
     with load_meter:
