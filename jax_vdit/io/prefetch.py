@@ -226,7 +226,9 @@ class Prefetch:
             except Exception:  # noqa: BLE001 - the host array is handed out instead
                 placed = None
             with self._cond:
-                if slot.state == _PLACING:  # not dropped meanwhile
+                if self._stopped:  # dropped meanwhile: keep nothing
+                    slot.state, slot.array = _GONE, None
+                elif slot.state == _PLACING:
                     slot.state = _READ
                     if placed is not None:
                         slot.array, slot.placed = placed, True
