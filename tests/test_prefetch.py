@@ -208,7 +208,8 @@ def test_settings_from_the_environment():
         prefetch.budget_from_env({prefetch.BYTES_ENV: "2G"})
     with pytest.raises(ValueError, match="JAX_VDIT_PREFETCH_BYTES"):
         prefetch.budget_from_env({prefetch.BYTES_ENV: "-1"})
-    assert prefetch.threads_from_env({}) == prefetch.DEFAULT_THREADS
+    assert prefetch.threads_from_env({}) == prefetch.default_threads()
+    assert [prefetch.default_threads(n) for n in (1, 2, 4, 8, 16, 64)] == [1, 1, 1, 2, 4, 4]
     assert prefetch.threads_from_env({prefetch.THREADS_ENV: "2"}) == 2
     with pytest.raises(ValueError, match="JAX_VDIT_PREFETCH_THREADS"):
         prefetch.threads_from_env({prefetch.THREADS_ENV: "0"})

@@ -148,3 +148,17 @@ def test_toy_teacher_hd96_has_the_release_head_dim_at_the_toy_width():
     assert hd96.inner_dim == base.inner_dim == 192 and hd96.attention_head_dim == 96
     assert rope_angles((9, 12, 12), hd96.attention_head_dim, (1.0, 1.0, 1.0)).shape == (9 * 12 * 12, 48)  # 16/axis
     assert PRESET_LATENT_SHAPES["toy-teacher-hd96"] == PRESET_LATENT_SHAPES["toy-teacher"]
+
+
+def test_prefetch_import_study_times_the_imports_with_and_without_the_prefetch(tmp_path):
+    from experiments.studies.prefetch_import import main
+
+    main(["--tensors", "4", "--tensor-mb", "0.01", "--runs", "1", "--threads", "2", "--out", str(tmp_path)])
+    import json
+
+    record = json.loads((tmp_path / "prefetch_import.json").read_text())
+    assert set(record["runs"]) == {"none", "prefetch, 2 threads"}
+    (plain,), (read,) = record["runs"]["none"], record["runs"]["prefetch, 2 threads"]
+    assert plain["read_s"] is None and read["read_s"] is not None and read["read_s"] >= 0
+    assert 0 < plain["jax_import_s"] <= plain["imports_s"]
+    assert "| prefetch, 2 threads |" in (tmp_path / "prefetch_import.md").read_text()

@@ -41,7 +41,7 @@ from jax_vdit.io.tensors import SafetensorsSource, TensorInfo, add_safetensors_w
 
 BYTES_ENV = "JAX_VDIT_PREFETCH_BYTES"  # "0": no prefetch; a byte count: the most held at once
 THREADS_ENV = "JAX_VDIT_PREFETCH_THREADS"
-DEFAULT_THREADS = 4
+DEFAULT_THREADS = 4  # the most reading threads by default (:func:`default_threads`), and the placing threads
 MAX_DEFAULT_BYTES = 16 << 30  # the default budget's ceiling; a quarter of the host's available memory below that
 
 _QUEUED, _READING, _READ, _PLACING, _GONE = "queued", "reading", "read", "placing", "gone"
@@ -82,12 +82,21 @@ def budget_from_env(environ: dict[str, str] | None = None) -> int:
     return 0 if available is None else min(MAX_DEFAULT_BYTES, available // 4)
 
 
+def default_threads(cores: int | None = None) -> int:
+    """Reading threads for a host of ``cores`` CPU cores (default: this one's): a quarter of them, 1 to 4. The
+    threads compete with the imports they overlap: on a 2-core CPU `import jax` took 2.2 s alone, 2.5 s beside one
+    reading thread and 3.8 s beside four (experiments/results/first_video/prefetch_import_cpu_2026-12-07/); on an
+    H100 host's 16 cores four threads read 5.5 GB before the loader asked for any of it."""
+    cores = os.cpu_count() if cores is None else cores
+    return max(1, min(DEFAULT_THREADS, (cores or 1) // 4))
+
+
 def threads_from_env(environ: dict[str, str] | None = None) -> int:
-    """Reading threads: ``$JAX_VDIT_PREFETCH_THREADS`` (>= 1) if set, else 4."""
+    """Reading threads: ``$JAX_VDIT_PREFETCH_THREADS`` (>= 1) if set, else :func:`default_threads`."""
     environ = os.environ if environ is None else environ
     text = environ.get(THREADS_ENV, "").strip()
     if not text:
-        return DEFAULT_THREADS
+        return default_threads()
     count = _positive_int(THREADS_ENV, text)
     if count < 1:
         raise ValueError(f"${THREADS_ENV} must be a thread count >= 1, got {text!r}")
