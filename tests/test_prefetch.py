@@ -40,12 +40,17 @@ def _checkpoint(tmp_path: Path, n: int = 6, shards: int = 1) -> tuple[list[Path]
     return files, tensors
 
 
-def _wait_read(p: prefetch.Prefetch) -> None:
+def _wait_for(p: prefetch.Prefetch, seconds_key: str) -> None:
+    """Until the prefetch reports ``seconds_key`` ("read_s": every read done, "place_s": every copy done)."""
     for _ in range(500):
-        if p.report()["read_s"] is not None:
+        if p.report()[seconds_key] is not None:
             return
         time.sleep(0.01)
-    raise AssertionError(f"the prefetch did not finish: {p.report()}")
+    raise AssertionError(f"the prefetch did not report {seconds_key}: {p.report()}")
+
+
+def _wait_read(p: prefetch.Prefetch) -> None:
+    _wait_for(p, "read_s")
 
 
 def test_reads_through_a_finished_prefetch_come_from_memory_and_equal_the_file(tmp_path):
@@ -141,11 +146,7 @@ class Placed:
 
 
 def _wait_placed(p: prefetch.Prefetch) -> None:
-    for _ in range(500):
-        if p.report()["place_s"] is not None:
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"the placing did not finish: {p.report()}")
+    _wait_for(p, "place_s")
 
 
 def test_placed_tensors_are_handed_out_as_placed_within_the_budget_and_the_filter(tmp_path):
