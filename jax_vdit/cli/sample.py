@@ -211,8 +211,9 @@ def _sample(args: argparse.Namespace, xla_flags_added: list[str], early_vae) -> 
     from jax_vdit.cli.startup import import_jax_and_start_backend, place_prefetched_weights, prefetch_to_device_wanted
 
     t0 = time.perf_counter()
-    prefetch_to_device_wanted(early_vae is not None)  # a bad $JAX_VDIT_PREFETCH_TO_DEVICE is refused here
-    startup, backend = import_jax_and_start_backend(cold=early_vae is not None)
+    # the prefetched weights go to the device in a warm command only (cold: the VAE's processes were started)
+    to_device = prefetch_to_device_wanted(cold=early_vae is not None)
+    startup, backend = import_jax_and_start_backend(to_device)
     prompts, embeds = check_inputs(args)  # no model work before this passes (imports the pipeline's modules)
     switch_interval = set_switch_interval()
     mesh = make_cli_mesh(args)
@@ -237,8 +238,8 @@ def _sample(args: argparse.Namespace, xla_flags_added: list[str], early_vae) -> 
         waited = time.perf_counter()
         startup["backend_s"] = backend.result()
         startup["backend_wait_s"] = round(time.perf_counter() - waited, 3)
-    else:  # the backend starts here (its first use), then the prefetched weights go to the device
-        place_prefetched_weights(jax, cold=early_vae is not None)
+    elif to_device:  # the backend starts here (its first use), then the prefetched weights go to the device
+        place_prefetched_weights(jax)
     # with --embeddings no text is encoded: "auto" then loads no text encoder (no search of the Hub's cache)
     text_encoder = None if args.text_encoder == "none" or (embeds is not None and args.text_encoder == "auto") \
         else args.text_encoder

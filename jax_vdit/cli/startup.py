@@ -5,9 +5,10 @@ prefetched weights copied to the device once it is up. Nothing here imports JAX 
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
+
+from jax_vdit.env_values import choice_from_env
 
 
 def start_weight_prefetch(args: argparse.Namespace):
@@ -41,21 +42,17 @@ def prefetch_to_device_wanted(cold: bool, environ=None) -> bool:
     the load is the longest path, and the copying threads slowed it: on an H100 the cold
     29x720p command took 22.3 s with the copies against 21.0 s without, the warm one 11.2 against 12.5 s (one run
     each, experiments/results/first_video/cli_prefetch_h100_2026-12-07/)."""
-    value = (os.environ if environ is None else environ).get(PREFETCH_TO_DEVICE_ENV, "auto").strip()
-    if value not in ("auto", "0", "1"):
-        raise ValueError(f"${PREFETCH_TO_DEVICE_ENV} must be auto, 0 or 1, got {value!r}")
+    value = choice_from_env(PREFETCH_TO_DEVICE_ENV, "auto", ("auto", "0", "1"), environ)
     return value == "1" or (value == "auto" and not cold)
 
 
-def place_prefetched_weights(jax, cold: bool) -> int:
+def place_prefetched_weights(jax) -> int:
     """Have the weights' prefetch (:func:`start_weight_prefetch`) also copy each floating-point tensor to JAX's
     default device, as the loader's reading threads would, up to an eighth of the device's memory (the host
-    budget where the device does not report it), where :func:`prefetch_to_device_wanted` says so. Returns how
-    many prefetches were told. Call once JAX's backend is up."""
+    budget where the device does not report it). Returns how many prefetches were told. Call once JAX's backend
+    is up, where :func:`prefetch_to_device_wanted` says so."""
     from jax_vdit.io import prefetch
 
-    if not prefetch_to_device_wanted(cold):
-        return 0
     limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
     budget = int(limit) // 8 if limit else prefetch.budget_from_env()
     return prefetch.place_all_with(jax.device_put, lambda a: a.dtype.name in _FLOAT_NAMES, budget)
@@ -64,11 +61,11 @@ def place_prefetched_weights(jax, cold: bool) -> int:
 EARLY_BACKEND_ENV = "JAX_VDIT_EARLY_BACKEND"  # "0": JAX's backend starts where it is first used, not beside imports
 
 
-def import_jax_and_start_backend(cold: bool) -> tuple[dict, object]:
+def import_jax_and_start_backend(to_device: bool) -> tuple[dict, object]:
     """Import JAX, then start its backend (the GPU client: the driver's context, the devices) in a background
-    thread while this one imports the rest (flax, the model's modules), unless ``$JAX_VDIT_EARLY_BACKEND=0``; that
-    thread then has the weights' prefetch copy its tensors to the device (:func:`place_prefetched_weights`;
-    ``cold``: the VAE's compile processes were started, so the command is cold).
+    thread while this one imports the rest (flax, the model's modules), unless ``$JAX_VDIT_EARLY_BACKEND=0``; with
+    ``to_device`` that thread then has the weights' prefetch copy its tensors to the device
+    (:func:`place_prefetched_weights`).
     Returns (seconds: "jax_import_s", and later "imports_s" and "backend_wait_s", filled by the caller; the
     thread's future, or None)."""
     from jax_vdit.background import in_background
@@ -77,17 +74,15 @@ def import_jax_and_start_backend(cold: bool) -> tuple[dict, object]:
     import jax
 
     seconds = {"jax_import_s": round(time.perf_counter() - t0, 3)}
-    early = os.environ.get(EARLY_BACKEND_ENV, "1")
-    if early not in ("0", "1"):
-        raise ValueError(f"${EARLY_BACKEND_ENV} must be 0 or 1, got {early!r}")
-    if early == "0":
+    if choice_from_env(EARLY_BACKEND_ENV, "1", ("0", "1")) == "0":
         return seconds, None
 
     def start_backend() -> float:
         started = time.perf_counter()
         jax.devices()
         seconds = round(time.perf_counter() - started, 3)
-        place_prefetched_weights(jax, cold)
+        if to_device:
+            place_prefetched_weights(jax)
         return seconds
 
     return seconds, in_background("jax-backend", start_backend)

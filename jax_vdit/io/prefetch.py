@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from jax_vdit.env_values import number_from_env
 from jax_vdit.host_memory import host_bytes_available
 from jax_vdit.process_clock import seconds_since_process_start
 from jax_vdit.io.tensors import SafetensorsSource, TensorInfo, add_safetensors_wrapper
@@ -61,23 +62,12 @@ def _stat_key(files: list[Path]) -> tuple:
     return tuple(out)
 
 
-def _positive_int(name: str, text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"${name} must be a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise ValueError(f"${name} must be a whole number >= 0, got {text!r}")
-    return value
-
-
 def budget_from_env(environ: dict[str, str] | None = None) -> int:
     """Bytes a prefetch may hold: ``$JAX_VDIT_PREFETCH_BYTES`` if set (0: none), else a quarter of the host's
     available memory, at most 16 GiB (0 where the available memory cannot be read)."""
     environ = os.environ if environ is None else environ
-    text = environ.get(BYTES_ENV, "").strip()
-    if text:
-        return _positive_int(BYTES_ENV, text)
+    if environ.get(BYTES_ENV, "").strip():
+        return number_from_env(BYTES_ENV, 0, int, lambda v: v >= 0, "a whole number >= 0", environ)
     available = host_bytes_available()
     return 0 if available is None else min(MAX_DEFAULT_BYTES, available // 4)
 
@@ -93,14 +83,7 @@ def default_threads(cores: int | None = None) -> int:
 
 def threads_from_env(environ: dict[str, str] | None = None) -> int:
     """Reading threads: ``$JAX_VDIT_PREFETCH_THREADS`` (>= 1) if set, else :func:`default_threads`."""
-    environ = os.environ if environ is None else environ
-    text = environ.get(THREADS_ENV, "").strip()
-    if not text:
-        return default_threads()
-    count = _positive_int(THREADS_ENV, text)
-    if count < 1:
-        raise ValueError(f"${THREADS_ENV} must be a thread count >= 1, got {text!r}")
-    return count
+    return number_from_env(THREADS_ENV, default_threads(), int, lambda v: v >= 1, "a thread count >= 1", environ)
 
 
 @dataclass

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from jax_vdit.env_values import number_from_env
+
 TILES = ("exact", "uniform")
 _RUNNING: list[subprocess.Popen] = []
 # how much lower the workers' CPU priority is than the parent's (``os.nice`` increment; default 0: the same). The
@@ -47,27 +49,14 @@ NICE_ENV = "JAX_VDIT_VAE_COMPILE_NICE"
 TIMEOUT_ENV = "JAX_VDIT_VAE_COMPILE_TIMEOUT"
 
 
-def _number_from_env(name: str, default, cast, ok, what: str):
-    """``cast($name)`` (``default`` when unset or empty); a ValueError naming the variable and ``what`` it must
-    be when the text does not cast or ``ok(value)`` is false."""
-    text = os.environ.get(name, "").strip()
-    try:
-        value = cast(text) if text else default
-    except ValueError:
-        value = None
-    if value is None or not ok(value):
-        raise ValueError(f"${name} must be {what}, got {text!r}")
-    return value
-
-
 def wait_limit_s() -> float:
     """``$JAX_VDIT_VAE_COMPILE_TIMEOUT``: seconds > 0 (default 600); anything else is a clear error."""
-    return _number_from_env(TIMEOUT_ENV, 600.0, float, lambda v: v > 0, "a number of seconds > 0")
+    return number_from_env(TIMEOUT_ENV, 600.0, float, lambda v: v > 0, "a number of seconds > 0")
 
 
 def nice_increment() -> int:
     """``$JAX_VDIT_VAE_COMPILE_NICE``: an integer 0-19 (default 0); anything else is a clear error."""
-    return _number_from_env(NICE_ENV, 0, int, lambda v: 0 <= v <= 19, "an integer from 0 to 19 (a lower CPU priority)")
+    return number_from_env(NICE_ENV, 0, int, lambda v: 0 <= v <= 19, "an integer from 0 to 19 (a lower CPU priority)")
 
 
 def worker_environment(environ: Mapping[str, str]) -> dict[str, str]:
