@@ -168,7 +168,8 @@ def cli_table(runs: list[tuple[str, dict]]) -> str:
                     else:
                         what = ("timed out" if r.get("timed_out") else f"failed (exit {r.get('returncode')})") + \
                             f" after {r['wall_s']:.0f} s"
-                    lines.append(f"| {data.get('size')} | {code} | {phase} | {what} |" + " |" * 11
+                    blank = lines[1].count("|") - 1 - 5  # every column but size, code, phase, what, device
+                    lines.append(f"| {data.get('size')} | {code} | {phase} | {what} |" + " |" * blank
                                  + f" {data.get('device')} |")
                     continue
                 rep, comp = r["report"], r["report"].get("compile", {})
