@@ -358,3 +358,25 @@ def test_non_finite_counts_match_numpy_on_every_16_bit_pattern_and_edge_value(dt
     assert count_non_finite_numpy(values) == expected
     assert finite_numpy(values) == (expected == 0)
     assert count_non_finite_numpy(values.T) == expected  # a strided view counts the same
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_non_finite_counts_are_the_same_in_chunks_across_their_boundaries(dtype, monkeypatch):
+    """Large arrays are counted chunk by chunk (no temporary as large as the array): with chunks of 1,000
+    elements, every 16-bit pattern (or a float32 array with NaN and Inf on and beside chunk edges) counts as one
+    pass of NumPy's isfinite says."""
+    import ml_dtypes
+
+    from jax_vdit.io import integrity
+
+    monkeypatch.setattr(integrity, "_COUNT_CHUNK", 1000)
+    np_dtype = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+    if np_dtype.itemsize == 2:
+        values = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np_dtype)
+    else:
+        values = np.ones(10_500, np_dtype)
+        values[[0, 999, 1000, 1001, 5999, 6000, 10_499]] = [np.nan, np.inf, -np.inf, np.nan, np.inf, np.nan, -np.inf]
+    expected = int(values.size - np.isfinite(values.astype(np.float64)).sum())
+    assert expected > 0
+    assert integrity.count_non_finite_numpy(values) == expected
+    assert integrity.count_non_finite_numpy(values.reshape(-1, 7 if values.size % 7 == 0 else 1)[::-1]) == expected

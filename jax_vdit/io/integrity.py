@@ -82,18 +82,34 @@ def _is_float(dtype: np.dtype) -> bool:
 _EXPONENT_MASKS = {"bfloat16": 0x7F80, "float16": 0x7C00}
 
 
+_COUNT_CHUNK = 1 << 18  # elements per pass: the temporaries stay in the CPU's cache
+
+
 def count_non_finite_numpy(a: Any) -> int:
     """The number of NaN and Inf entries of a host array (0 for integer and bool arrays). 16-bit floats are
-    tested on their bits (NaN and Inf are the values whose exponent bits are all ones), without a float32 copy."""
+    tested on their bits (NaN and Inf are the values whose exponent bits are all ones), without a float32 copy.
+    Large arrays are counted in chunks of :data:`_COUNT_CHUNK` elements, so that no temporary as large as the
+    array is made (on a 2-core CPU: 0.10 s instead of 0.5-1.3 s for 239M bfloat16 values, the release VAE)."""
     a = np.asarray(a)
     if not _is_float(a.dtype):
         return 0
+    flat = np.ascontiguousarray(a).reshape(-1)
     mask = _EXPONENT_MASKS.get(np.dtype(a.dtype).name)
     if mask is not None:
-        bits = np.ascontiguousarray(a).reshape(-1).view(np.uint16)
-        return int(np.count_nonzero((bits & np.uint16(mask)) == mask))
-    values = a if a.dtype.itemsize >= 4 else a.astype(np.float32)
-    return int(values.size - np.count_nonzero(np.isfinite(values)))
+        bits, m = flat.view(np.uint16), np.uint16(mask)
+        scratch = np.empty(min(bits.size, _COUNT_CHUNK), np.uint16)
+        total = 0
+        for start in range(0, bits.size, _COUNT_CHUNK):
+            part = bits[start:start + _COUNT_CHUNK]
+            masked = np.bitwise_and(part, m, out=scratch[:part.size])
+            total += int(np.count_nonzero(masked == m))
+        return total
+    total = 0
+    for start in range(0, flat.size, _COUNT_CHUNK):
+        part = flat[start:start + _COUNT_CHUNK]
+        values = part if part.dtype.itemsize >= 4 else part.astype(np.float32)
+        total += int(values.size - np.count_nonzero(np.isfinite(values)))
+    return total
 
 
 def finite_numpy(a: Any) -> bool:
