@@ -23,7 +23,6 @@ into fresh arrays and in large chunks into one buffer. Prints a table and writes
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -35,6 +34,8 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+
+from experiments.studies.toy_report import save_report
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = ROOT / "tests" / "data" / "opensora_v12_keys.tsv"
@@ -217,8 +218,7 @@ def main(argv: list[str] | None = None) -> None:
         notes = ", ".join(f"{k} {v}" for k, v in row.items() if k not in ("seconds", "best_s", "median_s", "gb_per_s"))
         lines.append(f"| {name} | {row['best_s']:.3f} | {row['gb_per_s']:.2f} | {row['median_s']:.3f} | {notes} |")
     table = "\n".join(lines) + "\n"
-    (args.out / "h2d_copies.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "h2d_copies.md").write_text(table)
+    save_report(args.out, "h2d_copies", table, result)
     print(table)
 
 

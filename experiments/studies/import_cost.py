@@ -18,11 +18,12 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 from datetime import date
 from pathlib import Path
+
+from experiments.studies.toy_report import median_range, save_report
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,10 +49,6 @@ def run_child(site: str | None) -> dict:
     out = subprocess.run([sys.executable, "-c", CHILD], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=300, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def summary(values: list[float]) -> str:
-    return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -80,11 +77,10 @@ def main(argv: list[str] | None = None) -> None:
              "| site | jax | `import ml_dtypes` s | `import jax` s (ml_dtypes included) | jax + flax.nnx + "
              "jax_vdit.pipeline s |", "|---|---|---:|---:|---:|"]
     for name, runs in rows.items():
-        lines.append(f"| {name} | {runs[0]['jax']} | {summary([r['ml_dtypes_s'] for r in runs])} | "
-                     f"{summary([r['jax_s'] for r in runs])} | {summary([r['imports_s'] for r in runs])} |")
+        lines.append(f"| {name} | {runs[0]['jax']} | {median_range([r['ml_dtypes_s'] for r in runs])} | "
+                     f"{median_range([r['jax_s'] for r in runs])} | {median_range([r['imports_s'] for r in runs])} |")
     table = "\n".join(lines) + "\n"
-    (args.out / "import_cost.json").write_text(json.dumps(record, indent=2) + "\n")
-    (args.out / "import_cost.md").write_text(table)
+    save_report(args.out, "import_cost", table, record)
     print(table)
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.studies.toy_report import median_range, save_report
+
 ROOT = Path(__file__).resolve().parents[2]
 
 CHILD = """
@@ -99,15 +101,12 @@ def main(argv: list[str] | None = None) -> None:
              "| prefetch | `import jax` s, median (min-max) | jax + flax.nnx + jax_vdit.pipeline s, median (min-max) "
              "| prefetch read everything in s, median |", "|---|---:|---:|---:|"]
     for name, runs in rows.items():
-        def stat(key: str) -> str:
-            values = [r[key] for r in runs]
-            return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
         reads = [r["read_s"] for r in runs if r["read_s"] is not None]
-        lines.append(f"| {name} | {stat('jax_import_s')} | {stat('imports_s')} | "
+        lines.append(f"| {name} | {median_range([r['jax_import_s'] for r in runs])} | "
+                     f"{median_range([r['imports_s'] for r in runs])} | "
                      f"{f'{statistics.median(reads):.3f}' if reads else '-'} |")
     table = "\n".join(lines) + "\n"
-    (args.out / "prefetch_import.json").write_text(json.dumps(record, indent=2) + "\n")
-    (args.out / "prefetch_import.md").write_text(table)
+    save_report(args.out, "prefetch_import", table, record)
     print(table)
 
 

@@ -1,9 +1,11 @@
-"""What the toy studies share: the command line they record and how they save a report."""
+"""What the studies share: the command line they record, how they save a report, a median (min-max) cell."""
 
 from __future__ import annotations
 
 import json
+import statistics
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -22,3 +24,8 @@ def save_report(out: str | Path | None, stem: str, text: str, payload: dict) -> 
     (out / f"{stem}.md").write_text(text)
     (out / f"{stem}.json").write_text(json.dumps(payload, indent=2))
     return out
+
+
+def median_range(values: Sequence[float]) -> str:
+    """``median (min-max)`` of ``values`` with three decimals, for a table cell."""
+    return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
