@@ -96,6 +96,32 @@ def main(argv: list[str] | None = None) -> None:
     offsets = np.concatenate([[0], np.cumsum(nbytes)]).astype(np.int64)
     rows: dict[str, dict] = {}
 
+    host: dict = {"first_touch_s": None}
+
+    def write_report() -> str:
+        """The table and JSON of every row so far (written after each row: a run cut short keeps them)."""
+        command = " ".join(argv if argv is not None else sys.argv[1:])
+        result = {"date": date.today().isoformat(), "command": "python -m experiments.studies.h2d_copies " + command,
+                  "device": device.device_kind, "jax": jax.__version__, "python": platform.python_version(),
+                  "cpu_cores": os.cpu_count(), "tensors": len(sizes), "bytes": total,
+                  "first_touch_s": host["first_touch_s"], "rows": rows}
+        lines = [f"# Host-to-device copies of the release transformer's weights ({result['date']})", "",
+                 f"`{result['command']}`; {result['device']}, {result['cpu_cores']} CPU cores, jax {result['jax']}; "
+                 f"{len(sizes)} bf16 tensors, {total / 1e9:.2f} GB (random values); best of {args.repeats}. "
+                 f"First touch of {total / 1e9:.2f} GB of fresh host memory: {host['first_touch_s']} s.", "",
+                 "| way | best s | GB/s | median s | notes |", "|---|---:|---:|---:|---|"]
+        for name, row in rows.items():
+            if "error" in row:
+                lines.append(f"| {name} | - | - | - | {row['error']} |")
+                continue
+            notes = ", ".join(f"{k} {v}" for k, v in row.items()
+                              if k not in ("seconds", "best_s", "median_s", "gb_per_s"))
+            lines.append(f"| {name} | {row['best_s']:.3f} | {row['gb_per_s']:.2f} | {row['median_s']:.3f} "
+                         f"| {notes} |")
+        table = "\n".join(lines) + "\n"
+        save_report(args.out, "h2d_copies", table, result)
+        return table
+
     def record(name: str, seconds: list[float], **extra) -> None:
         best = min(seconds)
         rows[name] = {"seconds": [round(s, 4) for s in seconds], "best_s": round(best, 4),
@@ -103,14 +129,17 @@ def main(argv: list[str] | None = None) -> None:
                       **extra}
         print(f"{name}: best {best:.3f} s ({total / best / 1e9:.2f} GB/s), all {[round(s, 3) for s in seconds]}",
               flush=True)
+        write_report()
 
     # host memory: first touch of fresh pages (what reading into fresh arrays pays), then a filled buffer
     t = time.perf_counter()
     flat = np.empty(total, np.uint8)
     flat.fill(1)
     first_touch = time.perf_counter() - t
-    rng = np.random.default_rng(0)
-    flat[:] = rng.integers(0, 255, size=total, dtype=np.uint8)
+    host["first_touch_s"] = round(first_touch, 3)
+    block = np.random.default_rng(0).integers(0, 255, size=64 << 20, dtype=np.uint8)  # random bytes, tiled
+    for start in range(0, total, block.size):
+        flat[start:start + block.size] = block[: min(block.size, total - start)]
     print(f"first touch of {total / 1e9:.2f} GB: {first_touch:.3f} s", flush=True)
     arrays = [flat[offsets[i]:offsets[i + 1]].copy().view(bf16) for i in range(len(sizes))]  # separate, as read
 
@@ -168,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
                        pinned_to_device_s=[round(pinned_only(), 4) for _ in range(2)])
             except Exception as err:  # noqa: BLE001 - a backend without this path: say so, go on
                 rows[f"pinned {chunk_mb} MB"] = {"error": f"{type(err).__name__}: {err}"[:300]}
+                write_report()
                 print(f"pinned {chunk_mb} MB: {err}", flush=True)
 
     # reading the same bytes from a file in the page cache
@@ -201,25 +231,7 @@ def main(argv: list[str] | None = None) -> None:
                     list(pool.map(lambda s: read_range(buf, s, min(total, s + step)), range(0, total, step)))
             record(f"read 256 MB chunks x{threads} (one fresh buffer)", timed(chunk_read, args.repeats))
 
-    result = {"date": date.today().isoformat(),
-              "command": "python -m experiments.studies.h2d_copies " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "device": device.device_kind, "jax": jax.__version__, "python": platform.python_version(),
-              "cpu_cores": os.cpu_count(), "tensors": len(sizes), "bytes": total,
-              "first_touch_s": round(first_touch, 3), "rows": rows}
-    lines = [f"# Host-to-device copies of the release transformer's weights ({result['date']})", "",
-             f"`{result['command']}`; {result['device']}, {result['cpu_cores']} CPU cores, jax {result['jax']}; "
-             f"{len(sizes)} bf16 tensors, {total / 1e9:.2f} GB (random values); best of {args.repeats}. First touch "
-             f"of {total / 1e9:.2f} GB of fresh host memory: {first_touch:.2f} s.", "",
-             "| way | best s | GB/s | median s | notes |", "|---|---:|---:|---:|---|"]
-    for name, row in rows.items():
-        if "error" in row:
-            lines.append(f"| {name} | - | - | - | {row['error']} |")
-            continue
-        notes = ", ".join(f"{k} {v}" for k, v in row.items() if k not in ("seconds", "best_s", "median_s", "gb_per_s"))
-        lines.append(f"| {name} | {row['best_s']:.3f} | {row['gb_per_s']:.2f} | {row['median_s']:.3f} | {notes} |")
-    table = "\n".join(lines) + "\n"
-    save_report(args.out, "h2d_copies", table, result)
-    print(table)
+    print(write_report())
 
 
 if __name__ == "__main__":

@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> None:
             result = run_child(site)
             rows.setdefault(f"ml_dtypes {result['ml_dtypes']}" + ("" if site is None else f" ({site})"),
                             []).append(result)
-    record = {"date": date.today().isoformat(),
-              "command": "python -m experiments.studies.import_cost " + " ".join(argv if argv is not None else sys.argv[1:]),
+    command = " ".join(argv if argv is not None else sys.argv[1:])
+    record = {"date": date.today().isoformat(), "command": "python -m experiments.studies.import_cost " + command,
               "device": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores",
               "jax_platforms": os.environ.get("JAX_PLATFORMS", "cpu"), "python": platform.python_version(),
               "runs": rows}
