@@ -216,6 +216,70 @@ def test_corrupted_checkpoints_give_clear_errors(tmp_path):
         load_vae(_write_folder(tmp_path, nan))
 
 
+class _CountingSource:
+    """A tensor source that records which tensors were read."""
+
+    def __init__(self, source):
+        self.source, self.read_names = source, []
+
+    def infos(self):
+        return self.source.infos()
+
+    def read(self, name):
+        self.read_names.append(name)
+        return self.source.read(name)
+
+    def close(self):
+        self.source.close()
+
+
+def test_decoder_only_load_reads_no_encoder_tensor_and_decodes_the_same(vae, golden):
+    """``parts="decoder"``: the encoder's tensors are not read, the decoder's parameters and the decoded video are
+    those of the whole VAE, and encoding names what is missing."""
+    from jax_vdit.io.tensors import open_tensors
+    from jax_vdit.io.vae_weights import load_vae_weights, read_vae_config
+    from jax_vdit.vae import VAEEncoderMissingError, abstract_vae, encode_video_to_latents
+
+    source = _CountingSource(open_tensors(GOLDEN))
+    dec = load_vae_weights(abstract_vae(read_vae_config(GOLDEN)), source, parts="decoder")
+    source.close()
+    read = set(source.read_names)
+    assert read and not any(n.startswith(("encoder.", "quant_conv.")) for n in read)
+    assert read == {n for n in source.infos() if n.startswith(("decoder.", "post_quant_conv."))}
+    assert not dec.has_encoder and vae.has_encoder
+    full = _leaves(vae)
+    got = _leaves(dec)
+    assert got.keys() == {k for k in full if not k.startswith(("('encoder'", "('quant_conv'"))}
+    for k in got:
+        np.testing.assert_array_equal(got[k], full[k])
+    inputs, _ = golden
+    for tiling in (None, GOLDEN_TILING):
+        np.testing.assert_array_equal(np.asarray(decode(dec, inputs["latent"], tiling=tiling)),
+                                      np.asarray(decode(vae, inputs["latent"], tiling=tiling)))
+    with pytest.raises(VAEEncoderMissingError, match="loaded without its encoder"):
+        encode(dec, inputs["video"])
+    with pytest.raises(VAEEncoderMissingError, match="loaded without its encoder"):
+        encode_video_to_latents(dec, np.zeros((1, 5, 32, 32, 3), np.uint8), None, mean=True)
+    with pytest.raises(ValueError, match="parts must be one of"):
+        load_vae(GOLDEN, parts="encoder")
+
+
+def test_decoder_only_load_accepts_a_checkpoint_without_the_encoder(tmp_path):
+    """A decoder-only checkpoint loads with ``parts="decoder"``; the whole VAE names the encoder keys it lacks,
+    and a broken decoder tensor is still found."""
+    sd = {k: v for k, v in _state_dict().items() if not k.startswith(("encoder.", "quant_conv."))}
+    folder = _write_folder(tmp_path, sd)
+    assert not load_vae(folder, parts="decoder").has_encoder
+    with pytest.raises(WeightMismatchError, match="missing     encoder.conv_in"):
+        load_vae(folder)
+    nan = dict(sd)
+    w = nan["decoder.mid.block_1.conv2.conv.weight"].copy()
+    w[0, 0, 0, 0, 0] = np.inf
+    nan["decoder.mid.block_1.conv2.conv.weight"] = w
+    with pytest.raises(NonFiniteWeightError, match="decoder.mid.block_1.conv2.conv.weight"):
+        load_vae(_write_folder(tmp_path, nan), parts="decoder")
+
+
 # ----------------------------------------------------------------------------------------------- pipeline
 def test_decode_latents_to_video_maps_pixels_like_the_release(vae, golden):
     latent = golden[0]["latent"] * 0.18215  # a "DiT latent"

@@ -20,7 +20,7 @@ from flax import nnx
 from jax_vdit.host_arrays import to_device
 from jax_vdit.io.tensors import TensorSource, open_tensors
 from jax_vdit.vae.config import ComputeConfig, VAEConfig, VAEConfigError
-from jax_vdit.vae.model import CausalVAE, abstract_vae
+from jax_vdit.vae.model import CausalVAE, abstract_vae, without_encoder
 from jax_vdit.io.key_map import KeyMap, check_finite, check_keys, set_path
 from jax_vdit.io.key_map import identity as identity_transform
 
@@ -155,14 +155,33 @@ def _check_map_matches_model(km: KeyMap, state) -> None:
         raise AssertionError("VAE key map does not match the model:\n  " + "\n  ".join(problems))
 
 
-def load_vae_weights(vae: CausalVAE, source: TensorSource, *, what: str = "checkpoint") -> CausalVAE:
-    """Fill ``vae`` (concrete or abstract) from a tensor source; returns the loaded model.
+VAE_PARTS = ("all", "decoder")
+_ENCODER_KEYS = ("encoder.", "quant_conv.")  # what parts="decoder" neither reads nor requires
+
+
+def _decoder_only(km: KeyMap) -> KeyMap:
+    """``km`` without the encoder's and quant_conv's tensors, which become ignorable (read nowhere, required
+    nowhere: a checkpoint holding only the decoder loads too)."""
+    rules = {name: rule for name, rule in km.rules.items() if not name.startswith(_ENCODER_KEYS)}
+    return type(km)(rules=rules, ignorable_prefixes=tuple(km.ignorable_prefixes) + _ENCODER_KEYS)
+
+
+def load_vae_weights(vae: CausalVAE, source: TensorSource, *, what: str = "checkpoint",
+                     parts: str = "all") -> CausalVAE:
+    """Fill ``vae`` (concrete or abstract) from a tensor source; returns the loaded model. ``parts="decoder"``:
+    the decoder and post_quant_conv only; the encoder and quant_conv are dropped from the model
+    (:func:`~jax_vdit.vae.model.without_encoder`) and their tensors are not read.
 
     Raises :class:`~jax_vdit.io.key_map.WeightMismatchError` (every missing/unexpected/mis-shaped key at
     once) before reading, and :class:`~jax_vdit.io.key_map.NonFiniteWeightError` naming a NaN/Inf tensor.
     """
-    graphdef, state = nnx.split(vae)
+    if parts not in VAE_PARTS:
+        raise ValueError(f"parts must be one of {VAE_PARTS}, not {parts!r}")
     km = _with_loss_ignored(vae_key_map(vae.config))
+    if parts == "decoder":
+        vae = without_encoder(vae)
+        km = _decoder_only(km)
+    graphdef, state = nnx.split(vae)
     _check_map_matches_model(km, state)
     check_keys(km, source.infos(), what=what)
     param_dtype = jnp.dtype(vae.param_dtype)
@@ -206,6 +225,7 @@ def load_vae(
     param_dtype=None,
     config: str | os.PathLike | VAEConfig | None = None,
     compute: ComputeConfig = ComputeConfig(),
+    parts: str = "all",
 ) -> CausalVAE:
     """Load the release VAE.
 
@@ -218,6 +238,9 @@ def load_vae(
       param_dtype: parameter storage dtype (default: ``dtype``).
       config: a ``config.json`` path or a :class:`VAEConfig`, overriding the one found next to ``path``.
       compute: conv implementation / chunking (:class:`ComputeConfig`).
+      parts: "all", or "decoder": the decoder and post_quant_conv only (what decoding latents needs: 144.8M of
+        the release's 239.2M parameters); the encoder's tensors are neither read nor required, and encoding
+        with the result raises :class:`~jax_vdit.vae.model.VAEEncoderMissingError`.
     """
     path = Path(path)
     if not path.exists():
@@ -227,7 +250,7 @@ def load_vae(
     vae = abstract_vae(cfg, dtype=dtype, param_dtype=param_dtype, compute=compute)
     source = open_tensors(path)
     try:
-        return load_vae_weights(vae, source, what=str(path))
+        return load_vae_weights(vae, source, what=str(path), parts=parts)
     finally:
         source.close()
 

@@ -18,7 +18,8 @@ from jax_vdit.lazy_exports import lazy_exports
 # compile workers' launcher, jax_vdit.vae.compile_worker) load without JAX
 _EXPORTS = {
     **dict.fromkeys(("SCALING_FACTOR", "ComputeConfig", "VAEConfig", "VAEConfigError"), "jax_vdit.vae.config"),
-    **dict.fromkeys(("CausalVAE", "abstract_vae", "param_count", "random_vae"), "jax_vdit.vae.model"),
+    **dict.fromkeys(("CausalVAE", "VAEEncoderMissingError", "abstract_vae", "param_count", "random_vae",
+                     "without_encoder"), "jax_vdit.vae.model"),
     **dict.fromkeys(("decode_latents_to_video", "decode_latents_to_video_parts", "encode_video_to_latents",
                      "DEFAULT_MP4_PRESET", "MP4_PRESETS", "write_video", "write_video_parts"),
                     "jax_vdit.vae.pipeline"),
@@ -41,6 +42,7 @@ __all__ = [
     "TilingConfigError",
     "VAEConfig",
     "VAEConfigError",
+    "VAEEncoderMissingError",
     "abstract_vae",
     "clear_compile_cache",
     "compile_log",
@@ -58,6 +60,7 @@ __all__ = [
     "tile_runner",
     "tiled_apply",
     "tiled_apply_parts",
+    "without_encoder",
     "write_video",
     "write_video_parts",
     "MP4_PRESETS",

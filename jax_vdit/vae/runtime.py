@@ -403,6 +403,7 @@ def decode_staged(vae: CausalVAE, z: jax.Array, region: TileRegion | None = None
 
 def encode_staged(vae: CausalVAE, x: jax.Array) -> jax.Array:
     """Encoder (+ quant_conv) as a chain of compiled stages; float32 moments, same math as ``encode_moments``."""
+    vae.require_encoder()
     enc = vae.encoder
     h = run_stage(_enc_head, (enc.conv_in,), x)
     n_levels = len(enc.down)
@@ -565,7 +566,9 @@ def decode_nthwc_parts(vae: CausalVAE, z: jax.Array, *, tiling: TilingConfig | N
 
 
 def encode_moments_nthwc(vae: CausalVAE, x: jax.Array, *, tiling: TilingConfig | None = None) -> jax.Array:
-    """Video (N, T, H, W, 3) in [-1, 1] -> float32 moments (N, t, h, w, 2C), tiled as the release if asked."""
+    """Video (N, T, H, W, 3) in [-1, 1] -> float32 moments (N, t, h, w, 2C), tiled as the release if asked.
+    Raises :class:`~jax_vdit.vae.model.VAEEncoderMissingError` for a decoder-only VAE."""
+    vae.require_encoder()
     _check_nonempty("video", x, "(N, T, H, W, 3)")
     _, t, h, w, _ = x.shape
     if tiling is None or not tiling.encode_needs_tiling(t, h, w):
