@@ -236,6 +236,7 @@ def _mask_labels(attention: AttentionConfig, num_layers: int) -> list[str]:
 
 VAE_TILES = ("exact", "uniform")
 LAYER_LOOPS = ("scan", "unrolled")
+VAE_PARTS = ("all", "decoder")  # what from_pretrained loads of the VAE (see jax_vdit.io.vae_weights.VAE_PARTS)
 
 
 def _decode_tiling(vae_tiles: str):
@@ -351,8 +352,9 @@ def _compile_sampler_in_background(cls, model_dir: Path, load_args: dict, parts:
     return in_background("sampler-compile", work)
 
 
-def _load_vae_in_background(vae_dir: Path, dtype, warmup: tuple | None, cancel) -> Future:
-    """Load the VAE from ``vae_dir`` in a background thread, then (``warmup`` = (model_dir, config, decode_size,
+def _load_vae_in_background(vae_dir: Path, dtype, warmup: tuple | None, cancel, parts: str = "all") -> Future:
+    """Load the VAE (``parts``: "all" or "decoder", see :func:`~jax_vdit.io.load_vae`) from ``vae_dir`` in a
+    background thread, then (``warmup`` = (model_dir, config, decode_size,
     vae_tiles, compile processes and their reports' list or None)) start compiling its decode stages
     there. The future's result: (VAE, load seconds, the load's CPU seconds in that thread, the
     :func:`_start_decoder_warmup` result or None). Nothing starts once ``cancel`` is set."""
@@ -360,7 +362,7 @@ def _load_vae_in_background(vae_dir: Path, dtype, warmup: tuple | None, cancel) 
 
     def work():
         t0, cpu0 = time.perf_counter(), time.thread_time()
-        vae = load_vae(vae_dir, dtype=dtype)
+        vae = load_vae(vae_dir, dtype=dtype, parts=parts)
         seconds, cpu_seconds = time.perf_counter() - t0, time.thread_time() - cpu0
         early = None
         if warmup is not None and not cancel.is_set():
@@ -438,6 +440,7 @@ class OpenSoraPipeline:
         mixed_masks: str = "runs",
         vae_tiles: str = "uniform",
         layer_loop: str = "scan",
+        vae_parts: str = "all",
         decode_size: tuple[int | None, int | None, int | None] | None = None,
         early_job: Mapping[str, Any] | None = None,
         vae_compile_processes: int = 0,
@@ -461,7 +464,9 @@ class OpenSoraPipeline:
         toy-world models, or ``google/mt5-xxl`` if it is already in the local Hugging Face cache; else none),
         "toy", a local mT5 folder or repo id, a :class:`TextEncoder`, or None (embeddings only).
         ``tile_backend``, ``mixed_masks`` and ``layer_loop`` go into every attention config the pipeline builds;
-        ``vae_tiles``: "exact" or "uniform" (see the class docstring). ``decode_size``: (frames, height, width) of
+        ``vae_tiles``: "exact" or "uniform" (see the class docstring). ``vae_parts``: "all", or "decoder" (the
+        VAE without its encoder, which text-to-video never runs: 40% of the release VAE's weights neither read nor
+        placed; encoding with ``pipe.vae`` then raises :class:`~jax_vdit.vae.VAEEncoderMissingError`). ``decode_size``: (frames, height, width) of
         the videos that will be decoded (None entries: the checkpoint's defaults, as :meth:`prepare` fills them): the VAE's
         stages for that size start compiling in a background thread as soon as the VAE is loaded, while the
         transformer and the text encoder load; :meth:`warm_up_decoder` of a job of that size returns that warm-up.
@@ -484,6 +489,8 @@ class OpenSoraPipeline:
             raise PipelineInputError(f"vae_tiles must be one of {VAE_TILES}, not {vae_tiles!r}")
         if layer_loop not in LAYER_LOOPS:
             raise PipelineInputError(f"layer_loop must be one of {LAYER_LOOPS}, not {layer_loop!r}")
+        if vae_parts not in VAE_PARTS:
+            raise PipelineInputError(f"vae_parts must be one of {VAE_PARTS}, not {vae_parts!r}")
         from jax_vdit.io import load_model
         from jax_vdit.io.hub import has_weights, looks_like_repo_id, resolve_pretrained
         from jax_vdit.student import is_student_folder, read_student_info
@@ -552,7 +559,8 @@ class OpenSoraPipeline:
             started.stop()
         vae_load = None if vae_dir is None else _load_vae_in_background(
             vae_dir, jnp.bfloat16 if compute_dtype == "bfloat16" else jnp.float32,
-            None if decode_size is None else (model_dir, config, decode_size, vae_tiles, workers), cancel)
+            None if decode_size is None else (model_dir, config, decode_size, vae_tiles, workers), cancel,
+            parts=vae_parts)
         early_sampler = None
         if early_job is not None and early_job.get("prompt_embeds") is not None and \
                 executable_store.store_directory() is not None and jax.local_device_count() == 1:

@@ -53,6 +53,7 @@ def test_sample_command_writes_latents_and_decodes_to_mp4_with_a_vae(golden_dir,
     assert report["run_compile"]["programs"] == 0, report["run_compile"]
     assert report["vae_stages"] >= 1 and report["vae_compile_s"] > 0  # compiled in the background while sampling
     assert report["vae_tiles"] == "uniform" and report["vae_stages_loaded"] == 0  # the store is off in tests
+    assert report["vae_has_encoder"] is False  # text-to-video loads the decoder only
     assert report["vae_planned"] is True  # no store, no recorded plan
     assert "euler_ancestral, 3 steps, CFG 4" in captured.err  # what ran is printed
     # the time before main (this test process's whole life so far) and main's own, which holds every phase

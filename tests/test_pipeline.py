@@ -40,9 +40,23 @@ def pipe(hub_cache) -> OpenSoraPipeline:
 def test_from_pretrained_reads_the_release_layout_from_the_cache_offline(pipe):
     assert pipe.source["transformer"].endswith(f"snapshots/{COMMIT}/29x720p")
     assert pipe.source["vae"].endswith(f"snapshots/{COMMIT}/vae") and pipe.vae is not None
+    assert pipe.vae.has_encoder  # vae_parts="all" by default
     assert pipe.text_encoder is None  # no google/mt5-xxl in that cache
     assert (pipe.default_size.frames, pipe.default_size.height, pipe.default_size.width) == (9, 64, 80)
     assert pipe.settings.sampler == "euler_ancestral" and pipe.settings.guidance_scale == 7.5
+
+
+def test_a_decoder_only_pipeline_decodes_as_the_whole_vae(pipe, hub_cache):
+    """``vae_parts="decoder"`` (what `vdit sample` loads): no encoder, the decoder's weights of the whole VAE."""
+    from jax_vdit.vae import VAEEncoderMissingError
+
+    dec = OpenSoraPipeline.from_pretrained(RELEASE_REPO, variant="29x720p", cache_dir=hub_cache,
+                                           local_files_only=True, text_encoder=None, vae_parts="decoder", **F32)
+    assert not dec.vae.has_encoder and dec.vae.encoder is None
+    np.testing.assert_array_equal(np.asarray(dec.vae.decoder.conv_in.kernel[...]),
+                                  np.asarray(pipe.vae.decoder.conv_in.kernel[...]))
+    with pytest.raises(VAEEncoderMissingError):
+        dec.vae.encode_moments(jnp.zeros((1, 1, 8, 8, 3)))
 
 
 def test_from_pretrained_downloads_only_the_variant_and_vae_when_online(hub_cache, monkeypatch):
@@ -321,6 +335,10 @@ def test_the_vae_loads_beside_the_transformer_and_starts_its_warmup(hub_cache, m
     with pytest.raises(PipelineInputError, match="vae_tiles"):  # refused before anything loads
         OpenSoraPipeline.from_pretrained(RELEASE_REPO, variant="29x720p", cache_dir=hub_cache, local_files_only=True,
                                          vae_tiles="padded", **F32)
+    assert len(events) == 2
+    with pytest.raises(PipelineInputError, match="vae_parts"):
+        OpenSoraPipeline.from_pretrained(RELEASE_REPO, variant="29x720p", cache_dir=hub_cache, local_files_only=True,
+                                         vae_parts="encoder", **F32)
     assert len(events) == 2
 
 

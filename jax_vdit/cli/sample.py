@@ -260,6 +260,7 @@ def _sample(args: argparse.Namespace, xla_flags_added: list[str], early_vae) -> 
             text_encoder=text_encoder,
             param_dtype=args.param_dtype, compute_dtype=args.compute_dtype, tile_backend=args.tile_backend,
             mixed_masks=args.mixed_masks, vae_tiles=args.vae_tiles, layer_loop=args.layer_loop,
+            vae_parts="decoder",  # text-to-video only decodes: the encoder's weights are neither read nor placed
             # the VAE's stages start compiling as soon as the VAE is loaded (early), or after the transformer loads
             decode_size=None if args.latents_only or args.vae_warmup != "early" else
             (args.frames, args.height, args.width),
@@ -333,6 +334,7 @@ def _sample(args: argparse.Namespace, xla_flags_added: list[str], early_vae) -> 
     if pipe.vae is not None:
         t0 = time.perf_counter()
         report["vae_tiles"] = pipe.vae_tiles
+        report["vae_has_encoder"] = pipe.vae.has_encoder  # False: loaded for decoding only
         _add_vae_warmup(report, vae_warmup, pipe)
         # each video's first time chunks are encoded while the device decodes its later ones
         written = pipe.decode_and_write(latents, records, out, fps=args.fps, mp4_preset=args.mp4_preset)
