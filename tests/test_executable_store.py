@@ -132,6 +132,12 @@ def test_a_recorded_decode_plan_loads_every_stage_without_planning_and_decodes_t
     plan_name = warmup._decode_plan_name
     assert store / f"{plan_name(vae, LATENT, tiles)}.json" == record
     assert plan_name(vae, (1, 4, 3, 6, 8), tiles) != record.stem != plan_name(vae, LATENT, TILES)
+    # the encoder is no part of it: a decoder-only VAE (what `vdit sample` loads) finds the same record
+    from flax import nnx
+
+    from jax_vdit.vae import without_encoder
+
+    assert plan_name(without_encoder(nnx.clone(vae)), LATENT, tiles) == record.stem
 
     monkeypatch.setattr(warmup, "plan_decode", real_plan)
     monkeypatch.setattr(runtime, "lower_stage", real_lower)

@@ -149,11 +149,15 @@ def precompile(calls: Sequence[StageCall], *, workers: int | None = None, plan_s
 
 
 def _decode_plan_name(vae: CausalVAE, latent_shape: Sequence[int], tiling: TilingConfig | None) -> str | None:
-    """The executable store's record name of this decode's stages (the VAE's structure and dtypes, the latent
-    shape, the tiling, and the code: see :func:`jax_vdit.executable_store.store_key`); None with the store off."""
+    """The executable store's record name of this decode's stages (the decoder's structure and dtypes, the latent
+    shape, the tiling, and the code: see :func:`jax_vdit.executable_store.store_key`); None with the store off.
+    The encoder is no part of it: a decoder-only VAE (``load_vae(..., parts="decoder")``) finds the plan that the
+    compile processes, which build the whole VAE's shapes, recorded."""
     if executable_store.store_directory() is None:
         return None
-    description = ("vae-decode-plan", repr(nnx.graphdef(vae)), repr(vae.config), str(jnp.dtype(vae.param_dtype)),
+    decoding = (repr(nnx.graphdef(vae.decoder)),
+                None if vae.post_quant_conv is None else repr(nnx.graphdef(vae.post_quant_conv)))
+    description = ("vae-decode-plan", decoding, repr(vae.config), str(jnp.dtype(vae.param_dtype)),
                    tuple(int(n) for n in latent_shape), repr(tiling))
     return store_name(description) + ".decode-plan"  # keyed by the VAE's code, as the stages' own names
 
