@@ -528,6 +528,7 @@ def test_a_second_sample_command_in_a_fresh_process_compiles_nothing(golden_dir,
     assert second["before_main_s"] > 0 and second["main_s"] >= second["load_s"] + second["sampling_s"]
     # JAX_PLATFORMS=cpu: no GPU compile flags are added, and the VAE's stages compile in a thread ("auto")
     assert second["xla_flags_added"] == [] and second["vae_compile_processes"] == 0
+    assert second["client_env_added"] == {}  # nor the GPU client's memory setting
     assert set(second["load"]) == {"vae", "vae_wait", "transformer", "text_encoder"}  # where the load seconds went
     assert 0 < second["load"]["transformer"] <= second["load_s"] and second["load"]["vae"] >= 0
     assert first["load_compile"]["cache_misses"] >= 1, first

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from jax_vdit import xla_defaults
-from jax_vdit.xla_defaults import GPU_COMPILE_FLAGS, add_gpu_compile_flags
+from jax_vdit.xla_defaults import GPU_CLIENT_DEFAULTS, GPU_COMPILE_FLAGS, add_gpu_client_defaults, add_gpu_compile_flags
 
 
 @pytest.fixture
@@ -42,3 +42,18 @@ def test_this_process_has_started_its_backends():
 
     jax.devices()
     assert xla_defaults.backends_started()
+
+
+def test_the_client_stops_reserving_memory_unless_the_user_chose_how_it_takes_memory(before_backends, monkeypatch):
+    env = {}
+    assert add_gpu_client_defaults(env) == GPU_CLIENT_DEFAULTS == {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    assert env == GPU_CLIENT_DEFAULTS
+    for name, value in [("XLA_PYTHON_CLIENT_PREALLOCATE", "true"), ("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.9"),
+                        ("XLA_PYTHON_CLIENT_ALLOCATOR", "platform")]:
+        env = {name: value}
+        assert add_gpu_client_defaults(env) == {} and env == {name: value}
+    env = {"JAX_PLATFORMS": "cpu"}
+    assert add_gpu_client_defaults(env) == {} and env == {"JAX_PLATFORMS": "cpu"}
+    monkeypatch.setattr(xla_defaults, "backends_started", lambda: True)  # the client has read them already
+    env = {}
+    assert add_gpu_client_defaults(env) == {} and env == {}
