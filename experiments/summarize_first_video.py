@@ -17,6 +17,7 @@ Two derived figures are labelled as computed, never as measured:
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 from pathlib import Path
 
@@ -32,8 +33,12 @@ def _f(x: float | None, nd: int = 2) -> str:
 
 
 def load(folder: Path, pattern: str) -> list[tuple[str, dict]]:
-    """``(file stem, JSON)`` of every file matching ``pattern`` in ``folder``, sorted by name."""
-    return [(p.stem, json.loads(p.read_text())) for p in sorted(folder.glob(pattern))]
+    """``(file stem, JSON)`` of every file matching ``pattern`` in ``folder``, or ``pattern + ".gz"`` (gzipped;
+    the stem then without ``.json``), sorted by name."""
+    plain = [(p.stem, json.loads(p.read_text())) for p in sorted(folder.glob(pattern))]
+    zipped = [(Path(p.stem).stem, json.loads(gzip.decompress(p.read_bytes())))
+              for p in sorted(folder.glob(pattern + ".gz"))]
+    return sorted(plain + zipped, key=lambda item: item[0])
 
 
 def rebuild_from_log(log: Path, *, device: str, command: str) -> dict:
