@@ -8,10 +8,11 @@ into Triton GEMM fusions and autotunes each one while compiling. For the release
 the 3:21 student not measured yet; ``experiments/results/first_video/cli_exit_gemm_workers_h100_2026-12-07/``).
 
 ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` (:func:`add_gpu_client_defaults`): JAX's GPU client otherwise reserves
-75% of the card's memory when it starts. Without that reservation, a warm `vdit sample` (29x720p student, H100)
-placed the 5.5 GB of weights in 0.45 s instead of 1.0 s and took 6.98 s against 7.35-7.39 s, sampling and
-decoding as fast (``experiments/results/first_video/cli_prealloc_h100_2026-12-07/``). It changes no compiled
-program (it is not an XLA flag); memory is then taken as the work needs it.
+75% of the card's memory when it starts. Without that reservation a warm `vdit sample` (29x720p student) copied
+the 5.5 GB of weights to the device in 0.45-0.91 s instead of 1.0-2.5 s and took 7.0 s against 7.3-7.4 s on one
+H100 host, 10.1-11.0 s against 11.3-11.7 s on a slower one, sampling and decoding as fast; cold commands moved
+by no more than their run-to-run spread (``experiments/results/first_video/cli_prealloc_h100_2026-12-07/``). It
+changes no compiled program (it is not an XLA flag); memory is then taken as the work needs it.
 
 XLA reads ``XLA_FLAGS`` once, when JAX starts its backends: flags added later have no effect, so
 :func:`add_gpu_compile_flags` adds nothing then (its empty result says so); the client's settings likewise.
