@@ -31,11 +31,15 @@ FP32_TOL = 5e-6  # relative; observed ~2e-7 .. 8e-7 (different reduction orders 
 
 
 @pytest.fixture(scope="module")
-def worker_rows() -> list[dict]:
+def worker_rows(tmp_path_factory) -> list[dict]:
     """Run every multi-device check once (about 1-2 minutes on 2 CPU cores) and parse its JSON lines."""
     env = dict(os.environ)
     env["XLA_FLAGS"] = child_xla_flags()  # the worker sets its own device count
     env["JAX_PLATFORMS"] = "cpu"
+    # the train check runs `train` four times; the last three compile the same mesh step (8 s each on 2 cores),
+    # which JAX's persistent cache then reads back: that check took 59-64 s instead of 77-80 s
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("parallel_worker_xla_cache"))
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "2"  # only the large programs: writing every one costs more
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "parallel_worker.py")], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
