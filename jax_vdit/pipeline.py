@@ -47,6 +47,7 @@ from jax_vdit.host_arrays import to_device
 from jax_vdit.io.load_timing import collect_load_timing, timed
 from jax_vdit.model.attention import AttentionConfig, attention_from_spec
 from jax_vdit.text_encoder import TextEncoder, load_embeddings
+from jax_vdit.vae.config import VAE_PARTS
 
 if TYPE_CHECKING:
     from jax_vdit.vae.early_compile import EarlyWorkers
@@ -236,7 +237,6 @@ def _mask_labels(attention: AttentionConfig, num_layers: int) -> list[str]:
 
 VAE_TILES = ("exact", "uniform")
 LAYER_LOOPS = ("scan", "unrolled")
-VAE_PARTS = ("all", "decoder")  # what from_pretrained loads of the VAE (see jax_vdit.io.vae_weights.VAE_PARTS)
 
 
 def _decode_tiling(vae_tiles: str):
@@ -466,7 +466,8 @@ class OpenSoraPipeline:
         ``tile_backend``, ``mixed_masks`` and ``layer_loop`` go into every attention config the pipeline builds;
         ``vae_tiles``: "exact" or "uniform" (see the class docstring). ``vae_parts``: "all", or "decoder" (the
         VAE without its encoder, which text-to-video never runs: 40% of the release VAE's weights neither read nor
-        placed; encoding with ``pipe.vae`` then raises :class:`~jax_vdit.vae.VAEEncoderMissingError`). ``decode_size``: (frames, height, width) of
+        placed; encoding with ``pipe.vae`` then raises :class:`~jax_vdit.vae.VAEEncoderMissingError`).
+        ``decode_size``: (frames, height, width) of
         the videos that will be decoded (None entries: the checkpoint's defaults, as :meth:`prepare` fills them): the VAE's
         stages for that size start compiling in a background thread as soon as the VAE is loaded, while the
         transformer and the text encoder load; :meth:`warm_up_decoder` of a job of that size returns that warm-up.

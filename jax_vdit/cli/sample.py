@@ -195,11 +195,11 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from jax_vdit.xla_defaults import add_gpu_client_defaults, add_gpu_compile_flags
 
     xla_flags_added = [] if args.triton_gemm else add_gpu_compile_flags()
-    args.client_env_added = add_gpu_client_defaults()  # no 75% reservation of the card's memory at the start
+    client_env_added = add_gpu_client_defaults()  # no 75% reservation of the card's memory at the start
     early_vae = start_vae_compile_before_jax(args)  # about 2 s before JAX would be imported and started
     try:
         start_weight_prefetch(args)  # the weights' reads overlap JAX's import and start
-        return _sample(args, xla_flags_added, early_vae)
+        return _sample(args, xla_flags_added, client_env_added, early_vae)
     except BaseException:
         if early_vae is not None:  # stopped, or already handed to the pipeline (then finished or stopped there)
             early_vae.stop()
@@ -208,7 +208,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         prefetch.stop_all()  # what no loader took is dropped
 
 
-def _sample(args: argparse.Namespace, xla_flags_added: list[str], early_vae) -> int:
+def _sample(args: argparse.Namespace, xla_flags_added: list[str], client_env_added: dict[str, str],
+            early_vae) -> int:
     from jax_vdit.cli.startup import import_jax_and_start_backend, place_prefetched_weights, prefetch_to_device_wanted
 
     t0 = time.perf_counter()
@@ -300,7 +301,7 @@ def _sample(args: argparse.Namespace, xla_flags_added: list[str], early_vae) -> 
               "warmup_s": round(warmup_s, 2), "warmup_cpu_s": round(warmup_cpu_s, 2), "compile_cache": cache,
               "sampler": job.settings.describe(), "attention": job.attention_spec, "layer_loop": pipe.layer_loop,
               "vae_warmup": None if pipe.vae is None else args.vae_warmup, "switch_interval": switch_interval,
-              "xla_flags_added": xla_flags_added, "client_env_added": getattr(args, "client_env_added", {}),
+              "xla_flags_added": xla_flags_added, "client_env_added": client_env_added,
               "vae_compile_processes": vae_compile_processes,
               # the VAE's compile processes started before JAX: seconds after the process started, whether they
               # compiled this decode (else the pipeline stopped them), where the time before the start went, and

@@ -19,7 +19,7 @@ from flax import nnx
 
 from jax_vdit.host_arrays import to_device
 from jax_vdit.io.tensors import TensorSource, open_tensors
-from jax_vdit.vae.config import ComputeConfig, VAEConfig, VAEConfigError
+from jax_vdit.vae.config import VAE_PARTS, ComputeConfig, VAEConfig, VAEConfigError
 from jax_vdit.vae.model import CausalVAE, abstract_vae, without_encoder
 from jax_vdit.io.key_map import KeyMap, check_finite, check_keys, set_path
 from jax_vdit.io.key_map import identity as identity_transform
@@ -155,7 +155,6 @@ def _check_map_matches_model(km: KeyMap, state) -> None:
         raise AssertionError("VAE key map does not match the model:\n  " + "\n  ".join(problems))
 
 
-VAE_PARTS = ("all", "decoder")
 _ENCODER_KEYS = ("encoder.", "quant_conv.")  # what parts="decoder" neither reads nor requires
 
 
