@@ -290,10 +290,13 @@ def test_train_teacher_command_keeps_the_best_checked_teacher(tmp_path, capsys):
     run = tmp_path / "run"
     code = main(["train-teacher", "--run", str(run), "--world", "toy-tiny-5x16x16", "--model", "toy-tiny",
                  "--steps", "4", "--batch", "2", "--samples", "8", "--compute-dtype", "float32",
-                 "--check-every", "2", "--check-steps", "1", "--check-prompts", "2", "--export", str(tmp_path / "t")])
+                 "--check-every", "2", "--check-steps", "1", "--check-prompts", "2", "--check-seeds", "2",
+                 "--export", str(tmp_path / "t")])
     assert code == 0 and "best EMA teacher" in capsys.readouterr().out
     evals = read_evals(run)
     assert [r["step"] for r in evals] == [2, 4] and evals[0]["is_best"] == 1.0
+    for r in evals:  # two noise seeds per check, the check's alignment their mean
+        assert r["alignment"] == pytest.approx((r["alignment_seed1234"] + r["alignment_seed1235"]) / 2)
     best = max(evals, key=lambda r: r["alignment"])  # the first of equals
     saved = json.loads((run / BEST_EMA / "check.json").read_text())
     assert saved["alignment"] == best["alignment"]
@@ -301,6 +304,12 @@ def test_train_teacher_command_keeps_the_best_checked_teacher(tmp_path, capsys):
     assert sorted(p.name for p in run.glob(f"{BEST_EMA}*")) == [BEST_EMA]  # no partial or old export left
     assert load_toy_teacher(run / BEST_EMA).cfg.num_layers == 2
     assert (tmp_path / "t" / "config.json").is_file()
+    # going on with one seed per check would compare unlike checks: refused before any data is rendered
+    code = main(["train-teacher", "--run", str(run), "--world", "toy-tiny-5x16x16", "--model", "toy-tiny",
+                 "--steps", "6", "--batch", "2", "--samples", "8", "--compute-dtype", "float32",
+                 "--check-every", "2", "--check-steps", "1", "--check-prompts", "2"])
+    assert code == 2 and "seeds 2 -> 1" in capsys.readouterr().err
+    assert [r["step"] for r in read_evals(run)] == [2, 4]
 
 
 def test_train_teacher_command_mixes_a_world_and_toybench_writes_every_score(tmp_path, capsys):

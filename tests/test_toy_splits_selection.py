@@ -66,6 +66,65 @@ def test_teacher_checks_and_best_ema_read_only_validation_prompts(monkeypatch, t
     assert (tmp_path / "run" / recipes.BEST_EMA / "check.json").is_file()
 
 
+class _FixedModel:
+    """Stands in for a RunResult: its EMA model is ``model``."""
+
+    def __init__(self, model):
+        self._model = model
+
+    def model(self, ema=None):
+        return self._model
+
+
+def test_teacher_check_averages_its_noise_seeds_and_keeps_each_one(monkeypatch, tmp_path):
+    """Two seeds: two sampling passes with keys 1234 and 1235, the alignment of the check (and the best-EMA
+    choice) is their mean, each seed's alignment is kept in the row and in best_ema/check.json."""
+    import jax
+
+    world = get_config(TINY)
+    keys = []
+
+    def fake_sample(model, specs, world, *, key, **kw):
+        keys.append(int(jax.random.key_data(key)[-1]))
+        return np.full((len(specs), 1), float(keys[-1]))
+
+    def fake_bench(videos, specs, world):  # an alignment that depends on the noise seed
+        seed = float(videos[0, 0])
+        return {"alignment": 0.8 + (seed - 1234) * 0.1, "direction_acc": 0.5, "overall": 0.7}
+
+    monkeypatch.setattr(recipes, "sample_specs", fake_sample)
+    monkeypatch.setattr(recipes, "toybench", fake_bench)
+    model = init_model(get_preset("toy-tiny", compute_dtype="float32"))
+    run = recipes._teacher_check_fn(TeacherCheck(every=1, prompts=2, steps=1, seeds=2), validation_split(world),
+                                    tmp_path)
+    row = run(5, _FixedModel(model))
+    assert keys == [1234, 1235]
+    assert row["alignment"] == pytest.approx(0.85) and row["is_best"] == 1.0
+    assert row["alignment_seed1234"] == pytest.approx(0.8) and row["alignment_seed1235"] == pytest.approx(0.9)
+    saved = json.loads((tmp_path / recipes.BEST_EMA / "check.json").read_text())
+    assert saved["step"] == 5 and saved["noise_seeds"] == [1234, 1235]
+    assert saved["alignment"] == pytest.approx(0.85) and saved["alignment_per_seed"] == pytest.approx([0.8, 0.9])
+
+
+def test_a_resumed_run_refuses_other_check_settings(tmp_path):
+    world = get_config(TINY)
+    recipes._teacher_check_fn(TeacherCheck(prompts=2, seeds=1), validation_split(world), tmp_path)
+    recorded = json.loads((tmp_path / recipes.CHECK_SETTINGS).read_text())
+    assert recorded == {"prompts": 2, "steps": 100, "guidance": 4.0, "seed": 1234, "seeds": 1}
+    # the same settings (another check interval) resume; other seeds or prompts would compare unlike checks
+    recipes._teacher_check_fn(TeacherCheck(every=7, prompts=2, seeds=1), validation_split(world), tmp_path)
+    with pytest.raises(ValueError, match=r"seeds 1 -> 3.*same --check-\* flags"):
+        recipes._teacher_check_fn(TeacherCheck(prompts=2, seeds=3), validation_split(world), tmp_path)
+    with pytest.raises(ValueError, match="prompts 2 -> 4"):
+        recipes._teacher_check_fn(TeacherCheck(prompts=4, seeds=1), validation_split(world), tmp_path)
+
+
+@pytest.mark.parametrize("field", ["seeds", "prompts", "steps", "every"])
+def test_teacher_check_refuses_counts_below_one(field):
+    with pytest.raises(ValueError, match=f"TeacherCheck.{field} must be >= 1"):
+        TeacherCheck(**{field: 0})
+
+
 def test_calibration_inputs_never_include_a_validation_or_test_prompt():
     """The sign world has 120 scenes, 48 of them reserved: 200 unexcluded draws would hit them."""
     world = get_config("toy-sign-5x16x16")

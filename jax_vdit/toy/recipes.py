@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jax_vdit import sampling
 from jax_vdit.config import get_preset
@@ -86,16 +87,53 @@ class TeacherCheck:
     """A ToyBench check of the EMA teacher during training: Euler-ancestral ``steps`` with guidance ``guidance`` on
     the first ``prompts`` validation prompts, every ``every`` steps. The best EMA by alignment is exported to
     ``run_dir/best_ema`` (release format, bf16), so a run that later degrades keeps its best weights. The check
-    reads only the validation split (:func:`_teacher_check_fn` refuses any other), never the test split."""
+    reads only the validation split (:func:`_teacher_check_fn` refuses any other), never the test split.
+
+    ``seeds``: noise seeds per check (``seed``, ``seed + 1``, ...); the scores are their means. At 32 prompts one
+    noise seed's alignment scatters by about 0.01-0.02 (the toy teachers' validation sd over seeds), as much as the
+    differences a best-checkpoint choice is asked to separate; each extra seed costs one more sampling pass."""
 
     every: int = 2000
     prompts: int = 32
     steps: int = 100
     guidance: float = 4.0
     seed: int = 1234
+    seeds: int = 1
+
+    def __post_init__(self):
+        for name in ("every", "prompts", "steps", "seeds"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TeacherCheck.{name} must be >= 1, got {getattr(self, name)}")
+
+    def noise_seeds(self) -> tuple[int, ...]:
+        """The noise seeds of one check, in order."""
+        return tuple(range(self.seed, self.seed + self.seeds))
 
 
 BEST_EMA = "best_ema"
+
+
+CHECK_SETTINGS = "check_settings.json"
+
+
+def _record_check_settings(check: TeacherCheck, run_dir: Path) -> None:
+    """Write ``check``'s settings (all but ``every``) to ``run_dir/check_settings.json``, or, when a resumed run
+    holds them already, refuse other settings: the best EMA is chosen by comparing every check's alignment, earlier
+    calls' included, so they must all measure the same thing. A run folder from before this record is accepted."""
+    from jax_vdit.data.shards import atomic_write_bytes
+
+    settings = {k: v for k, v in asdict(check).items() if k != "every"}
+    path = Path(run_dir) / CHECK_SETTINGS
+    if path.is_file():
+        recorded = json.loads(path.read_text())
+        changed = {k: (recorded.get(k), v) for k, v in settings.items() if recorded.get(k) != v}
+        if changed:
+            what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            raise ValueError(f"{run_dir} was checked with other settings ({what}); its best EMA was chosen by "
+                             "them. Resume with the same --check-* flags, or start a new run folder")
+        return
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (json.dumps(settings, indent=2) + "\n").encode())
 
 
 def _teacher_check_fn(check: TeacherCheck, split: ValidationSplit, run_dir: Path):
@@ -108,23 +146,30 @@ def _teacher_check_fn(check: TeacherCheck, split: ValidationSplit, run_dir: Path
     world = split.world
     specs = split.take(check.prompts)
     plan = sampling.euler_ancestral(check.steps)
+    _record_check_settings(check, run_dir)
     best = [max((r["alignment"] for r in read_evals(run_dir)), default=-1.0)]  # checks of earlier calls count
 
     def run_check(step: int, result: RunResult) -> dict:
         model = result.model("ema")
         t0 = time.perf_counter()
-        videos = sample_specs(model, specs, world, plan=plan, guidance_scale=check.guidance,
-                              key=jax.random.key(check.seed))
-        scores = toybench(videos, specs, world)
+        per_seed = [toybench(sample_specs(model, specs, world, plan=plan, guidance_scale=check.guidance,
+                                          key=jax.random.key(seed)), specs, world)
+                    for seed in check.noise_seeds()]
+        scores = {k: float(np.mean([s[k] for s in per_seed])) for k in per_seed[0]}
         is_best = scores["alignment"] > best[0]
         if is_best:
             best[0] = scores["alignment"]
             with atomic_directory(run_dir / BEST_EMA, overwrite=True) as tmp:
                 export_release_folder(model, tmp, dtype="bfloat16", world=world.name)
-                (tmp / "check.json").write_text(json.dumps({"step": step, **scores}, indent=2, default=float))
-        return {"alignment": scores["alignment"], "direction_acc": scores["direction_acc"],
-                "overall": scores["overall"], "is_best": float(is_best),
-                "check_s": round(time.perf_counter() - t0, 2)}
+                (tmp / "check.json").write_text(json.dumps(
+                    {"step": step, **scores, "noise_seeds": list(check.noise_seeds()),
+                     "alignment_per_seed": [s["alignment"] for s in per_seed]}, indent=2, default=float))
+        row = {"alignment": scores["alignment"], "direction_acc": scores["direction_acc"],
+               "overall": scores["overall"], "is_best": float(is_best),
+               "check_s": round(time.perf_counter() - t0, 2)}
+        if len(per_seed) > 1:  # evals.jsonl holds numbers only: one column per seed
+            row.update({f"alignment_seed{seed}": s["alignment"] for seed, s in zip(check.noise_seeds(), per_seed)})
+        return row
 
     return run_check
 
@@ -149,6 +194,8 @@ def train_teacher(recipe: TeacherRecipe, run_dir: str | Path, *, stop_after: int
         raise ValueError(f"model caption_channels={cfg.caption_channels} != world's {world.caption_channels}")
     if init_from is not None and not adapt_to_world:
         world_for(init_from, recipe.world)  # weights of another toy world are refused before data is generated
+    if check is not None:
+        _record_check_settings(check, run_dir)  # a resume with other check settings is refused before that too
     t0 = time.perf_counter()
     data = data or recipe.training_data()
     gen_s = time.perf_counter() - t0
