@@ -388,7 +388,7 @@ class OpenSoraPipeline:
     tiles share the interior tiles' programs: 4-8x fewer programs to compile at 720p, the same pixels up to
     float rounding, edge tiles at full-tile compute; see :class:`~jax_vdit.vae.TilingConfig`) and ``layer_loop``
     (the transformer's blocks in one scanned loop, "scan": compiles in seconds; or "unrolled": each block compiled on
-    its own, 30-70 s more to compile at full size and about 3% faster per step on an H100, for long runs of many
+    its own, 30-70 s more to compile at full size and 0.6-1.2% faster per step on an H100, for long runs of many
     videos of one shape)."""
 
     def __post_init__(self) -> None:

@@ -448,8 +448,8 @@ def register(sub) -> None:
                         "mask)")
     g.add_argument("--layer-loop", choices=("scan", "unrolled"), default="scan",
                    help="the transformer's blocks in one scanned loop (scan: compiles in seconds) or each compiled "
-                        "on its own (unrolled: 30-70 s more to compile at full size, about 3%% faster per step on "
-                        "an H100; for many videos of one shape)")
+                        "on its own (unrolled: 30-70 s more to compile at full size, 0.6-1.2%% faster per step "
+                        "on an H100; for many videos of one shape)")
     g.add_argument("--vae-tiles", choices=("exact", "uniform"), default="uniform",
                    help="decode the release's VAE tiles every one zero-padded to the full tile size (uniform, the "
                         "default: one set of VAE programs for all tile shapes, 10 instead of 40 at 29x720p; 16 s "
