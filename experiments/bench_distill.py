@@ -7,6 +7,8 @@ Usage::
     python -m experiments.bench_distill --size 29x720p            # one GPU: random 2.77B weights, batch 1
     python -m experiments.bench_distill --size 29x720p --analyze-only   # any machine: lower + compile with
                                                                         # abstract inputs, memory_analysis()
+    python -m experiments.bench_distill --size 29x720p --set mlcd_export=student --set adam_mu_dtype=bfloat16
+                                                  # the smaller training state of those recipe settings
 
 Writes ``<out>/<size>_<run|analysis>_<stages>_<platform>.json`` (command, device, date, numbers); the measured
 files and their README are in ``experiments/results/bench_distill/``.
@@ -61,16 +63,26 @@ def objectives(stage: str, student_parts, teacher_parts, frames: int, layers: in
                              timesteps=(999, 749, 499, 249))
 
 
-def abstract_inputs(student_cfg, teacher_cfg, latent, text_len, batch: int, stage: str, scan_layers: bool = False):
-    """(parts, objective, tx, state, batch, frozen) with ShapeDtypeStruct leaves: nothing allocated.
-    ``scan_layers``: the train step's loop over blocks (``TrainConfig.scan_layers``)."""
+def recipe_for(scan_layers: bool = False, sets: tuple[str, ...] = ()):
+    """The distillation recipe whose training state the benchmark builds: `vdit distill`'s defaults with the
+    train step's loop over blocks (``scan_layers``) and ``sets`` (``key=value`` as `vdit distill --set`)."""
+    from jax_vdit.distill.recipe import DistillConfig, apply_overrides
+
+    return apply_overrides(DistillConfig(scan_layers=scan_layers), list(sets))
+
+
+def abstract_inputs(student_cfg, teacher_cfg, latent, text_len, batch: int, stage: str, scan_layers: bool = False,
+                    sets: tuple[str, ...] = ()):
+    """(parts, objective, tx, state, batch, frozen) with ShapeDtypeStruct leaves: nothing allocated. The state is
+    the one `vdit distill mlcd|kd` trains with :func:`recipe_for` ``(scan_layers, sets)`` (its EMAs, AdamW's
+    moments)."""
     from jax_vdit.model.transformer import abstract_model
-    from jax_vdit.training import ModelParts, TrainConfig, init_state, make_optimizer
+    from jax_vdit.training import ModelParts, init_state, make_optimizer
 
     student, teacher = abstract_model(student_cfg), abstract_model(teacher_cfg)
     sp, tp = ModelParts(student), ModelParts(teacher)
-    emas = (("target", 0.95), ("ema", 0.999)) if stage == "mlcd" else (("ema", 0.99),)
-    tcfg = TrainConfig(steps=10, emas=emas, weight_decay=0.0, scan_layers=scan_layers)
+    recipe = recipe_for(scan_layers, sets)
+    tcfg = recipe.mlcd_train_config() if stage == "mlcd" else recipe.kd_train_config()
     tx = make_optimizer(tcfg)
     state = jax.eval_shape(lambda p: init_state(p, tcfg, tx), sp.params())
     c = student_cfg.caption_channels
@@ -104,7 +116,7 @@ def _shard_abstract(state, batch, frozen, mesh, rules):
 
 
 def analyze(size: str, stage: str, batch: int, compile_: bool, fsdp_devices: int = 0,
-            scan_layers: bool = False) -> dict:
+            scan_layers: bool = False, sets: tuple[str, ...] = ()) -> dict:
     """Lower (and compile) the jitted train step on abstract inputs; XLA's memory and cost analyses. With
     ``fsdp_devices`` = N: the step of an N-device data-parallel mesh with FSDP rules (parameters, AdamW moments,
     EMAs and the frozen teacher split over ``data``; ``batch`` is the global batch), per device."""
@@ -112,7 +124,7 @@ def analyze(size: str, stage: str, batch: int, compile_: bool, fsdp_devices: int
 
     student_cfg, teacher_cfg, latent, text_len = configs(size)
     sp, tp, tcfg, tx, state, b, frozen = abstract_inputs(student_cfg, teacher_cfg, latent, text_len, batch, stage,
-                                                         scan_layers)
+                                                         scan_layers, sets)
     objective = objectives(stage, sp, tp, latent[1], student_cfg.num_layers)
     mesh = None
     if fsdp_devices:
@@ -164,17 +176,20 @@ def _memory_row(compiled) -> dict:
     return row
 
 
-def measure_step(size: str, stage: str, batch: int, steps: int, scan_layers: bool = False) -> dict:
+def measure_step(size: str, stage: str, batch: int, steps: int, scan_layers: bool = False,
+                 sets: tuple[str, ...] = ()) -> dict:
     """Real arrays (random weights): lower and compile the step once (timed, with XLA's memory analysis), then
     time ``steps`` steps of that executable; peak device memory where the backend reports it."""
     from jax_vdit.model import random_model
-    from jax_vdit.training import ModelParts, init_state, make_train_step
+    from jax_vdit.training import ModelParts, init_state, make_train_step, release_arrays
 
     student_cfg, teacher_cfg, latent, text_len = configs(size)
     student, teacher = random_model(student_cfg, seed=0), random_model(teacher_cfg, seed=1)
-    sp, tp, tcfg, tx, *_ = abstract_inputs(student_cfg, teacher_cfg, latent, text_len, batch, stage, scan_layers)
+    sp, tp, tcfg, tx, *_ = abstract_inputs(student_cfg, teacher_cfg, latent, text_len, batch, stage, scan_layers,
+                                           sets)
     sp, tp = ModelParts(student), ModelParts(teacher)
     state = init_state(sp.params(), tcfg, tx)
+    release_arrays(sp.params())  # the state has its copy: as `vdit distill` (train(release_model=True)) does
     c = student_cfg.caption_channels
     rng = np.random.default_rng(0)
     b = {"latents": jnp.asarray(rng.standard_normal((batch, *latent)), jnp.float32),
@@ -249,28 +264,36 @@ def main(argv=None) -> None:
                    "peak memory is per process, so measure stages in separate processes to get each one's peak")
     p.add_argument("--scan-layers", action="store_true", help="scan the train step over the blocks (TrainConfig."
                    "scan_layers; default: unrolled, as `vdit distill` trains)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="a `vdit distill` recipe setting that shapes the training state, e.g. mlcd_export=student, "
+                        "adam_mu_dtype=bfloat16 (repeat for several)")
     p.add_argument("--out", default=str(OUT))
     args = p.parse_args(argv)
+    try:
+        recipe_for(args.scan_layers, tuple(args.sets))
+    except ValueError as err:
+        p.error(str(err))
     device = jax.devices()[0]
     header = {"date": datetime.date.today().isoformat(), "device": f"{device.platform}:{device.device_kind}",
               "jax": jax.__version__, "scan_layers": args.scan_layers,
               "command": "python -m experiments.bench_distill " + " ".join(sys.argv[1:] if argv is None else argv),
-              "size": args.size, "batch": args.batch}
+              "size": args.size, "batch": args.batch, "recipe_sets": args.sets}
     stages = [s for s in args.stages.split(",") if s]
     unknown = set(stages) - {"mlcd", "kd", "search"}
     if unknown:
         p.error(f"unknown stages {sorted(unknown)}")
     if args.analyze_only:
         rows = {"analysis": [analyze(args.size, s, args.batch, not args.lower_only, args.fsdp_devices,
-                                     args.scan_layers) for s in stages if s != "search"]}
+                                     args.scan_layers, tuple(args.sets)) for s in stages if s != "search"]}
     else:
-        rows = {"steps": [measure_step(args.size, s, args.batch, args.steps, args.scan_layers)
+        rows = {"steps": [measure_step(args.size, s, args.batch, args.steps, args.scan_layers, tuple(args.sets))
                           for s in stages if s != "search"]}
         if "search" in stages:
             rows["search"] = measure_search(args.size, args.clips)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     variant = (f"_fsdp{args.fsdp_devices}" if args.fsdp_devices else "") + ("_scan" if args.scan_layers else "")
+    variant += "".join("_" + item.replace("=", "-") for item in args.sets)
     tag = f"{args.size}_{'analysis' if args.analyze_only else 'run'}_{'-'.join(stages)}{variant}_{device.platform}"
     (out / f"{tag}.json").write_text(json.dumps({"header": header, **rows}, indent=2) + "\n")
     print(json.dumps({"header": header, **rows}, indent=1))

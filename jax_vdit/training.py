@@ -32,6 +32,7 @@ PyTree = Any
 
 
 LR_SCHEDULES = ("constant", "cosine")
+ADAM_MU_DTYPES = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,11 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     scan_layers: bool = False
+    adam_mu_dtype: str = "float32"  # AdamW's first moment; "bfloat16" halves it (the second stays fp32)
 
     def __post_init__(self) -> None:
+        if self.adam_mu_dtype not in ADAM_MU_DTYPES:
+            raise ValueError(f"adam_mu_dtype must be one of {ADAM_MU_DTYPES}, got {self.adam_mu_dtype!r}")
         if not isinstance(self.scan_layers, bool):
             raise ValueError(f"scan_layers must be a bool, got {self.scan_layers!r}")
         if self.steps < 1 or self.learning_rate <= 0 or self.checkpoint_every < 1 or self.log_every < 1:
@@ -118,7 +122,8 @@ def make_optimizer(cfg: TrainConfig, head_dim: int | None = None) -> optax.Gradi
     lr = learning_rate_schedule(cfg)
     parts = [
         optax.clip_by_global_norm(cfg.grad_clip),
-        optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay),
+        optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                    mu_dtype=None if cfg.adam_mu_dtype == "float32" else jnp.dtype(cfg.adam_mu_dtype)),
     ]
     if cfg.qk_clip_max_gain is not None:
         if head_dim is None:
@@ -491,6 +496,18 @@ class RunResult:
         return self.parts.merge(self.state.params if ema is None else self.state.emas[ema])
 
 
+def release_arrays(tree: PyTree, keep: PyTree = None) -> int:
+    """Delete the device buffers of ``tree``'s arrays, except those that are also leaves of ``keep``; returns how
+    many were deleted. For weights that a caller has handed over once a copy of them exists."""
+    kept = {id(x) for x in jax.tree.leaves(keep)}
+    deleted = 0
+    for x in jax.tree.leaves(tree):
+        if isinstance(x, jax.Array) and id(x) not in kept and not x.is_deleted():
+            x.delete()
+            deleted += 1
+    return deleted
+
+
 def train(
     model: nnx.Module,
     objective: Objective,
@@ -508,6 +525,7 @@ def train(
     sharding_rules: Any = None,
     evaluate: Callable[[int, RunResult], Mapping[str, float]] | None = None,
     evaluate_every: int | None = None,
+    release_model: bool = False,
 ) -> RunResult:
     """Train ``model``'s parameters with ``objective`` on ``batch_at(step)`` batches for ``cfg.steps`` steps.
 
@@ -530,6 +548,11 @@ def train(
     :class:`RunResult` of the current state (``result.model("ema")`` is the EMA model); the numbers it returns are
     appended to ``run_dir/evals.jsonl`` with the step. Use it for sample-quality checks during long runs (e.g.
     keeping the best checkpoint of a run that later degrades).
+
+    ``release_model``: the caller hands ``model``'s parameters over. Once the state holds its own copy (or a
+    checkpoint's), the model's parameter arrays are deleted (those shared with ``frozen`` are kept), so a run does
+    not hold a second copy of the weights for its whole length: 10.3 GiB on the device for the 2.77B student in
+    fp32. ``model`` must not be used afterwards; the result's ``model(...)`` builds models from the state.
     """
     deadline = Deadline.of(time_limit_s)
     if (evaluate is None) != (evaluate_every is None) or (evaluate_every is not None and evaluate_every < 1):
@@ -538,6 +561,7 @@ def train(
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    given_frozen = frozen  # before any placement on a mesh: the arrays a released model may share with it
     parts = ModelParts(model)
     head_dim = getattr(getattr(model, "cfg", None), "attention_head_dim", None)
     tx = make_optimizer(cfg, head_dim=head_dim)
@@ -563,6 +587,8 @@ def train(
     except BaseException:
         ckpts.close()
         raise
+    if release_model:
+        release_arrays(parts.params(), keep=(given_frozen, frozen))
     meta = {"train_config": cfg.to_dict(), **(extra_meta or {})}
     (run_dir / "train_config.json").write_text(json.dumps(meta, indent=2, default=str))
 
@@ -651,8 +677,9 @@ def is_out_of_memory(err: BaseException) -> bool:
 
 
 MEMORY_HINTS = ("Lower the memory of a step: rematerialise activations (vdit distill: --set remat=true), a smaller "
-                "batch (--set batch_size=N; vdit train-teacher: --batch N), or shard parameters and optimiser state "
-                "over more devices (--set fsdp=true --set mesh_data=N); or try the other loop over the blocks "
+                "batch (--set batch_size=N; vdit train-teacher: --batch N), a smaller state (vdit distill: --set "
+                "adam_mu_dtype=bfloat16, and for mlcd --set mlcd_export=student), or shard parameters and optimiser "
+                "state over more devices (--set fsdp=true --set mesh_data=N); or try the other loop over the blocks "
                 "(--set scan_layers=true|false; vdit train-teacher: --scan-layers): XLA plans a step's temporaries "
                 "differently for each.")
 

@@ -134,6 +134,58 @@ def test_pipeline_end_to_end_and_exact_resume(data_dir, tmp_path, capsys):
     assert z.shape == (2, 4, 3, 4, 6) and bool(jnp.all(jnp.isfinite(z)))
 
 
+def test_lean_mlcd_state_exports_the_trained_weights_with_bf16_first_moments(data_dir, tmp_path):
+    """``mlcd_export=student`` keeps no exported EMA (only the loss's target), ``adam_mu_dtype=bfloat16`` keeps
+    AdamW's first moment in bf16: the state is 14 instead of 20 bytes a parameter, the student written is the
+    trained parameters, and its check samples those same weights."""
+    import optax
+
+    recipe = DistillConfig.from_dict({k: v for k, v in (item.split("=") for item in RECIPE)})
+    lean = DistillConfig(**{**recipe.to_dict(), "mlcd_export": "student", "adam_mu_dtype": "bfloat16",
+                            "check_every": 2})
+    out = mlcd_folder(TEACHER, data_dir, tmp_path / "lean", lean, show_progress=False)
+    state = out.result.state
+    assert set(state.emas) == {"target"}
+    adam = [s for s in jax.tree.leaves(state.opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+            if isinstance(s, optax.ScaleByAdamState)]
+    assert len(adam) == 1
+    assert {x.dtype for x in jax.tree.leaves(adam[0].mu)} == {jnp.dtype(jnp.bfloat16)}
+    assert {x.dtype for x in jax.tree.leaves(adam[0].nu)} == {jnp.dtype(jnp.float32)}
+    n = sum(x.size for x in jax.tree.leaves(state.params))
+    state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves((state.params, state.opt_state, state.emas)))
+    assert abs(state_bytes - 14 * n) < 64  # params 4 + mu 2 + nu 4 + target 4 (+ a few scalar counters)
+    # the exported student (bf16, the recipe's compute dtype) is the trained parameters, not the target EMA
+    def q_kernel(model) -> np.ndarray:
+        return np.asarray(model.blocks[0].attn1.to_q.kernel[...].astype(jnp.bfloat16).astype(jnp.float32))
+
+    exported = q_kernel(load_model(out.student, param_dtype="float32"))
+    np.testing.assert_array_equal(exported, q_kernel(out.result.model(None)))
+    assert np.abs(exported - q_kernel(out.result.model("target"))).max() > 0
+    checks = [json.loads(x) for x in (tmp_path / "lean" / "evals.jsonl").read_text().splitlines()]
+    assert [c["step"] for c in checks] == [2, 4]
+    last = np.load(tmp_path / "lean" / "samples" / "step0000004.npy")
+    assert np.isfinite(last).all()
+    assert json.loads((out.student / "student.json").read_text())["recipe"]["mlcd_export"] == "student"
+    # killed after step 3 and resumed from step 2's checkpoint (bf16 moments restored): the same student, bitwise
+    part = mlcd_folder(TEACHER, data_dir, tmp_path / "killed", lean, stop_after=3, show_progress=False)
+    assert part.student is None
+    resumed = mlcd_folder(TEACHER, data_dir, tmp_path / "killed", lean, show_progress=False)
+    assert resumed.result.resumed_from == 2 and _weights(resumed.student) == _weights(out.student)
+
+
+def test_a_run_recorded_before_a_recipe_field_existed_resumes_with_its_default(tmp_path):
+    from jax_vdit.distill.recipe import check_resume
+
+    recipe = DistillConfig()
+    old = recipe.to_dict()
+    del old["mlcd_export"], old["adam_mu_dtype"]  # a recipe.json written before these fields
+    (tmp_path / "recipe.json").write_text(json.dumps({"stage": "mlcd", "inputs": {}, "recipe": old}))
+    check_resume(tmp_path, {"stage": "mlcd", "inputs": {}, "recipe": recipe.to_dict()})
+    with pytest.raises(ValueError, match="mlcd_export: 'ema' -> 'student'"):
+        check_resume(tmp_path, {"stage": "mlcd", "inputs": {},
+                                "recipe": DistillConfig(mlcd_export="student").to_dict()})
+
+
 def test_recipe_file_overrides_and_errors(tmp_path, capsys):
     from jax_vdit.distill.recipe import apply_overrides, check_resume, write_run_record
 
@@ -148,6 +200,10 @@ def test_recipe_file_overrides_and_errors(tmp_path, capsys):
         apply_overrides(recipe, ["batch_size=two"])
     with pytest.raises(ValueError, match="solver_points .48. must divide 1000"):
         DistillConfig(solver_points=48)
+    with pytest.raises(ValueError, match=r"mlcd_export must be one of \('ema', 'target', 'student'\), got 'last'"):
+        DistillConfig(mlcd_export="last")
+    with pytest.raises(ValueError, match="adam_mu_dtype must be one of"):
+        apply_overrides(recipe, ["adam_mu_dtype=float16"])
     write_run_record(tmp_path / "run", "mlcd", {"teacher": "a"}, recipe)
     # bookkeeping fields may change; recipe fields and inputs may not
     write_run_record(tmp_path / "run", "mlcd", {"teacher": "a"}, apply_overrides(recipe, ["log_every=7"]))

@@ -69,6 +69,32 @@ def test_kill_and_resume_is_identical(tmp_path):
     assert json.loads((tmp_path / "b" / "train_config.json").read_text())["train_config"]["steps"] == 12
 
 
+def test_a_released_model_gives_its_buffers_up_and_the_same_run(tmp_path):
+    """``release_model``: the model's parameter arrays are deleted once the state has its copy (those shared
+    with ``frozen`` kept), a resumed run releases them too, and the run computes the same state."""
+    from flax import nnx
+
+    cfg = TrainConfig(steps=4, learning_rate=1e-3, log_every=2, checkpoint_every=2)
+    objective = DiffusionObjective()
+    kept = train(init_model(CFG, seed=0), objective, _batch_at, cfg, tmp_path / "a", frozen=FROZEN,
+                 show_progress=False)
+    model = init_model(CFG, seed=0)
+    shared = model.proj_out.kernel[...]  # a weight that the frozen inputs also hold (as a teacher's would be)
+    frozen = dict(FROZEN, teacher={"proj_out": shared})
+    released = train(model, objective, _batch_at, cfg, tmp_path / "b", frozen=frozen, show_progress=False,
+                     release_model=True, stop_after=2)
+    params = jax.tree.leaves(nnx.state(model, nnx.Param))
+    assert sum(x.is_deleted() for x in params) == len(params) - 1 and not shared.is_deleted()
+    with pytest.raises(RuntimeError, match="deleted"):
+        np.asarray(model.blocks[0].attn1.to_q.kernel[...])
+    model = init_model(CFG, seed=0)  # resumed from step 2's checkpoint: released as well
+    released = train(model, objective, _batch_at, cfg, tmp_path / "b", frozen=FROZEN, show_progress=False,
+                     release_model=True)
+    assert released.resumed_from == 2 and all(x.is_deleted() for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    for a, b in zip(jax.tree.leaves(kept.state), jax.tree.leaves(released.state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_a_deadline_that_started_before_train_stops_it_at_once_with_a_checkpoint(tmp_path):
     """A time limit counts from its Deadline's start (a command's start), not from the first step: a deadline
     whose seconds had passed before ``train`` stops after one step with a checkpoint; the rerun finishes."""
@@ -152,6 +178,8 @@ def test_bad_train_config():
         TrainConfig(lr_schedule="linear")
     with pytest.raises(ValueError, match="warmup_steps"):
         TrainConfig(steps=10, warmup_steps=10, lr_schedule="cosine")
+    with pytest.raises(ValueError, match=r"adam_mu_dtype must be one of \('float32', 'bfloat16'\), got 'int8'"):
+        TrainConfig(adam_mu_dtype="int8")
 
 
 def test_learning_rate_schedules():
@@ -301,6 +329,7 @@ def test_a_step_that_cannot_fit_is_refused_before_it_runs(tmp_path, monkeypatch)
     message = str(info.value)
     assert "does not fit on cpu" in message and "may use 0.0 GiB" in message and "Nothing ran" in message
     assert "--set fsdp=true" in message and "no checkpoint written" in message
+    assert "--set adam_mu_dtype=bfloat16" in message and "--set mlcd_export=student" in message
     assert not (tmp_path / "small" / "metrics.jsonl").exists()
     assert not (tmp_path / "small" / "checkpoints").exists() or not any((tmp_path / "small" / "checkpoints").iterdir())
 

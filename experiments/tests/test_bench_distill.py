@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -41,3 +43,23 @@ def test_scan_layers_reaches_the_benchmarked_train_step():
     for scan in (False, True):
         tcfg = abstract_inputs(student_cfg, teacher_cfg, latent, text_len, 1, "kd", scan)[2]
         assert tcfg.scan_layers is scan
+
+
+def test_recipe_settings_shape_the_benchmarked_state():
+    """--set mlcd_export=student --set adam_mu_dtype=bfloat16: the MLCD state bench_distill builds is the one
+    `vdit distill mlcd` trains with those settings, 14 instead of 20 bytes a parameter (no exported EMA, bf16 first
+    moments); the defaults keep the target and exported EMAs."""
+    from experiments.bench_distill import abstract_inputs, configs
+
+    student_cfg, teacher_cfg, latent, text_len = configs("tiny")
+
+    def state_bytes_per_param(*sets: str) -> tuple:
+        tcfg, _, state = abstract_inputs(student_cfg, teacher_cfg, latent, text_len, 1, "mlcd", False, sets)[2:5]
+        params = sum(x.size for x in jax.tree.leaves(state.params))
+        total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+        return tcfg, round(total / params, 3)
+
+    default, lean = state_bytes_per_param(), state_bytes_per_param("mlcd_export=student", "adam_mu_dtype=bfloat16")
+    assert [name for name, _ in default[0].emas] == ["target", "ema"] and default[1] == 20.0
+    assert [name for name, _ in lean[0].emas] == ["target"] and lean[0].adam_mu_dtype == "bfloat16"
+    assert lean[1] == 14.0

@@ -87,11 +87,13 @@ def _train(model, objective, batch_at, cfg, run_dir, frozen, devices: Devices, *
 def run_mlcd(student, teacher, batch_at: BatchAt, unconditional: Mapping[str, np.ndarray], recipe: DistillConfig,
              run_dir: str | Path, *, devices: Devices = Devices(), evaluate: Evaluate | None = None,
              time_limit_s: float | Deadline | None = None, stop_after: int | None = None, show_progress: bool = True,
-             extra_meta: dict | None = None) -> RunResult:
+             extra_meta: dict | None = None, release_student: bool = False) -> RunResult:
     """Stage 1 (MLCD): train ``student`` (usually the teacher's weights, fp32 master copy) to jump to its segment
     edges, against the frozen ``teacher``'s CFG DDIM steps. ``batch_at(step)``: ``latents`` (B,C,T,H,W), ``text``
     (B,L,C), ``text_mask`` (B,L); ``unconditional``: ``uncond_text`` (L,C), ``uncond_mask`` (L,). Resumes from
-    ``run_dir/checkpoints``. The result's ``ema`` EMA is the student to export."""
+    ``run_dir/checkpoints``. ``result.model(recipe.mlcd_exported_weights())`` is the student to export.
+    ``release_student``: ``student``'s weights are deleted once the training state has its copy
+    (:func:`jax_vdit.training.train`'s ``release_model``)."""
     teacher_parts, student_parts = ModelParts(teacher), ModelParts(student)
     frozen = {k: jnp.asarray(v) for k, v in unconditional.items()}
     frozen["teacher"] = teacher_parts.params()
@@ -101,7 +103,8 @@ def run_mlcd(student, teacher, batch_at: BatchAt, unconditional: Mapping[str, np
     result = _train(student, objective, batch_at, recipe.mlcd_train_config(), run_dir, frozen, devices,
                     stop_after=stop_after, show_progress=show_progress, time_limit_s=time_limit_s,
                     extra_meta={"stage": "mlcd", "distill_recipe": recipe.to_dict(), **(extra_meta or {})},
-                    evaluate=evaluate, evaluate_every=recipe.check_every if evaluate else None)
+                    evaluate=evaluate, evaluate_every=recipe.check_every if evaluate else None,
+                    release_model=release_student)
     plot_metrics(run_dir, keys=("loss", "mse_to_target", "grad_norm"))
     return result
 
@@ -132,11 +135,12 @@ def search_stage(model, calibration: Sequence[dict], recipe: DistillConfig, *, n
 def run_kd(student, teacher, schedule, batch_at: BatchAt, recipe: DistillConfig, run_dir: str | Path, *,
            devices: Devices = Devices(), evaluate: Evaluate | None = None,
            time_limit_s: float | Deadline | None = None, stop_after: int | None = None, show_progress: bool = True,
-           extra_meta: dict | None = None, timesteps: Sequence[int] | None = None) -> RunResult:
+           extra_meta: dict | None = None, timesteps: Sequence[int] | None = None,
+           release_student: bool = False) -> RunResult:
     """Stage 3 (KD): ``student`` (the dense MLCD weights, fp32) learns, with one tile mask per layer
     (``schedule``, run through ``recipe.kd_tile_backend``), the frozen dense ``teacher``'s noise prediction at the
     sampler's timesteps (or uniform ones, ``recipe.kd_timesteps``; ``timesteps`` overrides). The result's ``ema``
-    EMA is the sparse student."""
+    EMA is the sparse student. ``release_student``: as :func:`run_mlcd`'s."""
     parts = ModelParts(teacher)
     attention = AttentionConfig(masks=tuple(schedule), tile_backend=recipe.kd_tile_backend)
     if timesteps is None and recipe.kd_timesteps == "sampler":
@@ -146,7 +150,8 @@ def run_kd(student, teacher, schedule, batch_at: BatchAt, recipe: DistillConfig,
     result = _train(student, objective, batch_at, recipe.kd_train_config(), run_dir, {"teacher": parts.params()},
                     devices, stop_after=stop_after, show_progress=show_progress, time_limit_s=time_limit_s,
                     extra_meta={"stage": "kd", "distill_recipe": recipe.to_dict(), **(extra_meta or {})},
-                    evaluate=evaluate, evaluate_every=recipe.check_every if evaluate else None)
+                    evaluate=evaluate, evaluate_every=recipe.check_every if evaluate else None,
+                    release_model=release_student)
     plot_metrics(run_dir, keys=("loss", "rel_err", "grad_norm"))
     return result
 
@@ -189,9 +194,10 @@ def _check_shapes(model, loader, what: str) -> None:
                          f"{cfg.caption_channels} (prepare the data with the model's text encoder)")
 
 
-# (world, recipe, plan, attention) -> a periodic check of the EMA student for models with a domain record; the toy
-# wing provides one (ToyBench on validation prompts), passed in by the command line
-DomainCheck = Callable[[str, DistillConfig, Any, AttentionConfig], Evaluate]
+# (world, recipe, plan, attention, weights) -> a periodic check of the student that will be exported (``weights``:
+# the name of an EMA of the run's state, or None for its trained parameters) for models with a domain record; the
+# toy wing provides one (ToyBench on validation prompts), passed in by the command line
+DomainCheck = Callable[[str, DistillConfig, Any, AttentionConfig, "str | None"], Evaluate]
 
 
 def _recorded_world(folder: Path) -> str | None:
@@ -201,15 +207,17 @@ def _recorded_world(folder: Path) -> str | None:
 
 
 def _check_fn(recipe: DistillConfig, world: str | None, loader, run_dir: Path, attention: AttentionConfig,
-              vae_dir: str | Path | None, domain_check: DomainCheck | None = None) -> Evaluate | None:
-    """The periodic check: ``domain_check`` for a model with a domain record (ToyBench alignment of the EMA student
-    for toy models), else a consistency sample of the first ``check_prompts`` captions of the data, saved as
-    latents (and an mp4 with ``vae_dir``)."""
+              vae_dir: str | Path | None, domain_check: DomainCheck | None = None,
+              weights: str | None = "ema") -> Evaluate | None:
+    """The periodic check of the weights the stage exports (``weights``: an EMA's name, or None for the trained
+    parameters): ``domain_check`` for a model with a domain record (ToyBench alignment for toy models), else a
+    consistency sample of the first ``check_prompts`` captions of the data, saved as latents (and an mp4 with
+    ``vae_dir``)."""
     if not recipe.check_every:
         return None
     plan = student_plan(recipe)
     if world is not None and domain_check is not None:
-        return domain_check(world, recipe, plan, attention)
+        return domain_check(world, recipe, plan, attention, weights)
 
     n = min(recipe.check_prompts, len(loader.source))
     examples = [loader.source[i] for i in range(n)]
@@ -224,7 +232,7 @@ def _check_fn(recipe: DistillConfig, world: str | None, loader, run_dir: Path, a
 
     def sample_check(step: int, result: RunResult) -> dict:
         t0 = time.perf_counter()
-        z = sampling.sample(result.model("ema"), text, mask, key=jax.random.key(recipe.seed + 7),
+        z = sampling.sample(result.model(weights), text, mask, key=jax.random.key(recipe.seed + 7),
                             latent_shape=latent_shape, plan=plan, attention=attention, latent_dtype=jnp.float32)
         folder = run_dir / "samples"
         folder.mkdir(exist_ok=True)
@@ -309,14 +317,16 @@ def mlcd_folder(teacher_dir: str | Path, data_dir: str | Path, run_dir: str | Pa
     _check_shapes(student, loader, "mlcd")
     teacher = load_frozen(teacher_dir, recipe)
     world = _check_world(Path(teacher_dir), loader, "mlcd")
-    check = _check_fn(recipe, world, loader, run_dir, AttentionConfig(), vae_dir, domain_check)
+    check = _check_fn(recipe, world, loader, run_dir, AttentionConfig(), vae_dir, domain_check,
+                      weights=recipe.mlcd_exported_weights())
     result = run_mlcd(student, teacher, loader.batch_at, loader.unconditional(), recipe, run_dir,
                       devices=devices_for(recipe, student), evaluate=check, time_limit_s=time_limit_s,
-                      stop_after=stop_after, show_progress=show_progress)
+                      stop_after=stop_after, show_progress=show_progress, release_student=True)
     steps = int(result.state.step)
     if steps < recipe.mlcd_steps:
         return StageOutput(None, steps, result)
-    out = export_student(result.model("ema"), run_dir / STUDENT_SUBDIR, recipe=recipe, stage="mlcd",
+    out = export_student(result.model(recipe.mlcd_exported_weights()), run_dir / STUDENT_SUBDIR, recipe=recipe,
+                         stage="mlcd",
                          teacher=str(teacher_dir), steps=steps, world=world, extra={"data": str(data_dir)})
     return StageOutput(out, steps, result)
 
@@ -394,7 +404,7 @@ def kd_folder(student_dir: str | Path, data_dir: str | Path, run_dir: str | Path
     check = _check_fn(recipe, world, loader, run_dir, attention, vae_dir, domain_check)
     result = run_kd(student, teacher, schedule, loader.batch_at, recipe, run_dir,
                     devices=devices_for(recipe, student), evaluate=check, time_limit_s=time_limit_s,
-                    stop_after=stop_after, show_progress=show_progress)
+                    stop_after=stop_after, show_progress=show_progress, release_student=True)
     steps = int(result.state.step)
     if steps < recipe.kd_steps:
         return StageOutput(None, steps, result)

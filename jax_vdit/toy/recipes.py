@@ -245,15 +245,16 @@ class DistillRecipe:
     seed: int = 1
 
 
-def distill_check(world: str, recipe: DistillConfig, plan: sampling.SamplingPlan, attention: AttentionConfig):
+def distill_check(world: str, recipe: DistillConfig, plan: sampling.SamplingPlan, attention: AttentionConfig,
+                  weights: str | None = "ema"):
     """The periodic check of ``vdit distill`` stages for a toy student (``jax_vdit.distill.stages.DomainCheck``):
-    ToyBench alignment of the EMA student, sampled with its own plan and attention and no CFG, on the first
+    ToyBench alignment of the student the stage exports (``weights``: an EMA's name, None: the trained weights), sampled with its own plan and attention and no CFG, on the first
     ``recipe.check_prompts`` validation prompts of ``world`` (never the test split)."""
     split = validation_split(get_config(world))
     specs = split.take(recipe.check_prompts)
 
     def check(step: int, result: RunResult) -> dict:
-        videos = sample_specs(result.model("ema"), specs, split.world, plan=plan, guidance_scale=None,
+        videos = sample_specs(result.model(weights), specs, split.world, plan=plan, guidance_scale=None,
                               key=jax.random.key(recipe.seed + 7), attention=attention)
         scores = toybench(videos, specs, split.world)
         return {"alignment": scores["alignment"], "overall": scores["overall"]}
