@@ -194,8 +194,8 @@ def train_teacher(recipe: TeacherRecipe, run_dir: str | Path, *, stop_after: int
         raise ValueError(f"model caption_channels={cfg.caption_channels} != world's {world.caption_channels}")
     if init_from is not None and not adapt_to_world:
         world_for(init_from, recipe.world)  # weights of another toy world are refused before data is generated
-    if check is not None:
-        _record_check_settings(check, run_dir)  # a resume with other check settings is refused before that too
+    # a resume with other check settings is refused before that too
+    evaluate = None if check is None else _teacher_check_fn(check, validation_split(world), run_dir)
     t0 = time.perf_counter()
     data = data or recipe.training_data()
     gen_s = time.perf_counter() - t0
@@ -212,8 +212,7 @@ def train_teacher(recipe: TeacherRecipe, run_dir: str | Path, *, stop_after: int
         model, DiffusionObjective(), lambda s: data.batch_at(s, recipe.batch_size),
         recipe.train_config(), run_dir, frozen=frozen, stop_after=stop_after, show_progress=show_progress,
         extra_meta={"recipe": asdict(recipe), "data_generation_s": round(gen_s, 1)}, time_limit_s=time_limit_s,
-        evaluate=None if check is None else _teacher_check_fn(check, validation_split(world), run_dir),
-        evaluate_every=None if check is None else check.every,
+        evaluate=evaluate, evaluate_every=None if check is None else check.every,
     )
     plot_metrics(run_dir, keys=("loss", "mse", "mse_t*", "grad_norm", "qk_gain_max", "rope_odd_t"))
     return result
