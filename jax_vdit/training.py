@@ -27,6 +27,19 @@ from flax import nnx
 from jax_vdit import parallel
 from jax_vdit.host_memory import host_bytes_available
 from jax_vdit.model.attention import AttentionConfig, sequence_parallel
+from jax_vdit.training_checkpoints import StateCheckpoints
+from jax_vdit.training_memory import (  # noqa: F401 - DeviceMemoryError and MEMORY_HINTS are public here too
+    MEMORY_HINTS,
+    DeviceMemoryError,
+    device_bytes_in_use,
+    device_bytes_limit,
+    host_step_bytes,
+    is_out_of_memory,
+    out_of_memory_message,
+    step_does_not_fit_host_message,
+    step_does_not_fit_message,
+    step_memory_bytes,
+)
 
 PyTree = Any
 
@@ -227,176 +240,9 @@ def make_train_step(parts: ModelParts, objective: Objective, cfg: TrainConfig, t
 
 
 # ------------------------------------------------------------------------------------------------------------
-# checkpoints of the train state
+# resuming: the run's settings against its checkpoint's
 
 
-def _flat_leaves(tree: PyTree) -> dict[str, Any]:
-    leaves = jax.tree.leaves(tree)
-    return {f"{i:05d}": leaf for i, leaf in enumerate(leaves)}
-
-
-def _mesh_sharding(a):
-    """The sharding of a leaf placed on a device mesh (restored the same way); None for single-device leaves."""
-    sharding = getattr(a, "sharding", None)
-    return sharding if isinstance(sharding, jax.sharding.NamedSharding) else None
-
-
-def _leaf_names(tree: PyTree) -> dict[str, str]:
-    """Flat storage key ("00012") -> readable path (".params['blocks'][0]['attn1']['to_q']['kernel']")."""
-    paths = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {f"{i:05d}": jax.tree_util.keystr(path) for i, (path, _) in enumerate(paths)}
-
-
-def _meta_digest(meta: Mapping[str, Any]) -> str:
-    from jax_vdit.io.integrity import text_digest
-
-    return text_digest(json.dumps({k: v for k, v in meta.items() if k != "meta_sha256"}, sort_keys=True, default=str))
-
-
-class StateCheckpoints:
-    """Orbax CheckpointManager over a flattened TrainState (atomic writes, keeps the newest N).
-
-    Each checkpoint's ``meta`` records every array's shape, dtype, finiteness and checksum
-    (:mod:`jax_vdit.io.integrity`) and its own sha256; :meth:`restore` verifies them and raises
-    :class:`~jax_vdit.io.integrity.CheckpointIntegrityError` naming the array (or file) that differs. A state with
-    NaN or Inf anywhere is never written (:class:`~jax_vdit.io.integrity.NonFiniteStateError`).
-    """
-
-    def __init__(self, directory: Path, keep: int):
-        import orbax.checkpoint as ocp
-
-        self._ocp = ocp
-        self._keep = keep
-        self.directory = Path(directory).absolute()
-        self.manager = self._open()
-
-    def _open(self):
-        ocp = self._ocp
-        return ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=self._keep, create=True),
-            item_names=("state", "meta"),
-        )
-
-    def latest_step(self) -> int | None:
-        return self.manager.latest_step()
-
-    def all_steps(self) -> list[int]:
-        """Every step with a checkpoint folder, newest first."""
-        return sorted(self.manager.all_steps(), reverse=True)
-
-    def save(self, state: TrainState, meta: dict) -> None:
-        from jax_vdit.io.integrity import NonFiniteStateError, checksums_jax, non_finite_names
-
-        ocp = self._ocp
-        step = int(state.step)
-        leaves = _flat_leaves(state)
-        records = checksums_jax(leaves)
-        bad = non_finite_names(records)
-        if bad:
-            names = _leaf_names(state)
-            raise NonFiniteStateError(
-                f"train state at step {step} holds NaN or Inf in {len(bad)} arrays, e.g. "
-                f"{[names[b] for b in bad[:4]]}; not checkpointed (last good checkpoint: step {self.latest_step()}). "
-                "Lower the learning rate or set qk_clip_max_gain, then resume.")
-        meta = dict(meta, structure=str(jax.tree.structure(state)), step=step,
-                    integrity={n: r.to_json() for n, r in records.items()})
-        meta["meta_sha256"] = _meta_digest(meta)
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(leaves), meta=ocp.args.JsonSave(meta)))
-        self.manager.wait_until_finished()
-
-    def read_meta(self, step: int) -> dict:
-        """The verified ``meta`` of one checkpoint (CheckpointIntegrityError if unreadable or changed)."""
-        from jax_vdit.io.integrity import CheckpointIntegrityError
-
-        ocp = self._ocp
-        where = f"checkpoint at step {step} in {self.directory}"
-        try:
-            meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        except Exception as err:  # noqa: BLE001 - orbax raises many types for missing or damaged files
-            raise CheckpointIntegrityError(f"{where} is unreadable ({err.__class__.__name__}: {err})") from err
-        if not isinstance(meta, dict):
-            raise CheckpointIntegrityError(f"{where} has no metadata")
-        if "meta_sha256" in meta and meta["meta_sha256"] != _meta_digest(meta):
-            raise CheckpointIntegrityError(f"{where}: its metadata is corrupted (sha256 differs)")
-        return meta
-
-    def restore(self, like: TrainState, step: int | None = None) -> tuple[TrainState, dict]:
-        """Restore into the structure of ``like`` (a freshly initialised state), verifying every array."""
-        from jax_vdit.io.integrity import (ArrayRecord, CheckpointIntegrityError, checksums_jax, non_finite_names,
-                                           verify)
-
-        ocp = self._ocp
-        step = self.latest_step() if step is None else step
-        where = f"checkpoint at step {step} in {self.directory}"
-        meta = self.read_meta(step)
-        if meta.get("structure") != str(jax.tree.structure(like)):
-            raise ValueError(
-                f"{where} holds a different train state structure "
-                "(model or optimiser configuration changed since it was written)"
-            )
-        target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=_mesh_sharding(a)),
-                              _flat_leaves(like))
-        try:
-            restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-        except Exception as err:  # noqa: BLE001 - tensorstore raises its own errors for damaged chunks
-            raise CheckpointIntegrityError(f"{where} is unreadable ({err.__class__.__name__}: {err})") from err
-        records = checksums_jax(restored["state"])
-        names = _leaf_names(like)
-        if "integrity" in meta:
-            expected = {n: ArrayRecord.from_json(r) for n, r in meta["integrity"].items()}
-            verify({names.get(n, n): r for n, r in expected.items()},
-                   {names.get(n, n): r for n, r in records.items()}, what=where)
-        bad = non_finite_names(records)
-        if bad:
-            raise CheckpointIntegrityError(f"{where} holds NaN or Inf in {[names.get(b, b) for b in bad[:4]]}")
-        leaves = [restored["state"][k] for k in sorted(restored["state"])]
-        return jax.tree.unflatten(jax.tree.structure(like), leaves), meta
-
-    def restore_newest_intact(self, like: TrainState) -> tuple[TrainState, dict, int] | None:
-        """Restore the newest checkpoint that reads back intact; None when there is none at all.
-
-        A damaged newer checkpoint is moved to ``<directory>_damaged/<step>`` (kept for inspection, out of orbax's
-        way) with a warning naming it and the step used instead. Raises CheckpointIntegrityError when every
-        checkpoint is damaged; a structure mismatch (another model or optimiser) raises ValueError at once.
-        """
-        import warnings
-
-        from jax_vdit.io.integrity import CheckpointIntegrityError
-
-        damaged: list[tuple[int, str]] = []
-        found = None
-        for step in self.all_steps():
-            try:
-                state, meta = self.restore(like, step)
-            except CheckpointIntegrityError as err:
-                damaged.append((step, str(err)))
-                continue
-            found = (state, meta, step)
-            break
-        if damaged:
-            self.manager.close()
-            aside = self.directory.with_name(self.directory.name + "_damaged")
-            aside.mkdir(parents=True, exist_ok=True)
-            for step, _ in damaged:
-                src = self.directory / str(step)
-                if src.exists():
-                    src.rename(aside / f"{step}-{int(time.time())}")
-            self.manager = self._open()
-            why = "; ".join(f"step {s}: {e}" for s, e in damaged)
-            if found is None:
-                raise CheckpointIntegrityError(
-                    f"no intact checkpoint in {self.directory} (moved to {aside}): {why}")
-            warnings.warn(f"resuming from step {found[2]}: newer checkpoint(s) are damaged and were moved to {aside} "
-                          f"({why})", stacklevel=2)
-        return found
-
-    def close(self) -> None:
-        self.manager.close()
-
-
-# fields that may change when a run resumes (bookkeeping; "steps" only with a constant learning rate after warmup)
 RESUMABLE_FIELDS = frozenset({"log_every", "checkpoint_every", "keep_checkpoints", "data_generation_s",
                               "scan_layers"})
 
@@ -666,58 +512,6 @@ def train(
     return RunResult(state=state, parts=parts, resumed_from=resumed_from, history=history)
 
 
-class DeviceMemoryError(MemoryError):
-    """A training step needed more memory than its device has (XLA's RESOURCE_EXHAUSTED / out of memory)."""
-
-
-def is_out_of_memory(err: BaseException) -> bool:
-    """Whether a JAX runtime error is an allocation failure (GPU/TPU RESOURCE_EXHAUSTED, XLA:CPU out of memory)."""
-    text = str(err)
-    return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
-
-
-MEMORY_HINTS = ("Lower the memory of a step: rematerialise activations (vdit distill: --set remat=true), a smaller "
-                "batch (--set batch_size=N; vdit train-teacher: --batch N), a smaller state (vdit distill: --set "
-                "adam_mu_dtype=bfloat16, and for mlcd --set mlcd_export=student), or shard parameters and optimiser "
-                "state over more devices (--set fsdp=true --set mesh_data=N); or try the other loop over the blocks "
-                "(--set scan_layers=true|false; vdit train-teacher: --scan-layers): XLA plans a step's temporaries "
-                "differently for each.")
-
-
-def _kept(last_checkpoint: int | None) -> str:
-    return f"the last checkpoint (step {last_checkpoint}) is intact" if last_checkpoint else "no checkpoint written"
-
-
-def out_of_memory_message(err: BaseException, step: int, last_checkpoint: int | None) -> str:
-    """What ran out, how much XLA asked for where it says, and the settings that lower a step's memory."""
-    import re
-
-    device = jax.devices()[0]
-    found = re.search(r"allocat\w* (\d+) bytes", str(err))
-    asked = f"; XLA asked for {int(found.group(1)) / 2**30:.1f} GiB at once" if found else ""
-    first_line = str(err).strip().splitlines()[0][:300]
-    return (f"training ran out of memory by step {step} on {device.platform} ({device.device_kind}){asked}; "
-            f"{_kept(last_checkpoint)}. {MEMORY_HINTS} XLA said: " + first_line)
-
-
-def _memory_stats() -> dict:
-    try:
-        return jax.local_devices()[0].memory_stats() or {}
-    except Exception:  # noqa: BLE001 - a backend without memory statistics
-        return {}
-
-
-def device_bytes_limit() -> int | None:
-    """Bytes the first local device's allocator may use (GPU and TPU report it; the CPU does not: None)."""
-    limit = _memory_stats().get("bytes_limit")
-    return int(limit) if limit else None
-
-
-def device_bytes_in_use() -> int:
-    """Bytes the first local device's allocator holds now (0 where the backend does not say)."""
-    return int(_memory_stats().get("bytes_in_use", 0))
-
-
 def refuse_state_that_cannot_fit(params: PyTree, cfg: TrainConfig, tx: optax.GradientTransformation) -> None:
     """Raise DeviceMemoryError, before allocating, when the fresh training state (a copy of the parameters, the
     optimiser state, the EMAs) does not fit beside what the device already holds (one device; the allocator's
@@ -737,57 +531,6 @@ def refuse_state_that_cannot_fit(params: PyTree, cfg: TrainConfig, tx: optax.Gra
             f"{in_use / gib:.1f} GiB already held (the models), and the device's allocator may use "
             f"{limit / gib:.1f} GiB (XLA_PYTHON_CLIENT_MEM_FRACTION sets that share of the card). Nothing was "
             "allocated. " + MEMORY_HINTS)
-
-
-def step_memory_bytes(step_fn: Callable, *args) -> dict[str, int] | None:
-    """XLA's memory analysis of ``step_fn`` (a jitted function) compiled for ``args``, per device: the bytes of
-    its arguments, outputs, the outputs that reuse donated arguments, its temporaries, and ``peak`` = arguments +
-    outputs - aliased + temporaries (a lower bound of what running it needs). None where ``step_fn`` cannot be
-    lowered ahead of time or the backend gives no analysis. The compiled program is cached, so a later call of
-    ``step_fn`` with arguments of the same shapes does not compile again."""
-    lower = getattr(step_fn, "lower", None)
-    if lower is None:
-        return None
-    analysis = lower(*args).compile().memory_analysis()
-    if analysis is None:
-        return None
-    row = {"arguments": int(analysis.argument_size_in_bytes), "outputs": int(analysis.output_size_in_bytes),
-           "aliased": int(analysis.alias_size_in_bytes), "temporaries": int(analysis.temp_size_in_bytes)}
-    row["peak"] = row["arguments"] + row["outputs"] - row["aliased"] + row["temporaries"]
-    return row
-
-
-def step_does_not_fit_message(needed: dict[str, int], bytes_limit: int, last_checkpoint: int | None) -> str:
-    """Why a training step was refused before it ran: what XLA says it needs against what the device has."""
-    device = jax.local_devices()[0]
-    gib = 2**30
-    return (f"the training step does not fit on {device.platform} ({device.device_kind}): XLA's memory analysis "
-            f"of the compiled step needs {needed['peak'] / gib:.1f} GiB per device (arguments "
-            f"{needed['arguments'] / gib:.1f} GiB: training state, frozen weights and batch; temporaries "
-            f"{needed['temporaries'] / gib:.1f} GiB), and the device's allocator may use {bytes_limit / gib:.1f} GiB "
-            f"(XLA_PYTHON_CLIENT_MEM_FRACTION sets that share of the card). Nothing ran; {_kept(last_checkpoint)}. "
-            + MEMORY_HINTS)
-
-
-def host_step_bytes(needed: dict[str, int], devices: int = 1) -> int:
-    """Host memory a CPU step allocates beyond its arguments (already in memory): XLA's per-device analysis
-    (outputs not aliased to donated arguments, and temporaries) times the CPU devices of its mesh, which all
-    allocate from the same host memory."""
-    return devices * (needed["peak"] - needed["arguments"])
-
-
-def step_does_not_fit_host_message(needed: dict[str, int], available: int, last_checkpoint: int | None,
-                                   devices: int = 1) -> str:
-    """Why a CPU training step was refused before it ran: what it allocates beyond its arguments (which are
-    already in memory), on each of ``devices`` CPU devices, against the host memory available."""
-    gib = 2**30
-    new = host_step_bytes(needed)  # one device's share
-    per = f" on each of {devices} CPU devices" if devices > 1 else ""
-    return (f"the training step does not fit in this host's memory (cpu): XLA's memory analysis of the compiled step "
-            f"allocates {new / gib:.1f} GiB{per} beyond its arguments (temporaries "
-            f"{needed['temporaries'] / gib:.1f} GiB: activations kept for the backward pass, attention scores), and "
-            f"the host has {available / gib:.1f} GiB "
-            f"available (MemAvailable). Nothing ran; {_kept(last_checkpoint)}. " + MEMORY_HINTS)
 
 
 def _nanmean(values: list[float]) -> float:
