@@ -326,8 +326,8 @@ def mlcd_folder(teacher_dir: str | Path, data_dir: str | Path, run_dir: str | Pa
     if steps < recipe.mlcd_steps:
         return StageOutput(None, steps, result)
     out = export_student(result.model(recipe.mlcd_exported_weights()), run_dir / STUDENT_SUBDIR, recipe=recipe,
-                         stage="mlcd",
-                         teacher=str(teacher_dir), steps=steps, world=world, extra={"data": str(data_dir)})
+                         stage="mlcd", teacher=str(teacher_dir), steps=steps, world=world,
+                         extra={"data": str(data_dir)})
     return StageOutput(out, steps, result)
 
 
