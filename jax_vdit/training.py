@@ -5,7 +5,9 @@ source that is a pure function of the step index, and a :class:`TrainConfig`. Th
 (``value_and_grad`` -> clip -> AdamW -> EMAs), shows a progress bar with ETA, appends metrics to
 ``<run>/metrics.jsonl``, writes orbax checkpoints atomically every ``checkpoint_every`` steps, and on restart
 resumes from the newest checkpoint so that a killed run ends in the same state as an uninterrupted one (the
-step's PRNG key is ``fold_in(seed, step)`` and batch i is a pure function of i).
+step's PRNG key is ``fold_in(seed, step)`` and batch i is a pure function of i). The checkpoints are
+:class:`~jax_vdit.training_checkpoints.StateCheckpoints`; the checks that refuse a state or a step too large for
+the device, and the out-of-memory messages, are in :mod:`jax_vdit.training_memory`.
 """
 
 from __future__ import annotations
