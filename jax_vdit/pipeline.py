@@ -41,180 +41,32 @@ import numpy as np
 from flax import nnx
 
 from jax_vdit import executable_store, sampling
-from jax_vdit.background import in_background
-from jax_vdit.config import VAE_SPATIAL, VAE_TEMPORAL, VideoSize
+from jax_vdit import pipeline_startup as startup
+from jax_vdit.config import VideoSize
 from jax_vdit.host_arrays import to_device
 from jax_vdit.io.load_timing import collect_load_timing, timed
 from jax_vdit.model.attention import AttentionConfig, attention_from_spec
-from jax_vdit.text_encoder import TextEncoder, load_embeddings
+from jax_vdit.text_encoder import TextEncoder
+from jax_vdit.pipeline_types import (  # noqa: F401 - the pipeline's public types, importable from here too
+    DEFAULT_GUIDANCE,
+    DEFAULT_STEPS,
+    RELEASE_SETTINGS,
+    DecodedVideos,
+    Job,
+    NonFiniteSampleError,
+    PipelineInputError,
+    PipelineOutput,
+    SamplerSettings,
+    TextEmbeddings,
+    VideoJob,
+    default_size,
+)
 from jax_vdit.vae.config import VAE_PARTS
 
 if TYPE_CHECKING:
     from jax_vdit.vae.early_compile import EarlyWorkers
 
 SEED_LIMIT = 2**32
-DEFAULT_GUIDANCE = 7.5  # the release's sample scripts (the authors advise ~2.5 for 29x480p)
-DEFAULT_STEPS = 100
-
-
-class PipelineInputError(ValueError):
-    """An argument of a pipeline call is invalid or contradicts the checkpoint; the message names it."""
-
-
-class NonFiniteSampleError(FloatingPointError):
-    """A video's latents became NaN or infinite while sampling; the message names the first bad step."""
-
-
-@dataclass(frozen=True)
-class SamplerSettings:
-    """A sampler and its settings: ``sampler`` "euler_ancestral" | "ddim" | "consistency"; ``edges`` are the
-    consistency segment edges (None: uniform); ``guidance_scale`` None or 1 means no CFG."""
-
-    sampler: str = "euler_ancestral"
-    num_inference_steps: int = DEFAULT_STEPS
-    edges: tuple[int, ...] | None = None
-    guidance_scale: float | None = DEFAULT_GUIDANCE
-
-    @property
-    def uses_cfg(self) -> bool:
-        return self.guidance_scale is not None and self.guidance_scale != 1.0
-
-    def plan(self) -> sampling.SamplingPlan:
-        edges = None if self.edges is None else ",".join(str(e) for e in self.edges)
-        return sampling.plan_from_name(self.sampler, self.num_inference_steps, edges)
-
-    def describe(self) -> str:
-        plan = self.plan()
-        edges = f", edges {','.join(map(str, self.edges))}" if self.edges else ""
-        cfg = f"CFG {self.guidance_scale:g}" if self.uses_cfg else "no CFG"
-        return f"{self.sampler}, {plan.num_steps} steps{edges}, {cfg}"
-
-
-RELEASE_SETTINGS = SamplerSettings()
-
-
-@dataclass(frozen=True)
-class TextEmbeddings:
-    """Text conditioning: ``text`` (B, L, C) float32, ``text_mask`` (B, L) int32, optional ``negative_text``
-    (1 or B, L, C) and ``negative_mask``; ``prompts`` / ``negative_prompt`` are the strings when known."""
-
-    text: np.ndarray
-    text_mask: np.ndarray
-    negative_text: np.ndarray | None = None
-    negative_mask: np.ndarray | None = None
-    prompts: tuple[str | None, ...] = ()
-    negative_prompt: str | None = None
-
-    @classmethod
-    def from_any(cls, value: TextEmbeddings | Mapping[str, Any] | str | os.PathLike) -> TextEmbeddings:
-        """From a :class:`TextEmbeddings`, a dict with the keys of :func:`~jax_vdit.text_encoder.load_embeddings`,
-        or a ``.safetensors`` file of them."""
-        if isinstance(value, TextEmbeddings):
-            return value
-        if isinstance(value, (str, os.PathLike)):
-            value = load_embeddings(value)
-        text = np.asarray(value["text"], np.float32)
-        text = text[:, 0] if text.ndim == 4 else text
-        mask = value.get("text_mask")
-        mask = np.ones(text.shape[:2], np.int32) if mask is None else np.asarray(mask, np.int32)
-        mask = mask[:, 0] if mask.ndim == 3 else mask
-        neg = value.get("negative_text")
-        neg_mask = value.get("negative_mask")
-        if neg is not None:
-            neg = np.asarray(neg, np.float32)
-            neg = neg[:, 0] if neg.ndim == 4 else neg
-            neg_mask = np.ones(neg.shape[:2], np.int32) if neg_mask is None else np.asarray(neg_mask, np.int32)
-            neg_mask = neg_mask[:, 0] if neg_mask.ndim == 3 else neg_mask
-        prompts = tuple(value.get("prompts", (None,) * text.shape[0]))
-        return cls(text, mask, neg, neg_mask, prompts, value.get("negative_prompt"))
-
-    def check(self, caption_channels: int) -> None:
-        """Shapes agree with each other and the model; every value finite (names the tensor and row)."""
-        if self.text.ndim != 3 or self.text.shape[-1] != caption_channels:
-            raise PipelineInputError(f"text embeddings must be (B, L, {caption_channels}) for this model, got "
-                                     f"{self.text.shape}")
-        if self.text_mask.shape != self.text.shape[:2]:
-            raise PipelineInputError(f"text_mask {self.text_mask.shape} does not match text {self.text.shape}")
-        if self.negative_text is not None:
-            if self.negative_text.shape[0] not in (1, self.text.shape[0]) or \
-                    self.negative_text.shape[1:] != self.text.shape[1:]:
-                raise PipelineInputError(f"negative_text {self.negative_text.shape} does not match text "
-                                         f"{self.text.shape} (it may have batch 1)")
-            if self.negative_mask is None or self.negative_mask.shape != self.negative_text.shape[:2]:
-                raise PipelineInputError("negative_mask is missing or does not match negative_text")
-        for name in ("text", "negative_text"):
-            value = getattr(self, name)
-            if value is not None and not np.isfinite(value).all():
-                rows = sorted({int(r) for r in np.nonzero(~np.isfinite(value))[0]})
-                raise PipelineInputError(f"{name} embeddings hold NaN or infinite values (rows {rows})")
-
-    @property
-    def batch(self) -> int:
-        return self.text.shape[0]
-
-
-@dataclass(frozen=True)
-class VideoJob:
-    """One video to sample: row ``prompt_index`` of the embeddings with ``seed``."""
-
-    index: int
-    prompt_index: int
-    seed: int
-    prompt: str | None
-
-
-@dataclass(frozen=True)
-class Job:
-    """A checked request: what will run (recorded in each video's sidecar)."""
-
-    size: VideoSize
-    settings: SamplerSettings
-    plan: sampling.SamplingPlan
-    attention: AttentionConfig
-    attention_spec: str
-    text: TextEmbeddings
-    videos: tuple[VideoJob, ...]
-    latent_dtype: Any = jnp.bfloat16
-    notes: tuple[str, ...] = ()
-
-    @property
-    def latent_shape(self) -> tuple[int, int, int, int]:
-        return self.size.latent_shape
-
-    def describe(self) -> str:
-        s = self.size
-        note = f" [{'; '.join(self.notes)}]" if self.notes else ""
-        return (f"{len(self.videos)} video(s) of {s.frames}x{s.height}x{s.width}: {self.settings.describe()}, "
-                f"attention {self.attention_spec}{note}")
-
-
-@dataclass
-class PipelineOutput:
-    """``latents`` (N, C, T, H, W) float32; ``frames`` (N, F, H, W, 3) uint8 or None (``output_type="latent"``);
-    ``records`` one dict per video (what the sidecar holds); ``paths`` the files written."""
-
-    latents: np.ndarray
-    frames: np.ndarray | None
-    records: list[dict]
-    paths: list[Path] = field(default_factory=list)
-
-
-@dataclass
-class DecodedVideos:
-    """What :meth:`OpenSoraPipeline.decode_and_write` did: the videos written (not the sidecars), their frames
-    (N, F, H, W, 3) uint8 when kept, seconds until the last frames reached the host (``decoded_s``) and in all
-    (``total_s``: the rest is the encoding of the last part and the sidecars)."""
-
-    paths: list[Path]
-    frames: np.ndarray | None = None
-    decoded_s: float = 0.0
-    total_s: float = 0.0
-
-
-def default_size(cfg) -> VideoSize:
-    """The pixel size a model was configured for: (4 (T-1) + 1) x 8 H x 8 W of its ``sample_size``."""
-    return VideoSize(VAE_TEMPORAL * (cfg.sample_size_t - 1) + 1, VAE_SPATIAL * cfg.sample_size[0],
-                     VAE_SPATIAL * cfg.sample_size[1])
 
 
 def package_versions() -> dict[str, str]:
@@ -237,142 +89,6 @@ def _mask_labels(attention: AttentionConfig, num_layers: int) -> list[str]:
 
 VAE_TILES = ("exact", "uniform")
 LAYER_LOOPS = ("scan", "unrolled")
-
-
-def _decode_tiling(vae_tiles: str):
-    """The release's decode tiling (``sample_t2v.py --enable_tiling``), run as ``vae_tiles`` says."""
-    from jax_vdit.vae import TilingConfig
-
-    return TilingConfig.sample_script(uniform_tiles=vae_tiles == "uniform")
-
-
-def _decode_shape(model_dir: Path, config, decode_size) -> tuple[int, ...] | None:
-    """(1, C, t, h, w) of the latents of ``decode_size`` videos, or None where the size cannot be told without
-    loading the transformer (an orbax checkpoint) or is not one the model can make (:meth:`OpenSoraPipeline.prepare`
-    reports that)."""
-    from jax_vdit.io.checkpoints import is_orbax_model_dir
-    from jax_vdit.io.release import resolve_config
-
-    if is_orbax_model_dir(model_dir):
-        return None
-    try:
-        base = default_size(resolve_config(Path(model_dir), config, {}))
-        frames, height, width = decode_size
-        size = VideoSize(frames or base.frames, height or base.height, width or base.width)
-    except (ValueError, OSError):
-        return None
-    return (1, *size.latent_shape)
-
-
-def _start_decoder_warmup(vae, model_dir: Path, config, decode_size, vae_tiles: str, cancel, workers=None, *,
-                          vae_dir: Path | None = None, vae_dtype: str = "bfloat16"):
-    """((1, C, t, h, w), future) of a background warm-up of the decode of ``decode_size`` videos (it stops early
-    once ``cancel``, a ``threading.Event``, is set), or None where the size cannot be told (:func:`_decode_shape`).
-    ``workers``: (compile processes of :mod:`jax_vdit.vae.compile_worker`, a list their reports go into): the
-    warm-up first waits for them, then reads from the executable store what they compiled. Once the store holds
-    the whole decode, the VAE folder ``vae_dir`` (if given; VAE in ``vae_dtype``) gets its marker
-    (:func:`jax_vdit.vae.early_compile.mark_decode_stored`): the next command starts no processes before JAX."""
-    from jax_vdit.vae import compile_worker
-    from jax_vdit.vae.warmup import precompile_decode, precompile_decode_in_background
-
-    shape = _decode_shape(model_dir, config, decode_size)
-    if shape is None:
-        return None
-    tiling = _decode_tiling(vae_tiles)
-    if not workers:
-        future = precompile_decode_in_background(vae, shape, tiling=tiling, cancel=cancel)
-    else:
-        processes, reports = workers
-
-        def after_workers():
-            reports.extend(compile_worker.wait(processes, cancel))
-            return precompile_decode(vae, shape, tiling=tiling, cancel=cancel)
-
-        future = in_background("vae-warmup", after_workers)
-    if vae_dir is None:
-        return shape, future
-    marked: Future = Future()  # the warm-up's result, once the decode's marker is written (if it is stored)
-
-    def mark_then_relay(done: Future) -> None:  # in the warm-up's thread, once it has finished
-        error = done.exception()
-        if error is not None:
-            marked.set_exception(error)
-            return
-        try:
-            if not cancel.is_set():
-                _mark_if_stored(vae, vae_dir, shape, tiling, vae_tiles, vae_dtype)
-        finally:  # whatever the marker did, the warm-up's result is passed on
-            marked.set_result(done.result())
-
-    future.add_done_callback(mark_then_relay)
-    return shape, marked
-
-
-def _mark_if_stored(vae, vae_dir: Path, shape: tuple[int, ...], tiling, vae_tiles: str, vae_dtype: str) -> None:
-    """Write the decode's marker for the next command when the executable store now holds all of it."""
-    from jax_vdit.vae import early_compile
-    from jax_vdit.vae.warmup import decode_is_stored
-
-    cache = jax.config.jax_compilation_cache_dir
-    if not cache or early_compile.decode_marker(cache, vae_dir, shape, vae_dtype, vae_tiles).is_file():
-        return  # a warm command: marked already
-    try:
-        stored = executable_store.store_directory() is not None and decode_is_stored(vae, shape, tiling=tiling)
-    except Exception:  # noqa: BLE001 -- a marker only saves the next command an early start
-        return
-    if stored:
-        early_compile.mark_decode_stored(cache, vae_dir, shape, vae_dtype, vae_tiles)
-
-
-def _compile_sampler_in_background(cls, model_dir: Path, load_args: dict, parts: dict, job_args: Mapping,
-                                   cancel) -> Future:
-    """A future of {"seconds", "compile" (this thread's :class:`~jax_vdit.compile_meter.CompileMeter` report),
-    "error"} of compiling, or reading from the executable store, the sampler of the job that
-    ``prepare(**job_args)`` makes, on a pipeline (``parts``: its fields) whose transformer has only the shapes
-    of the one at ``model_dir`` (``load_args``: :func:`~jax_vdit.io.load.model_config`'s arguments). Nothing
-    starts once ``cancel`` is set."""
-    from jax_vdit.compile_meter import CompileMeter
-    from jax_vdit.io.load import model_config
-    from jax_vdit.model import abstract_model
-
-    def work() -> dict:
-        t0 = time.perf_counter()
-        error = None
-        with CompileMeter() as meter:
-            try:
-                shapes = cls(abstract_model(model_config(model_dir, **load_args)), **parts)
-                job = shapes.prepare(**job_args)
-                if not cancel.is_set():
-                    shapes.compile_sampler(job)
-                    shapes.draw_first_noise(job)
-            except Exception as err:  # noqa: BLE001 - the caller compiles instead; prepare() raises it there
-                error = f"{type(err).__name__}: {err}"
-        return {"seconds": round(time.perf_counter() - t0, 3), "compile": meter.report(), "error": error}
-
-    return in_background("sampler-compile", work)
-
-
-def _load_vae_in_background(vae_dir: Path, dtype, warmup: tuple | None, cancel, parts: str = "all") -> Future:
-    """Load the VAE (``parts``: "all" or "decoder", see :func:`~jax_vdit.io.load_vae`) from ``vae_dir`` in a
-    background thread, then (``warmup`` = (model_dir, config, decode_size,
-    vae_tiles, compile processes and their reports' list or None)) start compiling its decode stages
-    there. The future's result: (VAE, load seconds, the load's CPU seconds in that thread, the
-    :func:`_start_decoder_warmup` result or None). Nothing starts once ``cancel`` is set."""
-    from jax_vdit.io import load_vae
-
-    def work():
-        t0, cpu0 = time.perf_counter(), time.thread_time()
-        vae = load_vae(vae_dir, dtype=dtype, parts=parts)
-        seconds, cpu_seconds = time.perf_counter() - t0, time.thread_time() - cpu0
-        early = None
-        if warmup is not None and not cancel.is_set():
-            model_dir, config, decode_size, vae_tiles, workers = warmup
-            vae_dtype = "bfloat16" if dtype == jnp.bfloat16 else "float32"
-            early = _start_decoder_warmup(vae, model_dir, config, decode_size, vae_tiles, cancel, workers,
-                                          vae_dir=vae_dir, vae_dtype=vae_dtype)
-        return vae, seconds, cpu_seconds, early
-
-    return in_background("vae-load", work)
 
 
 @dataclass
@@ -541,7 +257,7 @@ class OpenSoraPipeline:
                 executable_store.store_directory() is not None:
             from jax_vdit.vae import compile_worker, early_compile
 
-            shape = _decode_shape(model_dir, config, decode_size)
+            shape = startup.decode_shape(model_dir, config, decode_size)
             vae_dtype = "bfloat16" if compute_dtype == "bfloat16" else "float32"
             cache = jax.config.jax_compilation_cache_dir
             if started is not None and (shape is None or not started.matches(vae_dir, shape, vae_dtype, vae_tiles,
@@ -558,14 +274,14 @@ class OpenSoraPipeline:
                 early_compile.mark_decode_stored(cache, vae_dir, shape, vae_dtype, vae_tiles)
         if started is not None:
             started.stop()
-        vae_load = None if vae_dir is None else _load_vae_in_background(
+        vae_load = None if vae_dir is None else startup.load_vae_in_background(
             vae_dir, jnp.bfloat16 if compute_dtype == "bfloat16" else jnp.float32,
             None if decode_size is None else (model_dir, config, decode_size, vae_tiles, workers), cancel,
             parts=vae_parts)
         early_sampler = None
         if early_job is not None and early_job.get("prompt_embeds") is not None and \
                 executable_store.store_directory() is not None and jax.local_device_count() == 1:
-            early_sampler = _compile_sampler_in_background(
+            early_sampler = startup.compile_sampler_in_background(
                 cls, model_dir, dict(config=config, param_dtype=param_dtype, compute_dtype=compute_dtype), parts,
                 early_job, cancel)
         try:
@@ -884,7 +600,7 @@ class OpenSoraPipeline:
     @property
     def decode_tiling(self):
         """The release's decode tiling (``sample_t2v.py --enable_tiling``), run as ``vae_tiles`` says."""
-        return _decode_tiling(self.vae_tiles)
+        return startup.decode_tiling(self.vae_tiles)
 
     def records(self, job: Job, *, fps: int | None = None) -> list[dict]:
         """One sidecar dict per video: prompt, negative prompt, seed, sampler, steps, guidance, masks, model

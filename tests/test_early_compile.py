@@ -58,10 +58,10 @@ def test_the_console_entry_and_the_early_start_import_no_jax(golden_dir, tmp_pat
 
 @pytest.mark.parametrize("size", [(None, None, None), (13, 64, 96), (1, 32, 32), (10, 64, 80), (9, 60, 80)])
 def test_the_shape_told_without_jax_agrees_with_the_pipeline(golden_dir, size):
-    from jax_vdit.pipeline import _decode_shape
+    from jax_vdit.pipeline_startup import decode_shape
 
     model_dir = golden_dir / "opensora_v12" / "tiny_a"
-    assert early_compile.latent_shape_from_config(model_dir, *size) == _decode_shape(model_dir, None, size)
+    assert early_compile.latent_shape_from_config(model_dir, *size) == decode_shape(model_dir, None, size)
 
 
 def test_no_shape_without_a_release_config(tmp_path):
