@@ -1,6 +1,6 @@
 # runbook 6.1, stage 2 of the toy teacher, in one device call: TL=530 bash experiments/device_calls/toy_teacher_stage2.sh
 # STEPS (default 16466, the shipped recipe's) and EXTRA (more train-teacher flags) make the variants of item 6, e.g.
-#   STEPS=18000 EXTRA="--lr-schedule cosine --final-lr-fraction 0.1 --check-seeds 3" TL=550 bash ...
+#   STEPS=18000 EXTRA="--lr-schedule cosine --final-lr-fraction 0.1 --check-seeds 3" TL=530 bash ...
 # The stage-1 export it starts from left the tree once both stage-2 runs had used it; restore it first with
 #   git checkout f655a42 -- experiments/checkpoints/toy_teacher_stage1_sign_2026-12-06
 source experiments/device_calls/common.sh
