@@ -150,7 +150,7 @@ class DistillConfig:
     def mlcd_exported_weights(self) -> str | None:
         """Which weights of the MLCD run become the student: the name of an EMA of the state, or None for the
         trained parameters themselves (``mlcd_export="student"``)."""
-        return {"ema": "ema", "target": "target", "student": None}[self.mlcd_export]
+        return None if self.mlcd_export == "student" else self.mlcd_export
 
     def kd_train_config(self) -> TrainConfig:
         return self._train(self.kd_steps, self.kd_lr, self.kd_warmup, (("ema", self.kd_ema_decay),))

@@ -247,8 +247,9 @@ class DistillRecipe:
 def distill_check(world: str, recipe: DistillConfig, plan: sampling.SamplingPlan, attention: AttentionConfig,
                   weights: str | None = "ema"):
     """The periodic check of ``vdit distill`` stages for a toy student (``jax_vdit.distill.stages.DomainCheck``):
-    ToyBench alignment of the student the stage exports (``weights``: an EMA's name, None: the trained weights), sampled with its own plan and attention and no CFG, on the first
-    ``recipe.check_prompts`` validation prompts of ``world`` (never the test split)."""
+    ToyBench alignment of the student the stage exports (``weights``: an EMA's name, None: the trained weights),
+    sampled with its own plan and attention and no CFG, on the first ``recipe.check_prompts`` validation prompts of
+    ``world`` (never the test split)."""
     split = validation_split(get_config(world))
     specs = split.take(recipe.check_prompts)
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 SCALING_FACTOR = 0.18215
-VAE_PARTS = ("all", "decoder")  # what a load reads: the whole VAE, or the decoder and post_quant_conv
 """Latent scale of the release pipeline: DiT latents = posterior sample * 0.18215."""
+VAE_PARTS = ("all", "decoder")  # what a load reads: the whole VAE, or the decoder and post_quant_conv
 
 CONV_IN_TYPES = ("Conv2d", "CausalConv3d")
 CONV_OUT_TYPES = ("CausalConv3d",)
