@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -253,8 +254,32 @@ def scan_table(runs: list[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
-def torch_table(runs: list[tuple[str, dict]], rows: list[dict]) -> str:
-    """The release's time to its first step beside ours (teacher: one step of the sampler; computed)."""
+def cli_first_step_s(run: dict) -> float | None:
+    """Seconds from a ``vdit sample`` process's start to the end of its first sampling step, computed from its
+    report: the time before ``main`` and ``main``'s own, less the sampling after the first step (``sampling_s`` less
+    one median step) and the decode and write after it. None for reports without these fields."""
+    rep = run.get("report") or {}
+    need = ("before_main_s", "main_s", "sampling_s", "s_per_step_median", "decode_s", "write_s")
+    if any(rep.get(k) is None for k in need):
+        return None
+    return (rep["before_main_s"] + rep["main_s"] - (rep["sampling_s"] - rep["s_per_step_median"])
+            - rep["decode_s"] - rep["write_s"])
+
+
+def _cli_cfg_runs(runs: list[tuple[str, dict]]):
+    """(name, phase, run, data) of every ``vdit sample`` run with classifier-free guidance (a teacher's command)."""
+    for _, data in runs:
+        named = [("this", data["cli"])] + [(n, r) for n, r in data["cli"].items() if isinstance(r, dict) and "args" in r]
+        for name, runs_of in named:
+            for phase in ("cold", "warm"):
+                r = runs_of.get(phase)
+                if r and re.search(r"\bCFG \d", str((r.get("report") or {}).get("sampler", ""))):  # not "no CFG"
+                    yield name, phase, r, data
+
+
+def torch_table(runs: list[tuple[str, dict]], rows: list[dict], clis: list[tuple[str, dict]] = ()) -> str:
+    """The release's time to its first step beside ours (teacher: one step of the sampler; computed): from the
+    bench's child processes (``rows``) and from ``vdit sample`` runs with guidance (``clis``)."""
     lines = ["| implementation | size | run | imports s | weights s (random, not compared) | first step s | "
              "time to first step s (no weights) | later step s | device |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for _, data in runs:
@@ -271,6 +296,15 @@ def torch_table(runs: list[tuple[str, dict]], rows: list[dict]) -> str:
         lines.append(f"| jax-vdit (computed: imports + sampler compile + 1 step) | {r['size']} | {r['phase']} | "
                      f"{r['import_s']:.1f} | {r['init_s']:.1f} | {step:.2f} | {first:.1f} | {step:.2f} | "
                      f"{r['device']} |")
+    for name, phase, r, data in _cli_cfg_runs(list(clis)):
+        first, rep = cli_first_step_s(r), r["report"]
+        if first is None:
+            continue
+        imports = (rep.get("startup") or {}).get("imports_s")
+        lines.append(f"| jax-vdit `vdit sample` {name} (computed: process start to the end of its first step, "
+                     f"weights read from disk) | {data.get('size')} | {phase} | {_f(imports, 1)} | "
+                     f"{_f(rep.get('load_s'), 1)} | {rep['s_per_step_median']:.2f} | {first:.1f} | "
+                     f"{rep['s_per_step_median']:.2f} | {data.get('device')} |")
     return "\n".join(lines)
 
 
@@ -332,7 +366,7 @@ def main(argv: list[str] | None = None) -> None:
     if scans:
         parts += ["", "## Scanned vs unrolled transformer (student sampler)", "", scan_table(scans)]
     if torch_runs:
-        parts += ["", "## Time to the first step: the PyTorch release and ours", "", torch_table(torch_runs, rows)]
+        parts += ["", "## Time to the first step: the PyTorch release and ours", "", torch_table(torch_runs, rows, clis)]
     (args.dir / "first_video.md").write_text("\n".join(parts) + "\n")
     if rows:
         plot(rows, args.dir / "first_video.png")

@@ -169,3 +169,26 @@ def test_a_stopped_cli_run_is_rebuilt_from_its_log(tmp_path):
           "--command", "python -m experiments.bench_first_video --size full --cli"])
     data = json.loads((tmp_path / "first_video_cli.json").read_text())
     assert data["cli"]["cold"]["report"] == report and data["rebuilt_from_log"] == "first_video_cli.log.gz"
+
+
+def test_a_teacher_command_gets_its_computed_first_step_beside_the_release(tmp_path):
+    """A ``vdit sample`` run with guidance is placed in the first-step table: process start to the end of its first
+    step = before main + main - (sampling - one step) - decode - write; a student's run (no CFG) is not."""
+    teacher = {"sampler": "euler_ancestral, 100 steps, CFG 7.5", "before_main_s": 0.1, "main_s": 160.0,
+               "sampling_s": 150.0, "s_per_step_median": 1.5, "decode_s": 3.0, "write_s": 0.4, "load_s": 3.9,
+               "startup": {"imports_s": 1.9}}
+    student = dict(teacher, sampler="consistency, 4 steps, edges 0,250,500,750, no CFG")
+    (tmp_path / "first_video_cli_full.json").write_text(json.dumps(
+        {"command": "bench", "size": "full", "device": "H100", "cli": {
+            "cold": {"wall_s": 18.0, "report": student},
+            "teacher100": {"args": ["--guidance", "7.5"], "cold": {"wall_s": 160.5, "report": teacher}}}}))
+    (tmp_path / "torch_release_29x720p.json").write_text(json.dumps(
+        {"command": "release", "attention_mode": "xformers", "size": "29x720p", "device": "H100", "runs": [
+            {"import_s": 7.5, "init_s": 0.7, "first_step_s": 2.3, "time_to_first_step_s": 9.8, "step_s": [1.76]}]}))
+    main(["--dir", str(tmp_path)])
+    text = (tmp_path / "first_video.md").read_text()
+    assert "| PyTorch release (xformers) | 29x720p | 0 | 7.5 | 0.7 | 2.30 | 9.8 | 1.76 | H100 |" in text
+    # 0.1 + 160 - (150 - 1.5) - 3 - 0.4 = 8.2
+    assert ("| jax-vdit `vdit sample` teacher100 (computed: process start to the end of its first step, weights read "
+            "from disk) | full | cold | 1.9 | 3.9 | 1.50 | 8.2 | 1.50 | H100 |") in text
+    assert "`vdit sample` this" not in text
