@@ -2,6 +2,7 @@
 
   vdit demo            sample held-out toy-world prompts with the shipped toy teacher and students (CPU, < 2 min)
   vdit sample          videos (mp4 + JSON sidecar) and latents from a checkpoint or repo id and prompts
+  vdit serve           keep a model and its compiled programs in one process for `vdit sample --server`
   vdit train-teacher   train a toy-world teacher with the release objective (resumable)
   vdit toybench        score a toy checkpoint with ToyBench for sampler settings
   vdit prepare-data    videos + captions -> latent and text shards for training and distillation
@@ -20,7 +21,7 @@ import sys
 import threading
 import time
 
-from jax_vdit.cli import convert, data, distill, sample, toy
+from jax_vdit.cli import convert, data, distill, sample, serve, toy
 from jax_vdit.process_clock import seconds_since_process_start
 
 
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vdit", description=__doc__.split("\n\n")[0].strip(),
                                 epilog="`vdit COMMAND --help` lists every flag of a command with its default.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (toy, data, distill, sample, convert):
+    for command in (toy, data, distill, sample, serve, convert):
         command.register(sub)
     return p
 

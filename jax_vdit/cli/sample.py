@@ -9,12 +9,14 @@ seed. The JSON report on stdout gives load, compile and sampling times separatel
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from jax_vdit.cli.compile_cache import add_compile_cache_arguments, setup_compile_cache
 from jax_vdit.mp4_presets import DEFAULT_MP4_PRESET, MP4_PRESETS
@@ -44,13 +46,15 @@ def read_prompts(args: argparse.Namespace) -> list[str] | None:
     return prompts or None
 
 
-def check_inputs(args: argparse.Namespace) -> tuple[list[str] | None, object | None]:
-    """Everything that can be checked without loading a model; returns (prompts, embeddings or None)."""
-    import numpy as np
+def has_texts(args: argparse.Namespace) -> bool:
+    """Whether the command names prompts (``--prompt``, ``--prompt-file``) or ``--embeddings``."""
+    return bool(args.prompt or args.prompt_file or args.embeddings)
 
+
+def check_values(args: argparse.Namespace) -> None:
+    """The job's numbers: sizes, guidance, counts, seed, edges."""
     from jax_vdit.config import VideoSize
-    from jax_vdit.io.hub import looks_like_repo_id
-    from jax_vdit.pipeline import SEED_LIMIT, TextEmbeddings
+    from jax_vdit.pipeline import SEED_LIMIT
 
     VideoSize(args.frames or 1, args.height or 16, args.width or 16)  # the values given; the rest from the model
     if args.guidance is not None and not math.isfinite(args.guidance):
@@ -66,6 +70,12 @@ def check_inputs(args: argparse.Namespace) -> tuple[list[str] | None, object | N
             [int(e) for e in args.edges.split(",")]
         except ValueError as err:
             raise ValueError(f"--edges must be comma-separated integers, got {args.edges!r}") from err
+
+
+def check_model_inputs(args: argparse.Namespace) -> None:
+    """What the model's load needs: the checkpoint, the VAE and text encoder named, the devices' flags."""
+    from jax_vdit.io.hub import looks_like_repo_id
+
     if not Path(args.checkpoint).expanduser().exists() and not looks_like_repo_id(args.checkpoint):
         raise FileNotFoundError(f"no checkpoint at {args.checkpoint} (a local folder, or a Hugging Face repo id "
                                 "such as LanguageBind/Open-Sora-Plan-v1.2.0)")
@@ -76,6 +86,18 @@ def check_inputs(args: argparse.Namespace) -> tuple[list[str] | None, object | N
             and not looks_like_repo_id(encoder):
         raise FileNotFoundError(f"--text-encoder not found: {encoder} (a local google/mt5-xxl folder, a repo id, "
                                 "'toy', 'auto' or 'none')")
+    if args.sp_size and args.mesh:
+        raise ValueError("give --sp-size or --mesh, not both")
+
+
+def check_inputs(args: argparse.Namespace) -> tuple[list[str] | None, object | None]:
+    """Everything that can be checked without loading a model; returns (prompts, embeddings or None)."""
+    import numpy as np
+
+    from jax_vdit.pipeline import TextEmbeddings
+
+    check_values(args)
+    check_model_inputs(args)
     attention = args.attention
     if attention and (attention.endswith(".json") or os.sep in attention) and not Path(attention).is_file():
         raise FileNotFoundError(f"--attention mask schedule not found: {attention}")
@@ -91,8 +113,6 @@ def check_inputs(args: argparse.Namespace) -> tuple[list[str] | None, object | N
             value = getattr(embeds, name)
             if value is not None and not np.isfinite(value).all():
                 raise ValueError(f"--embeddings {args.embeddings}: {name} holds NaN or infinite values")
-    if args.sp_size and args.mesh:
-        raise ValueError("give --sp-size or --mesh, not both")
     return prompts, embeds
 
 
@@ -188,6 +208,10 @@ def start_vae_compile_before_jax(args: argparse.Namespace):
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
+    if args.server:
+        from jax_vdit.cli.serve import run_on_server
+
+        return run_on_server(args)
     # before anything starts JAX's backends (XLA reads its flags once), and before the VAE's compile processes
     # start (they inherit the flags, which are part of the compiled stages' keys)
     from jax_vdit.cli.startup import start_weight_prefetch
@@ -210,13 +234,54 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 def _sample(args: argparse.Namespace, xla_flags_added: list[str], client_env_added: dict[str, str],
             early_vae) -> int:
+    loaded = load_for_sampling(args, xla_flags_added, client_env_added, early_vae)
+    report = run_job(loaded, args, loaded.prompts, loaded.embeds)
+    return _finish(report, args, compile_only=args.compile_only)
+
+
+@dataclasses.dataclass
+class Loaded:
+    """What :func:`load_for_sampling` built, for one job (``vdit sample``) or many (``vdit serve``).
+
+    ``report``: the load's part of the JSON report (startup, load seconds by part, the start-up settings), the same
+    for every job; ``prompts`` / ``embeds``: the texts of the command that loaded it (None when it named none)."""
+
+    pipe: object
+    mesh: object
+    report: dict
+    sampler_compile: str
+    prompts: list[str] | None
+    embeds: object | None
+
+
+def job_arguments(args: argparse.Namespace, prompts, embeds) -> dict:
+    """The keyword arguments of :meth:`OpenSoraPipeline.prepare` for this command's job."""
+    import jax.numpy as jnp
+
+    edges = None if args.edges is None else [int(e) for e in args.edges.split(",")]
+    return dict(prompt=prompts, negative_prompt=args.negative_prompt, prompt_embeds=embeds,
+                num_frames=args.frames, height=args.height, width=args.width, num_inference_steps=args.steps,
+                guidance_scale=args.guidance, sampler=args.sampler, edges=edges, seed=args.seed,
+                num_videos_per_prompt=args.num_videos_per_prompt, attention=args.attention,
+                latent_dtype=jnp.float32 if args.fp32_latents else jnp.bfloat16, force=args.force)
+
+
+def load_for_sampling(args: argparse.Namespace, xla_flags_added: list[str], client_env_added: dict[str, str],
+                      early_vae, *, texts_required: bool = True) -> Loaded:
+    """Import JAX, check the inputs, load the pipeline (its start-up work beside the load). With
+    ``texts_required`` False (``vdit serve``) a command without prompts or embeddings loads the model alone."""
     from jax_vdit.cli.startup import import_jax_and_start_backend, place_prefetched_weights, prefetch_to_device_wanted
 
     t0 = time.perf_counter()
     # the prefetched weights go to the device in a warm command only (cold: the VAE's processes were started)
     to_device = prefetch_to_device_wanted(cold=early_vae is not None)
     startup, backend = import_jax_and_start_backend(to_device)
-    prompts, embeds = check_inputs(args)  # no model work before this passes (imports the pipeline's modules)
+    if texts_required or has_texts(args):
+        prompts, embeds = check_inputs(args)  # no model work before this passes (imports the pipeline's modules)
+    else:
+        check_values(args)
+        check_model_inputs(args)
+        prompts, embeds = None, None
     switch_interval = set_switch_interval()
     mesh = make_cli_mesh(args)
     cache = setup_compile_cache(args)
@@ -225,15 +290,11 @@ def _sample(args: argparse.Namespace, xla_flags_added: list[str], client_env_add
                                               one_device=mesh is None)
 
     import jax
-    import jax.numpy as jnp
-    from safetensors.numpy import save_file
 
-    from jax_vdit import sampling
     from jax_vdit.compile_meter import CompileMeter
     from jax_vdit.io import prefetch
 
-    from jax_vdit.pipeline import OpenSoraPipeline, write_sidecar
-    from jax_vdit.sampling import StepTimer
+    from jax_vdit.pipeline import OpenSoraPipeline
 
     startup["imports_s"] = round(time.perf_counter() - t0, 3)  # with the input checks
     if backend is not None:  # the backend's start beside the imports: its seconds, and what was left to wait for
@@ -245,13 +306,7 @@ def _sample(args: argparse.Namespace, xla_flags_added: list[str], client_env_add
     # with --embeddings no text is encoded: "auto" then loads no text encoder (no search of the Hub's cache)
     text_encoder = None if args.text_encoder == "none" or (embeds is not None and args.text_encoder == "auto") \
         else args.text_encoder
-
-    edges = None if args.edges is None else [int(e) for e in args.edges.split(",")]
-    job_args = dict(prompt=prompts, negative_prompt=args.negative_prompt, prompt_embeds=embeds,
-                    num_frames=args.frames, height=args.height, width=args.width, num_inference_steps=args.steps,
-                    guidance_scale=args.guidance, sampler=args.sampler, edges=edges, seed=args.seed,
-                    num_videos_per_prompt=args.num_videos_per_prompt, attention=args.attention,
-                    latent_dtype=jnp.float32 if args.fp32_latents else jnp.bfloat16, force=args.force)
+    job_args = None if prompts is None and embeds is None else job_arguments(args, prompts, embeds)
     startup["before_load_s"] = round(time.perf_counter() - t0, 3)  # from the start of _sample to the load
     t0 = time.perf_counter()
     load_meter = CompileMeter()  # this thread: the programs that place and lay out the weights, not the VAE's
@@ -272,7 +327,41 @@ def _sample(args: argparse.Namespace, xla_flags_added: list[str], client_env_add
             revision=args.revision, local_files_only=True if args.offline else None)
     load_s = time.perf_counter() - t0
     weights_prefetch = prefetch.stop_all()  # a prefetch the load did not claim frees its memory now
-    job = pipe.prepare(**job_args)
+    report = {"startup": startup,  # the imports and JAX's backend before the load, seconds
+              "load_s": round(load_s, 2), "load": pipe.load_seconds, "load_cpu": pipe.load_cpu_seconds,
+              "load_parts": pipe.load_parts,
+              # the transformer's weights read from the command's start, before JAX (None: no prefetch ran)
+              "weights_prefetch": weights_prefetch[0] if len(weights_prefetch) == 1 else (weights_prefetch or None),
+              "load_compile": load_meter.report(), "compile_cache": cache, "layer_loop": pipe.layer_loop,
+              "vae_warmup": None if pipe.vae is None else args.vae_warmup, "switch_interval": switch_interval,
+              "xla_flags_added": xla_flags_added, "client_env_added": client_env_added,
+              "vae_compile_processes": vae_compile_processes,
+              # the VAE's compile processes started before JAX: seconds after the process started, whether they
+              # compiled this decode (else the pipeline stopped them), where the time before the start went, and
+              # whether JAX was imported by then after all; None: none were (the pipeline started any)
+              "vae_compile_before_jax": None if early_vae is None else
+              {"started_s": early_vae.started_s, "used": pipe.vae_compile_started_used, "parts": early_vae.parts,
+               "jax_imported": early_vae.jax_imported}}
+    return Loaded(pipe=pipe, mesh=mesh, report=report, sampler_compile=sampler_compile, prompts=prompts,
+                  embeds=embeds)
+
+
+def run_job(loaded: Loaded, args: argparse.Namespace, prompts, embeds,
+            on_step: Callable[[int, int], None] | None = None) -> dict:
+    """One job on the loaded pipeline: prepare, warm up (compile or read the sampler once; a zero-step run of the
+    program the timed run uses), sample, write the latents and sidecar, decode and write the mp4s. With
+    ``args.compile_only`` it stops after compiling. Returns the JSON report (the load's fields, then the job's).
+    ``on_step(done, total)``: called after every sampling step (``vdit serve`` forwards it to its client)."""
+    import jax
+    from safetensors.numpy import save_file
+
+    from jax_vdit import sampling
+    from jax_vdit.compile_meter import CompileMeter
+    from jax_vdit.pipeline import write_sidecar
+    from jax_vdit.sampling import StepTimer
+
+    pipe, mesh = loaded.pipe, loaded.mesh
+    job = pipe.prepare(**job_arguments(args, prompts, embeds))
     source = "student.json" if pipe.student is not None else "checkpoint defaults"
     print(f"vdit sample: {job.describe()} ({source}; seeds {job.videos[0].seed}..{job.videos[-1].seed})",
           file=sys.stderr)
@@ -286,39 +375,33 @@ def _sample(args: argparse.Namespace, xla_flags_added: list[str], client_env_add
         pipe.warm_up(job, mesh=mesh, progress=True)
     warmup_s = time.perf_counter() - t0
     warmup_cpu_s = time.thread_time() - cpu0  # below warmup_s: waits (the compiler's threads, the device, the lock)
-    report = {"startup": startup,  # the imports and JAX's backend before the load, seconds
-              "load_s": round(load_s, 2), "load": pipe.load_seconds, "load_cpu": pipe.load_cpu_seconds,
-              "load_parts": pipe.load_parts,
-              # the transformer's weights read from the command's start, before JAX (None: no prefetch ran)
-              "weights_prefetch": weights_prefetch[0] if len(weights_prefetch) == 1 else (weights_prefetch or None),
-              "load_compile": load_meter.report(),
-              "compile_s": round(warmup_compile.compile_s, 2),
-              "compile": warmup_compile.report(),
-              "sampler_from_store": sampling.samplers_loaded_from_store() > 0,  # not traced, lowered or compiled
-              # compiled (or read from the store) in a background thread while the weights loaded: its seconds,
-              # compile report, warm-up's wait for it, any error (then the warm-up compiled it); None: not tried
-              "sampler_early": pipe.early_sampler, "sampler_compile": sampler_compile,
-              "warmup_s": round(warmup_s, 2), "warmup_cpu_s": round(warmup_cpu_s, 2), "compile_cache": cache,
-              "sampler": job.settings.describe(), "attention": job.attention_spec, "layer_loop": pipe.layer_loop,
-              "vae_warmup": None if pipe.vae is None else args.vae_warmup, "switch_interval": switch_interval,
-              "xla_flags_added": xla_flags_added, "client_env_added": client_env_added,
-              "vae_compile_processes": vae_compile_processes,
-              # the VAE's compile processes started before JAX: seconds after the process started, whether they
-              # compiled this decode (else the pipeline stopped them), where the time before the start went, and
-              # whether JAX was imported by then after all; None: none were (the pipeline started any)
-              "vae_compile_before_jax": None if early_vae is None else
-              {"started_s": early_vae.started_s, "used": pipe.vae_compile_started_used, "parts": early_vae.parts,
-               "jax_imported": early_vae.jax_imported}}
+    report = dict(loaded.report)
+    report.update({
+        "compile_s": round(warmup_compile.compile_s, 2),
+        "compile": warmup_compile.report(),
+        "sampler_from_store": sampling.samplers_loaded_from_store() > 0,  # not traced, lowered or compiled
+        # compiled (or read from the store) in a background thread while the weights loaded: its seconds,
+        # compile report, warm-up's wait for it, any error (then the warm-up compiled it); None: not tried
+        "sampler_early": pipe.early_sampler, "sampler_compile": loaded.sampler_compile,
+        "warmup_s": round(warmup_s, 2), "warmup_cpu_s": round(warmup_cpu_s, 2),
+        "sampler": job.settings.describe(), "attention": job.attention_spec})
     if args.compile_only:  # every program of this command is compiled (and cached, stored): no sampling
         if pipe.vae is not None:
             report["vae_tiles"] = pipe.vae_tiles
             # the decode's stages too, even where --vae-warmup off would compile them as the decode reaches them
             _add_vae_warmup(report, vae_warmup or pipe.warm_up_decoder(job), pipe)
-        return _finish(report, args, compile_only=True)
-    timer = StepTimer(job.plan.num_steps * len(job.videos), disable=args.quiet)
+        return report
+    total = job.plan.num_steps * len(job.videos)
+    timer = StepTimer(total, disable=args.quiet or on_step is not None)
+
+    def progress(step) -> None:
+        timer(step)
+        if on_step is not None:
+            on_step(len(timer.times), total)
+
     t0 = time.perf_counter()
     with CompileMeter() as run_compile:
-        latents = pipe.run(job, mesh=mesh, progress=timer)
+        latents = pipe.run(job, mesh=mesh, progress=progress)
         jax.effects_barrier()
     sample_s = time.perf_counter() - t0
     timer.close()
@@ -346,7 +429,7 @@ def _sample(args: argparse.Namespace, xla_flags_added: list[str], client_env_add
         report["write_s"] = round(written.total_s - written.decoded_s, 2)  # the encoding left then, sidecars
         report["decode_s"] = round(time.perf_counter() - t0, 2)  # the wait for the VAE's stages, both above
         report["videos_written"] = [str(p) for p in written.paths]
-    return _finish(report, args)
+    return report
 
 
 def _add_vae_warmup(report: dict, vae_warmup, pipe) -> None:
@@ -385,6 +468,12 @@ def register(sub) -> None:
         description="Sample videos from an Open-Sora-Plan v1.2 checkpoint (release folder or repo id, orbax "
                     "checkpoint, or a distilled student folder). Writes the latents (--out), one mp4 per video "
                     "when a VAE is found, and a JSON sidecar (<file>.json) beside each output.")
+    add_sample_arguments(s)
+    s.set_defaults(func=_cmd_sample)
+
+
+def add_sample_arguments(s: argparse.ArgumentParser, serving: bool = False) -> None:
+    """``vdit sample``'s flags on ``s``; ``vdit serve`` (``serving``) takes the same ones but ``--server``."""
     g = s.add_argument_group("model")
     g.add_argument("checkpoint", help="local folder (release layout with 29x720p/ ... and vae/, one transformer "
                    "folder, our orbax checkpoint, or a student folder with student.json), a Hugging Face cache "
@@ -495,4 +584,11 @@ def register(sub) -> None:
                         "setting (CRF 23); 'medium' is ffmpeg's own default")
     add_compile_cache_arguments(g)
     g.add_argument("--quiet", action="store_true", help="no progress bar")
-    s.set_defaults(func=_cmd_sample)
+    if not serving:
+        from jax_vdit.cli.serve import DEFAULT_SOCKET
+
+        s.add_argument_group("server").add_argument(
+            "--server", nargs="?", const=DEFAULT_SOCKET, default=None, metavar="SOCKET",
+            help=f"send this job to a `vdit serve` process listening at SOCKET (default {DEFAULT_SOCKET}) that "
+                 "holds the same model flags: no JAX import, load or compile here; the report and files are the "
+                 "same as a local run's")
