@@ -282,7 +282,7 @@ def run_command(cmd: list[str], cwd: Path, env: dict, timeout: float | None) -> 
 
 def run_cli(size: str, work: Path, vae_tiles: str = "exact", baseline_tree: Path | None = None,
             variants: list[str] = (), command_timeout: float | None = None,
-            on_update: Callable[[dict], None] | None = None) -> dict:
+            on_update: Callable[[dict], None] | None = None, server_runs: int = 0) -> dict:
     """``vdit sample`` of a random student, cold then warm (one fresh compile cache); wall seconds and reports.
 
     ``baseline_tree``: also run the command from that source tree (another commit's checkout), on the same inputs
@@ -293,7 +293,9 @@ def run_cli(size: str, work: Path, vae_tiles: str = "exact", baseline_tree: Path
     and recorded as ``{"timed_out": true, "wall_s", "command", "stderr_tail"}``, one that fails as ``{"returncode",
     ...}``, and the other runs go on (a run whose cold command did not succeed has no warm run).
     ``on_update``: called with the results so far after every command (e.g. to write them, so that a bench stopped
-    from outside keeps what it measured)."""
+    from outside keeps what it measured). ``server_runs``: then start ``vdit serve`` with this tree's command (on
+    the cache its runs filled) and time that many ``vdit sample --server`` commands of the same job, under
+    ``"server"`` (:func:`run_server`)."""
     t = time.perf_counter()
     student, vae, embeddings = write_student_inputs(size, work)
     out = {"write_inputs_s": round(time.perf_counter() - t, 1)}
@@ -344,7 +346,61 @@ def run_cli(size: str, work: Path, vae_tiles: str = "exact", baseline_tree: Path
             runs_of[phase] = entry
             if on_update is not None:
                 on_update(out)
+    if server_runs and "report" in out.get("cold", {}):
+        flags = [str(student), "--vae", str(vae), "--embeddings", str(embeddings), "--compile-cache",
+                 str(work / "xla-cli"), "--quiet", "--vae-tiles", vae_tiles, *video]
+        if not size.startswith("full"):
+            flags += ["--param-dtype", "float32", "--compute-dtype", "float32"]
+        out["server"] = run_server(flags, work, server_runs, command_timeout, cold_latents=work / "cli_cold.safetensors")
+        if on_update is not None:
+            on_update(out)
     return out
+
+
+def run_server(flags: list[str], work: Path, runs: int, command_timeout: float | None,
+               cold_latents: Path | None = None) -> dict:
+    """``vdit serve FLAGS`` (its ready line's seconds after its start: the load and the warm-up job), then ``runs``
+    ``vdit sample FLAGS --server`` commands, each timed around its process (a light client; the job runs in the
+    server) with its report and whether its latents equal ``cold_latents``; the server stops after the last."""
+    sock = work / "serve.sock"
+    cmd = [sys.executable, "-c", "import sys; from jax_vdit.cli import main; sys.exit(main(sys.argv[1:]))", "serve",
+           *flags, "--socket", str(sock), "--max-jobs", str(runs)]
+    log(f"server: vdit {' '.join(cmd[3:])}")
+    result: dict = {"command": "vdit " + " ".join(cmd[3:]), "runs": []}
+    t = time.perf_counter()
+    with open(work / "serve.log", "w") as server_log:
+        server = subprocess.Popen(cmd, cwd=ROOT, env=child_env(ROOT), stdout=subprocess.PIPE, stderr=server_log,
+                                  text=True, start_new_session=True)
+        try:
+            line = server.stdout.readline()
+            if not line:
+                result["error"] = "the server ended before it was ready: " + (work / "serve.log").read_text()[-2000:]
+                log(f"server: {result['error']}")
+                return result
+            result["ready"] = json.loads(line)
+            result["ready_s"] = round(time.perf_counter() - t, 2)
+            log(f"server: ready after {result['ready_s']:.1f} s: {result['ready']}")
+            for i in range(runs):
+                latents = work / f"cli_server_{i}.safetensors"
+                client = [sys.executable, "-c", "import sys, jax_vdit.cli as c; sys.exit(c.console_main(sys.argv[1:]))",
+                          "sample", *flags, "--out", str(latents), "--server", str(sock)]
+                ran = run_command(client, ROOT, child_env(ROOT), command_timeout)
+                entry = {"wall_s": round(ran["wall_s"], 2)}
+                if ran["returncode"] != 0:
+                    entry.update(returncode=ran["returncode"], stderr_tail=ran["stderr_tail"])
+                else:
+                    entry["report"] = json.loads(ran["stdout"].strip().splitlines()[-1])
+                    if cold_latents is not None and cold_latents.exists():
+                        entry["latents_match_cold"] = compare_latents(cold_latents, latents)
+                log(f"server run {i}: {entry['wall_s']:.1f} s; {entry.get('latents_match_cold', entry)}")
+                result["runs"].append(entry)
+            server.wait(timeout=60)
+            result["returncode"] = server.returncode
+        finally:
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGTERM)
+                server.wait(timeout=30)
+    return result
 
 
 def cli_runs_not_done(cli: dict) -> list[str]:
@@ -471,6 +527,8 @@ def main(argv: list[str] | None = None) -> None:
                    "the same inputs with its own cache; repeat for several")
     p.add_argument("--cli-timeout", type=float, default=None, help="--cli: seconds one command may run; one that "
                    "runs longer is killed with its helper processes and recorded as timed out, and the others go on")
+    p.add_argument("--cli-server", type=int, default=0, metavar="N", help="--cli: then start `vdit serve` with this "
+                   "tree's command on its warm cache and time N `vdit sample --server` commands of the same job")
     p.add_argument("--out", default=None, help="write results JSON here (a folder)")
     p.add_argument("--tag", default=None, help="suffix of the results file name")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -505,7 +563,8 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory(prefix="first_video_cli_") as work:
             result = {**_meta(args), "cli": run_cli(args.size, Path(work), vae_tiles=tiles[0],
                                                     baseline_tree=args.baseline_tree, variants=args.cli_variant,
-                                                    command_timeout=args.cli_timeout, on_update=write_partial)}
+                                                    command_timeout=args.cli_timeout, on_update=write_partial,
+                                                    server_runs=args.cli_server)}
         not_done = cli_runs_not_done(result["cli"])
     elif args.compare_scan:
         rows = compare_scan(args.size, [int(d) for d in args.depths.split(",")],

@@ -254,6 +254,29 @@ def scan_table(runs: list[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+def server_table(runs: list[tuple[str, dict]]) -> str:
+    """``vdit sample --server`` commands sent to one ``vdit serve`` process (bench ``--cli-server``)."""
+    lines = ["| size | run | wall s (the client process) | job s (in the server) | sampling s | VAE decode + mp4 s | "
+             "compile s (programs) | latents equal the cold run's | server ready after s | device |",
+             "|---|---:|---:|---:|---:|---:|---:|---|---:|---|"]
+    for _, data in runs:
+        server = data["cli"].get("server")
+        if not server:
+            continue
+        for i, r in enumerate(server.get("runs", [])):
+            rep = r.get("report")
+            if rep is None:
+                lines.append(f"| {data.get('size')} | {i} | failed (exit {r.get('returncode')}) after "
+                             f"{r['wall_s']:.1f} s | | | | | | {_f(server.get('ready_s'), 1)} | {data.get('device')} |")
+                continue
+            match = r.get("latents_match_cold", {}).get("equal")
+            lines.append(f"| {data.get('size')} | {i} | {r['wall_s']:.2f} | {_f(rep['server'].get('job_s'))} | "
+                         f"{_f(rep.get('sampling_s'))} | {_f(rep.get('decode_s'))} | "
+                         f"{_f(rep.get('compile_s'), 1)} ({rep.get('compile', {}).get('programs')}) | "
+                         f"{'-' if match is None else match} | {_f(server.get('ready_s'), 1)} | {data.get('device')} |")
+    return "\n".join(lines)
+
+
 def cli_first_step_s(run: dict) -> float | None:
     """Seconds from a ``vdit sample`` process's start to the end of its first sampling step, computed from its
     report: the time before ``main`` and ``main``'s own, less the sampling after the first step (``sampling_s`` less
@@ -363,6 +386,9 @@ def main(argv: list[str] | None = None) -> None:
     if clis:
         parts += ["", "## The command: `vdit sample` of a student folder (wall time around the process)", "",
                   cli_table(clis)]
+    if any(d["cli"].get("server") for _, d in clis):
+        parts += ["", "## The same command sent to a `vdit serve` process (`vdit sample --server`)", "",
+                  server_table(clis)]
     if scans:
         parts += ["", "## Scanned vs unrolled transformer (student sampler)", "", scan_table(scans)]
     if torch_runs:

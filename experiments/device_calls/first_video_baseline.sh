@@ -5,7 +5,8 @@
 # adds the dense teacher's command, VARIANT="NAME=ARGS;..." other variants of this tree's; FULL93=1 the 93x720p 3:21
 # student's command (VARIANT93="NAME=ARGS;..." variants of it); CLI_TIMEOUT=S the seconds one `vdit sample` may run (killed
 # past it, recorded as timed out, the other runs go on); HOST_STUDIES=1 first times the CLI's imports and the mp4 presets on the host; then, in the time
-# left, the loader's grouping against one group per tensor (`bench_load`).
+# left, the loader's grouping against one group per tensor (`bench_load`). SERVER=N: after this tree's cold and
+# warm commands, `vdit serve` on their cache and N `vdit sample --server` commands of the same job.
 # Random weights.
 # Carried, all ignored by git (see README.md here):
 #   .whl, .whl_av (PyAV), BASE (default carry/base_tree: `git archive COMMIT jax_vdit pallas_kernels convert
@@ -39,7 +40,8 @@ if [ "${TEACHER:-0}" = 1 ]; then VARIANT_ARGS+=(--cli-variant "$TEACHER_VARIANT"
 IFS=';' read -ra MORE <<< "${VARIANT:-}"  # NAME=ARGS[;NAME=ARGS...]: this tree's command with other arguments
 for v in "${MORE[@]}"; do VARIANT_ARGS+=(--cli-variant "$v"); done
 timeout ${TA:-260} python3 -m experiments.bench_first_video --size full --cli --baseline-tree "$BASE" \
-  "${VARIANT_ARGS[@]}" ${CLI_TIMEOUT:+--cli-timeout $CLI_TIMEOUT} --out $OUT > $OUT/first_video_cli.log 2>&1
+  "${VARIANT_ARGS[@]}" ${CLI_TIMEOUT:+--cli-timeout $CLI_TIMEOUT} ${SERVER:+--cli-server $SERVER} --out $OUT \
+  > $OUT/first_video_cli.log 2>&1
 echo "cli rc=$? after $(( $(date +%s) - T0 )) s"
 if [ -d carry/osp_v120 ] && [ -d carry/relwhl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/relsite carry/relwhl/*.whl

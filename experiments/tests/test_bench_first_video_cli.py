@@ -78,3 +78,29 @@ def test_a_run_that_times_out_is_recorded_and_the_others_go_on(tmp_path, monkeyp
     assert [c[:2] for c in calls] == [(None, "cold"), ("1", "cold"), (None, "cold"), (None, "warm"), (None, "warm")]
     assert all(c[2] == 7 for c in calls) and len(updates) == 5 and "timed_out" in updates[1]["slow"]["cold"]
     assert bench.cli_runs_not_done(out) == ["slow cold"]
+
+
+def test_the_server_runs_match_the_cold_run_and_are_summarised(tmp_path):
+    """``--cli-server 2`` (:func:`run_cli`'s ``server_runs``) at the tiny size: `vdit serve` on the warm cache, two `vdit sample --server`
+    commands whose latents equal the cold command's, compiling nothing; the summary gets their table."""
+    import json
+
+    from experiments.bench_first_video import run_cli
+    from experiments.summarize_first_video import main as summarize
+
+    work = tmp_path / "work"
+    work.mkdir()
+    cli = run_cli("tiny", work, vae_tiles="uniform", server_runs=2)  # in this process: JAX may be started already
+    server = cli["server"]
+    assert server["returncode"] == 0 and server["ready"]["warm_up"]["vae_stages"] >= 1
+    assert len(server["runs"]) == 2
+    for run in server["runs"]:
+        assert run["latents_match_cold"]["equal"], run
+        assert run["report"]["videos_written"] and run["report"]["vae_decode_s"] > 0  # the server decoded the mp4
+        assert run["report"]["compile"]["programs"] == 0 and run["report"]["server"]["pid"] == server["ready"]["pid"]
+    (tmp_path / "first_video_cli_tiny.json").write_text(json.dumps(
+        {"command": "bench_first_video --size tiny --cli --cli-server 2", "size": "tiny", "device": "cpu", "cli": cli}))
+    summarize(["--dir", str(tmp_path)])
+    text = (tmp_path / "first_video.md").read_text()
+    assert "## The same command sent to a `vdit serve` process" in text
+    assert text.count("| tiny | 1 | ") == 1 and "| True |" in text
