@@ -46,7 +46,7 @@ from jax_vdit.training_memory import (  # noqa: F401 - DeviceMemoryError and MEM
 PyTree = Any
 
 
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("constant", "cosine", "wsd")
 ADAM_MU_DTYPES = ("float32", "bfloat16")
 
 
@@ -69,8 +69,11 @@ class TrainConfig:
     steps: int = 1000
     learning_rate: float = 1e-4
     warmup_steps: int = 0
-    lr_schedule: str = "constant"  # after warmup: "constant", or "cosine" decay to final_lr_fraction at ``steps``
+    # after warmup: "constant"; "cosine" decay to final_lr_fraction at ``steps``; "wsd" (warmup-stable-decay):
+    # constant, then the cosine decay over the last ``decay_fraction`` of the steps after warmup
+    lr_schedule: str = "constant"
     final_lr_fraction: float = 0.0
+    decay_fraction: float = 0.2
     qk_clip_max_gain: float | None = None  # cap self-attention q/k gains after each update (jax_vdit.qk_clip)
     weight_decay: float = 0.01
     b1: float = 0.9
@@ -98,8 +101,11 @@ class TrainConfig:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if not 0.0 <= self.final_lr_fraction <= 1.0:
             raise ValueError(f"final_lr_fraction must be in [0, 1], got {self.final_lr_fraction}")
-        if self.lr_schedule == "cosine" and self.warmup_steps >= self.steps:
-            raise ValueError(f"cosine schedule needs warmup_steps ({self.warmup_steps}) < steps ({self.steps})")
+        if self.lr_schedule in ("cosine", "wsd") and self.warmup_steps >= self.steps:
+            raise ValueError(f"{self.lr_schedule} schedule needs warmup_steps ({self.warmup_steps}) < steps "
+                             f"({self.steps})")
+        if not 0.0 < self.decay_fraction <= 1.0:
+            raise ValueError(f"decay_fraction must be in (0, 1], got {self.decay_fraction}")
         for name, decay in self.emas:
             if not 0.0 <= decay < 1.0:
                 raise ValueError(f"EMA {name!r} decay must be in [0, 1), got {decay}")
@@ -118,11 +124,23 @@ class Objective(Protocol):
                  context: Mapping[str, Any]) -> tuple[jax.Array, dict[str, jax.Array]]: ...
 
 
+def wsd_decay_steps(cfg: TrainConfig) -> int:
+    """The steps of a "wsd" schedule's decay: ``decay_fraction`` of the steps after warmup (at least 1)."""
+    return max(1, round(cfg.decay_fraction * (cfg.steps - cfg.warmup_steps)))
+
+
 def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
-    """Step -> learning rate: linear warmup from 0 over ``warmup_steps``, then constant or a cosine decay that
-    reaches ``final_lr_fraction * learning_rate`` at step ``steps`` (and stays there)."""
+    """Step -> learning rate: linear warmup from 0 over ``warmup_steps``, then constant, or a cosine decay that
+    reaches ``final_lr_fraction * learning_rate`` at step ``steps`` (and stays there): over all the steps after
+    warmup ("cosine"), or over the last :func:`wsd_decay_steps` of them after a constant rate ("wsd")."""
     if cfg.lr_schedule == "cosine":
         after = optax.cosine_decay_schedule(cfg.learning_rate, cfg.steps - cfg.warmup_steps, cfg.final_lr_fraction)
+    elif cfg.lr_schedule == "wsd":
+        decay = wsd_decay_steps(cfg)
+        stable = cfg.steps - cfg.warmup_steps - decay
+        after = optax.join_schedules(
+            [optax.constant_schedule(cfg.learning_rate),
+             optax.cosine_decay_schedule(cfg.learning_rate, decay, cfg.final_lr_fraction)], [stable])
     else:
         after = optax.constant_schedule(cfg.learning_rate)
     if cfg.warmup_steps > 0:

@@ -318,7 +318,10 @@ def test_train_teacher_command_mixes_a_world_and_toybench_writes_every_score(tmp
     stage1 = tmp_path / "stage1"
     assert main(["train-teacher", "--run", str(tmp_path / "r1"), "--world", "toy-sign-5x16x16-subframe",
                  "--model", "toy-tiny", "--steps", "2", "--batch", "2", "--samples", "8", "--warmup", "0",
-                 "--compute-dtype", "float32", "--export", str(stage1)]) == 0
+                 "--compute-dtype", "float32", "--export", str(stage1), "--lr-schedule", "wsd",
+                 "--decay-fraction", "0.5"]) == 0
+    stage1_config = json.loads((tmp_path / "r1" / "train_config.json").read_text())["train_config"]
+    assert (stage1_config["lr_schedule"], stage1_config["decay_fraction"]) == ("wsd", 0.5)  # warmup-stable-decay
     run = tmp_path / "r2"
     args = ["train-teacher", "--run", str(run), "--world", "toy-tiny-5x16x16-subframe", "--model", "toy-tiny",
             "--steps", "2", "--batch", "4", "--samples", "8", "--compute-dtype", "float32", "--init-from", str(stage1),

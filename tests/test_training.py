@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import time
 
@@ -194,6 +196,39 @@ def test_learning_rate_schedules():
     assert float(cos(60)) == pytest.approx(1e-4 + 0.9e-3 * 0.5, rel=1e-5)  # half-way down the cosine
     assert float(cos(110)) == pytest.approx(1e-4) and float(cos(500)) == pytest.approx(1e-4)
     assert all(float(cos(s)) >= float(cos(s + 1)) - 1e-12 for s in range(10, 120))
+    # warmup-stable-decay: constant until the last 20% of the 100 steps after warmup, then the same cosine
+    wsd = learning_rate_schedule(TrainConfig(steps=110, learning_rate=1e-3, warmup_steps=10, lr_schedule="wsd",
+                                             final_lr_fraction=0.1, decay_fraction=0.2))
+    assert float(wsd(5)) == pytest.approx(5e-4) and float(wsd(10)) == pytest.approx(1e-3)
+    assert float(wsd(90)) == pytest.approx(1e-3)  # the decay starts at 110 - 20
+    assert float(wsd(100)) == pytest.approx(1e-4 + 0.9e-3 * 0.5, rel=1e-5)  # half-way down its 20 steps
+    assert float(wsd(110)) == pytest.approx(1e-4) and float(wsd(500)) == pytest.approx(1e-4)
+    assert all(float(wsd(s)) >= float(wsd(s + 1)) - 1e-12 for s in range(10, 120))
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"lr_schedule": "wsd", "decay_fraction": 0.0}, "decay_fraction must be in"),
+    ({"lr_schedule": "wsd", "decay_fraction": 1.5}, "decay_fraction must be in"),
+    ({"lr_schedule": "wsd", "warmup_steps": 100}, "wsd schedule needs warmup_steps"),
+    ({"lr_schedule": "linear"}, "lr_schedule must be one of"),
+])
+def test_bad_schedules_are_refused(fields, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(steps=100, **fields)
+
+
+def test_a_wsd_run_cannot_resume_with_another_length_or_decay():
+    """Only a constant schedule may grow ``steps`` on resume: a wsd run's decay starts from ``steps``."""
+    from jax_vdit.training import run_config_mismatches
+
+    cfg = TrainConfig(steps=100, lr_schedule="wsd")
+    stored = {"train_config": cfg.to_dict()}
+    assert run_config_mismatches(stored, dataclasses.replace(cfg, steps=200)) == ["train_config.steps: 100 -> 200"]
+    assert run_config_mismatches(stored, dataclasses.replace(cfg, decay_fraction=0.3)) == [
+        "train_config.decay_fraction: 0.2 -> 0.3"]
+    # a checkpoint written before decay_fraction existed resumes (the field is absent there)
+    old = {"train_config": {k: v for k, v in cfg.to_dict().items() if k != "decay_fraction"}}
+    assert run_config_mismatches(old, cfg) == []
 
 
 def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -30,7 +30,8 @@ def _cmd_train_teacher(args: argparse.Namespace) -> int:
 
     recipe = TeacherRecipe(world=args.world, model=args.model, steps=args.steps, batch_size=args.batch,
                            learning_rate=args.lr, warmup_steps=args.warmup, lr_schedule=args.lr_schedule,
-                           final_lr_fraction=args.final_lr_fraction, num_samples=args.samples,
+                           final_lr_fraction=args.final_lr_fraction, decay_fraction=args.decay_fraction,
+                           num_samples=args.samples,
                            compute_dtype=args.compute_dtype, seed=args.seed, checkpoint_every=args.checkpoint_every,
                            mix_world=args.mix_world, mix_fraction=args.mix_fraction, scan_layers=args.scan_layers)
     check = (TeacherCheck(every=args.check_every, steps=args.check_steps, prompts=args.check_prompts,
@@ -148,10 +149,14 @@ def register(sub) -> None:
     t.add_argument("--batch", type=int, default=64)
     t.add_argument("--lr", type=float, default=3e-4)
     t.add_argument("--warmup", type=int, default=300, help="linear warmup steps (keep them when --init-from)")
-    t.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
-                   help="after warmup: constant (--steps may then grow on resume), or cosine decay to "
-                        "--final-lr-fraction x --lr at --steps (e.g. a cool-down stage --init-from a teacher)")
-    t.add_argument("--final-lr-fraction", type=float, default=0.0, help="cosine's last learning rate / --lr")
+    t.add_argument("--lr-schedule", choices=("constant", "cosine", "wsd"), default="constant",
+                   help="after warmup: constant (--steps may then grow on resume); cosine decay to "
+                        "--final-lr-fraction x --lr at --steps (e.g. a cool-down stage --init-from a teacher); or wsd "
+                        "(warmup-stable-decay): constant, then that cosine decay over the last --decay-fraction of "
+                        "the steps")
+    t.add_argument("--final-lr-fraction", type=float, default=0.0, help="the decay's last learning rate / --lr")
+    t.add_argument("--decay-fraction", type=float, default=0.2, help="wsd: the share of the steps after warmup "
+                   "spent decaying")
     t.add_argument("--samples", type=int, default=100_000)
     t.add_argument("--compute-dtype", default="bfloat16")
     t.add_argument("--seed", type=int, default=0)

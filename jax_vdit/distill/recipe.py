@@ -79,6 +79,7 @@ class DistillConfig:
     # optimiser (both training stages)
     lr_schedule: str = "constant"
     final_lr_fraction: float = 0.0
+    decay_fraction: float = 0.2  # "wsd": the share of each stage's steps after warmup spent decaying
     weight_decay: float = 0.0
     b1: float = 0.9
     b2: float = 0.999
@@ -133,7 +134,8 @@ class DistillConfig:
     # -- the stages' training configs -------------------------------------------------------------------------
     def _train(self, steps: int, lr: float, warmup: int, emas: tuple) -> TrainConfig:
         return TrainConfig(steps=steps, learning_rate=lr, warmup_steps=warmup, lr_schedule=self.lr_schedule,
-                           final_lr_fraction=self.final_lr_fraction, weight_decay=self.weight_decay, b1=self.b1,
+                           final_lr_fraction=self.final_lr_fraction, decay_fraction=self.decay_fraction,
+                           weight_decay=self.weight_decay, b1=self.b1,
                            b2=self.b2, grad_clip=self.grad_clip, emas=emas, seed=self.seed,
                            log_every=self.log_every, checkpoint_every=self.checkpoint_every,
                            keep_checkpoints=self.keep_checkpoints, scan_layers=self.scan_layers,

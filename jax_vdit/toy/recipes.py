@@ -41,6 +41,7 @@ class TeacherRecipe:
     warmup_steps: int = 300
     lr_schedule: str = "constant"
     final_lr_fraction: float = 0.0
+    decay_fraction: float = 0.2  # "wsd": the share of the steps after warmup spent decaying
     adam_b2: float = 0.999
     qk_clip_max_gain: float | None = None
     ema_decay: float = 0.999
@@ -75,7 +76,8 @@ class TeacherRecipe:
     def train_config(self) -> TrainConfig:
         return TrainConfig(
             steps=self.steps, learning_rate=self.learning_rate, warmup_steps=self.warmup_steps,
-            lr_schedule=self.lr_schedule, final_lr_fraction=self.final_lr_fraction, b2=self.adam_b2,
+            lr_schedule=self.lr_schedule, final_lr_fraction=self.final_lr_fraction,
+            decay_fraction=self.decay_fraction, b2=self.adam_b2,
             qk_clip_max_gain=self.qk_clip_max_gain, emas=(("ema", self.ema_decay),), seed=self.seed,
             log_every=self.log_every,
             checkpoint_every=self.checkpoint_every, scan_layers=self.scan_layers,
