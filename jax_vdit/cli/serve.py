@@ -179,8 +179,8 @@ def handle_job(conn: socket.socket, server_args: argparse.Namespace, loaded, def
         traceback.print_exc(file=sys.stderr)
         _send(conn, {"exit": 1, "error": f"{type(err).__name__}: {err} (the server's log has the traceback)"})
         return 1
-    report["server"] = {"socket": str(server_args.socket), "pid": os.getpid(), "job_s": round(time.perf_counter() - t0,
-                                                                                            3),
+    job_s = round(time.perf_counter() - t0, 3)
+    report["server"] = {"socket": str(server_args.socket), "pid": os.getpid(), "job_s": job_s,
                         "settings": {name: getattr(server_args, name) for name in SERVER_FLAGS}}
     report["compile_only"] = bool(job.compile_only)
     _send(conn, {"exit": 0, "report": report})
