@@ -16,8 +16,8 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from jax_vdit.cli import main
-from jax_vdit.cli.serve import (PROTOCOL_VERSION, job_namespace, make_paths_absolute, model_mismatches,
-                                open_server_socket, request_payload, sample_defaults)
+from jax_vdit.cli.serve import job_namespace, model_mismatches, open_server_socket, sample_defaults
+from jax_vdit.cli.serve_client import PROTOCOL_VERSION, make_paths_absolute, request_payload
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -209,7 +209,7 @@ def start_vae_compile_before_jax(args: argparse.Namespace):
 
 def _cmd_sample(args: argparse.Namespace) -> int:
     if args.server:
-        from jax_vdit.cli.serve import run_on_server
+        from jax_vdit.cli.serve_client import run_on_server
 
         return run_on_server(args)
     # before anything starts JAX's backends (XLA reads its flags once), and before the VAE's compile processes
@@ -585,7 +585,7 @@ def add_sample_arguments(s: argparse.ArgumentParser, serving: bool = False) -> N
     add_compile_cache_arguments(g)
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     if not serving:
-        from jax_vdit.cli.serve import DEFAULT_SOCKET
+        from jax_vdit.cli.serve_client import DEFAULT_SOCKET
 
         s.add_argument_group("server").add_argument(
             "--server", nargs="?", const=DEFAULT_SOCKET, default=None, metavar="SOCKET",

@@ -26,33 +26,15 @@ import time
 import traceback
 from pathlib import Path
 
-PROTOCOL_VERSION = 1
-DEFAULT_SOCKET = "~/.cache/jax-vdit/serve.sock"
+from jax_vdit.cli.serve_client import DEFAULT_SOCKET, PROTOCOL_VERSION, make_paths_absolute, send_message
+
 MAX_REQUEST_BYTES = 1 << 20
 # the flags that decide what a server loads and how it runs it: a job must ask for the same values
 MODEL_FLAGS = ("checkpoint", "variant", "config", "vae", "latents_only", "text_encoder", "revision", "offline",
                "param_dtype", "compute_dtype", "tile_backend", "mixed_masks", "layer_loop", "vae_tiles", "sp_size",
                "mesh", "triton_gemm", "compile_cache", "no_compile_cache")
-# flags naming local files: made absolute by both sides (the client's working folder is not the server's)
-PATH_FLAGS = ("checkpoint", "vae", "text_encoder", "embeddings", "prompt_file", "out", "compile_cache", "attention")
 # process-wide settings (when the start-up work runs): the server's own hold for every job
 SERVER_FLAGS = ("sampler_compile", "vae_warmup", "vae_compile_processes")
-# never sent: the process's own bookkeeping, or a callable
-_LOCAL_ONLY = ("func", "started", "before_main_s", "server", "command", "argv")
-
-
-def make_paths_absolute(args: argparse.Namespace) -> None:
-    """Each of :data:`PATH_FLAGS` that names an existing local path (or ``--out``, ``--compile-cache``, which are
-    created) made absolute in place; repo ids, "auto", "toy", "none" and mask specs such as "1:7" stay as given."""
-    for name in PATH_FLAGS:
-        value = getattr(args, name, None)
-        if not isinstance(value, str) or not value:
-            continue
-        if name == "text_encoder" and value in ("auto", "none", "toy"):
-            continue
-        path = Path(value).expanduser()
-        if name in ("out", "compile_cache") or path.exists():
-            setattr(args, name, str(path.resolve()))
 
 
 def model_mismatches(server: argparse.Namespace, job: argparse.Namespace) -> list[str]:
@@ -64,12 +46,6 @@ def model_mismatches(server: argparse.Namespace, job: argparse.Namespace) -> lis
             flag = name if name == "checkpoint" else "--" + name.replace("_", "-")
             out.append(f"{flag}: server {ours!r}, command {theirs!r}")
     return out
-
-
-def request_payload(args: argparse.Namespace) -> dict:
-    """What a client sends: the namespace's JSON-safe fields (paths already absolute) and its argv."""
-    fields = {k: v for k, v in vars(args).items() if k not in _LOCAL_ONLY}
-    return {"version": PROTOCOL_VERSION, "args": fields, "argv": list(getattr(args, "argv", []))}
 
 
 def job_namespace(payload: dict, defaults: argparse.Namespace) -> argparse.Namespace:
@@ -132,10 +108,6 @@ def open_server_socket(path: Path) -> socket.socket:
     return sock
 
 
-def _send(conn: socket.socket, message: dict) -> None:
-    conn.sendall((json.dumps(message) + "\n").encode())
-
-
 def _read_line(conn: socket.socket, limit: int = MAX_REQUEST_BYTES) -> bytes:
     data = b""
     while not data.endswith(b"\n"):
@@ -164,26 +136,26 @@ def handle_job(conn: socket.socket, server_args: argparse.Namespace, loaded, def
                              "without --server")
         prompts, embeds = check_inputs(job)
     except (ValueError, FileNotFoundError, KeyError, json.JSONDecodeError) as err:
-        _send(conn, {"exit": 2, "error": str(err)})
+        send_message(conn, {"exit": 2, "error": str(err)})
         return 2
 
     def on_step(done: int, total: int) -> None:
-        _send(conn, {"progress": [done, total]})
+        send_message(conn, {"progress": [done, total]})
 
     try:
         report = run_job(loaded, job, prompts, embeds, on_step=None if job.quiet else on_step)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError, FloatingPointError, MemoryError) as err:
-        _send(conn, {"exit": 2, "error": str(err)})
+        send_message(conn, {"exit": 2, "error": str(err)})
         return 2
     except Exception as err:  # noqa: BLE001 (answered, logged, and the server serves on)
         traceback.print_exc(file=sys.stderr)
-        _send(conn, {"exit": 1, "error": f"{type(err).__name__}: {err} (the server's log has the traceback)"})
+        send_message(conn, {"exit": 1, "error": f"{type(err).__name__}: {err} (the server's log has the traceback)"})
         return 1
     job_s = round(time.perf_counter() - t0, 3)
     report["server"] = {"socket": str(server_args.socket), "pid": os.getpid(), "job_s": job_s,
                         "settings": {name: getattr(server_args, name) for name in SERVER_FLAGS}}
     report["compile_only"] = bool(job.compile_only)
-    _send(conn, {"exit": 0, "report": report})
+    send_message(conn, {"exit": 0, "report": report})
     return 0
 
 
@@ -254,63 +226,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 args.socket.unlink()
         except FileNotFoundError:
             pass
-
-
-# ---------------------------------------------------------------------------------------------------- the client
-
-
-def run_on_server(args: argparse.Namespace) -> int:
-    """``vdit sample --server SOCKET``: send this command's job to a ``vdit serve`` process, show its progress,
-    print its report (the last line of stdout, as a local run's; ``server`` says where it ran) and return its exit
-    code. Imports no JAX. Input errors are raised as ValueError / FileNotFoundError (exit 2)."""
-    path = Path(args.server).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"--server {path}: no `vdit serve` listens there (start one with `vdit serve "
-                                f"CHECKPOINT --socket {path}` and this command's model flags)")
-    make_paths_absolute(args)
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        conn.connect(str(path))
-    except ConnectionRefusedError as err:
-        conn.close()
-        raise FileNotFoundError(f"--server {path}: nothing listens there (the socket of a server that stopped?); "
-                                "start `vdit serve` again") from err
-    bar = None
-    try:
-        _send(conn, request_payload(args))
-        reader = conn.makefile("r")
-        for line in reader:
-            message = json.loads(line)
-            if "progress" in message:
-                done, total = message["progress"]
-                if bar is None and not args.quiet:
-                    from tqdm import tqdm
-
-                    bar = tqdm(total=total, desc="sampling (server)", unit="step")
-                if bar is not None:
-                    bar.update(done - bar.n)
-                continue
-            break
-        else:
-            raise ConnectionError(f"--server {path}: the server closed the connection without an answer (its log "
-                                  "says why)")
-    finally:
-        if bar is not None:
-            bar.close()
-        conn.close()
-    code = int(message.get("exit", 1))
-    if code != 0:
-        if code == 2:
-            raise ValueError(message.get("error", "the server refused the job"))
-        print(f"vdit sample: error: {message.get('error')}", file=sys.stderr)
-        return code
-    report = message["report"]
-    before_main = getattr(args, "before_main_s", None)
-    report["before_main_s"] = None if before_main is None else round(before_main, 2)  # this client's own times
-    started = getattr(args, "started", None)
-    report["main_s"] = None if started is None else round(time.perf_counter() - started, 2)
-    print(json.dumps(report))
-    return 0
 
 
 def register(sub) -> None:
