@@ -305,6 +305,12 @@ def run_cli(size: str, work: Path, vae_tiles: str = "exact", baseline_tree: Path
     for name, _, args, env in variant_runs:
         out[name] = {"args": args, "env": env}
     runs = [("", ROOT, [], {}), *variant_runs]
+
+    def sample_flags(cache: Path) -> list[str]:  # the command's flags but --out, the same for every run
+        flags = [str(student), "--vae", str(vae), "--embeddings", str(embeddings), "--compile-cache", str(cache),
+                 "--quiet", "--vae-tiles", vae_tiles, *video]
+        return flags if size.startswith("full") else flags + ["--param-dtype", "float32", "--compute-dtype", "float32"]
+
     if baseline_tree:
         runs.insert(0, ("baseline", Path(baseline_tree).resolve(), [], {}))
         out["baseline"] = {"tree": str(runs[0][1])}
@@ -314,12 +320,8 @@ def run_cli(size: str, work: Path, vae_tiles: str = "exact", baseline_tree: Path
             # the console entry `vdit` (console_main: its prompt exit), or main in a tree that has no console_main
             cmd = [sys.executable, "-c", "import sys, jax_vdit.cli as c; "
                    "sys.exit(getattr(c, 'console_main', c.main)(sys.argv[1:]))",
-                   "sample", str(student), "--vae", str(vae), "--embeddings", str(embeddings), "--compile-cache",
-                   str(work / f"xla-cli{'-' + name if name else ''}"),
-                   "--out", str(work / f"cli_{tag.replace(' ', '_')}.safetensors"), "--quiet", "--vae-tiles",
-                   vae_tiles, *video, *extra_args]
-            if not size.startswith("full"):
-                cmd += ["--param-dtype", "float32", "--compute-dtype", "float32"]
+                   "sample", *sample_flags(work / f"xla-cli{'-' + name if name else ''}"),
+                   "--out", str(work / f"cli_{tag.replace(' ', '_')}.safetensors"), *extra_args]
             shown = " ".join(f"{k}={v}" for k, v in extra_env.items()) + (" " if extra_env else "")
             shown += "vdit " + " ".join(cmd[3:])
             log(f"cli {tag}: {shown}")
@@ -347,11 +349,8 @@ def run_cli(size: str, work: Path, vae_tiles: str = "exact", baseline_tree: Path
             if on_update is not None:
                 on_update(out)
     if server_runs and "report" in out.get("cold", {}):
-        flags = [str(student), "--vae", str(vae), "--embeddings", str(embeddings), "--compile-cache",
-                 str(work / "xla-cli"), "--quiet", "--vae-tiles", vae_tiles, *video]
-        if not size.startswith("full"):
-            flags += ["--param-dtype", "float32", "--compute-dtype", "float32"]
-        out["server"] = run_server(flags, work, server_runs, command_timeout, cold_latents=work / "cli_cold.safetensors")
+        out["server"] = run_server(sample_flags(work / "xla-cli"), work, server_runs, command_timeout,
+                                   cold_latents=work / "cli_cold.safetensors")
         if on_update is not None:
             on_update(out)
     return out
