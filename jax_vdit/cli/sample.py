@@ -9,6 +9,7 @@ seed. The JSON report on stdout gives load, compile and sampling times separatel
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -212,8 +213,18 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         from jax_vdit.cli.serve_client import run_on_server
 
         return run_on_server(args)
-    # before anything starts JAX's backends (XLA reads its flags once), and before the VAE's compile processes
-    # start (they inherit the flags, which are part of the compiled stages' keys)
+    with start_up(args) as (xla_flags_added, client_env_added, early_vae):
+        return _sample(args, xla_flags_added, client_env_added, early_vae)
+
+
+@contextlib.contextmanager
+def start_up(args: argparse.Namespace):
+    """The command's work before JAX is imported (``vdit sample`` and ``vdit serve``): XLA's GPU flags and client
+    settings (before anything starts JAX's backends, which read them once, and before the VAE's compile processes,
+    which inherit them: they are part of the compiled stages' keys), the VAE's compile processes, the weights'
+    prefetch. Yields ``(xla_flags_added, client_env_added, early_vae)``; an error inside stops the VAE's processes
+    (stopped already, or handed to the pipeline, which then finished or stopped them), and leaving drops what the
+    prefetch read and no loader took."""
     from jax_vdit.cli.startup import start_weight_prefetch
     from jax_vdit.io import prefetch
     from jax_vdit.xla_defaults import add_gpu_client_defaults, add_gpu_compile_flags
@@ -223,13 +234,13 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     early_vae = start_vae_compile_before_jax(args)  # about 2 s before JAX would be imported and started
     try:
         start_weight_prefetch(args)  # the weights' reads overlap JAX's import and start
-        return _sample(args, xla_flags_added, client_env_added, early_vae)
+        yield xla_flags_added, client_env_added, early_vae
     except BaseException:
-        if early_vae is not None:  # stopped, or already handed to the pipeline (then finished or stopped there)
+        if early_vae is not None:
             early_vae.stop()
         raise
     finally:
-        prefetch.stop_all()  # what no loader took is dropped
+        prefetch.stop_all()
 
 
 def _sample(args: argparse.Namespace, xla_flags_added: list[str], client_env_added: dict[str, str],

@@ -160,10 +160,7 @@ def handle_job(conn: socket.socket, server_args: argparse.Namespace, loaded, def
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from jax_vdit.cli.sample import load_for_sampling, run_job, start_vae_compile_before_jax
-    from jax_vdit.cli.startup import start_weight_prefetch
-    from jax_vdit.io import prefetch
-    from jax_vdit.xla_defaults import add_gpu_client_defaults, add_gpu_compile_flags
+    from jax_vdit.cli.sample import load_for_sampling, run_job, start_up
 
     if args.max_jobs is not None and args.max_jobs < 1:
         raise ValueError(f"--max-jobs must be >= 1, got {args.max_jobs}")
@@ -180,18 +177,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
-        xla_flags_added = [] if args.triton_gemm else add_gpu_compile_flags()
-        client_env_added = add_gpu_client_defaults()
-        early_vae = start_vae_compile_before_jax(args)
-        try:
-            start_weight_prefetch(args)
+        with start_up(args) as (xla_flags_added, client_env_added, early_vae):
             loaded = load_for_sampling(args, xla_flags_added, client_env_added, early_vae, texts_required=False)
-        except BaseException:
-            if early_vae is not None:
-                early_vae.stop()
-            raise
-        finally:
-            prefetch.stop_all()
         ready = {"serving": str(args.socket), "pid": os.getpid(), "load_s": loaded.report["load_s"]}
         if loaded.prompts is not None or loaded.embeds is not None:  # this command's job compiled ahead of any
             args.compile_only = True
