@@ -194,3 +194,20 @@ def test_a_job_that_fails_in_the_run_is_answered_and_the_server_goes_on(golden_d
             answer = json.loads(theirs.makefile("r").readline())
         assert answer["exit"] == code and str(error) in answer["error"]
     assert "RuntimeError: device lost" in capsys.readouterr().err  # the traceback, in the server's log
+
+
+@pytest.mark.parametrize("how", ["idle-exit", "sigterm"])
+def test_the_server_stops_when_idle_or_told_and_removes_its_socket(golden_dir, tmp_path, how):
+    import signal
+
+    sock = tmp_path / "s.sock"
+    server = _start_server(golden_dir, sock, tmp_path, *(["--idle-exit", "1"] if how == "idle-exit" else []))
+    try:
+        if how == "sigterm":
+            server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0
+    finally:
+        server.kill()
+    assert not sock.exists()
+    log = (tmp_path / "server.log").read_text()
+    assert ("no job for 1 s: stopping" if how == "idle-exit" else "vdit serve: stopped") in log, log[-2000:]
