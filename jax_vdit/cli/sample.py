@@ -457,18 +457,22 @@ def _add_vae_warmup(report: dict, vae_warmup, pipe) -> None:
     report["vae_compile_workers"] = pipe.vae_compile_workers  # None: compiled in a thread of this process
 
 
-def _finish(report: dict, args: argparse.Namespace, compile_only: bool = False) -> int:
-    """Print the command's JSON report (last line of stdout) with the store's problems and the process's times."""
+def complete_report(report: dict, compile_only: bool = False) -> dict:
+    """``report`` with ``compile_only`` and the executable store's problems (files ignored or not written, and
+    why) added."""
     from jax_vdit import executable_store
 
     report["compile_only"] = compile_only
-    report["executable_store_problems"] = executable_store.problems()  # files ignored or not written, and why
-    # the process's own time outside main (interpreter start and imports; the exit after this report is the
-    # caller's wall time less both of these)
-    before_main = getattr(args, "before_main_s", None)
-    report["before_main_s"] = None if before_main is None else round(before_main, 2)
-    started = getattr(args, "started", None)
-    report["main_s"] = None if started is None else round(time.perf_counter() - started, 2)
+    report["executable_store_problems"] = executable_store.problems()
+    return report
+
+
+def _finish(report: dict, args: argparse.Namespace, compile_only: bool = False) -> int:
+    """Print the command's JSON report (last line of stdout) with the store's problems and the process's times."""
+    from jax_vdit.process_clock import command_times
+
+    report = complete_report(report, compile_only)
+    report.update(command_times(args))
     print(json.dumps(report))
     return 0
 

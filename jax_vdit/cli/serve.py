@@ -124,7 +124,7 @@ def handle_job(conn: socket.socket, server_args: argparse.Namespace, loaded, def
     """Read one request from ``conn``, run it on ``loaded`` and answer; returns the job's exit code. Errors in the
     request or its inputs are answered (exit 2) and the server goes on; an error of the run is answered (exit 1)
     with its traceback on the server's stderr."""
-    from jax_vdit.cli.sample import check_inputs, run_job
+    from jax_vdit.cli.sample import check_inputs, complete_report, run_job
 
     t0 = time.perf_counter()
     try:
@@ -154,7 +154,7 @@ def handle_job(conn: socket.socket, server_args: argparse.Namespace, loaded, def
     job_s = round(time.perf_counter() - t0, 3)
     report["server"] = {"socket": str(server_args.socket), "pid": os.getpid(), "job_s": job_s,
                         "settings": {name: getattr(server_args, name) for name in SERVER_FLAGS}}
-    report["compile_only"] = bool(job.compile_only)
+    complete_report(report, bool(job.compile_only))
     send_message(conn, {"exit": 0, "report": report})
     return 0
 

@@ -8,8 +8,9 @@ import argparse
 import json
 import socket
 import sys
-import time
 from pathlib import Path
+
+from jax_vdit.process_clock import command_times
 
 PROTOCOL_VERSION = 1
 DEFAULT_SOCKET = "~/.cache/jax-vdit/serve.sock"
@@ -89,9 +90,6 @@ def run_on_server(args: argparse.Namespace) -> int:
         print(f"vdit sample: error: {message.get('error')}", file=sys.stderr)
         return code
     report = message["report"]
-    before_main = getattr(args, "before_main_s", None)
-    report["before_main_s"] = None if before_main is None else round(before_main, 2)  # this client's own times
-    started = getattr(args, "started", None)
-    report["main_s"] = None if started is None else round(time.perf_counter() - started, 2)
+    report.update(command_times(args))  # this client's own times
     print(json.dumps(report))
     return 0
