@@ -404,9 +404,9 @@ def run_server(flags: list[str], work: Path, runs: int, command_timeout: float |
 
 def cli_runs_not_done(cli: dict) -> list[str]:
     """The runs of a :func:`run_cli` result that timed out or failed, as "NAME PHASE" ("this" for this tree's)."""
-    named = [("this", cli)] + [(name, runs) for name, runs in cli.items() if isinstance(runs, dict)
-                               and ("args" in runs or name == "baseline")]
-    return [f"{name} {phase}" for name, runs in named for phase in ("cold", "warm")
+    from experiments.summarize_first_video import named_cli_runs
+
+    return [f"{name} {phase}" for name, runs in named_cli_runs(cli) for phase in ("cold", "warm")
             if isinstance(runs.get(phase), dict) and "report" not in runs[phase]]
 
 

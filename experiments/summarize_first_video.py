@@ -148,6 +148,13 @@ def first_video_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def named_cli_runs(cli: dict) -> list[tuple[str, dict]]:
+    """``(name, {"cold": ..., "warm": ...})`` of a ``bench_first_video --cli`` result: the baseline tree's
+    (``--baseline-tree``, when it ran), this tree's as "this", then each ``--cli-variant`` (those hold "args")."""
+    baseline = [("baseline", cli["baseline"])] if isinstance(cli.get("baseline"), dict) else []
+    return baseline + [("this", cli)] + [(n, r) for n, r in cli.items() if isinstance(r, dict) and "args" in r]
+
+
 def cli_table(runs: list[tuple[str, dict]]) -> str:
     """``vdit sample`` of a random student folder, cold then warm: wall seconds around the process and its report."""
     lines = ["| size | code | phase | wall s | goal s | load s (its programs) | warm-up compile s (programs, cache "
@@ -162,8 +169,7 @@ def cli_table(runs: list[tuple[str, dict]]) -> str:
         goals = GOALS.get(data.get("size"), (None, None))
         # a run with --baseline-tree holds the other tree's runs under "baseline" (its rows first); --cli-variant
         # runs are under their names (after this tree's), each with its "args"
-        variants = [(name, runs) for name, runs in data["cli"].items() if isinstance(runs, dict) and "args" in runs]
-        for code, runs_of in [("baseline", data["cli"].get("baseline", {})), ("this", data["cli"]), *variants]:
+        for code, runs_of in named_cli_runs(data["cli"]):
             for phase, goal in zip(("cold", "warm"), goals):
                 r = runs_of.get(phase)
                 if r is None:
@@ -292,8 +298,7 @@ def cli_first_step_s(run: dict) -> float | None:
 def _cli_cfg_runs(runs: list[tuple[str, dict]]):
     """(name, phase, run, data) of every ``vdit sample`` run with classifier-free guidance (a teacher's command)."""
     for _, data in runs:
-        named = [("this", data["cli"])] + [(n, r) for n, r in data["cli"].items() if isinstance(r, dict) and "args" in r]
-        for name, runs_of in named:
+        for name, runs_of in named_cli_runs(data["cli"]):
             for phase in ("cold", "warm"):
                 r = runs_of.get(phase)
                 if r and re.search(r"\bCFG \d", str((r.get("report") or {}).get("sampler", ""))):  # not "no CFG"
